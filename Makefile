@@ -1,0 +1,48 @@
+# Every command a developer or CI runs. `make test` is what CI runs (.ci/run).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PACKAGES := contracts runtime services/dispatcher services/callback-gateway services/expirer services/notifier cli
+PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
+PYTEST := $(BIN)/python -m pytest
+
+.PHONY: venv run test test-unit test-integration test-e2e lint fmt bench clean
+
+venv: $(STAMP)
+
+$(STAMP): constraints.txt requirements-dev.txt $(PYPROJECTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements-dev.txt \
+		$(foreach p,$(PACKAGES),-e ./$(p)) -e './runtime[embedded,testing]'
+	touch $(STAMP)
+
+## run: start the whole system on embedded PostgreSQL and Kafka and run one demo task
+run: $(STAMP)
+	$(BIN)/webhook-tasks up --demo
+
+## test: every test, unit to end-to-end
+test: $(STAMP)
+	$(PYTEST)
+
+test-unit: $(STAMP)
+	$(PYTEST) -m "not integration and not e2e"
+
+test-integration: $(STAMP)
+	$(PYTEST) -m integration
+
+test-e2e: $(STAMP)
+	$(PYTEST) -m e2e
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy contracts/src runtime/src services/*/src cli/src
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,265 @@
+"""Events on Kafka: a versioned envelope and one model per event type.
+
+Every event carries `event_id` (consumers deduplicate on it), `type`,
+`schema_version`, `occurred_at` and, once the dispatcher has minted one,
+`correlation_id`. Messages are keyed by correlation id (task id before one exists),
+so one task's events stay ordered within a partition.
+
+Secrets (`webhookAuth`) travel only on `TaskRequested`, from the upstream system
+to the dispatcher; no event the services publish carries one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializationInfo,
+    TypeAdapter,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from ._validators import HttpUrlString, Identifier, Progress
+from .payloads import RESERVED_REQUEST_FIELDS
+
+SCHEMA_VERSION = 1
+DEFAULT_TIMEOUT_SECONDS = 300
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+REVEAL_SECRETS = "reveal_secrets"
+"""Serialization context key that lets the upstream publisher send `webhookAuth` in clear."""
+
+_EVENT_ID_NAMESPACE = uuid5(NAMESPACE_URL, "urn:webhook-tasks:event")
+
+
+def utc_now() -> datetime:
+    """Return the current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+def derived_event_id(*parts: object) -> UUID:
+    """Return a deterministic event id, so an event re-derived from the same input keeps its id."""
+    return uuid5(_EVENT_ID_NAMESPACE, "/".join(str(part) for part in parts))
+
+
+class Event(BaseModel):
+    """The envelope every event shares."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    event_id: UUID = Field(default_factory=uuid4)
+    schema_version: Literal[1] = SCHEMA_VERSION
+    occurred_at: AwareDatetime = Field(default_factory=utc_now)
+
+
+class TaskMetadata(BaseModel):
+    """How a task is run as a webhook task (`taskMetadata` of the product summary)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore"
+    )
+
+    is_webhook_task: bool = False
+    webhook_url: HttpUrlString | None = None
+    webhook_auth: SecretStr | None = Field(default=None, max_length=4096)
+    webhook_params: dict[str, Any] = Field(default_factory=dict)
+    timeout_seconds: int = Field(default=DEFAULT_TIMEOUT_SECONDS, ge=1, le=MAX_TIMEOUT_SECONDS)
+    mode: Literal["callback", "sync"] = "callback"
+
+    @field_validator("webhook_params")
+    @classmethod
+    def _params_keep_reserved_fields(cls, params: dict[str, Any]) -> dict[str, Any]:
+        clashes = sorted(RESERVED_REQUEST_FIELDS.intersection(params))
+        if clashes:
+            raise ValueError(f"webhookParams may not set reserved fields: {', '.join(clashes)}")
+        return params
+
+    @model_validator(mode="after")
+    def _webhook_task_has_url(self) -> TaskMetadata:
+        if self.is_webhook_task and self.webhook_url is None:
+            raise ValueError("webhookUrl is required when isWebhookTask is true")
+        return self
+
+    @field_serializer("webhook_auth")
+    def _serialize_auth(self, value: SecretStr | None, info: SerializationInfo) -> str | None:
+        if value is None:
+            return None
+        context = info.context or {}
+        return value.get_secret_value() if context.get(REVEAL_SECRETS) else "**********"
+
+
+class TaskRequested(Event):
+    """An upstream system asks for a task to run. Keyed by `task_id`."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    type: Literal["task.requested"] = "task.requested"
+    task_id: Identifier
+    user_id: Identifier
+    project_id: Identifier
+    assistant_id: Identifier | None = None
+    prompt: str = Field(max_length=100_000)
+    followers: list[Identifier] = Field(default_factory=list, max_length=1000)
+    request_id: Identifier | None = None
+    """Idempotency key of this request; `event_id` when absent."""
+    task_metadata: TaskMetadata = Field(default_factory=TaskMetadata)
+
+    @property
+    def idempotency_key(self) -> str:
+        """Return the key that makes a repeated request a duplicate."""
+        return f"{self.task_id}/{self.request_id or self.event_id}"
+
+
+class TaskRef(BaseModel):
+    """Who a task belongs to, carried on every lifecycle event so consumers need no lookup."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: str
+    user_id: str
+    project_id: str
+    assistant_id: str | None = None
+    followers: tuple[str, ...] = ()
+
+
+class LifecycleEvent(Event):
+    """A task transition decided by the dispatcher. Keyed by `correlation_id`."""
+
+    correlation_id: str
+    task: TaskRef
+
+
+class TaskDispatched(LifecycleEvent):
+    """The external service accepted the request; the deadline starts."""
+
+    type: Literal["task.dispatched"] = "task.dispatched"
+    deadline_at: AwareDatetime
+    timeout_seconds: int
+    webhook_host: str
+    ack_status: str | None = None
+    estimated_completion: str | None = None
+
+
+class TaskProgressed(LifecycleEvent):
+    """The external service reported progress; the deadline moves to `deadline_at`."""
+
+    type: Literal["task.progressed"] = "task.progressed"
+    deadline_at: AwareDatetime
+    progress: Progress | None = None
+    message: str | None = None
+
+
+class TaskCompleted(LifecycleEvent):
+    """Terminal: the external service delivered a result."""
+
+    type: Literal["task.completed"] = "task.completed"
+    result_url: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+FailureCause = Literal["callback_error", "dispatch_rejected", "dispatch_unreachable"]
+
+
+class TaskFailed(LifecycleEvent):
+    """Terminal: the external service reported an error, or could not be reached."""
+
+    type: Literal["task.failed"] = "task.failed"
+    cause: FailureCause
+    reason: str
+
+
+class TaskExpired(LifecycleEvent):
+    """Terminal: no result arrived before the deadline."""
+
+    type: Literal["task.expired"] = "task.expired"
+    deadline_at: AwareDatetime
+    timeout_seconds: int
+
+
+TerminalEvent = TaskCompleted | TaskFailed | TaskExpired
+
+TaskLifecycleEvent = Annotated[
+    TaskDispatched | TaskProgressed | TaskCompleted | TaskFailed | TaskExpired,
+    Field(discriminator="type"),
+]
+lifecycle_event_adapter: TypeAdapter[
+    TaskDispatched | TaskProgressed | TaskCompleted | TaskFailed | TaskExpired
+] = TypeAdapter(TaskLifecycleEvent)
+
+
+class CallbackReceived(Event):
+    """The gateway accepted a callback for `correlation_id`. Keyed by `correlation_id`."""
+
+    type: Literal["callback.received"] = "callback.received"
+    correlation_id: str
+    status: Literal["success", "error", "progress"]
+    result_url: HttpUrlString | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    progress: Progress | None = None
+    message: str | None = None
+    delivery_id: str | None = None
+    """The sender's `webhook-id` header, when it sent one."""
+
+
+class DeadlineReached(Event):
+    """The expirer saw a task's deadline pass. Keyed by `correlation_id`."""
+
+    type: Literal["deadline.reached"] = "deadline.reached"
+    correlation_id: str
+    deadline_at: AwareDatetime
+
+
+CommentKind = Literal["result", "error", "expired", "progress"]
+
+
+class ChatCommentPosted(Event):
+    """The notifier wrote a chat comment on a task. Keyed by `correlation_id`."""
+
+    type: Literal["chat_comment.posted"] = "chat_comment.posted"
+    correlation_id: str
+    task: TaskRef
+    comment_id: int
+    kind: CommentKind
+    text: str
+
+
+class UserNotified(Event):
+    """The notifier told one user about a task's outcome. Keyed by `correlation_id`."""
+
+    type: Literal["user.notified"] = "user.notified"
+    correlation_id: str
+    task: TaskRef
+    user_id: str
+    kind: CommentKind
+    text: str
+
+
+NotificationEvent = Annotated[ChatCommentPosted | UserNotified, Field(discriminator="type")]
+notification_event_adapter: TypeAdapter[ChatCommentPosted | UserNotified] = TypeAdapter(
+    NotificationEvent
+)
+
+
+class DeadLetter(BaseModel):
+    """A message a consumer could not accept, with the reason and the original bytes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source_topic: str
+    partition: int
+    offset: int
+    consumer: str
+    reason: str
+    key: str | None
+    value_base64: str
+    rejected_at: AwareDatetime = Field(default_factory=utc_now)

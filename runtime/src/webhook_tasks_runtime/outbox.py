@@ -1,0 +1,99 @@
+"""The transactional outbox: events are written with the state change, published after commit.
+
+A service adds its events to `outbox` inside the transaction that changes its
+state; the relay publishes committed rows in order and deletes them. A crash
+between commit and publish loses nothing: the rows wait for the next flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Sequence
+
+import asyncpg
+
+from .kafka import MessagePublisher, OutgoingMessage
+
+logger = logging.getLogger(__name__)
+
+
+async def add_to_outbox(conn: asyncpg.Connection, messages: Sequence[OutgoingMessage]) -> None:
+    """Queue `messages` in the caller's transaction."""
+    if not messages:
+        return
+    await conn.executemany(
+        "INSERT INTO outbox (topic, key, payload) VALUES ($1, $2, $3)",
+        [(message.topic, message.key, message.value) for message in messages],
+    )
+
+
+class OutboxRelay:
+    """Publish committed outbox rows in id order; one relay at a time per schema."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        publisher: MessagePublisher,
+        *,
+        schema: str,
+        batch_size: int = 500,
+        idle_interval: float = 0.5,
+        retry_delay: float = 1.0,
+    ) -> None:
+        self._pool = pool
+        self._publisher = publisher
+        self._batch_size = batch_size
+        self._idle_interval = idle_interval
+        self._retry_delay = retry_delay
+        self._wakeup = asyncio.Event()
+        digest = hashlib.sha256(f"outbox:{schema}".encode()).digest()
+        self._lock_key = int.from_bytes(digest[:8], "big", signed=True)
+
+    def wake(self) -> None:
+        """Ask for a flush now; called after a transaction that wrote outbox rows commits."""
+        self._wakeup.set()
+
+    async def flush(self) -> int:
+        """Publish and delete waiting rows until none are left; return how many were sent."""
+        sent = 0
+        while True:
+            count = await self._flush_batch()
+            sent += count
+            if count < self._batch_size:
+                return sent
+
+    async def _flush_batch(self) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # A transaction-scoped lock keeps relays of several replicas from interleaving,
+            # so each task's events leave in the order they were written.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
+            rows = await conn.fetch(
+                "SELECT id, topic, key, payload FROM outbox ORDER BY id LIMIT $1",
+                self._batch_size,
+            )
+            if not rows:
+                return 0
+            await self._publisher.publish_many(
+                [OutgoingMessage(row["topic"], row["key"], bytes(row["payload"])) for row in rows]
+            )
+            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows])
+            return len(rows)
+
+    async def run(self) -> None:
+        """Flush whenever woken, and every `idle_interval` in case another process wrote rows."""
+        while True:
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("outbox flush failed; retrying")
+                await asyncio.sleep(self._retry_delay)
+                continue
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self._idle_interval)
+            except TimeoutError:
+                pass
+            self._wakeup.clear()

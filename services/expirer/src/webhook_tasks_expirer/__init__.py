@@ -1,0 +1,1 @@
+"""The expirer service."""
