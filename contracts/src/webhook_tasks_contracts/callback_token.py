@@ -62,9 +62,7 @@ def parse_callback_keys(spec: str) -> list[CallbackKey]:
             try:
                 raw = base64.b64decode(secret.removeprefix("base64:"), validate=True)
             except ValueError as error:
-                raise CallbackKeyError(
-                    f"callback key {key_id!r} is not valid base64"
-                ) from error
+                raise CallbackKeyError(f"callback key {key_id!r} is not valid base64") from error
         else:
             raw = secret.encode()
         keys.append(CallbackKey(key_id.strip(), raw))

@@ -62,7 +62,7 @@ def build_webhook_request(
 
 
 class WebhookAck(_WireModel):
-    """The external service's immediate answer, e.g. `{"status": "accepted", "estimatedCompletion": "20s"}`."""
+    """The external service's immediate answer, such as `{"status": "accepted"}`."""
 
     status: str | None = Field(default=None, max_length=100)
     estimated_completion: str | None = Field(default=None, max_length=100)
@@ -82,7 +82,9 @@ class ErrorCallback(_WireModel):
 
     correlation_id: Identifier
     status: Literal["error"]
-    error: str = Field(default="The external service reported an error.", max_length=MAX_ERROR_LENGTH)
+    error: str = Field(
+        default="The external service reported an error.", max_length=MAX_ERROR_LENGTH
+    )
 
 
 class ProgressCallback(_WireModel):

@@ -58,7 +58,9 @@ async def migrate(pool: asyncpg.Pool, schema: str, migrations: list[Migration]) 
     An advisory lock serialises replicas that start at once.
     """
     _check_schema_name(schema)
-    lock_key = int.from_bytes(hashlib.sha256(f"migrate:{schema}".encode()).digest()[:8], "big", signed=True)
+    lock_key = int.from_bytes(
+        hashlib.sha256(f"migrate:{schema}".encode()).digest()[:8], "big", signed=True
+    )
     applied: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
@@ -67,16 +69,16 @@ async def migrate(pool: asyncpg.Pool, schema: str, migrations: list[Migration]) 
             f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
             " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {
-            row["name"] for row in await conn.fetch(f'SELECT name FROM "{schema}".schema_migrations')
-        }
+        rows = await conn.fetch(f'SELECT name FROM "{schema}".schema_migrations')  # noqa: S608
+        done = {row["name"] for row in rows}
         await conn.execute(f'SET LOCAL search_path TO "{schema}"')
         for migration in migrations:
             if migration.name in done:
                 continue
             await conn.execute(migration.sql)
             await conn.execute(
-                f'INSERT INTO "{schema}".schema_migrations (name) VALUES ($1)', migration.name
+                f'INSERT INTO "{schema}".schema_migrations (name) VALUES ($1)',  # noqa: S608
+                migration.name,
             )
             applied.append(migration.name)
     if applied:

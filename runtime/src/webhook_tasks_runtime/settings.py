@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from webhook_tasks_contracts import DEFAULT_TOPIC_PREFIX, Topics
+from webhook_tasks_contracts import (
+    DEFAULT_TOPIC_PREFIX,
+    CallbackTokens,
+    Topics,
+    parse_callback_keys,
+)
 
 Environment = Literal["dev", "test", "production"]
 
@@ -37,3 +42,23 @@ class DatabaseSettings(RuntimeSettings):
     database_schema: str = Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     """The PostgreSQL schema this service owns; each service sets its own default."""
     database_pool_size: int = Field(default=10, ge=1, le=200)
+
+
+class CallbackTokenSettings(BaseSettings):
+    """The keys that mint (dispatcher) and verify (gateway) callback tokens."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    callback_token_keys: SecretStr
+    """"id:secret,id:secret", newest first; a secret may be "base64:<bytes>" (32 bytes or more)."""
+
+    @field_validator("callback_token_keys")
+    @classmethod
+    def _keys_parse(cls, value: SecretStr) -> SecretStr:
+        # Fail at start-up, not on the first callback; errors never quote a secret.
+        parse_callback_keys(value.get_secret_value())
+        return value
+
+    def callback_tokens(self) -> CallbackTokens:
+        """Return the token minter/verifier for the configured keys."""
+        return CallbackTokens(parse_callback_keys(self.callback_token_keys.get_secret_value()))

@@ -76,7 +76,9 @@ async def serve_worker(
             register_consumer(broker, spec, dead_letters=publisher, topics=settings.topics)
 
         tasks = [asyncio.create_task(relay.run(), name=f"{name}-outbox-relay")]
-        tasks += [asyncio.create_task(loop(), name=f"{name}-{loop.__name__}") for loop in parts.background]
+        tasks += [
+            asyncio.create_task(loop(), name=f"{name}-{loop.__name__}") for loop in parts.background
+        ]
         await broker.start()
         logger.info("service started", extra={"schema": schema})
         try:
