@@ -1,0 +1,17 @@
+"""Settings of the expirer, read from environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from webhook_tasks_runtime.settings import DatabaseSettings
+
+
+class ExpirerSettings(DatabaseSettings):
+    """Where the expirer keeps deadlines and how it scans them."""
+
+    database_schema: str = Field(default="expirer", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    scan_batch_size: int = Field(default=500, ge=1, le=10_000)
+    """How many due deadlines one transaction claims."""
+    scan_poll_interval: float = Field(default=0.25, gt=0, le=10)
+    """The longest the scanner sleeps, in seconds: bounds how late a deadline written by
+    another replica is noticed."""
