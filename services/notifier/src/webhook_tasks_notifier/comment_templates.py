@@ -1,0 +1,69 @@
+"""The Markdown templates comments are rendered from: packaged defaults, overridable by file."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+from webhook_tasks_contracts import CommentKind
+
+COMMON_PLACEHOLDERS = frozenset({"task_id", "correlation_id"})
+PLACEHOLDERS: Mapping[CommentKind, frozenset[str]] = {
+    "result": COMMON_PLACEHOLDERS | {"title", "link", "result_url", "details"},
+    "error": COMMON_PLACEHOLDERS | {"cause", "reason"},
+    "expired": COMMON_PLACEHOLDERS | {"timeout"},
+    "progress": COMMON_PLACEHOLDERS | {"progress", "message"},
+}
+"""What each template may use; every value is escaped before it is substituted."""
+
+
+class TemplateError(ValueError):
+    """A comment template cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommentTemplates:
+    """One `string.Template` per comment kind."""
+
+    by_kind: Mapping[CommentKind, Template]
+
+    def __getitem__(self, kind: CommentKind) -> Template:
+        return self.by_kind[kind]
+
+
+def template_file_name(kind: CommentKind) -> str:
+    """Return the file a template of `kind` is read from, e.g. `result.md`."""
+    return f"{kind}.md"
+
+
+def load_templates(override_dir: Path | None = None) -> CommentTemplates:
+    """Read the packaged templates, each replaced by its file in `override_dir` when present.
+
+    Raises TemplateError at start-up for a template with a placeholder it cannot fill,
+    rather than on the first comment.
+    """
+    packaged = resources.files(__package__ or "webhook_tasks_notifier").joinpath("templates")
+    by_kind: dict[CommentKind, Template] = {}
+    for kind, allowed in PLACEHOLDERS.items():
+        name = template_file_name(kind)
+        override = override_dir / name if override_dir is not None else None
+        if override is not None and override.is_file():
+            source, text = str(override), override.read_text(encoding="utf-8")
+        else:
+            source, text = f"packaged {name}", packaged.joinpath(name).read_text(encoding="utf-8")
+        by_kind[kind] = _checked(Template(text), allowed, source)
+    return CommentTemplates(by_kind)
+
+
+def _checked(template: Template, allowed: frozenset[str], source: str) -> Template:
+    if not template.is_valid():
+        raise TemplateError(f"{source}: a '$' starts no placeholder (write '$$' for a dollar sign)")
+    unknown = sorted(set(template.get_identifiers()) - allowed)
+    if unknown:
+        raise TemplateError(
+            f"{source}: unknown placeholders {', '.join(unknown)}; use {', '.join(sorted(allowed))}"
+        )
+    return template

@@ -1,0 +1,246 @@
+"""Render lifecycle events as Markdown chat comments: pure functions, no I/O.
+
+Everything that comes from outside (metadata, error reasons, progress messages,
+URLs) is untrusted: it is flattened to one line, stripped of secrets, truncated
+and escaped, so it shows as literal text and can neither add links, images or
+HTML nor change the comment's layout. Only the operator's templates are Markdown.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from webhook_tasks_contracts import (
+    CommentKind,
+    FailureCause,
+    LifecycleEvent,
+    TaskCompleted,
+    TaskExpired,
+    TaskFailed,
+    TaskProgressed,
+)
+
+from .comment_templates import CommentTemplates
+
+DEFAULT_TITLE = "Result ready"
+MAX_TITLE_LENGTH = 200
+MAX_REASON_LENGTH = 500
+MAX_MESSAGE_LENGTH = 500
+MAX_LABEL_LENGTH = 60
+MAX_VALUE_LENGTH = 200
+MAX_DETAILS = 20
+ELLIPSIS = "…"
+REDACTED = "[redacted]"
+
+CAUSES: Mapping[FailureCause, str] = {
+    "callback_error": "The external service reported an error",
+    "dispatch_rejected": "The external service refused the request",
+    "dispatch_unreachable": "The external service could not be reached",
+}
+
+# Characters that start inline Markdown anywhere in a line; `<`, `>` and `&` become
+# HTML entities instead, which also defeats raw HTML and autolinks.
+_INLINE_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+# Block syntax only counts at the start of a line, where a value may land in a template.
+_BLOCK_START = re.compile(r"^(?:([#+=-])|(\d{1,9})([.)]))")
+_BEARER = re.compile(r"\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{16,}", re.IGNORECASE)
+_SECRET_ASSIGNMENT = re.compile(
+    r"\b(password|passwd|secret|token|api[_-]?key|authorization)(\s*[=:]\s*)"
+    r"(\"[^\"]*\"|'[^']*'|[^\s,;&]+)",
+    re.IGNORECASE,
+)
+_URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
+_SECRET_WORDS = frozenset(
+    {"password", "passwd", "secret", "token", "apikey", "auth", "authorization", "credential"}
+    | {"credentials", "signature", "cookie"}
+)
+_SECRET_PHRASES = ("api key", "private key", "access key", "client secret")
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+# A URL survives untouched except for what could end a Markdown link destination early.
+_URL_SAFE = ":/?#[]@!$&'*+,;=%~-._"
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedComment:
+    """The text of one comment and what kind of comment it is."""
+
+    kind: CommentKind
+    text: str
+
+
+def render_comment(
+    event: TaskCompleted | TaskFailed | TaskExpired | TaskProgressed,
+    templates: CommentTemplates,
+) -> RenderedComment:
+    """Render the comment that tells a task's users about `event`."""
+    match event:
+        case TaskCompleted():
+            kind: CommentKind = "result"
+            values = _result_values(event)
+        case TaskFailed():
+            kind = "error"
+            values = {
+                "cause": CAUSES[event.cause],
+                "reason": escape_markdown(_clean(event.reason, MAX_REASON_LENGTH))
+                or "No reason was given.",
+            }
+        case TaskExpired():
+            kind = "expired"
+            values = {"timeout": humanise_seconds(event.timeout_seconds)}
+        case TaskProgressed():
+            kind = "progress"
+            values = {
+                "progress": "" if event.progress is None else f"{event.progress:g}%",
+                "message": escape_markdown(_clean(event.message or "", MAX_MESSAGE_LENGTH)),
+            }
+    values |= _common_values(event)
+    return RenderedComment(kind, _tidy(templates[kind].substitute(values)))
+
+
+def _common_values(event: LifecycleEvent) -> dict[str, str]:
+    return {
+        "task_id": escape_markdown(_clean(event.task.task_id, MAX_VALUE_LENGTH)),
+        "correlation_id": escape_markdown(_clean(event.correlation_id, MAX_VALUE_LENGTH)),
+    }
+
+
+def _result_values(event: TaskCompleted) -> dict[str, str]:
+    raw_title = event.metadata.get("title")
+    title = _clean(raw_title, MAX_TITLE_LENGTH) if isinstance(raw_title, str) else ""
+    details = {key: value for key, value in event.metadata.items() if key != "title"}
+    url = safe_link_target(event.result_url) if event.result_url else None
+    if url is not None:
+        link = f"[Open the result]({url})"
+    elif event.result_url:
+        # Not http(s): show where the result is, but never as something to click.
+        link = f"Result: {escape_markdown(_clean(event.result_url, MAX_VALUE_LENGTH))}"
+    else:
+        link = ""
+    return {
+        "title": escape_markdown(title or DEFAULT_TITLE),
+        "link": link,
+        "result_url": url or "",
+        "details": details_list(details),
+    }
+
+
+def details_list(metadata: Mapping[str, Any]) -> str:
+    """Return metadata as a Markdown list, `- File size: 125 MB`, secrets and blanks left out."""
+    lines = []
+    shown = 0
+    for key, value in metadata.items():
+        label = humanise_key(key)
+        if _looks_secret(label) or value is None or value == "":
+            continue
+        if shown == MAX_DETAILS:
+            lines.append(f"- {ELLIPSIS}")
+            break
+        text = _clean(_as_text(value), MAX_VALUE_LENGTH)
+        lines.append(
+            f"- {escape_markdown(_truncate(label, MAX_LABEL_LENGTH))}: {escape_markdown(text)}"
+        )
+        shown += 1
+    return "\n".join(lines)
+
+
+def humanise_key(key: str) -> str:
+    """Turn `fileSize`, `file_size` or `file-size` into `File size`; acronyms stay upper case."""
+    words = _CAMEL_BOUNDARY.sub(" ", key).replace("_", " ").replace("-", " ").split()
+    if not words:
+        return key.strip()
+    words = [word if len(word) > 1 and word.isupper() else word.lower() for word in words]
+    first = words[0]
+    return " ".join([first[:1].upper() + first[1:], *words[1:]])
+
+
+def humanise_seconds(seconds: int) -> str:
+    """Turn 300 into `5 minutes` and 5400 into `1 hour 30 minutes` (the two largest units)."""
+    parts = []
+    remaining = max(seconds, 0)
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60), ("second", 1)):
+        count, remaining = divmod(remaining, size)
+        if count:
+            parts.append(f"{count} {unit}" + ("" if count == 1 else "s"))
+    return " ".join(parts[:2]) or "0 seconds"
+
+
+def escape_markdown(text: str) -> str:
+    """Return `text` so that a Markdown renderer shows it literally, on one line."""
+    escaped = _INLINE_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
+    return _BLOCK_START.sub(_escape_block_start, escaped)
+
+
+def _escape_block_start(match: re.Match[str]) -> str:
+    marker, number, delimiter = match.groups()
+    return f"\\{marker}" if marker else f"{number}\\{delimiter}"
+
+
+def safe_link_target(url: str) -> str | None:
+    """Return `url` fit for a Markdown link, or None unless it is an absolute http(s) URL."""
+    try:
+        parts = urlsplit(url.strip())
+        hostname = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not hostname:
+        return None
+    # Credentials in the URL would be shown to every reader of the chat.
+    netloc = parts.netloc.rpartition("@")[2]
+    clean = urlunsplit((parts.scheme.lower(), netloc, parts.path, parts.query, parts.fragment))
+    return quote(clean, safe=_URL_SAFE)
+
+
+def redact_secrets(text: str) -> str:
+    """Replace credentials an external service may echo back (`Bearer ...`, `token=...`)."""
+    text = _BEARER.sub(lambda match: f"{match.group(1)} {REDACTED}", text)
+    text = _SECRET_ASSIGNMENT.sub(lambda match: f"{match.group(1)}{match.group(2)}{REDACTED}", text)
+    return _URL_CREDENTIALS.sub(lambda match: f"{match.group(1)}{REDACTED}@", text)
+
+
+def _clean(text: str, limit: int) -> str:
+    return _truncate(redact_secrets(_one_line(text)), limit)
+
+
+def _one_line(text: str) -> str:
+    printable = "".join(" " if unicodedata.category(char) == "Cc" else char for char in text)
+    return " ".join(printable.split())
+
+
+def _truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(ELLIPSIS)].rstrip() + ELLIPSIS
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _looks_secret(label: str) -> bool:
+    lowered = label.lower()
+    return bool(_SECRET_WORDS.intersection(lowered.split())) or any(
+        phrase in lowered for phrase in _SECRET_PHRASES
+    )
+
+
+def _tidy(text: str) -> str:
+    # An empty placeholder (no link, no details) must not leave a gap of blank lines.
+    lines = [line.rstrip() for line in text.strip().splitlines()]
+    tidy: list[str] = []
+    for line in lines:
+        if line or (tidy and tidy[-1]):
+            tidy.append(line)
+    return "\n".join(tidy).strip()

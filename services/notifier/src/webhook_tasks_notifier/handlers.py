@@ -1,0 +1,115 @@
+"""The task-lifecycle consumer: one comment per outcome, users told, events queued in the outbox."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from uuid import UUID
+
+import asyncpg
+from webhook_tasks_contracts import (
+    ChatCommentPosted,
+    TaskCompleted,
+    TaskDispatched,
+    TaskExpired,
+    TaskFailed,
+    TaskProgressed,
+    TaskRef,
+    Topics,
+    UserNotified,
+    derived_event_id,
+)
+from webhook_tasks_runtime.kafka import OutgoingMessage, message_for
+from webhook_tasks_runtime.outbox import OutboxRelay, add_to_outbox
+
+from . import repository
+from .comment_templates import CommentTemplates
+from .comments import render_comment
+from .repository import Comment, Notification
+
+logger = logging.getLogger(__name__)
+
+LifecycleEventType = TaskDispatched | TaskProgressed | TaskCompleted | TaskFailed | TaskExpired
+
+
+class LifecycleHandler:
+    """Turn task lifecycle events into chat comments and user notifications, idempotently."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        relay: OutboxRelay,
+        templates: CommentTemplates,
+        topics: Topics,
+    ) -> None:
+        self._pool = pool
+        self._relay = relay
+        self._templates = templates
+        self._topics = topics
+
+    async def handle(self, event: LifecycleEventType) -> None:
+        """Write the comment `event` calls for, unless it is already written."""
+        if isinstance(event, TaskDispatched):
+            return
+        rendered = render_comment(event, self._templates)
+        notifications: list[Notification] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            if isinstance(event, TaskProgressed):
+                comment = await repository.upsert_progress_comment(conn, event, rendered.text)
+            else:
+                comment = await repository.insert_terminal_comment(
+                    conn, event, rendered.kind, rendered.text
+                )
+                if comment is not None:
+                    notifications = await repository.insert_notifications(
+                        conn, comment, users_to_tell(event.task)
+                    )
+            if comment is None:
+                logger.info("comment already written", extra={"kind": rendered.kind})
+                return
+            await add_to_outbox(
+                conn, self._announcements(event.task, comment, notifications, event.event_id)
+            )
+        self._relay.wake()
+        logger.info(
+            "comment written",
+            extra={"kind": comment.kind, "comment_id": comment.id, "notified": len(notifications)},
+        )
+
+    def _announcements(
+        self,
+        task: TaskRef,
+        comment: Comment,
+        notifications: Sequence[Notification],
+        source_event_id: UUID,
+    ) -> list[OutgoingMessage]:
+        topic = self._topics.notifications
+        key = comment.correlation_id
+        # A terminal comment is announced once per task; a progress comment once per update.
+        version = source_event_id if comment.kind == "progress" else "terminal"
+        posted = ChatCommentPosted(
+            event_id=derived_event_id("chat_comment.posted", key, version),
+            correlation_id=key,
+            task=task,
+            comment_id=comment.id,
+            kind=comment.kind,
+            text=comment.text,
+        )
+        told = [
+            UserNotified(
+                event_id=derived_event_id("user.notified", key, notification.user_id),
+                correlation_id=key,
+                task=task,
+                user_id=notification.user_id,
+                kind=notification.kind,
+                text=comment.text,
+            )
+            for notification in notifications
+        ]
+        return [message_for(topic, event, key=key) for event in (posted, *told)]
+
+
+def users_to_tell(task: TaskRef) -> list[str]:
+    """Return the task's owner then its followers, each once."""
+    return list(dict.fromkeys((task.user_id, *task.followers)))
