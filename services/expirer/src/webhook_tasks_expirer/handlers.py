@@ -28,8 +28,8 @@ class StartDeadline:
 
 
 @dataclass(frozen=True, slots=True)
-class MoveDeadline:
-    """Set the deadline of a task that reported progress."""
+class ExtendDeadline:
+    """Move the deadline of a task that reported progress, if that makes it later."""
 
     correlation_id: str
     task_id: str
@@ -43,7 +43,7 @@ class FinishTask:
     correlation_id: str
 
 
-DeadlineChange = StartDeadline | MoveDeadline | FinishTask
+DeadlineChange = StartDeadline | ExtendDeadline | FinishTask
 
 
 def change_for(event: AnyLifecycleEvent) -> DeadlineChange:
@@ -52,7 +52,7 @@ def change_for(event: AnyLifecycleEvent) -> DeadlineChange:
         case TaskDispatched():
             return StartDeadline(event.correlation_id, event.task.task_id, event.deadline_at)
         case TaskProgressed():
-            return MoveDeadline(event.correlation_id, event.task.task_id, event.deadline_at)
+            return ExtendDeadline(event.correlation_id, event.task.task_id, event.deadline_at)
         case TaskCompleted() | TaskFailed() | TaskExpired():
             return FinishTask(event.correlation_id)
 
@@ -62,7 +62,7 @@ class DeadlineStore(Protocol):
 
     async def start(self, correlation_id: str, task_id: str, deadline_at: datetime) -> bool: ...
 
-    async def move(self, correlation_id: str, task_id: str, deadline_at: datetime) -> bool: ...
+    async def extend(self, correlation_id: str, task_id: str, deadline_at: datetime) -> bool: ...
 
     async def finish(self, correlation_id: str) -> None: ...
 
@@ -82,8 +82,8 @@ class LifecycleHandler:
         match change:
             case StartDeadline():
                 stored = await self._store.start(*_deadline_fields(change))
-            case MoveDeadline():
-                stored = await self._store.move(*_deadline_fields(change))
+            case ExtendDeadline():
+                stored = await self._store.extend(*_deadline_fields(change))
             case FinishTask():
                 await self._store.finish(change.correlation_id)
                 return
@@ -91,5 +91,5 @@ class LifecycleHandler:
             self._on_deadline_stored(change.deadline_at)
 
 
-def _deadline_fields(change: StartDeadline | MoveDeadline) -> tuple[str, str, datetime]:
+def _deadline_fields(change: StartDeadline | ExtendDeadline) -> tuple[str, str, datetime]:
     return change.correlation_id, change.task_id, change.deadline_at

@@ -37,10 +37,12 @@ async def start_deadline(
     return bool(stored)
 
 
-async def move_deadline(
+async def extend_deadline(
     conn: asyncpg.Connection, correlation_id: str, task_id: str, deadline_at: datetime
 ) -> bool:
-    """Set a task's deadline unless the task is finished; return whether it changed."""
+    """Move a task's deadline later unless the task is finished; return whether it changed."""
+    # Only later: heartbeats extend the deadline, and a replay of older progress events
+    # must not bring back a deadline that may already have passed.
     # An upsert, not an update: when the scanner already fired the old deadline, the
     # dispatcher may still be waiting on the task, so the new deadline must be kept.
     stored = await conn.fetchval(
@@ -50,7 +52,7 @@ async def move_deadline(
         WHERE NOT EXISTS (SELECT 1 FROM finished_tasks WHERE correlation_id = $1)
         ON CONFLICT (correlation_id) DO UPDATE
             SET deadline_at = EXCLUDED.deadline_at, updated_at = now()
-            WHERE deadlines.deadline_at <> EXCLUDED.deadline_at
+            WHERE deadlines.deadline_at < EXCLUDED.deadline_at
         RETURNING true
         """,
         correlation_id,
@@ -124,10 +126,10 @@ class PostgresDeadlineStore:
         async with self._pool.acquire() as conn:
             return await start_deadline(conn, correlation_id, task_id, deadline_at)
 
-    async def move(self, correlation_id: str, task_id: str, deadline_at: datetime) -> bool:
-        """Set a deadline; return whether it changed."""
+    async def extend(self, correlation_id: str, task_id: str, deadline_at: datetime) -> bool:
+        """Move a deadline later; return whether it changed."""
         async with self._pool.acquire() as conn:
-            return await move_deadline(conn, correlation_id, task_id, deadline_at)
+            return await extend_deadline(conn, correlation_id, task_id, deadline_at)
 
     async def finish(self, correlation_id: str) -> None:
         """Drop the deadline and remember the task as finished."""
