@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from webhook_tasks_contracts import (
+    ChatCommentPosted,
+    TaskCompleted,
+    TaskDispatched,
+    TaskExpired,
+    TaskFailed,
+    TaskProgressed,
+    TaskRef,
+    Topics,
+    UserNotified,
+    notification_event_adapter,
+)
+from webhook_tasks_notifier.comment_templates import load_templates
+from webhook_tasks_notifier.handlers import LifecycleHandler
+from webhook_tasks_notifier.repository import comments_for, notifications_for
+from webhook_tasks_runtime.db import create_pool, load_migrations, migrate, runtime_migrations
+from webhook_tasks_runtime.infra import Infrastructure
+from webhook_tasks_runtime.kafka import KafkaPublisher
+from webhook_tasks_runtime.outbox import OutboxRelay
+
+pytestmark = pytest.mark.integration
+
+TASK = TaskRef(
+    task_id="task-1",
+    user_id="owner",
+    project_id="project-1",
+    followers=("ann", "owner", "bob"),
+)
+DEADLINE = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+async def pool(infrastructure: Infrastructure, unique_schema: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(infrastructure.database_url, unique_schema, max_size=4)
+    await migrate(
+        pool, unique_schema, runtime_migrations() + load_migrations("webhook_tasks_notifier")
+    )
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def handler(
+    pool: asyncpg.Pool,
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+) -> LifecycleHandler:
+    # The relay is only woken here, never run: the test reads the outbox rows it would send.
+    publisher = KafkaPublisher.create(
+        infrastructure.kafka_bootstrap_servers, enable_idempotence=False, client_id="test"
+    )
+    relay = OutboxRelay(pool, publisher, schema=unique_schema)
+    return LifecycleHandler(
+        pool=pool, relay=relay, templates=load_templates(), topics=unique_topics
+    )
+
+
+async def outbox(pool: asyncpg.Pool) -> list[tuple[str, str, ChatCommentPosted | UserNotified]]:
+    rows = await pool.fetch("SELECT topic, key, payload FROM outbox ORDER BY id")
+    return [
+        (row["topic"], row["key"], notification_event_adapter.validate_json(row["payload"]))
+        for row in rows
+    ]
+
+
+def completed(correlation_id: str = "corr-1") -> TaskCompleted:
+    return TaskCompleted(
+        correlation_id=correlation_id,
+        task=TASK,
+        result_url="https://cdn.example.com/video.mp4",
+        metadata={"title": "Video", "duration": "2m 30s"},
+    )
+
+
+def progressed(progress: float, at: datetime) -> TaskProgressed:
+    return TaskProgressed(
+        correlation_id="corr-1", task=TASK, deadline_at=DEADLINE, progress=progress, occurred_at=at
+    )
+
+
+async def test_terminal_event_writes_one_comment_notifications_and_outbox_events(
+    handler: LifecycleHandler, pool: asyncpg.Pool, unique_topics: Topics
+) -> None:
+    await handler.handle(completed())
+
+    async with pool.acquire() as conn:
+        comments = await comments_for(conn, ["corr-1"])
+        notifications = await notifications_for(conn, ["corr-1"])
+    assert [(c.kind, c.task_id) for c in comments] == [("result", "task-1")]
+    assert comments[0].text.startswith("**Video**")
+    assert [n.user_id for n in notifications] == ["owner", "ann", "bob"]
+    assert {n.comment_id for n in notifications} == {comments[0].id}
+
+    queued = await outbox(pool)
+    assert {(topic, key) for topic, key, _ in queued} == {(unique_topics.notifications, "corr-1")}
+    events = [event for _, _, event in queued]
+    assert isinstance(events[0], ChatCommentPosted)
+    assert (events[0].comment_id, events[0].kind) == (comments[0].id, "result")
+    assert events[0].text == comments[0].text
+    told = [event for event in events[1:] if isinstance(event, UserNotified)]
+    assert [event.user_id for event in told] == ["owner", "ann", "bob"]
+    assert len({event.event_id for event in events}) == len(events) == 4
+
+
+async def test_redelivered_and_conflicting_terminal_events_change_nothing(
+    handler: LifecycleHandler, pool: asyncpg.Pool
+) -> None:
+    first = completed()
+    await handler.handle(first)
+    before = await pool.fetch("SELECT * FROM comments ORDER BY id")
+    queued_before = await outbox(pool)
+
+    await handler.handle(first)
+    await handler.handle(completed())  # the same outcome under a new event id
+    await handler.handle(
+        TaskFailed(correlation_id="corr-1", task=TASK, cause="callback_error", reason="late")
+    )
+    await handler.handle(
+        TaskExpired(correlation_id="corr-1", task=TASK, deadline_at=DEADLINE, timeout_seconds=300)
+    )
+
+    assert await pool.fetch("SELECT * FROM comments ORDER BY id") == before
+    assert await pool.fetchval("SELECT count(*) FROM notifications") == 3
+    assert await outbox(pool) == queued_before
+
+
+async def test_outcomes_of_different_tasks_each_get_their_comment(
+    handler: LifecycleHandler, pool: asyncpg.Pool
+) -> None:
+    await handler.handle(completed("corr-1"))
+    await handler.handle(
+        TaskExpired(correlation_id="corr-2", task=TASK, deadline_at=DEADLINE, timeout_seconds=90)
+    )
+
+    async with pool.acquire() as conn:
+        comments = await comments_for(conn, ["corr-1", "corr-2"])
+    assert [(c.correlation_id, c.kind) for c in comments] == [
+        ("corr-1", "result"),
+        ("corr-2", "expired"),
+    ]
+    assert "1 minute 30 seconds" in comments[1].text
+
+
+async def test_progress_keeps_one_comment_up_to_date_and_ignores_replays(
+    handler: LifecycleHandler, pool: asyncpg.Pool
+) -> None:
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    early, late = progressed(10, start), progressed(60, start + timedelta(seconds=5))
+
+    await handler.handle(early)
+    await handler.handle(late)
+    await handler.handle(early)  # a replay of an older heartbeat must not move it back
+    await handler.handle(late)
+
+    async with pool.acquire() as conn:
+        comments = await comments_for(conn, ["corr-1"])
+    assert [(c.kind, c.text) for c in comments] == [("progress", "**In progress** 60%")]
+    assert comments[0].updated_at > comments[0].created_at
+    queued = [event for _, _, event in await outbox(pool)]
+    assert [(type(e).__name__, e.kind) for e in queued] == [("ChatCommentPosted", "progress")] * 2
+    assert len({e.event_id for e in queued}) == 2
+    assert await pool.fetchval("SELECT count(*) FROM notifications") == 0
+
+
+async def test_progress_after_the_outcome_writes_nothing(
+    handler: LifecycleHandler, pool: asyncpg.Pool
+) -> None:
+    await handler.handle(completed())
+    queued_before = await outbox(pool)
+
+    await handler.handle(progressed(99, datetime(2031, 1, 1, tzinfo=UTC)))
+
+    async with pool.acquire() as conn:
+        assert [c.kind for c in await comments_for(conn, ["corr-1"])] == ["result"]
+    assert await outbox(pool) == queued_before
+
+
+async def test_dispatched_event_writes_nothing(
+    handler: LifecycleHandler, pool: asyncpg.Pool
+) -> None:
+    await handler.handle(
+        TaskDispatched(
+            correlation_id="corr-1",
+            task=TASK,
+            deadline_at=DEADLINE,
+            timeout_seconds=300,
+            webhook_host="svc.example.com",
+        )
+    )
+
+    assert await pool.fetchval("SELECT count(*) FROM comments") == 0
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0

@@ -1,0 +1,246 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from webhook_tasks_contracts import (
+    TaskCompleted,
+    TaskExpired,
+    TaskFailed,
+    TaskProgressed,
+    TaskRef,
+)
+from webhook_tasks_notifier.comment_templates import TemplateError, load_templates
+from webhook_tasks_notifier.comments import (
+    escape_markdown,
+    humanise_key,
+    humanise_seconds,
+    render_comment,
+    safe_link_target,
+)
+from webhook_tasks_notifier.handlers import users_to_tell
+
+TASK = TaskRef(task_id="task-1", user_id="user-1", project_id="project-1")
+DEADLINE = datetime(2030, 1, 1, tzinfo=UTC)
+TEMPLATES = load_templates()
+
+
+def completed(result_url: str | None = None, **metadata: Any) -> TaskCompleted:
+    return TaskCompleted(
+        correlation_id="corr-1", task=TASK, result_url=result_url, metadata=metadata
+    )
+
+
+def failed(reason: str) -> TaskFailed:
+    return TaskFailed(correlation_id="corr-1", task=TASK, cause="callback_error", reason=reason)
+
+
+def test_result_shows_title_link_and_metadata_list() -> None:
+    event = completed(
+        "https://cdn.example.com/result.mp4",
+        title="Generated Video",
+        duration="2m 30s",
+        fileSize="125 MB",
+    )
+
+    comment = render_comment(event, TEMPLATES)
+
+    assert comment.kind == "result"
+    assert comment.text == (
+        "**Generated Video**\n"
+        "\n"
+        "[Open the result](https://cdn.example.com/result.mp4)\n"
+        "\n"
+        "- Duration: 2m 30s\n"
+        "- File size: 125 MB"
+    )
+
+
+def test_result_without_title_url_or_metadata_is_just_the_default_title() -> None:
+    assert render_comment(completed(), TEMPLATES).text == "**Result ready**"
+
+
+def test_result_leaves_out_metadata_that_looks_secret() -> None:
+    event = completed(apiKey="sk-live-123", accessToken="tok-456", author="Ada")
+
+    text = render_comment(event, TEMPLATES).text
+
+    assert "sk-live-123" not in text
+    assert "tok-456" not in text
+    assert "- Author: Ada" in text
+
+
+def test_result_with_a_non_http_url_shows_it_as_text_not_a_link() -> None:
+    text = render_comment(completed("javascript:alert(1)"), TEMPLATES).text
+
+    assert "](" not in text
+    assert "Result: javascript:alert(1)" in text
+
+
+def test_result_link_drops_credentials_in_the_url() -> None:
+    text = render_comment(completed("https://user:hunter2@cdn.example.com/r.mp4"), TEMPLATES).text
+
+    assert "hunter2" not in text
+    assert "[Open the result](https://cdn.example.com/r.mp4)" in text
+
+
+def test_hostile_metadata_cannot_add_links_images_or_html() -> None:
+    event = completed(
+        title="[Click me](https://evil.example)",
+        note="![pixel](https://evil.example/p.png) <script>alert(1)</script> <https://evil.example>",
+    )
+
+    text = render_comment(event, TEMPLATES).text
+
+    assert "**\\[Click me\\](https://evil.example)**" in text
+    assert "!\\[pixel\\]" in text
+    assert "<" not in text
+    assert "&lt;script&gt;" in text
+
+
+def test_metadata_values_stay_on_their_line() -> None:
+    text = render_comment(completed(note="first\n\n# Heading\r\n- item"), TEMPLATES).text
+
+    assert text == "**Result ready**\n\n- Note: first # Heading - item"
+
+
+def test_error_shows_the_cause_and_the_reason_quoted() -> None:
+    comment = render_comment(failed("Model overloaded"), TEMPLATES)
+
+    assert comment.kind == "error"
+    assert comment.text == (
+        "**Task failed**\n\nThe external service reported an error:\n\n> Model overloaded"
+    )
+
+
+def test_error_reason_is_truncated_with_an_ellipsis() -> None:
+    text = render_comment(failed("x" * 2000), TEMPLATES).text
+
+    reason = text.rpartition("> ")[2]
+    assert len(reason) == 500
+    assert reason.endswith("x…")
+
+
+def test_error_reason_cannot_break_out_of_the_quote() -> None:
+    text = render_comment(failed("bad\n\n# Injected [link](https://evil.example)"), TEMPLATES).text
+
+    assert text.endswith("> bad # Injected \\[link\\](https://evil.example)")
+
+
+def test_error_reason_never_shows_an_echoed_credential() -> None:
+    reason = "401 for Authorization: Bearer sk_live_abcdefghijklmnop0123 (api_key=abc123)"
+
+    text = render_comment(failed(reason), TEMPLATES).text
+
+    assert "sk_live_abcdefghijklmnop0123" not in text
+    assert "abc123" not in text
+    assert "401 for" in text
+
+
+def test_expiry_names_the_timeout_in_words() -> None:
+    event = TaskExpired(
+        correlation_id="corr-1", task=TASK, deadline_at=DEADLINE, timeout_seconds=300
+    )
+
+    comment = render_comment(event, TEMPLATES)
+
+    assert comment.kind == "expired"
+    assert "did not answer within 5 minutes" in comment.text
+
+
+def test_progress_shows_percent_and_message() -> None:
+    event = TaskProgressed(
+        correlation_id="corr-1",
+        task=TASK,
+        deadline_at=DEADLINE,
+        progress=42.5,
+        message="Rendering *frames*",
+    )
+
+    comment = render_comment(event, TEMPLATES)
+
+    assert comment.kind == "progress"
+    assert comment.text == "**In progress** 42.5%\n\nRendering \\*frames\\*"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [
+        (1, "1 second"),
+        (90, "1 minute 30 seconds"),
+        (300, "5 minutes"),
+        (3600, "1 hour"),
+        (5400, "1 hour 30 minutes"),
+        (2 * 86_400 + 3 * 3600 + 7, "2 days 3 hours"),
+    ],
+)
+def test_humanise_seconds(seconds: int, words: str) -> None:
+    assert humanise_seconds(seconds) == words
+
+
+@pytest.mark.parametrize(
+    ("key", "label"),
+    [
+        ("duration", "Duration"),
+        ("fileSize", "File size"),
+        ("file_size", "File size"),
+        ("frame-rate", "Frame rate"),
+        ("HTTPStatus", "HTTP status"),
+        ("resultURL", "Result URL"),
+    ],
+)
+def test_humanise_key(key: str, label: str) -> None:
+    assert humanise_key(key) == label
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://example.com/x", "javascript:alert(1)", "data:text/html,hi", "https:///nohost", "/x"],
+)
+def test_only_absolute_http_urls_become_links(url: str) -> None:
+    assert safe_link_target(url) is None
+
+
+def test_link_target_cannot_close_the_link_early() -> None:
+    assert safe_link_target("https://e.example/a b)(c") == "https://e.example/a%20b%29%28c"
+
+
+def test_escaping_keeps_block_markers_literal_at_line_start() -> None:
+    assert escape_markdown("1. one") == "1\\. one"
+    assert escape_markdown("- item") == "\\- item"
+    assert escape_markdown("a & b") == "a &amp; b"
+
+
+def test_template_override_replaces_only_the_files_present(tmp_path: Path) -> None:
+    (tmp_path / "result.md").write_text("Done: $title ($correlation_id)\n$details\n")
+
+    templates = load_templates(tmp_path)
+
+    assert render_comment(completed(title="Clip", size="1 MB"), templates).text == (
+        "Done: Clip (corr-1)\n- Size: 1 MB"
+    )
+    assert render_comment(failed("nope"), templates).text.startswith("**Task failed**")
+
+
+def test_template_override_with_an_unknown_placeholder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "error.md").write_text("Failed: $reason for $webhook_auth\n")
+
+    with pytest.raises(TemplateError, match="webhook_auth"):
+        load_templates(tmp_path)
+
+
+def test_template_override_with_a_stray_dollar_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "expired.md").write_text("Costs $ 5\n")
+
+    with pytest.raises(TemplateError, match=r"\$\$"):
+        load_templates(tmp_path)
+
+
+def test_owner_and_followers_are_each_told_once() -> None:
+    task = TaskRef(
+        task_id="t", user_id="owner", project_id="p", followers=("ann", "owner", "bob", "ann")
+    )
+
+    assert users_to_tell(task) == ["owner", "ann", "bob"]
