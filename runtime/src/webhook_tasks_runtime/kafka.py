@@ -253,3 +253,25 @@ def create_broker(
         graceful_timeout=graceful_timeout,
         logger=logging.getLogger("faststream"),
     )
+
+
+async def ensure_topics(
+    bootstrap_servers: str, names: Sequence[str], *, partitions: int = 3, replication: int = 1
+) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in names if name not in existing]
+        if missing:
+            await admin.create_topics(
+                [
+                    NewTopic(name, num_partitions=partitions, replication_factor=replication)
+                    for name in missing
+                ]
+            )
+    finally:
+        await admin.close()

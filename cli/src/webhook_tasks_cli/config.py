@@ -1,0 +1,101 @@
+"""Where the CLI finds the system: environment variables first, else the running `up` stack."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+STACK_FILE_ENV = "WEBHOOK_TASKS_STACK_FILE"
+
+
+class ConfigurationError(RuntimeError):
+    """The CLI cannot tell where the system is."""
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Addresses and keys of one running system."""
+
+    kafka_bootstrap_servers: str
+    database_url: str | None = None
+    gateway_url: str | None = None
+    callback_token_keys: str | None = None
+    topic_prefix: str = "webhook-tasks"
+    kafka_enable_idempotence: bool = True
+    pid: int | None = None
+
+
+def stack_file() -> Path:
+    """Return the file where a running `webhook-tasks up` describes itself."""
+    override = os.environ.get(STACK_FILE_ENV)
+    if override:
+        return Path(override)
+    state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state_home) / "webhook-tasks" / "stack.json"
+
+
+def write_stack_file(config: StackConfig) -> Path:
+    """Describe the running stack for other CLI commands; readable by this user only."""
+    path = stack_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.touch(mode=0o600)
+    temporary.write_text(json.dumps(asdict(config)))
+    temporary.replace(path)
+    return path
+
+
+def remove_stack_file(pid: int) -> None:
+    """Delete the stack file if it still describes the stack of process `pid`."""
+    path = stack_file()
+    try:
+        if json.loads(path.read_text()).get("pid") == pid:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def load_config() -> StackConfig:
+    """Return the system's addresses: from the environment, else from a running stack."""
+    from_stack = _running_stack()
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if bootstrap:
+        return StackConfig(
+            kafka_bootstrap_servers=bootstrap,
+            database_url=os.environ.get("DATABASE_URL"),
+            gateway_url=os.environ.get("PUBLIC_CALLBACK_BASE_URL") or os.environ.get("GATEWAY_URL"),
+            callback_token_keys=os.environ.get("CALLBACK_TOKEN_KEYS"),
+            topic_prefix=os.environ.get("TOPIC_PREFIX", "webhook-tasks"),
+            kafka_enable_idempotence=os.environ.get("KAFKA_ENABLE_IDEMPOTENCE", "true").lower()
+            in ("1", "true", "yes"),
+        )
+    if from_stack is None:
+        raise ConfigurationError(
+            "no running stack found: start one with `webhook-tasks up`, "
+            "or set KAFKA_BOOTSTRAP_SERVERS (and DATABASE_URL, PUBLIC_CALLBACK_BASE_URL, "
+            "CALLBACK_TOKEN_KEYS as needed)"
+        )
+    return from_stack
+
+
+def _running_stack() -> StackConfig | None:
+    try:
+        data = json.loads(stack_file().read_text())
+        config = StackConfig(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+    if config.pid is not None and not _alive(config.pid):
+        return None
+    return config
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

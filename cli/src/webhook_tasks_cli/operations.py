@@ -1,0 +1,199 @@
+"""What `submit`, `callback` and `show` do, apart from parsing arguments and printing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from webhook_tasks_contracts import (
+    REVEAL_SECRETS,
+    CallbackKeyError,
+    CallbackTokens,
+    TaskRequested,
+    Topics,
+    parse_callback_keys,
+)
+
+from .config import StackConfig
+
+CONNECT_TIMEOUT_SECONDS = 15.0
+
+
+class OperationError(RuntimeError):
+    """A command could not do what was asked; the message says why in one line."""
+
+
+async def publish_task(config: StackConfig, request: TaskRequested) -> None:
+    """Publish a task event as an upstream system would (acks=all)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=config.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=config.kafka_enable_idempotence,
+        request_timeout_ms=int(CONNECT_TIMEOUT_SECONDS * 1000),
+        client_id="webhook-tasks-cli",
+    )
+    try:
+        await asyncio.wait_for(producer.start(), CONNECT_TIMEOUT_SECONDS)
+    except (KafkaError, OSError, TimeoutError) as error:
+        await producer.stop()
+        raise OperationError(
+            f"cannot reach Kafka at {config.kafka_bootstrap_servers}: {type(error).__name__}"
+        ) from None
+    try:
+        await asyncio.wait_for(
+            producer.send_and_wait(
+                Topics(config.topic_prefix).task_requested,
+                request.model_dump_json(context={REVEAL_SECRETS: True}).encode(),
+                key=request.task_id.encode(),
+            ),
+            CONNECT_TIMEOUT_SECONDS,
+        )
+    except (KafkaError, TimeoutError) as error:
+        raise OperationError(f"Kafka did not accept the task: {type(error).__name__}") from None
+    finally:
+        await producer.stop()
+
+
+@dataclass(frozen=True)
+class GatewayAnswer:
+    """The gateway's answer to a callback."""
+
+    status_code: int
+    body: dict[str, Any] | str
+
+    @property
+    def accepted(self) -> bool:
+        """Return whether the callback was accepted."""
+        return 200 <= self.status_code < 300
+
+    @property
+    def explanation(self) -> str:
+        """Return the answer's reason in one line."""
+        if isinstance(self.body, dict):
+            detail = self.body.get("detail") or self.body.get("title") or self.body.get("status")
+            return str(detail)
+        return self.body[:300]
+
+
+async def send_callback(
+    config: StackConfig | None,
+    correlation_id: str,
+    body: dict[str, Any],
+    *,
+    callback_url: str | None = None,
+) -> GatewayAnswer:
+    """POST a callback as the external service would: to `callback_url` or a freshly minted one."""
+    if callback_url is None:
+        callback_url = await _mint_callback_url(config, correlation_id)
+    try:
+        async with httpx.AsyncClient(timeout=CONNECT_TIMEOUT_SECONDS, trust_env=False) as http:
+            response = await http.post(callback_url, json=body)
+    except httpx.HTTPError as error:
+        raise OperationError(f"cannot reach the gateway: {type(error).__name__}") from None
+    try:
+        parsed: dict[str, Any] | str = response.json()
+    except ValueError:
+        parsed = response.text
+    return GatewayAnswer(response.status_code, parsed)
+
+
+async def _mint_callback_url(config: StackConfig | None, correlation_id: str) -> str:
+    if config is None or not config.gateway_url or not config.callback_token_keys:
+        raise OperationError(
+            "to call back without --callback-url, set PUBLIC_CALLBACK_BASE_URL and "
+            "CALLBACK_TOKEN_KEYS, or run `webhook-tasks up` on this machine"
+        )
+    if config.database_url:
+        # Holding the key, we could mint a URL for any id; say so plainly when it is unknown.
+        known = await _fetch(
+            config.database_url,
+            "SELECT 1 FROM dispatcher.tasks WHERE correlation_id = $1",
+            correlation_id,
+        )
+        if not known:
+            raise OperationError(f"unknown correlation id {correlation_id!r}")
+    try:
+        tokens = CallbackTokens(parse_callback_keys(config.callback_token_keys))
+    except CallbackKeyError as error:
+        raise OperationError(f"CALLBACK_TOKEN_KEYS is unusable: {error}") from None
+    return tokens.callback_url(config.gateway_url, correlation_id)
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    """Everything `show` prints about one run of a task."""
+
+    task: Any
+    attempts: list[Any]
+    history: list[Any]
+    deadline_at: datetime | None
+    comments: list[Any]
+    notifications: list[Any]
+
+
+async def inspect_tasks(database_url: str, task_or_correlation_id: str) -> list[TaskReport]:
+    """Return state, timestamps, attempts, history and comments of matching tasks."""
+    from webhook_tasks_dispatcher import repository as dispatcher_repository
+    from webhook_tasks_expirer import repository as expirer_repository
+    from webhook_tasks_notifier import repository as notifier_repository
+
+    conn = await _connect(database_url)
+    try:
+        await conn.execute("SET search_path TO dispatcher")
+        tasks = await dispatcher_repository.find_tasks(conn, task_or_correlation_id)
+        reports = []
+        for task in tasks:
+            await conn.execute("SET search_path TO dispatcher")
+            attempts = await dispatcher_repository.attempts_for(conn, task.correlation_id)
+            history = await dispatcher_repository.history_for(conn, task.correlation_id)
+            await conn.execute("SET search_path TO expirer")
+            deadline = await expirer_repository.deadline_for(conn, task.correlation_id)
+            await conn.execute("SET search_path TO notifier")
+            comments = await notifier_repository.comments_for(conn, [task.correlation_id])
+            notifications = await notifier_repository.notifications_for(conn, [task.correlation_id])
+            reports.append(TaskReport(task, attempts, history, deadline, comments, notifications))
+        return reports
+    except asyncpg.UndefinedTableError:
+        raise OperationError(
+            "the database has no webhook-tasks tables yet: start the services first"
+        ) from None
+    finally:
+        await conn.close()
+
+
+async def _fetch(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await _connect(database_url)
+    try:
+        return list(await conn.fetch(query, *args))
+    except asyncpg.UndefinedTableError:
+        return []
+    finally:
+        await conn.close()
+
+
+async def _connect(database_url: str) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(database_url, timeout=CONNECT_TIMEOUT_SECONDS)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        raise OperationError(f"cannot reach PostgreSQL: {type(error).__name__}") from None
+
+
+def parse_pairs(pairs: list[str], *, option: str) -> dict[str, Any]:
+    """Turn KEY=VALUE arguments into a dict; a VALUE that is valid JSON keeps its type."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise OperationError(f"{option} expects KEY=VALUE, got {pair!r}")
+        try:
+            result[key.strip()] = json.loads(value)
+        except ValueError:
+            result[key.strip()] = value
+    return result

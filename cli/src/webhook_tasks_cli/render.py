@@ -1,0 +1,93 @@
+"""Print what `show` found, for a person reading a terminal."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+from .operations import TaskReport
+
+
+def render_reports(console: Console, reports: list[TaskReport]) -> None:
+    """Print each run of the task: state, timestamps, attempts, history, comments."""
+    for report in reports:
+        task = report.task
+        summary = Table.grid(padding=(0, 2))
+        summary.add_column(style="bold")
+        summary.add_column()
+        summary.add_row("task", task.task_id)
+        summary.add_row("correlation id", task.correlation_id)
+        summary.add_row("state", _state(task.status.value, task.status_reason))
+        summary.add_row("user / project", f"{task.user_id} / {task.project_id}")
+        summary.add_row("webhook", _without_query(task.webhook_url))
+        summary.add_row("mode, timeout", f"{task.mode}, {task.timeout_seconds}s")
+        summary.add_row("created", _time(task.created_at))
+        summary.add_row("dispatched", _time(task.dispatched_at))
+        summary.add_row("deadline", _time(report.deadline_at or task.deadline_at))
+        summary.add_row("finished", _time(task.finished_at))
+        if task.ack_status or task.estimated_completion:
+            summary.add_row(
+                "acknowledged", f"{task.ack_status or '-'} (eta {task.estimated_completion or '-'})"
+            )
+        if task.progress is not None:
+            summary.add_row("progress", f"{task.progress:g}% {task.progress_message or ''}")
+        if task.result_url:
+            summary.add_row("result", task.result_url)
+        console.print(summary)
+
+        if report.attempts:
+            attempts = Table(title="dispatch attempts", title_justify="left")
+            for column in ("#", "started", "outcome", "HTTP", "latency", "error"):
+                attempts.add_column(column)
+            for attempt in report.attempts:
+                attempts.add_row(
+                    str(attempt.attempt),
+                    _time(attempt.started_at),
+                    attempt.outcome,
+                    str(attempt.status_code or "-"),
+                    f"{attempt.latency_ms:.0f} ms",
+                    attempt.error or "",
+                )
+            console.print(attempts)
+
+        if report.history:
+            history = Table(title="callbacks and deadlines", title_justify="left")
+            for column in ("at", "what", "outcome", "detail"):
+                history.add_column(column)
+            for entry in report.history:
+                change = (
+                    f"{entry.from_status} -> {entry.to_status}"
+                    if entry.outcome == "applied"
+                    else ""
+                )
+                history.add_row(
+                    _time(entry.recorded_at), entry.kind, entry.outcome, entry.detail or change
+                )
+            console.print(history)
+
+        for comment in report.comments:
+            console.rule(f"chat comment ({comment.kind}) {_time(comment.created_at)}")
+            console.print(Markdown(comment.text))
+        if report.notifications:
+            users = ", ".join(sorted({item.user_id for item in report.notifications}))
+            console.print(f"[bold]notified:[/] {users}")
+        console.print()
+
+
+def _state(status: str, reason: str | None) -> str:
+    colour = {"completed": "green", "failed": "red", "expired": "yellow"}.get(status, "cyan")
+    return f"[{colour}]{status}[/]" + (f" ({reason})" if reason else "")
+
+
+def _time(value: datetime | None) -> str:
+    return value.isoformat(timespec="milliseconds") if value else "-"
+
+
+def _without_query(url: str) -> str:
+    # A query string may carry a key of the external service's; it is not ours to print.
+    parts = urlsplit(url)
+    return parts._replace(query="", fragment="").geturl()

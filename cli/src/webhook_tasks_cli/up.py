@@ -1,0 +1,134 @@
+"""`webhook-tasks up`: the whole system on one machine, for a first run and local work."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import uuid
+
+from rich.console import Console
+from webhook_tasks_contracts import TaskMetadata, TaskRequested, Topics
+from webhook_tasks_runtime.embedded import free_port
+from webhook_tasks_runtime.infra import Infrastructure, start_infrastructure
+from webhook_tasks_runtime.kafka import ensure_topics
+
+from .config import StackConfig, remove_stack_file, stack_file, write_stack_file
+from .operations import OperationError, publish_task
+from .stack import Stack, StackOptions
+from .watch import EventWatcher
+
+DEMO_DELAY_SECONDS = 3
+
+
+def run_up(*, demo: bool, gateway_port: int, console: Console) -> None:
+    """Run the stack until SIGINT or SIGTERM, then stop everything it started."""
+    if not _port_free(gateway_port):
+        raise OperationError(f"port {gateway_port} is in use: pass --gateway-port with a free one")
+    external = bool(os.environ.get("DATABASE_URL") and os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+    console.print(
+        "using PostgreSQL and Kafka from DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS"
+        if external
+        else "starting embedded PostgreSQL and Kafka-protocol broker..."
+    )
+    infra = start_infrastructure(allow_docker=False)
+    try:
+        asyncio.run(_run(infra, demo=demo, gateway_port=gateway_port, console=console))
+    finally:
+        infra.close()
+        console.print("stopped")
+
+
+async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console: Console) -> None:
+    topics = Topics(os.environ.get("TOPIC_PREFIX", "webhook-tasks"))
+    keys = os.environ.get("CALLBACK_TOKEN_KEYS") or _development_key()
+    await ensure_topics(infra.kafka_bootstrap_servers, topics.all())
+    options = StackOptions(
+        database_url=infra.database_url,
+        kafka_bootstrap_servers=infra.kafka_bootstrap_servers,
+        kafka_enable_idempotence=infra.supports_idempotent_producer,
+        callback_token_keys=keys,
+        gateway_port=gateway_port,
+        log_dir=stack_file().parent / "logs",
+        topic_prefix=topics.prefix,
+    )
+    stack = Stack(options)
+    watcher = EventWatcher(infra.kafka_bootstrap_servers, topics, console.print)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    config = StackConfig(
+        kafka_bootstrap_servers=infra.kafka_bootstrap_servers,
+        database_url=infra.database_url,
+        gateway_url=options.gateway_url,
+        callback_token_keys=keys,
+        topic_prefix=topics.prefix,
+        kafka_enable_idempotence=infra.supports_idempotent_producer,
+        pid=os.getpid(),
+    )
+    watching: asyncio.Task[None] | None = None
+    try:
+        await watcher.start()
+        watching = asyncio.create_task(watcher.run())
+        console.print(f"starting services (logs in {options.log_dir})...")
+        await asyncio.to_thread(stack.start)
+        write_stack_file(config)
+        if demo:
+            demo_url = await asyncio.to_thread(stack.start_demo_service, free_port())
+            await _submit_demo_task(config, f"{demo_url}/generate-video", console)
+        console.print(
+            f"[bold]callback gateway:[/] {options.gateway_url}/v1/callbacks/"
+            "<correlationId>/<token>\n"
+            "try: webhook-tasks show <task id> | webhook-tasks submit ... | "
+            "webhook-tasks callback ...\n"
+            "Ctrl-C stops everything."
+        )
+        await stop.wait()
+    finally:
+        console.print("stopping...")
+        if watching is not None:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+        await watcher.stop()
+        await asyncio.to_thread(stack.stop)
+        remove_stack_file(os.getpid())
+
+
+async def _submit_demo_task(config: StackConfig, webhook_url: str, console: Console) -> None:
+    request = TaskRequested(
+        task_id=f"demo-{uuid.uuid4().hex[:8]}",
+        user_id="demo-user",
+        project_id="demo-project",
+        prompt="A 30-second video of a lighthouse at dawn",
+        task_metadata=TaskMetadata(
+            is_webhook_task=True,
+            webhook_url=webhook_url,
+            webhook_params={"quality": "high", "format": "mp4", "delaySeconds": DEMO_DELAY_SECONDS},
+            timeout_seconds=60,
+        ),
+    )
+    await publish_task(config, request)
+    console.print(f"[bold]demo task submitted:[/] {request.task_id} -> {webhook_url}")
+
+
+def _development_key() -> str:
+    # A fresh key per run: callback URLs of an earlier run stop working, as they should.
+    return f"dev:base64:{base64.b64encode(secrets.token_bytes(32)).decode()}"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+__all__ = ["run_up"]

@@ -1,0 +1,56 @@
+"""Run the dispatcher as a process: `webhook-tasks dispatcher`."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from webhook_tasks_runtime.db import load_migrations
+from webhook_tasks_runtime.logging import configure_logging
+from webhook_tasks_runtime.worker import (
+    WorkerParts,
+    WorkerResources,
+    run_until_signalled,
+    serve_worker,
+)
+
+from .client import WebhookClient, create_http_client
+from .handlers import consumers
+from .service import Dispatcher
+from .settings import DispatcherSettings
+
+
+async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
+    """Dispatch tasks until `stop` is set."""
+
+    async def build(resources: WorkerResources) -> WorkerParts:
+        http = create_http_client(
+            timeout_seconds=settings.request_timeout_seconds,
+            max_connections=settings.max_connections,
+        )
+        resources.exit_stack.push_async_callback(http.aclose)
+        dispatcher = Dispatcher(
+            pool=resources.pool,
+            webhooks=WebhookClient(http, max_response_bytes=settings.max_response_bytes),
+            tokens=settings.callback_tokens(),
+            callback_base_url=settings.public_callback_base_url,
+            topics=settings.topics,
+            after_commit=resources.relay.wake,
+            dispatch_lease=timedelta(seconds=settings.dispatch_lease_seconds),
+        )
+        return WorkerParts(consumers=consumers(dispatcher, settings.topics))
+
+    await serve_worker(
+        name="dispatcher",
+        settings=settings,
+        migrations=load_migrations("webhook_tasks_dispatcher"),
+        build=build,
+        stop=stop,
+    )
+
+
+def run() -> None:
+    """Read settings from the environment and run until SIGTERM."""
+    settings = DispatcherSettings()
+    configure_logging("dispatcher", level=settings.log_level, fmt=settings.log_format)
+    run_until_signalled(lambda stop: serve(settings, stop))

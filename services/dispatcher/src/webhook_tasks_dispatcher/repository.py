@@ -1,0 +1,361 @@
+"""Every SQL statement of the dispatcher. Transitions are conditional updates: first one wins."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from .client import DeliveryResult
+from .domain import OPEN_STATUSES, TaskStatus
+
+_OPEN = [status.value for status in OPEN_STATUSES]
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task as first recorded, before its request is sent."""
+
+    correlation_id: str
+    idempotency_key: str
+    task_id: str
+    user_id: str
+    project_id: str
+    assistant_id: str | None
+    followers: list[str]
+    webhook_url: str
+    mode: str
+    timeout_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    """A task as stored."""
+
+    correlation_id: str
+    task_id: str
+    user_id: str
+    project_id: str
+    assistant_id: str | None
+    followers: list[str]
+    webhook_url: str
+    mode: str
+    timeout_seconds: int
+    status: TaskStatus
+    status_reason: str | None
+    result_url: str | None
+    result_metadata: dict[str, Any] | None
+    ack_status: str | None
+    estimated_completion: str | None
+    progress: float | None
+    progress_message: str | None
+    deadline_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    dispatched_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> TaskRow:
+        """Build a row from a `SELECT *` record."""
+        metadata = record["result_metadata"]
+        return cls(
+            correlation_id=record["correlation_id"],
+            task_id=record["task_id"],
+            user_id=record["user_id"],
+            project_id=record["project_id"],
+            assistant_id=record["assistant_id"],
+            followers=list(record["followers"]),
+            webhook_url=record["webhook_url"],
+            mode=record["mode"],
+            timeout_seconds=record["timeout_seconds"],
+            status=TaskStatus(record["status"]),
+            status_reason=record["status_reason"],
+            result_url=record["result_url"],
+            result_metadata=json.loads(metadata) if metadata is not None else None,
+            ack_status=record["ack_status"],
+            estimated_completion=record["estimated_completion"],
+            progress=record["progress"],
+            progress_message=record["progress_message"],
+            deadline_at=record["deadline_at"],
+            created_at=record["created_at"],
+            updated_at=record["updated_at"],
+            dispatched_at=record["dispatched_at"],
+            finished_at=record["finished_at"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    """One request sent to an external service."""
+
+    correlation_id: str
+    attempt: int
+    started_at: datetime
+    latency_ms: float
+    status_code: int | None
+    outcome: str
+    error: str | None
+    response_body: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """One callback or deadline the dispatcher saw, and what it did with it."""
+
+    event_id: str
+    kind: str
+    outcome: str
+    detail: str | None
+    from_status: str | None
+    to_status: str | None
+    recorded_at: datetime
+
+
+async def insert_task(
+    conn: asyncpg.Connection, task: NewTask, *, now: datetime, lease_until: datetime
+) -> TaskRow | None:
+    """Record a new pending task claimed by us; None if its idempotency key is known."""
+    record = await conn.fetchrow(
+        """
+        INSERT INTO tasks (
+            correlation_id, idempotency_key, task_id, user_id, project_id, assistant_id,
+            followers, webhook_url, mode, timeout_seconds, status, claimed_until,
+            created_at, updated_at
+        ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $12, $12)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING *
+        """,
+        task.correlation_id,
+        task.idempotency_key,
+        task.task_id,
+        task.user_id,
+        task.project_id,
+        task.assistant_id,
+        task.followers,
+        task.webhook_url,
+        task.mode,
+        task.timeout_seconds,
+        lease_until,
+        now,
+    )
+    return TaskRow.from_record(record) if record else None
+
+
+async def reclaim_abandoned_task(
+    conn: asyncpg.Connection, idempotency_key: str, *, now: datetime, lease_until: datetime
+) -> TaskRow | None:
+    """Claim a task still pending after its claimant's lease ran out (it crashed mid-dispatch)."""
+    record = await conn.fetchrow(
+        """
+        UPDATE tasks SET claimed_until = $3, updated_at = $2
+        WHERE idempotency_key = $1 AND status = 'pending' AND claimed_until < $2
+        RETURNING *
+        """,
+        idempotency_key,
+        now,
+        lease_until,
+    )
+    return TaskRow.from_record(record) if record else None
+
+
+async def record_attempt(
+    conn: asyncpg.Connection, correlation_id: str, started_at: datetime, result: DeliveryResult
+) -> int:
+    """Store one request's outcome; return its attempt number."""
+    attempt: int = await conn.fetchval(
+        """
+        INSERT INTO dispatch_attempts (
+            correlation_id, attempt, started_at, latency_ms, status_code, outcome, error,
+            response_body
+        )
+        SELECT $1, coalesce(max(attempt), 0) + 1, $2, $3, $4, $5, $6, $7
+        FROM dispatch_attempts WHERE correlation_id = $1
+        RETURNING attempt
+        """,
+        correlation_id,
+        started_at,
+        result.latency_ms,
+        result.status_code,
+        result.outcome,
+        result.error,
+        result.response_body,
+    )
+    return attempt
+
+
+async def mark_initiated(
+    conn: asyncpg.Connection,
+    correlation_id: str,
+    *,
+    now: datetime,
+    deadline_at: datetime,
+    ack_status: str | None,
+    estimated_completion: str | None,
+) -> TaskRow | None:
+    """pending -> initiated; None if something (a fast callback) already moved the task."""
+    record = await conn.fetchrow(
+        """
+        UPDATE tasks SET status = 'initiated', deadline_at = $3, dispatched_at = $2,
+            updated_at = $2, ack_status = $4, estimated_completion = $5, claimed_until = NULL
+        WHERE correlation_id = $1 AND status = 'pending'
+        RETURNING *
+        """,
+        correlation_id,
+        now,
+        deadline_at,
+        ack_status,
+        estimated_completion,
+    )
+    return TaskRow.from_record(record) if record else None
+
+
+async def finish(
+    conn: asyncpg.Connection,
+    correlation_id: str,
+    status: TaskStatus,
+    *,
+    now: datetime,
+    reason: str | None = None,
+    result_url: str | None = None,
+    result_metadata: dict[str, Any] | None = None,
+    only_if_deadline_not_after: datetime | None = None,
+) -> TaskRow | None:
+    """Move an open task to a terminal `status`; None if it was no longer open.
+
+    With `only_if_deadline_not_after`, a task whose deadline has since moved later
+    (a progress heartbeat arrived) is left open.
+    """
+    record = await conn.fetchrow(
+        """
+        UPDATE tasks SET status = $2, status_reason = $4, result_url = $5,
+            result_metadata = $6::jsonb, finished_at = $3, updated_at = $3, claimed_until = NULL
+        WHERE correlation_id = $1 AND status = ANY($7::text[])
+          AND ($8::timestamptz IS NULL OR deadline_at IS NULL OR deadline_at <= $8)
+        RETURNING *
+        """,
+        correlation_id,
+        status.value,
+        now,
+        reason,
+        result_url,
+        json.dumps(result_metadata) if result_metadata is not None else None,
+        _OPEN,
+        only_if_deadline_not_after,
+    )
+    return TaskRow.from_record(record) if record else None
+
+
+async def record_progress(
+    conn: asyncpg.Connection,
+    correlation_id: str,
+    *,
+    now: datetime,
+    progress: float | None,
+    message: str | None,
+) -> TaskRow | None:
+    """Extend an open task's deadline by its timeout from now; None if it is not open."""
+    record = await conn.fetchrow(
+        """
+        UPDATE tasks SET progress = coalesce($3, progress), progress_message = $4,
+            deadline_at = greatest(deadline_at, $2 + make_interval(secs => timeout_seconds)),
+            updated_at = $2
+        WHERE correlation_id = $1 AND status = ANY($5::text[])
+        RETURNING *
+        """,
+        correlation_id,
+        now,
+        progress,
+        message,
+        _OPEN,
+    )
+    return TaskRow.from_record(record) if record else None
+
+
+async def current_status(conn: asyncpg.Connection, correlation_id: str) -> TaskStatus | None:
+    """Return the task's state, or None if there is no such task."""
+    status = await conn.fetchval(
+        "SELECT status FROM tasks WHERE correlation_id = $1", correlation_id
+    )
+    return TaskStatus(status) if status is not None else None
+
+
+async def record_history(
+    conn: asyncpg.Connection,
+    *,
+    event_id: str,
+    correlation_id: str,
+    kind: str,
+    now: datetime,
+) -> bool:
+    """Note that the event was seen; False if it was seen before (a redelivery)."""
+    inserted = await conn.fetchval(
+        """
+        INSERT INTO task_history (event_id, correlation_id, kind, outcome, recorded_at)
+        VALUES ($1, $2, $3, 'ignored', $4)
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING true
+        """,
+        event_id,
+        correlation_id,
+        kind,
+        now,
+    )
+    return bool(inserted)
+
+
+async def settle_history(
+    conn: asyncpg.Connection,
+    event_id: str,
+    *,
+    applied: bool,
+    detail: str | None,
+    from_status: str | None,
+    to_status: str | None,
+) -> None:
+    """Record what the event did to the task."""
+    await conn.execute(
+        """
+        UPDATE task_history SET outcome = $2, detail = $3, from_status = $4, to_status = $5
+        WHERE event_id = $1
+        """,
+        event_id,
+        "applied" if applied else "ignored",
+        detail,
+        from_status,
+        to_status,
+    )
+
+
+async def find_tasks(conn: asyncpg.Connection, task_or_correlation_id: str) -> list[TaskRow]:
+    """Return the task with this correlation id, or every run of this task id, oldest first."""
+    records = await conn.fetch(
+        "SELECT * FROM tasks WHERE correlation_id = $1 OR task_id = $1 ORDER BY created_at",
+        task_or_correlation_id,
+    )
+    return [TaskRow.from_record(record) for record in records]
+
+
+async def attempts_for(conn: asyncpg.Connection, correlation_id: str) -> list[AttemptRow]:
+    """Return the requests sent for a task, in order."""
+    records = await conn.fetch(
+        "SELECT * FROM dispatch_attempts WHERE correlation_id = $1 ORDER BY attempt",
+        correlation_id,
+    )
+    return [AttemptRow(**dict(record)) for record in records]
+
+
+async def history_for(conn: asyncpg.Connection, correlation_id: str) -> list[HistoryRow]:
+    """Return the callbacks and deadlines seen for a task, in order."""
+    records = await conn.fetch(
+        """
+        SELECT event_id::text AS event_id, kind, outcome, detail, from_status, to_status,
+            recorded_at
+        FROM task_history WHERE correlation_id = $1 ORDER BY recorded_at, event_id
+        """,
+        correlation_id,
+    )
+    return [HistoryRow(**dict(record)) for record in records]
