@@ -1,0 +1,188 @@
+"""The gateway's HTTP app: the callback route, health probes, and problem+json for every refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.errors import MessageSizeTooLargeError
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Lifespan
+from webhook_tasks_contracts import CALLBACK_PATH_PREFIX, CallbackReceived, CallbackTokens
+from webhook_tasks_runtime.kafka import MessagePublisher, message_for
+from webhook_tasks_runtime.logging import correlation_context
+
+from .callbacks import callback_event, delivery_id, parse_callback, read_body, require_json
+from .problems import (
+    BodyTooLargeError,
+    CallbackNotStoredError,
+    InvalidTokenError,
+    ProblemError,
+    problem_response,
+)
+from .publishing import AlwaysReady, ReadinessProbe
+from .settings import GatewaySettings
+
+logger = logging.getLogger(__name__)
+
+CALLBACK_ROUTE = f"{CALLBACK_PATH_PREFIX}/{{correlation_id}}/{{token}}"
+_SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+_MAX_LOGGED_ID = 200
+
+
+def create_app(
+    settings: GatewaySettings,
+    publisher: MessagePublisher,
+    tokens: CallbackTokens,
+    *,
+    readiness: ReadinessProbe | None = None,
+    lifespan: Lifespan[Starlette] | None = None,
+) -> Starlette:
+    """Build the gateway app; `readiness` defaults to the publisher when it can answer."""
+    if readiness is None:
+        readiness = publisher if isinstance(publisher, ReadinessProbe) else AlwaysReady()
+    callbacks = _CallbackEndpoint(settings, publisher, tokens)
+    probes = _Probes(readiness)
+    return Starlette(
+        routes=[
+            Route(CALLBACK_ROUTE, callbacks.receive, methods=["POST"]),
+            Route("/healthz", probes.healthz, methods=["GET"]),
+            Route("/readyz", probes.readyz, methods=["GET"]),
+        ],
+        middleware=[
+            Middleware(
+                _ProblemCORSMiddleware,
+                allow_origins=settings.gateway_cors_allow_origins,
+                allow_methods=["POST"],
+                allow_headers=_SIGNATURE_HEADERS,
+            )
+        ],
+        exception_handlers={HTTPException: _http_problem, 500: _server_error},
+        lifespan=lifespan,
+    )
+
+
+class _CallbackEndpoint:
+    def __init__(
+        self, settings: GatewaySettings, publisher: MessagePublisher, tokens: CallbackTokens
+    ) -> None:
+        self._publisher = publisher
+        self._tokens = tokens
+        self._topic = settings.topics.callback_received
+        self._max_body_bytes = settings.gateway_max_body_bytes
+        self._max_event_bytes = settings.gateway_max_event_bytes
+        self._publish_timeout = settings.gateway_publish_timeout_seconds
+        self._retry_after = settings.gateway_retry_after_seconds
+
+    async def receive(self, request: Request) -> Response:
+        """Verify, validate and publish one callback; answer 202 once Kafka has it."""
+        correlation_id: str = request.path_params["correlation_id"]
+        with correlation_context(_loggable(correlation_id)):
+            try:
+                event = await self._event_from(request, correlation_id)
+                await self._publish(event)
+            except ProblemError as problem:
+                level = logging.WARNING if problem.status >= 500 else logging.INFO
+                logger.log(level, "callback refused", extra={"http_status": problem.status})
+                return problem.response()
+            logger.info(
+                "callback accepted",
+                extra={"callback_status": event.status, "event_id": str(event.event_id)},
+            )
+            return JSONResponse({"status": "accepted", "correlationId": correlation_id}, 202)
+
+    async def _event_from(self, request: Request, correlation_id: str) -> CallbackReceived:
+        # Cheapest refusal first: a forged URL costs one HMAC and never reads the body.
+        if not self._tokens.verify(correlation_id, request.path_params["token"]):
+            raise InvalidTokenError()
+        require_json(request.headers.get("content-type"))
+        body = await read_body(request, self._max_body_bytes)
+        callback = parse_callback(body, correlation_id)
+        return callback_event(callback, delivery=delivery_id(request))
+
+    async def _publish(self, event: CallbackReceived) -> None:
+        message = message_for(self._topic, event, key=event.correlation_id)
+        if len(message.value) > self._max_event_bytes:
+            raise BodyTooLargeError(
+                f"The callback exceeds {self._max_event_bytes} bytes once recorded."
+            )
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                await self._publisher.publish_many([message])
+        except MessageSizeTooLargeError:
+            raise BodyTooLargeError("The callback is larger than Kafka accepts.") from None
+        except Exception as error:
+            logger.warning(
+                "could not publish the callback",
+                extra={"error": str(error) or type(error).__name__},
+            )
+            raise CallbackNotStoredError(self._retry_after) from None
+
+
+class _Probes:
+    def __init__(self, readiness: ReadinessProbe) -> None:
+        self._readiness = readiness
+
+    async def healthz(self, request: Request) -> Response:
+        """Answer 200 while the process serves requests."""
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        """Answer 200 only while callbacks can be published."""
+        if self._readiness.is_ready():
+            return JSONResponse({"status": "ready"})
+        return problem_response(503, slug="not-ready", detail="Not connected to Kafka.")
+
+
+class _ProblemCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS handling, refusing a disallowed preflight with problem+json."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        """Answer a preflight; refusals become 403 problems."""
+        response = super().preflight_response(request_headers)
+        if response.status_code == 200:
+            return response
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in ("content-type", "content-length")
+        }
+        reason = bytes(response.body).decode()
+        return problem_response(
+            403,
+            slug="cors-preflight-refused",
+            title="CORS preflight refused",
+            detail=f"{reason}. Only POST from configured origins is allowed.",
+            headers=headers,
+        )
+
+
+async def _http_problem(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    # Never echo the path: on the callback route it holds the token.
+    if error.status_code == 405:
+        allowed = (error.headers or {}).get("Allow", "")
+        detail = f"This resource accepts {allowed} only."
+    elif error.status_code == 404:
+        detail = "There is no resource at this path."
+    else:
+        detail = "The request could not be handled."
+    return problem_response(error.status_code, detail=detail, headers=error.headers)
+
+
+async def _server_error(request: Request, error: Exception) -> Response:
+    return problem_response(500, detail="The gateway failed unexpectedly; retry later.")
+
+
+def _loggable(correlation_id: str) -> str:
+    # The id comes from an unauthenticated URL: keep each log record one short line.
+    if len(correlation_id) <= _MAX_LOGGED_ID and correlation_id.isprintable():
+        return correlation_id
+    return repr(correlation_id[:_MAX_LOGGED_ID])

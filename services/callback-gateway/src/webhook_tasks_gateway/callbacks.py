@@ -1,0 +1,121 @@
+"""What a callback request must be, and the CallbackReceived event it becomes."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+from starlette.requests import ClientDisconnect, Request
+from webhook_tasks_contracts import (
+    CallbackReceived,
+    ErrorCallback,
+    ProgressCallback,
+    SuccessCallback,
+    callback_body_adapter,
+)
+
+from .problems import (
+    BodyTooLargeError,
+    FieldError,
+    InvalidBodyError,
+    InvalidHeaderError,
+    UnsupportedMediaTypeError,
+)
+
+Callback = SuccessCallback | ErrorCallback | ProgressCallback
+
+MAX_DELIVERY_ID_LENGTH = 200
+_MAX_REPORTED_ERRORS = 20
+_STATUSES = "success, error, progress"
+
+
+def require_json(content_type: str | None) -> None:
+    """Refuse a body not declared as application/json or application/*+json."""
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    if media_type == "application/json":
+        return
+    if media_type.startswith("application/") and media_type.endswith("+json"):
+        return
+    raise UnsupportedMediaTypeError()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Return the body, refusing it as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError(f"The body is {declared} bytes; the limit is {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        # Content-Length may be absent (chunked) or wrong, so count what actually arrives.
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLargeError(f"The body exceeds the limit of {limit} bytes.")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise InvalidBodyError(
+            [FieldError((), "the client disconnected before sending the body")]
+        ) from None
+    return b"".join(chunks)
+
+
+def parse_callback(body: bytes, correlation_id: str) -> Callback:
+    """Validate `body` as a callback for `correlation_id`."""
+    try:
+        callback = callback_body_adapter.validate_json(body)
+    except ValidationError as error:
+        details = error.errors(include_url=False, include_input=False, include_context=False)
+        raise InvalidBodyError(
+            [_field_error(item) for item in details[:_MAX_REPORTED_ERRORS]]
+        ) from None
+    if callback.correlation_id != correlation_id:
+        raise InvalidBodyError(
+            [FieldError(("correlationId",), "does not match the correlation id in the URL")]
+        )
+    return callback
+
+
+def delivery_id(request: Request) -> str | None:
+    """Return the sender's `webhook-id` header, when it sent one."""
+    value = request.headers.get("webhook-id")
+    if value is not None and len(value) > MAX_DELIVERY_ID_LENGTH:
+        raise InvalidHeaderError(f"webhook-id is longer than {MAX_DELIVERY_ID_LENGTH} characters.")
+    return value or None
+
+
+def callback_event(callback: Callback, *, delivery: str | None) -> CallbackReceived:
+    """Return the event that records `callback` (a fresh event id every time)."""
+    match callback:
+        case SuccessCallback():
+            return CallbackReceived(
+                correlation_id=callback.correlation_id,
+                status=callback.status,
+                result_url=callback.result_url,
+                metadata=callback.metadata,
+                delivery_id=delivery,
+            )
+        case ErrorCallback():
+            return CallbackReceived(
+                correlation_id=callback.correlation_id,
+                status=callback.status,
+                error=callback.error,
+                delivery_id=delivery,
+            )
+        case ProgressCallback():
+            return CallbackReceived(
+                correlation_id=callback.correlation_id,
+                status=callback.status,
+                progress=callback.progress,
+                message=callback.message,
+                delivery_id=delivery,
+            )
+
+
+def _field_error(item: ErrorDetails) -> FieldError:
+    kind = item["type"]
+    if kind == "union_tag_not_found":
+        return FieldError(("status",), f"Field required: one of {_STATUSES}")
+    if kind == "union_tag_invalid":
+        return FieldError(("status",), f"Input should be one of {_STATUSES}")
+    # Below the root, pydantic puts the union tag (the status) first; the wire has no such level.
+    return FieldError(tuple(item["loc"][1:]), item["msg"])

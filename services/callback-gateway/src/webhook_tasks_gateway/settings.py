@@ -1,0 +1,54 @@
+"""Settings of the callback gateway, read from environment variables and validated at start-up."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+from webhook_tasks_runtime.settings import CallbackTokenSettings, RuntimeSettings
+
+MIB = 1024 * 1024
+_ORIGIN = re.compile(r"^https?://[^/\s,]+$")
+
+
+class GatewaySettings(RuntimeSettings, CallbackTokenSettings):
+    """Where the gateway listens, what it accepts, and how long it waits for Kafka."""
+
+    # Inputs stay out of validation errors: CALLBACK_TOKEN_KEYS holds secrets.
+    model_config = SettingsConfigDict(
+        env_prefix="", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8080, ge=0, le=65535)
+    """0 lets the operating system choose a free port."""
+    gateway_max_body_bytes: int = Field(default=MIB, ge=1, le=64 * MIB)
+    gateway_max_event_bytes: int = Field(default=1_000_000, ge=1024, le=64 * MIB)
+    """Largest event published; Kafka refuses messages over 1 MiB unless configured otherwise."""
+    gateway_cors_allow_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    """Comma-separated origins allowed to POST from a browser; "*" allows any; none by default."""
+    gateway_publish_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    gateway_retry_after_seconds: int = Field(default=5, ge=1, le=3600)
+    """Retry-After sent with a 503 when Kafka did not take a callback."""
+    gateway_kafka_retry_max_seconds: float = Field(default=10.0, gt=0, le=600)
+    """Longest pause between attempts to connect to an unreachable Kafka."""
+    gateway_shutdown_timeout_seconds: int = Field(default=10, ge=1, le=600)
+    """How long in-flight callbacks may run after SIGTERM."""
+
+    @field_validator("gateway_cors_allow_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(origin.strip() for origin in value.split(",") if origin.strip())
+        return value
+
+    @field_validator("gateway_cors_allow_origins")
+    @classmethod
+    def _origins_are_origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in origins:
+            # Browsers send "scheme://host[:port]" with no path; anything else never matches.
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(f"{origin!r} is not an origin like https://example.com or '*'")
+        return origins
