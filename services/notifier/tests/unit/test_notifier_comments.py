@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from webhook_tasks_contracts import (
     TaskCompleted,
     TaskExpired,
@@ -21,6 +22,7 @@ from webhook_tasks_notifier.comments import (
     safe_link_target,
 )
 from webhook_tasks_notifier.handlers import users_to_tell
+from webhook_tasks_notifier.settings import NotifierSettings
 
 TASK = TaskRef(task_id="task-1", user_id="user-1", project_id="project-1")
 DEADLINE = datetime(2030, 1, 1, tzinfo=UTC)
@@ -244,3 +246,31 @@ def test_owner_and_followers_are_each_told_once() -> None:
     )
 
     assert users_to_tell(task) == ["owner", "ann", "bob"]
+
+
+def test_settings_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db.example/app")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka.example:9092")
+    monkeypatch.setenv("KAFKA_ENABLE_IDEMPOTENCE", "false")
+    monkeypatch.setenv("TOPIC_PREFIX", "staging")
+    monkeypatch.setenv("NOTIFIER_TEMPLATES_DIR", str(tmp_path))
+
+    settings = NotifierSettings()
+
+    assert settings.database_schema == "notifier"
+    assert settings.notifier_templates_dir == tmp_path
+    assert settings.topics.task_lifecycle == "staging.task-lifecycle"
+    assert settings.consumer_group == "staging.notifier"
+
+
+def test_settings_refuse_a_templates_dir_that_does_not_exist(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db.example/app")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka.example:9092")
+    monkeypatch.setenv("NOTIFIER_TEMPLATES_DIR", str(tmp_path / "missing"))
+
+    with pytest.raises(ValidationError, match="notifier_templates_dir"):
+        NotifierSettings()
