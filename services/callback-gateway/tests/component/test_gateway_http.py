@@ -1,0 +1,635 @@
+"""The gateway app over HTTP, in-process, on publishers that record, fail or hang."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka.errors import MessageSizeTooLargeError
+from webhook_tasks_contracts import CallbackReceived, CallbackTokens, callback_url
+from webhook_tasks_gateway import GatewaySettings
+from webhook_tasks_runtime.logging import configure_logging
+
+PROBLEM = "application/problem+json"
+
+
+def success_body(correlation_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "correlationId": correlation_id,
+        "status": "success",
+        "resultUrl": "https://cdn.example.com/result.mp4",
+        "metadata": {"duration": 12, "format": "mp4"},
+        **extra,
+    }
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    problem: dict[str, Any] = response.json()
+    assert problem["status"] == status
+    assert problem["type"]
+    assert problem["title"]
+    assert problem["detail"]
+    return problem
+
+
+class TestAccepted:
+    async def test_success_callback_is_published_keyed_by_correlation_id(
+        self,
+        client: httpx.AsyncClient,
+        publisher: Any,
+        tokens: CallbackTokens,
+        settings: GatewaySettings,
+        cid: str,
+    ) -> None:
+        response = await client.post(
+            tokens.callback_url("http://gateway", cid),
+            json=success_body(cid),
+            headers={"webhook-id": "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"},
+        )
+
+        assert response.status_code == 202
+        assert response.json() == {"status": "accepted", "correlationId": cid}
+        [message] = publisher.messages
+        assert message.topic == settings.topics.callback_received
+        assert message.key == cid
+        event = CallbackReceived.model_validate_json(message.value)
+        assert event.correlation_id == cid
+        assert event.status == "success"
+        assert event.result_url == "https://cdn.example.com/result.mp4"
+        assert event.metadata == {"duration": 12, "format": "mp4"}
+        assert event.delivery_id == "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"
+        assert event.error is None
+        assert event.progress is None
+
+    async def test_error_callback_carries_the_reason(
+        self, client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str
+    ) -> None:
+        body = {"correlationId": cid, "status": "error", "error": "GPU quota exhausted"}
+
+        response = await client.post(tokens.callback_url("http://gateway", cid), json=body)
+
+        assert response.status_code == 202
+        event = CallbackReceived.model_validate_json(publisher.messages[0].value)
+        assert (event.status, event.error, event.delivery_id) == (
+            "error",
+            "GPU quota exhausted",
+            None,
+        )
+
+    async def test_progress_callback_carries_progress_and_message(
+        self, client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str
+    ) -> None:
+        body = {
+            "correlationId": cid,
+            "status": "progress",
+            "progress": 42.5,
+            "message": "rendering",
+        }
+
+        response = await client.post(tokens.callback_url("http://gateway", cid), json=body)
+
+        assert response.status_code == 202
+        event = CallbackReceived.model_validate_json(publisher.messages[0].value)
+        assert (event.status, event.progress, event.message) == ("progress", 42.5, "rendering")
+
+    async def test_each_delivery_gets_a_fresh_event_id(
+        self, client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str
+    ) -> None:
+        url = tokens.callback_url("http://gateway", cid)
+        for _ in range(2):
+            assert (await client.post(url, json=success_body(cid))).status_code == 202
+
+        ids = {CallbackReceived.model_validate_json(m.value).event_id for m in publisher.messages}
+        assert len(ids) == 2
+
+    async def test_token_minted_under_an_older_key_still_verifies(
+        self, client: httpx.AsyncClient, publisher: Any, key_spec: str, cid: str
+    ) -> None:
+        from webhook_tasks_contracts import parse_callback_keys
+
+        previous_only = CallbackTokens(parse_callback_keys(key_spec)[1:])
+
+        response = await client.post(
+            previous_only.callback_url("http://gateway", cid), json=success_body(cid)
+        )
+
+        assert response.status_code == 202
+        assert len(publisher.messages) == 1
+
+    @pytest.mark.parametrize(
+        "content_type",
+        [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/webhook+json",
+        ],
+    )
+    async def test_json_media_types_are_accepted(
+        self, client: httpx.AsyncClient, tokens: CallbackTokens, cid: str, content_type: str
+    ) -> None:
+        response = await client.post(
+            tokens.callback_url("http://gateway", cid),
+            content=json.dumps(success_body(cid)),
+            headers={"content-type": content_type},
+        )
+
+        assert response.status_code == 202
+
+
+class TestUnauthorized:
+    @pytest.mark.parametrize(
+        "forge",
+        [
+            pytest.param(lambda tokens, cid: "current." + "A" * 43, id="forged-mac"),
+            pytest.param(
+                lambda tokens, cid: tokens.mint(f"{cid}-other"), id="other-correlation-id"
+            ),
+            pytest.param(
+                lambda tokens, cid: "unknown." + tokens.mint(cid).partition(".")[2],
+                id="unknown-key-id",
+            ),
+            pytest.param(lambda tokens, cid: tokens.mint(cid).replace(".", ""), id="no-key-id"),
+        ],
+    )
+    async def test_token_not_minted_for_this_correlation_id_is_refused(
+        self,
+        client: httpx.AsyncClient,
+        publisher: Any,
+        tokens: CallbackTokens,
+        cid: str,
+        forge: Callable[[CallbackTokens, str], str],
+    ) -> None:
+        token = forge(tokens, cid)
+
+        response = await client.post(
+            callback_url("http://gateway", cid, token), json=success_body(cid)
+        )
+
+        problem = assert_problem(response, 401)
+        assert token not in response.text
+        assert publisher.messages == []
+        assert problem["type"].endswith("invalid-callback-token")
+
+    async def test_token_is_checked_before_the_body(
+        self, client: httpx.AsyncClient, cid: str
+    ) -> None:
+        response = await client.post(
+            callback_url("http://gateway", cid, "current.forged"),
+            content=b"not json at all",
+            headers={"content-type": "text/plain"},
+        )
+
+        assert_problem(response, 401)
+
+
+class TestBadInput:
+    async def test_non_json_content_type_is_415(
+        self, client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str
+    ) -> None:
+        response = await client.post(
+            tokens.callback_url("http://gateway", cid),
+            content=json.dumps(success_body(cid)),
+            headers={"content-type": "text/plain"},
+        )
+
+        assert_problem(response, 415)
+        assert publisher.messages == []
+
+    async def test_missing_content_type_is_415(
+        self, client: httpx.AsyncClient, tokens: CallbackTokens, cid: str
+    ) -> None:
+        response = await client.post(
+            tokens.callback_url("http://gateway", cid), content=json.dumps(success_body(cid))
+        )
+
+        assert_problem(response, 415)
+
+    async def test_unparseable_json_is_400(
+        self, client: httpx.AsyncClient, tokens: CallbackTokens, cid: str
+    ) -> None:
+        response = await client.post(
+            tokens.callback_url("http://gateway", cid),
+            content=b'{"correlationId": ',
+            headers={"content-type": "application/json"},
+        )
+
+        problem = assert_problem(response, 400)
+        assert "Invalid JSON" in problem["detail"]
+        assert problem["errors"][0]["pointer"] == "#"
+
+    async def test_missing_field_is_named(
+        self, client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str
+    ) -> None:
+        response = await client.post(
+            tokens.callback_url("http://gateway", cid), json={"status": "success"}
+        )
+
+        problem = assert_problem(response, 400)
+        assert "correlationId" in problem["detail"]
+        assert problem["errors"] == [
+            {"pointer": "#/correlationId", "field": "correlationId", "detail": "Field required"}
+        ]
+        assert publisher.messages == []
+
+    async def test_missing_status_is_named(
+        self, client: httpx.AsyncClient, tokens: CallbackTokens, cid: str
+    ) -> None:
+        response = await client.post(
+            tokens.callback_url("http://gateway", cid), json={"correlationId": cid}
+        )
+
+        problem = assert_problem(response, 400)
+        assert [error["field"] for error in problem["errors"]] == ["status"]
+
+    async def test_every_invalid_field_is_listed(
+        self, client: httpx.AsyncClient, tokens: CallbackTokens, cid: str
+    ) -> None:
+        body = success_body(cid, resultUrl="ftp://example.com/x", metadata=["not", "an", "object"])
+
+        response = await client.post(tokens.callback_url("http://gateway", cid), json=body)
+
+        problem = assert_problem(response, 400)
+        assert sorted(error["pointer"] for error in problem["errors"]) == [
+            "#/metadata",
+            "#/resultUrl",
+        ]
+
+    async def test_correlation_id_differing_from_the_url_is_400(
+        self, client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str
+    ) -> None:
+        response = await client.post(
+            tokens.callback_url("http://gateway", cid), json=success_body(f"{cid}-other")
+        )
+
+        problem = assert_problem(response, 400)
+        assert problem["errors"][0]["field"] == "correlationId"
+        assert publisher.messages == []
+
+    async def test_overlong_webhook_id_is_400(
+        self, client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str
+    ) -> None:
+        response = await client.post(
+            tokens.callback_url("http://gateway", cid),
+            json=success_body(cid),
+            headers={"webhook-id": "m" * 201},
+        )
+
+        assert_problem(response, 400)
+        assert publisher.messages == []
+
+
+class TestTooLarge:
+    @pytest.fixture
+    async def small_client(
+        self,
+        make_client: Callable[..., httpx.AsyncClient],
+        make_settings: Callable[..., GatewaySettings],
+        publisher: Any,
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        async with make_client(
+            publisher, gateway_settings=make_settings(gateway_max_body_bytes=300)
+        ) as http:
+            yield http
+
+    async def test_declared_length_over_the_limit_is_413(
+        self, small_client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str
+    ) -> None:
+        body = success_body(cid, metadata={"padding": "x" * 300})
+
+        response = await small_client.post(tokens.callback_url("http://gateway", cid), json=body)
+
+        assert_problem(response, 413)
+        assert publisher.messages == []
+
+    async def test_streamed_body_over_the_limit_is_413(
+        self, small_client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str
+    ) -> None:
+        async def chunks() -> AsyncIterator[bytes]:
+            # No Content-Length: only counting the stream can catch it.
+            yield json.dumps(success_body(cid))[:-1].encode()
+            for _ in range(10):
+                yield b' ,"pad": "' + b"x" * 50 + b'"'
+            yield b"}"
+
+        response = await small_client.post(
+            tokens.callback_url("http://gateway", cid),
+            content=chunks(),
+            headers={"content-type": "application/json"},
+        )
+
+        assert "content-length" not in response.request.headers
+        assert_problem(response, 413)
+        assert publisher.messages == []
+
+    async def test_body_at_the_limit_is_accepted(
+        self, small_client: httpx.AsyncClient, tokens: CallbackTokens, cid: str
+    ) -> None:
+        raw = json.dumps(success_body(cid, metadata={})).encode()
+        raw = raw[:-1] + b" " * (300 - len(raw)) + b"}"
+
+        response = await small_client.post(
+            tokens.callback_url("http://gateway", cid),
+            content=raw,
+            headers={"content-type": "application/json"},
+        )
+
+        assert len(raw) == 300
+        assert response.status_code == 202
+
+    async def test_event_over_the_event_limit_is_413(
+        self,
+        make_client: Callable[..., httpx.AsyncClient],
+        make_settings: Callable[..., GatewaySettings],
+        publisher: Any,
+        tokens: CallbackTokens,
+        cid: str,
+    ) -> None:
+        gateway = make_settings(gateway_max_event_bytes=1024)
+        body = success_body(cid, metadata={"padding": "x" * 1024})
+
+        async with make_client(publisher, gateway_settings=gateway) as http:
+            response = await http.post(tokens.callback_url("http://gateway", cid), json=body)
+
+        assert_problem(response, 413)
+        assert publisher.messages == []
+
+    async def test_message_kafka_refuses_as_too_large_is_413(
+        self,
+        make_client: Callable[..., httpx.AsyncClient],
+        publisher_class: Any,
+        tokens: CallbackTokens,
+        cid: str,
+    ) -> None:
+        refusing = publisher_class(fail_with=MessageSizeTooLargeError())
+
+        async with make_client(refusing) as http:
+            response = await http.post(
+                tokens.callback_url("http://gateway", cid), json=success_body(cid)
+            )
+
+        assert_problem(response, 413)
+
+
+class TestKafkaUnavailable:
+    async def test_publish_failure_is_503_with_retry_after(
+        self,
+        make_client: Callable[..., httpx.AsyncClient],
+        make_settings: Callable[..., GatewaySettings],
+        publisher_class: Any,
+        tokens: CallbackTokens,
+        cid: str,
+    ) -> None:
+        failing = publisher_class(fail_with=RuntimeError("broker kafka-0.internal:9092 is gone"))
+        gateway = make_settings(gateway_retry_after_seconds=7)
+
+        async with make_client(failing, gateway_settings=gateway) as http:
+            response = await http.post(
+                tokens.callback_url("http://gateway", cid), json=success_body(cid)
+            )
+
+        assert_problem(response, 503)
+        assert response.headers["retry-after"] == "7"
+        assert "kafka-0" not in response.text
+
+    async def test_publish_that_does_not_return_in_time_is_503(
+        self,
+        make_client: Callable[..., httpx.AsyncClient],
+        make_settings: Callable[..., GatewaySettings],
+        publisher_class: Any,
+        tokens: CallbackTokens,
+        cid: str,
+    ) -> None:
+        hanging = publisher_class(hang=True)
+        gateway = make_settings(gateway_publish_timeout_seconds=0.05)
+
+        async with make_client(hanging, gateway_settings=gateway) as http:
+            response = await http.post(
+                tokens.callback_url("http://gateway", cid), json=success_body(cid)
+            )
+
+        assert_problem(response, 503)
+        assert response.headers["retry-after"] == "5"
+
+
+class TestRouting:
+    @pytest.mark.parametrize(
+        "path", ["/", "/v1/callbacks", "/v1/callbacks/only-an-id", "/v1/callbacks/a/b/c", "/nope"]
+    )
+    async def test_unknown_path_is_404_problem(self, client: httpx.AsyncClient, path: str) -> None:
+        response = await client.post(path, json={})
+
+        problem = assert_problem(response, 404)
+        assert problem["type"] == "about:blank"
+        assert problem["title"] == "Not Found"
+
+    @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+    async def test_other_methods_on_the_callback_path_are_405(
+        self, client: httpx.AsyncClient, tokens: CallbackTokens, cid: str, method: str
+    ) -> None:
+        url = tokens.callback_url("http://gateway", cid)
+
+        response = await client.request(method, url)
+
+        assert_problem(response, 405)
+        assert response.headers["allow"] == "POST"
+        assert tokens.mint(cid) not in response.text
+
+
+class TestCors:
+    def preflight(self, origin: str, method: str = "POST") -> dict[str, str]:
+        return {
+            "origin": origin,
+            "access-control-request-method": method,
+            "access-control-request-headers": "content-type",
+        }
+
+    async def test_preflight_from_a_configured_origin_allows_post_only(
+        self,
+        make_client: Callable[..., httpx.AsyncClient],
+        make_settings: Callable[..., GatewaySettings],
+        publisher: Any,
+        tokens: CallbackTokens,
+        cid: str,
+    ) -> None:
+        gateway = make_settings(gateway_cors_allow_origins="https://app.example, https://b.example")
+
+        async with make_client(publisher, gateway_settings=gateway) as http:
+            response = await http.options(
+                tokens.callback_url("http://gateway", cid),
+                headers=self.preflight("https://app.example"),
+            )
+
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == "https://app.example"
+        assert response.headers["access-control-allow-methods"] == "POST"
+
+    async def test_preflight_for_another_method_is_refused(
+        self,
+        make_client: Callable[..., httpx.AsyncClient],
+        make_settings: Callable[..., GatewaySettings],
+        publisher: Any,
+        tokens: CallbackTokens,
+        cid: str,
+    ) -> None:
+        gateway = make_settings(gateway_cors_allow_origins="https://app.example")
+
+        async with make_client(publisher, gateway_settings=gateway) as http:
+            response = await http.options(
+                tokens.callback_url("http://gateway", cid),
+                headers=self.preflight("https://app.example", method="PUT"),
+            )
+
+        problem = assert_problem(response, 403)
+        assert "method" in problem["detail"]
+
+    async def test_no_origin_is_allowed_unless_configured(
+        self, client: httpx.AsyncClient, tokens: CallbackTokens, cid: str
+    ) -> None:
+        response = await client.options(
+            tokens.callback_url("http://gateway", cid),
+            headers=self.preflight("https://app.example"),
+        )
+
+        problem = assert_problem(response, 403)
+        assert "origin" in problem["detail"]
+        assert "access-control-allow-origin" not in response.headers
+
+    async def test_wildcard_allows_any_origin(
+        self,
+        make_client: Callable[..., httpx.AsyncClient],
+        make_settings: Callable[..., GatewaySettings],
+        publisher: Any,
+        tokens: CallbackTokens,
+        cid: str,
+    ) -> None:
+        async with make_client(
+            publisher, gateway_settings=make_settings(gateway_cors_allow_origins="*")
+        ) as http:
+            preflight = await http.options(
+                tokens.callback_url("http://gateway", cid),
+                headers=self.preflight("https://x.example"),
+            )
+            post = await http.post(
+                tokens.callback_url("http://gateway", cid),
+                json=success_body(cid),
+                headers={"origin": "https://x.example"},
+            )
+
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "*"
+        assert post.status_code == 202
+        assert post.headers["access-control-allow-origin"] == "*"
+
+
+class TestProbes:
+    async def test_healthz_answers_while_the_process_lives(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/healthz")
+
+        assert response.status_code == 200
+
+    @pytest.mark.parametrize(("ready", "status"), [(True, 200), (False, 503)])
+    async def test_readyz_follows_the_readiness_probe(
+        self,
+        make_client: Callable[..., httpx.AsyncClient],
+        publisher: Any,
+        ready: bool,
+        status: int,
+    ) -> None:
+        class Probe:
+            def is_ready(self) -> bool:
+                return ready
+
+        async with make_client(publisher, readiness=Probe()) as http:
+            response = await http.get("/readyz")
+
+        assert response.status_code == status
+
+    async def test_readyz_asks_a_publisher_that_can_answer(
+        self, make_client: Callable[..., httpx.AsyncClient], publisher_class: Any
+    ) -> None:
+        class NotReadyPublisher(publisher_class):  # type: ignore[misc, valid-type]
+            def is_ready(self) -> bool:
+                return False
+
+        async with make_client(NotReadyPublisher()) as http:
+            response = await http.get("/readyz")
+
+        assert_problem(response, 503)
+
+
+@pytest.fixture
+def json_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """Log as the service does (JSON lines); return a reader of the records written."""
+    root = logging.getLogger()
+    noisy = ("aiokafka", "faststream", "httpx", "httpcore", "uvicorn.access")
+    saved = (root.handlers[:], root.level, {name: logging.getLogger(name).level for name in noisy})
+    configure_logging("callback-gateway", level="DEBUG", fmt="json")
+    written = io.StringIO()
+    [handler] = root.handlers
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(written)
+
+    def read() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in written.getvalue().splitlines()]
+
+    try:
+        yield read
+    finally:
+        root.handlers[:], level, levels = saved
+        root.setLevel(level)
+        for name, previous in levels.items():
+            logging.getLogger(name).setLevel(previous)
+
+
+class TestLogs:
+    async def test_callbacks_are_logged_with_the_correlation_id_never_the_token(
+        self,
+        client: httpx.AsyncClient,
+        tokens: CallbackTokens,
+        cid: str,
+        json_logs: Callable[[], list[dict[str, Any]]],
+    ) -> None:
+        forged = f"current.{uuid.uuid4().hex}"
+
+        await client.post(tokens.callback_url("http://gateway", cid), json=success_body(cid))
+        await client.post(callback_url("http://gateway", cid, forged), json=success_body(cid))
+        await client.post(
+            tokens.callback_url("http://gateway", cid),
+            content=b"{",
+            headers={"content-type": "application/json"},
+        )
+
+        records = [r for r in json_logs() if r["logger"].startswith("webhook_tasks_gateway")]
+        assert [(r["message"], r.get("http_status")) for r in records] == [
+            ("callback accepted", None),
+            ("callback refused", 401),
+            ("callback refused", 400),
+        ]
+        assert {r["correlation_id"] for r in records} == {cid}
+        assert {r["service"] for r in records} == {"callback-gateway"}
+        written = json.dumps(records)
+        assert tokens.mint(cid).partition(".")[2] not in written
+        assert forged.partition(".")[2] not in written
+
+    async def test_unprintable_correlation_id_is_logged_on_one_line(
+        self,
+        client: httpx.AsyncClient,
+        json_logs: Callable[[], list[dict[str, Any]]],
+    ) -> None:
+        response = await client.post(
+            callback_url("http://gateway", "evil\nlevel=error fake", "current.x"), json={}
+        )
+
+        assert response.status_code == 401
+        [record] = [r for r in json_logs() if r["logger"].startswith("webhook_tasks_gateway")]
+        assert "\n" not in record["correlation_id"]
+        assert record["correlation_id"] == repr("evil\nlevel=error fake")
