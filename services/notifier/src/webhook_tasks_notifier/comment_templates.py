@@ -34,26 +34,20 @@ class CommentTemplates:
         return self.by_kind[kind]
 
 
-def template_file_name(kind: CommentKind) -> str:
-    """Return the file a template of `kind` is read from, e.g. `result.md`."""
-    return f"{kind}.md"
-
-
 def load_templates(override_dir: Path | None = None) -> CommentTemplates:
-    """Read the packaged templates, each replaced by its file in `override_dir` when present.
-
-    Raises TemplateError at start-up for a template with a placeholder it cannot fill,
-    rather than on the first comment.
-    """
+    """Read the packaged templates, each replaced by its file in `override_dir` when present."""
+    if override_dir is not None:
+        _refuse_unknown_files(override_dir)
     packaged = resources.files(__package__ or "webhook_tasks_notifier").joinpath("templates")
     by_kind: dict[CommentKind, Template] = {}
     for kind, allowed in PLACEHOLDERS.items():
-        name = template_file_name(kind)
+        name = f"{kind}.md"
         override = override_dir / name if override_dir is not None else None
         if override is not None and override.is_file():
             source, text = str(override), override.read_text(encoding="utf-8")
         else:
             source, text = f"packaged {name}", packaged.joinpath(name).read_text(encoding="utf-8")
+        # A placeholder that cannot be filled fails start-up, not the first comment.
         by_kind[kind] = _checked(Template(text), allowed, source)
     return CommentTemplates(by_kind)
 
@@ -67,3 +61,14 @@ def _checked(template: Template, allowed: frozenset[str], source: str) -> Templa
             f"{source}: unknown placeholders {', '.join(unknown)}; use {', '.join(sorted(allowed))}"
         )
     return template
+
+
+def _refuse_unknown_files(override_dir: Path) -> None:
+    # A misspelt file name would otherwise be ignored without a word.
+    expected = {f"{kind}.md" for kind in PLACEHOLDERS}
+    unknown = sorted(path.name for path in override_dir.glob("*.md") if path.name not in expected)
+    if unknown:
+        raise TemplateError(
+            f"{override_dir}: unknown templates {', '.join(unknown)};"
+            f" expected any of {', '.join(sorted(expected))}"
+        )

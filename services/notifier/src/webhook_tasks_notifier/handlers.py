@@ -66,7 +66,7 @@ class LifecycleHandler:
                         conn, comment, users_to_tell(event.task)
                     )
             if comment is None:
-                logger.info("comment already written", extra={"kind": rendered.kind})
+                logger.info("nothing new to write", extra={"kind": rendered.kind})
                 return
             await add_to_outbox(
                 conn, self._announcements(event.task, comment, notifications, event.event_id)

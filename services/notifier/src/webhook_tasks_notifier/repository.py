@@ -64,11 +64,9 @@ async def insert_terminal_comment(
 async def upsert_progress_comment(
     conn: asyncpg.Connection, event: LifecycleEvent, text: str
 ) -> Comment | None:
-    """Write or update the task's progress comment; return None if nothing changed.
-
-    Nothing changes once the task has a terminal comment, nor for an event no newer
-    than the one the comment shows, so a replayed topic leaves the comment as it was.
-    """
+    """Write or update the task's progress comment; return None if nothing changed."""
+    # Nothing changes once the task has a terminal comment, nor for an event no newer
+    # than the one the comment shows, so a replayed topic leaves the comment as it was.
     row = await conn.fetchrow(
         f"""
         INSERT INTO comments (correlation_id, task_id, project_id, kind, text,

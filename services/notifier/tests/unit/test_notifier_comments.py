@@ -274,3 +274,10 @@ def test_settings_refuse_a_templates_dir_that_does_not_exist(
 
     with pytest.raises(ValidationError, match="notifier_templates_dir"):
         NotifierSettings()
+
+
+def test_template_override_with_a_misspelt_file_name_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "results.md").write_text("$title\n")
+
+    with pytest.raises(TemplateError, match=r"results\.md"):
+        load_templates(tmp_path)
