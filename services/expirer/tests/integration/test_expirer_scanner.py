@@ -1,0 +1,234 @@
+"""The scanner emits due deadlines into the outbox once, in order, across racing replicas."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+import asyncpg
+import pytest
+from webhook_tasks_contracts import DeadlineReached, Topics, derived_event_id
+from webhook_tasks_expirer.repository import deadline_for, start_deadline
+from webhook_tasks_expirer.scanner import DeadlineScanner
+
+from .conftest import FakeClock
+
+pytestmark = pytest.mark.integration
+
+
+class RelayWakeups:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+
+def scanner_for(
+    pool: asyncpg.Pool,
+    topics: Topics,
+    clock: FakeClock,
+    wakeups: RelayWakeups | None = None,
+    *,
+    batch_size: int = 500,
+    poll_interval: float = 0.25,
+) -> DeadlineScanner:
+    return DeadlineScanner(
+        pool,
+        topics=topics,
+        wake_relay=wakeups or RelayWakeups(),
+        clock=clock,
+        batch_size=batch_size,
+        poll_interval=poll_interval,
+    )
+
+
+async def store_deadlines(pool: asyncpg.Pool, deadlines: dict[str, datetime]) -> None:
+    async with pool.acquire() as conn:
+        for correlation_id, deadline_at in deadlines.items():
+            assert await start_deadline(conn, correlation_id, f"task-{correlation_id}", deadline_at)
+
+
+async def outbox_events(pool: asyncpg.Pool) -> list[tuple[str, str, DeadlineReached]]:
+    rows = await pool.fetch("SELECT topic, key, payload FROM outbox ORDER BY id")
+    return [
+        (row["topic"], row["key"], DeadlineReached.model_validate_json(row["payload"]))
+        for row in rows
+    ]
+
+
+async def test_it_emits_exactly_the_due_deadlines_in_order(
+    expirer_pool: asyncpg.Pool, unique_topics: Topics, clock: FakeClock
+) -> None:
+    now = clock.now
+    await store_deadlines(
+        expirer_pool,
+        {
+            "due-now": now,
+            "overdue": now - timedelta(seconds=5),
+            "not-yet": now + timedelta(milliseconds=1),
+        },
+    )
+    wakeups = RelayWakeups()
+    scanner = scanner_for(expirer_pool, unique_topics, clock, wakeups)
+
+    emitted = await scanner.scan()
+
+    assert [event.correlation_id for event in emitted] == ["overdue", "due-now"]
+    outbox = await outbox_events(expirer_pool)
+    assert [(topic, key) for topic, key, _ in outbox] == [
+        (unique_topics.deadline_reached, "overdue"),
+        (unique_topics.deadline_reached, "due-now"),
+    ]
+    overdue = outbox[0][2]
+    assert overdue.deadline_at == now - timedelta(seconds=5)
+    assert overdue.occurred_at == now
+    assert overdue.event_id == derived_event_id(
+        "deadline", "overdue", overdue.deadline_at.isoformat()
+    )
+    assert wakeups.count == 1
+    async with expirer_pool.acquire() as conn:
+        assert await deadline_for(conn, "overdue") is None
+        assert await deadline_for(conn, "not-yet") == now + timedelta(milliseconds=1)
+
+
+async def test_it_never_emits_a_deadline_twice(
+    expirer_pool: asyncpg.Pool, unique_topics: Topics, clock: FakeClock
+) -> None:
+    await store_deadlines(
+        expirer_pool, {"first": clock.now, "second": clock.now + timedelta(seconds=1)}
+    )
+    wakeups = RelayWakeups()
+    scanner = scanner_for(expirer_pool, unique_topics, clock, wakeups)
+
+    assert [event.correlation_id for event in await scanner.scan()] == ["first"]
+    assert await scanner.scan() == []
+    clock.advance(timedelta(seconds=1))
+    assert [event.correlation_id for event in await scanner.scan()] == ["second"]
+    assert await scanner.scan() == []
+
+    assert [key for _, key, _ in await outbox_events(expirer_pool)] == ["first", "second"]
+    assert wakeups.count == 2
+
+
+async def test_a_deadline_stored_again_is_emitted_with_the_same_event_id(
+    expirer_pool: asyncpg.Pool, unique_topics: Topics, clock: FakeClock
+) -> None:
+    # Between the scan and the terminal event, a replayed TaskDispatched stores the
+    # deadline again; the repeated announcement must deduplicate downstream.
+    scanner = scanner_for(expirer_pool, unique_topics, clock)
+    await store_deadlines(expirer_pool, {"corr-1": clock.now})
+    [first] = await scanner.scan()
+    await store_deadlines(expirer_pool, {"corr-1": clock.now})
+    [again] = await scanner.scan()
+
+    assert again.event_id == first.event_id
+
+
+async def test_it_drains_more_due_deadlines_than_one_batch(
+    expirer_pool: asyncpg.Pool, unique_topics: Topics, clock: FakeClock
+) -> None:
+    deadlines = {f"corr-{n:02}": clock.now - timedelta(seconds=n) for n in range(23)}
+    await store_deadlines(expirer_pool, deadlines)
+    scanner = scanner_for(expirer_pool, unique_topics, clock, batch_size=5)
+
+    emitted = await scanner.scan()
+
+    assert [event.correlation_id for event in emitted] == sorted(deadlines, reverse=True)
+    assert await expirer_pool.fetchval("SELECT count(*) FROM deadlines") == 0
+
+
+async def test_racing_scanners_emit_each_deadline_exactly_once(
+    expirer_pool: asyncpg.Pool, unique_topics: Topics, clock: FakeClock
+) -> None:
+    deadlines = {f"corr-{n:03}": clock.now - timedelta(milliseconds=n) for n in range(300)}
+    await store_deadlines(expirer_pool, deadlines)
+    scanners = [scanner_for(expirer_pool, unique_topics, clock, batch_size=7) for _ in range(4)]
+
+    results = await asyncio.gather(*(scanner.scan() for scanner in scanners))
+
+    emitted = [event.correlation_id for events in results for event in events]
+    assert sorted(emitted) == sorted(deadlines)
+    outbox_keys = [key for _, key, _ in await outbox_events(expirer_pool)]
+    assert sorted(outbox_keys) == sorted(deadlines)
+
+
+async def test_a_deadline_another_replica_holds_is_skipped_not_waited_for(
+    expirer_pool: asyncpg.Pool, unique_topics: Topics, clock: FakeClock
+) -> None:
+    await store_deadlines(expirer_pool, {"held": clock.now, "free": clock.now})
+    scanner = scanner_for(expirer_pool, unique_topics, clock)
+
+    async with expirer_pool.acquire() as other_replica, other_replica.transaction():
+        await other_replica.execute(
+            "SELECT 1 FROM deadlines WHERE correlation_id = 'held' FOR UPDATE"
+        )
+        emitted = await asyncio.wait_for(scanner.scan(), timeout=10)
+        assert [event.correlation_id for event in emitted] == ["free"]
+
+    assert [event.correlation_id for event in await scanner.scan()] == ["held"]
+
+
+async def test_finding_due_deadlines_reads_the_deadline_index(
+    expirer_pool: asyncpg.Pool, clock: FakeClock
+) -> None:
+    # Millions of pending deadlines must not slow the scan: it reads the index front.
+    await expirer_pool.execute(
+        """
+        INSERT INTO deadlines (correlation_id, task_id, deadline_at)
+        SELECT 'corr-' || n, 'task-' || n, $1::timestamptz + n * interval '1 second'
+        FROM generate_series(1, 20000) AS n
+        """,
+        clock.now,
+    )
+    await expirer_pool.execute("ANALYZE deadlines")
+
+    plan = await expirer_pool.fetch(
+        "EXPLAIN SELECT correlation_id FROM deadlines WHERE deadline_at <= $1"
+        " ORDER BY deadline_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        clock.now,
+        500,
+    )
+
+    plan_text = "\n".join(row[0] for row in plan)
+    assert "deadlines_deadline_at_idx" in plan_text, plan_text
+
+
+async def test_a_new_earlier_deadline_wakes_the_sleeping_loop(
+    expirer_pool: asyncpg.Pool, unique_topics: Topics, clock: FakeClock
+) -> None:
+    # A poll interval far longer than the test: only the notice can wake the loop in time.
+    scanner = scanner_for(expirer_pool, unique_topics, clock, poll_interval=60)
+    loop = asyncio.create_task(scanner.run())
+    try:
+        await asyncio.sleep(0.3)
+        await store_deadlines(expirer_pool, {"corr-1": clock.now})
+        scanner.notice_deadline(clock.now)
+
+        async with asyncio.timeout(5):
+            while not await outbox_events(expirer_pool):
+                await asyncio.sleep(0.02)
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+    assert [key for _, key, _ in await outbox_events(expirer_pool)] == ["corr-1"]
+
+
+async def test_a_later_deadline_does_not_wake_the_loop_early(
+    expirer_pool: asyncpg.Pool, unique_topics: Topics, clock: FakeClock
+) -> None:
+    scanner = scanner_for(expirer_pool, unique_topics, clock, poll_interval=60)
+    loop = asyncio.create_task(scanner.run())
+    try:
+        await asyncio.sleep(0.3)
+        # Already due, but announced as later than the planned wake-up: the loop
+        # keeps sleeping, so stored deadlines wake it only when they are sooner.
+        await store_deadlines(expirer_pool, {"corr-1": clock.now})
+        scanner.notice_deadline(clock.now + timedelta(minutes=5))
+        await asyncio.sleep(1)
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+    assert await outbox_events(expirer_pool) == []
