@@ -29,8 +29,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Long-running external tasks behind a chat assistant: dispatch, call back, comment.",
 )
-console = Console(highlight=False)
-errors = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class CallbackStatus(StrEnum):
@@ -197,11 +197,26 @@ def show(
     render_reports(console, reports)
 
 
-def _describe_validation(error: ValidationError) -> str:
+_OPTION_OF_FIELD = {
+    "webhook_url": "--webhook-url",
+    "webhook_auth": "--auth",
+    "webhook_params": "--param",
+    "timeout_seconds": "--timeout",
+    "task_id": "--task-id",
+    "user_id": "--user-id",
+    "project_id": "--project-id",
+    "followers": "--follower",
+    "prompt": "--prompt",
+}
+
+
+def _describe_validation(error: ValidationError, *, settings: bool = False) -> str:
     problems = []
     for item in error.errors(include_url=False, include_input=False):
-        location = ".".join(str(part) for part in item["loc"])
-        problems.append(f"{location}: {item['msg']}" if location else item["msg"])
+        field = str(item["loc"][0]) if item["loc"] else ""
+        name = field.upper() if settings else _OPTION_OF_FIELD.get(field, field)
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{name}: {message}" if name else message)
     return "; ".join(problems)
 
 
@@ -213,7 +228,9 @@ def main() -> None:
         errors.print(f"error: {error}", markup=False)
         sys.exit(1)
     except ValidationError as error:
-        errors.print(f"error: invalid settings: {_describe_validation(error)}", markup=False)
+        errors.print(
+            f"error: invalid settings: {_describe_validation(error, settings=True)}", markup=False
+        )
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

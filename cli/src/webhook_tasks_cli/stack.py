@@ -80,6 +80,8 @@ class Stack:
         """Start every service and wait until the gateway answers."""
         self.options.log_dir.mkdir(parents=True, exist_ok=True)
         for service in SERVICES:
+            # Each run starts its logs afresh; a restarted service appends to its own.
+            self.log_file(service).unlink(missing_ok=True)
             self.start_service(service)
         self.wait_for_gateway(timeout=timeout)
 

@@ -1,0 +1,120 @@
+"""The CLI against a running system, as a user types it."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import RunningSystem, eventually, finished
+
+pytestmark = pytest.mark.e2e
+
+
+def cli(system: RunningSystem, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "webhook_tasks_cli", *args],
+        env=system.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_submit_callback_and_show(system: RunningSystem) -> None:
+    submitted = await asyncio.to_thread(
+        cli,
+        system,
+        "submit",
+        "--webhook-url",
+        f"{system.demo_url}/generate-video",
+        "--prompt",
+        "a cat playing chess",
+        "--param",
+        "outcome=never",
+        "--auth",
+        "Bearer cli-secret-value",
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    task_id = submitted.stdout.strip()
+    (report,) = await eventually(
+        lambda: system.reports(task_id),
+        lambda r: len(r) == 1 and r[0].task.status.value == "initiated",
+    )
+
+    called_back = await asyncio.to_thread(
+        cli,
+        system,
+        "callback",
+        report.task.correlation_id,
+        "success",
+        "--result-url",
+        "https://cdn.example.com/chess.mp4",
+        "--metadata",
+        "title=Chess",
+        "--metadata",
+        "duration=12s",
+    )
+    assert called_back.returncode == 0, called_back.stderr
+    assert "202" in called_back.stdout
+    await eventually(lambda: system.reports(task_id), finished)
+
+    shown = await asyncio.to_thread(cli, system, "show", task_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "completed" in shown.stdout
+    assert report.task.correlation_id in shown.stdout
+    assert "https://cdn.example.com/chess.mp4" in shown.stdout
+    assert "Chess" in shown.stdout
+    assert "cli-secret-value" not in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("show", "no-such-task"), "no task with id"),
+        (("callback", "no-such-correlation", "success"), "unknown correlation id"),
+        (
+            ("submit", "--webhook-url", "not a url", "--prompt", "x"),
+            "--webhook-url: must be an absolute",
+        ),
+        (("submit", "--webhook-url", "http://x/", "--prompt", "x", "--param", "oops"), "KEY=VALUE"),
+    ],
+)
+async def test_errors_are_one_clear_line(
+    system: RunningSystem, args: tuple[str, ...], message: str
+) -> None:
+    result = await asyncio.to_thread(cli, system, *args)
+
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_unreachable_broker_is_one_clear_line(system: RunningSystem) -> None:
+    env = {**system.env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "webhook_tasks_cli",
+            "submit",
+            "--webhook-url",
+            "http://x/",
+            "--prompt",
+            "x",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert "cannot reach Kafka" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,156 @@
+"""The product's main job, end to end, through the real services on real PostgreSQL and Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from webhook_tasks_cli.operations import publish_task
+from webhook_tasks_contracts import TaskMetadata, TaskRequested, callback_url
+
+from .conftest import RunningSystem, eventually, finished, terminal_comments, unique_task_id
+
+pytestmark = pytest.mark.e2e
+
+
+def demo_task(system: RunningSystem, task_id: str, **params: object) -> TaskRequested:
+    timeout = int(params.pop("timeoutSeconds", 120))  # type: ignore[call-overload]
+    return TaskRequested(
+        task_id=task_id,
+        user_id="user-1",
+        project_id="project-1",
+        prompt="a lighthouse at dawn",
+        followers=["follower-1"],
+        task_metadata=TaskMetadata(
+            is_webhook_task=True,
+            webhook_url=f"{system.demo_url}/generate-video",
+            webhook_auth="Bearer e2e-secret-value",
+            webhook_params=params,
+            timeout_seconds=timeout,
+        ),
+    )
+
+
+async def test_success_becomes_one_result_comment(system: RunningSystem) -> None:
+    task_id = unique_task_id("success")
+    await publish_task(
+        system.config, demo_task(system, task_id, outcome="success", delaySeconds=0.2)
+    )
+
+    (report,) = await eventually(lambda: system.reports(task_id), finished)
+
+    assert report.task.status.value == "completed"
+    assert report.task.result_url.endswith(f"/results/{report.task.correlation_id}.mp4")
+    (comment,) = terminal_comments(report)
+    assert comment.kind == "result"
+    assert "Generated Video" in comment.text
+    assert report.task.result_url in comment.text
+    assert "125 MB" in comment.text
+    assert [attempt.outcome for attempt in report.attempts] == ["accepted"]
+    assert sorted(n.user_id for n in report.notifications) == ["follower-1", "user-1"]
+    assert "e2e-secret-value" not in repr(report)
+
+
+async def test_error_callback_becomes_one_error_comment(system: RunningSystem) -> None:
+    task_id = unique_task_id("error")
+    await publish_task(system.config, demo_task(system, task_id, outcome="error", delaySeconds=0.2))
+
+    (report,) = await eventually(lambda: system.reports(task_id), finished)
+
+    assert report.task.status.value == "failed"
+    (comment,) = terminal_comments(report)
+    assert comment.kind == "error"
+    assert "Rendering failed" in comment.text
+
+
+async def test_silent_service_expires_the_task_at_its_deadline(system: RunningSystem) -> None:
+    task_id = unique_task_id("timeout")
+    await publish_task(system.config, demo_task(system, task_id, outcome="never", timeoutSeconds=2))
+
+    (report,) = await eventually(lambda: system.reports(task_id), finished)
+
+    assert report.task.status.value == "expired"
+    (comment,) = terminal_comments(report)
+    assert comment.kind == "expired"
+    assert report.task.deadline_at is not None and report.task.finished_at is not None
+    lateness = (report.task.finished_at - report.task.deadline_at).total_seconds()
+    assert 0 <= lateness < 5, f"expired {lateness:.2f}s after its deadline"
+
+
+async def test_dispatch_refused_by_the_service_fails_the_task(system: RunningSystem) -> None:
+    task_id = unique_task_id("refused")
+    request = demo_task(system, task_id, outcome="no-such-outcome")
+
+    await publish_task(system.config, request)
+
+    (report,) = await eventually(lambda: system.reports(task_id), finished)
+    assert report.task.status.value == "failed"
+    assert [(a.outcome, a.status_code) for a in report.attempts] == [("rejected", 400)]
+    (comment,) = terminal_comments(report)
+    assert "HTTP 400" in comment.text
+
+
+async def test_callback_for_unknown_or_forged_ids_is_rejected(system: RunningSystem) -> None:
+    assert system.config.gateway_url
+    forged = callback_url(system.config.gateway_url, "no-such-task", "e2e.forged-token")
+    body = {"correlationId": "no-such-task", "status": "success"}
+    async with httpx.AsyncClient(trust_env=False) as http:
+        answer = await http.post(forged, json=body)
+
+    assert answer.status_code == 401
+    assert answer.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_duplicate_callbacks_give_one_outcome_and_one_comment(system: RunningSystem) -> None:
+    task_id = unique_task_id("duplicate-callback")
+    await publish_task(system.config, demo_task(system, task_id, outcome="never"))
+    (report,) = await eventually(
+        lambda: system.reports(task_id),
+        lambda r: len(r) == 1 and r[0].task.status.value == "initiated",
+    )
+    correlation_id = report.task.correlation_id
+    assert system.config.gateway_url
+    url = system.tokens.callback_url(system.config.gateway_url, correlation_id)
+    success = {
+        "correlationId": correlation_id,
+        "status": "success",
+        "resultUrl": "https://cdn.example.com/once.mp4",
+        "metadata": {"title": "Once"},
+    }
+    async with httpx.AsyncClient(trust_env=False) as http:
+        answers = await asyncio.gather(
+            http.post(url, json=success),
+            http.post(url, json=success),
+            http.post(
+                url, json={"correlationId": correlation_id, "status": "error", "error": "late"}
+            ),
+        )
+    assert [answer.status_code for answer in answers] == [202, 202, 202]
+
+    (report,) = await eventually(
+        lambda: system.reports(task_id), lambda r: finished(r) and len(r[0].history) == 3
+    )
+    assert report.task.status.value == "completed"
+    assert len(terminal_comments(report)) == 1
+    assert [entry.outcome for entry in report.history].count("applied") == 1
+    await asyncio.sleep(1.0)  # anything still in flight would show up now
+    (report,) = await system.reports(task_id)
+    assert len(terminal_comments(report)) == 1
+    assert len(report.notifications) == 2
+
+
+async def test_duplicate_task_events_dispatch_once(system: RunningSystem) -> None:
+    task_id = unique_task_id("duplicate-task")
+    request = demo_task(system, task_id, outcome="success", delaySeconds=0.5)
+    same_request_again = request.model_copy()
+    await publish_task(system.config, request)
+    await publish_task(system.config, same_request_again)
+
+    (report,) = await eventually(lambda: system.reports(task_id), finished)
+    await asyncio.sleep(1.0)  # a second dispatch, if any, would have happened by now
+
+    reports = await system.reports(task_id)
+    assert len(reports) == 1
+    assert len(reports[0].attempts) == 1
+    assert len(terminal_comments(reports[0])) == 1
