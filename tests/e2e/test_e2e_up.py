@@ -1,0 +1,87 @@
+"""`webhook-tasks up --demo`: a newcomer's first run, from start to Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from webhook_tasks_runtime.embedded import free_port
+
+pytestmark = pytest.mark.e2e
+
+STEPS = (
+    "task dispatched",
+    "external service accepted",
+    "callback received",
+    "chat comment written",
+    "Generated Video",
+)
+
+
+def postgres_pids() -> set[int]:
+    # A stopped server can linger as a zombie where PID 1 does not reap; it runs nothing.
+    return {
+        p.pid
+        for p in psutil.process_iter(["name", "status"])
+        if p.info["name"] == "postgres" and p.info["status"] != psutil.STATUS_ZOMBIE
+    }
+
+
+def read_lines(stream: object, into: queue.Queue[str]) -> None:
+    for line in stream:  # type: ignore[attr-defined]
+        into.put(line)
+
+
+def test_up_runs_the_demo_task_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    postgres_before = postgres_pids()
+    up = subprocess.Popen(
+        [sys.executable, "-m", "webhook_tasks_cli", "up", "--demo", "--gateway-port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=read_lines, args=(up.stdout, lines), daemon=True).start()
+    output: list[str] = []
+    try:
+        deadline = time.monotonic() + 150
+        while not all(step in "".join(output) for step in STEPS):
+            if time.monotonic() > deadline or up.poll() is not None:
+                pytest.fail("up did not show every step:\n" + "".join(output))
+            try:
+                output.append(lines.get(timeout=1))
+            except queue.Empty:
+                continue
+        text = "".join(output)
+        positions = [text.index(step) for step in STEPS]
+        assert positions == sorted(positions), text
+        assert (tmp_path / "webhook-tasks" / "stack.json").exists()
+        descendants = psutil.Process(up.pid).children(recursive=True)
+        assert len(descendants) >= 5  # four services, the demo service, the broker
+        started_postgres = postgres_pids() - postgres_before
+        assert started_postgres, "up should run its own embedded PostgreSQL"
+    finally:
+        up.send_signal(signal.SIGINT)
+        exit_code = up.wait(timeout=90)
+
+    assert exit_code == 0, "".join(output)
+    _, alive = psutil.wait_procs(descendants, timeout=15)
+    assert not alive, f"left running: {alive}"
+    assert not (postgres_pids() & started_postgres), "embedded PostgreSQL left running"
+    with socket.socket() as probe:
+        # SO_REUSEADDR ignores TIME_WAIT remnants but still fails if anything listens.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+    assert not (tmp_path / "webhook-tasks" / "stack.json").exists()
