@@ -116,12 +116,15 @@ class ReconnectingPublisher:
         while True:
             publisher = self._connect()
             try:
-                await asyncio.wait_for(publisher.start(), self._attempt_timeout)
+                # Not wait_for: on 3.11 it can swallow a cancellation that races a failure.
+                async with asyncio.timeout(self._attempt_timeout):
+                    await publisher.start()
             except BaseException as error:
                 with contextlib.suppress(Exception):
                     await publisher.stop()
                 if not isinstance(error, Exception):
                     raise
+                _raise_if_cancelling()
                 logger.warning(
                     "Kafka is not reachable; retrying",
                     extra={"error": str(error) or type(error).__name__, "retry_in_s": delay},
@@ -136,3 +139,10 @@ class ReconnectingPublisher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _raise_if_cancelling() -> None:
+    # A library that turns our cancellation into its own error must not keep us retrying.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -1,0 +1,117 @@
+"""Callback parsing and problem rendering, without HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from webhook_tasks_contracts import ErrorCallback, ProgressCallback, SuccessCallback
+from webhook_tasks_gateway.callbacks import callback_event, parse_callback, require_json
+from webhook_tasks_gateway.problems import (
+    CallbackNotStoredError,
+    FieldError,
+    InvalidBodyError,
+    UnsupportedMediaTypeError,
+)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "application/json;charset=UTF-8", "application/vnd.x+json"],
+)
+def test_json_media_types_pass(content_type: str) -> None:
+    require_json(content_type)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "", "text/plain", "application/x-www-form-urlencoded", "text/json", "application/jsonx"],
+)
+def test_other_media_types_are_refused(content_type: str | None) -> None:
+    with pytest.raises(UnsupportedMediaTypeError):
+        require_json(content_type)
+
+
+def fields_of(body: object, correlation_id: str = "c-1") -> list[str]:
+    with pytest.raises(InvalidBodyError) as refused:
+        parse_callback(json.dumps(body).encode(), correlation_id)
+    return [".".join(map(str, error.location)) for error in refused.value.errors]
+
+
+def test_field_locations_leave_out_the_status_tag() -> None:
+    assert fields_of({"correlationId": "c-1", "status": "error", "error": 5}) == ["error"]
+    assert fields_of({"correlationId": "c-1", "status": "progress", "progress": 101}) == [
+        "progress"
+    ]
+    assert fields_of({"status": "success", "metadata": {"a": 1}}) == ["correlationId"]
+
+
+def test_missing_or_unknown_status_is_located_at_status() -> None:
+    assert fields_of({"correlationId": "c-1"}) == ["status"]
+    assert fields_of({"correlationId": "c-1", "status": "done"}) == ["status"]
+
+
+def test_a_body_that_is_not_an_object_is_located_at_the_root() -> None:
+    assert fields_of([1, 2]) == [""]
+
+
+def test_correlation_id_must_match_the_url() -> None:
+    assert fields_of({"correlationId": "c-2", "status": "success"}, "c-1") == ["correlationId"]
+
+
+def test_correlation_id_is_compared_after_trimming() -> None:
+    callback = parse_callback(b'{"correlationId": " c-1 ", "status": "success"}', "c-1")
+
+    assert callback.correlation_id == "c-1"
+
+
+def test_event_copies_each_kind_of_callback() -> None:
+    success = callback_event(
+        SuccessCallback(
+            correlation_id="c-1", status="success", result_url="https://r.example/x", metadata={}
+        ),
+        delivery="d-1",
+    )
+    error = callback_event(
+        ErrorCallback(correlation_id="c-1", status="error", error="no"), delivery=None
+    )
+    progress = callback_event(
+        ProgressCallback(correlation_id="c-1", status="progress", progress=5, message="m"),
+        delivery=None,
+    )
+
+    assert (success.result_url, success.delivery_id) == ("https://r.example/x", "d-1")
+    assert (error.status, error.error, error.result_url) == ("error", "no", None)
+    assert (progress.progress, progress.message, progress.error) == (5, "m", None)
+
+
+def test_field_error_pointer_escapes_json_pointer_characters() -> None:
+    error = FieldError(("metadata", "a/b~c", 0), "bad")
+
+    assert error.as_json() == {
+        "pointer": "#/metadata/a~1b~0c/0",
+        "field": "metadata.a/b~c.0",
+        "detail": "bad",
+    }
+
+
+def test_invalid_body_problem_lists_errors_and_names_them_in_the_detail() -> None:
+    problem = InvalidBodyError([FieldError(("correlationId",), "Field required")])
+
+    response = problem.response()
+
+    body = json.loads(bytes(response.body))
+    assert response.status_code == 400
+    assert response.media_type == "application/problem+json"
+    assert body["detail"] == "The callback body is invalid: correlationId: Field required"
+    assert body["errors"] == [
+        {"pointer": "#/correlationId", "field": "correlationId", "detail": "Field required"}
+    ]
+    assert body["type"] == "urn:webhook-tasks:problem:invalid-callback-body"
+
+
+def test_not_stored_problem_says_when_to_retry() -> None:
+    response = CallbackNotStoredError(retry_after_seconds=12).response()
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "12"

@@ -1,0 +1,99 @@
+"""GatewaySettings: environment variables, defaults, and refusals that never quote a secret."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+from pydantic import ValidationError
+from webhook_tasks_gateway import GatewaySettings
+
+
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in list(os.environ):
+        if name.startswith(("GATEWAY_", "KAFKA_", "CALLBACK_", "TOPIC_", "LOG_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-0:9092")
+    secret = base64.b64encode(os.urandom(32)).decode()
+    monkeypatch.setenv("CALLBACK_TOKEN_KEYS", f"k1:base64:{secret}")
+    return monkeypatch
+
+
+def test_defaults(environment: pytest.MonkeyPatch) -> None:
+    settings = GatewaySettings()
+
+    assert (settings.gateway_host, settings.gateway_port) == ("127.0.0.1", 8080)
+    assert settings.gateway_max_body_bytes == 1024 * 1024
+    assert settings.gateway_cors_allow_origins == ()
+    assert settings.gateway_publish_timeout_seconds == 10
+    assert settings.kafka_bootstrap_servers == "kafka-0:9092"
+    assert settings.callback_tokens().verify("c-1", settings.callback_tokens().mint("c-1"))
+
+
+def test_environment_variables_are_read(environment: pytest.MonkeyPatch) -> None:
+    environment.setenv("GATEWAY_HOST", "0.0.0.0")
+    environment.setenv("GATEWAY_PORT", "9000")
+    environment.setenv("GATEWAY_MAX_BODY_BYTES", "2048")
+    environment.setenv("GATEWAY_CORS_ALLOW_ORIGINS", "https://a.example, http://localhost:3000")
+    environment.setenv("GATEWAY_PUBLISH_TIMEOUT_SECONDS", "2.5")
+    environment.setenv("GATEWAY_RETRY_AFTER_SECONDS", "30")
+    environment.setenv("TOPIC_PREFIX", "staging")
+
+    settings = GatewaySettings()
+
+    assert (settings.gateway_host, settings.gateway_port) == ("0.0.0.0", 9000)
+    assert settings.gateway_max_body_bytes == 2048
+    assert settings.gateway_cors_allow_origins == ("https://a.example", "http://localhost:3000")
+    assert settings.gateway_publish_timeout_seconds == 2.5
+    assert settings.gateway_retry_after_seconds == 30
+    assert settings.topics.callback_received == "staging.callback-received"
+
+
+def test_wildcard_origin_is_allowed(environment: pytest.MonkeyPatch) -> None:
+    environment.setenv("GATEWAY_CORS_ALLOW_ORIGINS", "*")
+
+    assert GatewaySettings().gateway_cors_allow_origins == ("*",)
+
+
+@pytest.mark.parametrize("origin", ["https://a.example/", "a.example", "https://a.example/path"])
+def test_what_is_not_an_origin_is_refused(environment: pytest.MonkeyPatch, origin: str) -> None:
+    environment.setenv("GATEWAY_CORS_ALLOW_ORIGINS", origin)
+
+    with pytest.raises(ValidationError, match="is not an origin"):
+        GatewaySettings()
+
+
+def test_a_bad_key_is_refused_without_quoting_it(environment: pytest.MonkeyPatch) -> None:
+    secret = "short-but-secret-value"
+    environment.setenv("CALLBACK_TOKEN_KEYS", f"k1:{secret}")
+
+    with pytest.raises(ValidationError) as refused:
+        GatewaySettings()
+
+    assert "too short" in str(refused.value)
+    assert secret not in str(refused.value)
+
+
+def test_key_ring_is_not_shown_in_the_settings_repr(environment: pytest.MonkeyPatch) -> None:
+    secret = os.environ["CALLBACK_TOKEN_KEYS"].partition("base64:")[2]
+
+    assert secret not in repr(GatewaySettings())
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GATEWAY_MAX_BODY_BYTES", "0"),
+        ("GATEWAY_PUBLISH_TIMEOUT_SECONDS", "0"),
+        ("GATEWAY_PORT", "70000"),
+    ],
+)
+def test_out_of_range_values_are_refused(
+    environment: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    environment.setenv(name, value)
+
+    with pytest.raises(ValidationError):
+        GatewaySettings()
