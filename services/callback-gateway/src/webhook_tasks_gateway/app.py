@@ -90,7 +90,11 @@ class _CallbackEndpoint:
                 await self._publish(event)
             except ProblemError as problem:
                 level = logging.WARNING if problem.status >= 500 else logging.INFO
-                logger.log(level, "callback refused", extra={"http_status": problem.status})
+                logger.log(
+                    level,
+                    "callback refused",
+                    extra={"http_status": problem.status, "problem": problem.slug},
+                )
                 return problem.response()
             logger.info(
                 "callback accepted",

@@ -100,6 +100,18 @@ class TestAccepted:
         event = CallbackReceived.model_validate_json(publisher.messages[0].value)
         assert (event.status, event.progress, event.message) == ("progress", 42.5, "rendering")
 
+    async def test_correlation_id_needing_percent_encoding_round_trips(
+        self, client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens
+    ) -> None:
+        cid = f"task {uuid.uuid4()} é+%?#"
+
+        response = await client.post(
+            tokens.callback_url("http://gateway", cid), json=success_body(cid)
+        )
+
+        assert response.status_code == 202
+        assert publisher.messages[0].key == cid
+
     async def test_each_delivery_gets_a_fresh_event_id(
         self, client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str
     ) -> None:

@@ -1,0 +1,211 @@
+"""The gateway served by uvicorn over TCP, publishing to a real Kafka-protocol broker."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer
+from webhook_tasks_contracts import CallbackReceived, Topics
+from webhook_tasks_gateway import GatewaySettings, serve
+from webhook_tasks_runtime.embedded import EmbeddedKafka, free_port
+from webhook_tasks_runtime.infra import Infrastructure
+from webhook_tasks_runtime.kafka import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+WAIT_SECONDS = 30.0
+
+
+def key_spec() -> str:
+    return f"it:base64:{base64.b64encode(os.urandom(32)).decode()}"
+
+
+def gateway_settings(bootstrap: str, topics: Topics, **overrides: Any) -> GatewaySettings:
+    values: dict[str, Any] = {
+        "kafka_bootstrap_servers": bootstrap,
+        "kafka_enable_idempotence": False,
+        "callback_token_keys": key_spec(),
+        "topic_prefix": topics.prefix,
+        "gateway_port": free_port(),
+        "environment": "test",
+    }
+    values.update(overrides)
+    return GatewaySettings(**values)
+
+
+@asynccontextmanager
+async def running(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
+    """Serve the gateway in this process; yield a client of it once it answers /healthz."""
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(settings, stop))
+    base_url = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=20, trust_env=False) as http:
+            await wait_for_status(http, "/healthz", 200)
+            yield http
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 30)
+
+
+async def wait_for_status(http: httpx.AsyncClient, path: str, status: int) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        try:
+            if (await http.get(path)).status_code == status:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{path} never answered {status}"
+        await asyncio.sleep(0.1)
+
+
+async def consume_one(bootstrap: str, topic: str, key: str) -> tuple[bytes, bytes]:
+    """Return (key, value) of the first message on `topic` keyed `key`, from the start."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"test-gateway-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    if record.key == key.encode():
+                        return record.key, record.value
+    finally:
+        await consumer.stop()
+    raise AssertionError(f"no message keyed {key!r} on {topic} within {WAIT_SECONDS}s")
+
+
+def success_body(correlation_id: str) -> dict[str, Any]:
+    return {
+        "correlationId": correlation_id,
+        "status": "success",
+        "resultUrl": "https://cdn.example.com/video.mp4",
+        "metadata": {"seconds": 20},
+    }
+
+
+async def test_accepted_callback_is_on_kafka_keyed_by_correlation_id(
+    infrastructure: Infrastructure, unique_topics: Topics
+) -> None:
+    bootstrap = infrastructure.kafka_bootstrap_servers
+    await ensure_topics(bootstrap, [unique_topics.callback_received])
+    settings = gateway_settings(
+        bootstrap,
+        unique_topics,
+        kafka_enable_idempotence=infrastructure.supports_idempotent_producer,
+    )
+    correlation_id = f"it-{uuid.uuid4()}"
+    url = settings.callback_tokens().callback_url("", correlation_id)
+
+    async with running(settings) as http:
+        await wait_for_status(http, "/readyz", 200)
+        response = await http.post(
+            url, json=success_body(correlation_id), headers={"webhook-id": "msg_it_1"}
+        )
+
+    assert response.status_code == 202, response.text
+    assert response.json() == {"status": "accepted", "correlationId": correlation_id}
+    key, value = await consume_one(bootstrap, unique_topics.callback_received, correlation_id)
+    event = CallbackReceived.model_validate_json(value)
+    assert key.decode() == correlation_id
+    assert event.correlation_id == correlation_id
+    assert event.status == "success"
+    assert event.result_url == "https://cdn.example.com/video.mp4"
+    assert event.metadata == {"seconds": 20}
+    assert event.delivery_id == "msg_it_1"
+
+
+async def test_gateway_started_without_kafka_answers_503_then_recovers_without_restart(
+    unique_topics: Topics,
+) -> None:
+    port = free_port()
+    kafka = EmbeddedKafka(port=port)
+    bootstrap = f"127.0.0.1:{port}"
+    settings = gateway_settings(bootstrap, unique_topics, gateway_kafka_retry_max_seconds=0.5)
+    correlation_id = f"it-{uuid.uuid4()}"
+    url = settings.callback_tokens().callback_url("", correlation_id)
+    try:
+        async with running(settings) as http:
+            not_ready = await http.get("/readyz")
+            refused = await http.post(url, json=success_body(correlation_id))
+
+            await asyncio.to_thread(kafka.start)
+            await wait_for_status(http, "/readyz", 200)
+            accepted = await http.post(url, json=success_body(correlation_id))
+
+        assert not_ready.status_code == 503
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "5"
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert accepted.status_code == 202, accepted.text
+        _, value = await consume_one(bootstrap, unique_topics.callback_received, correlation_id)
+        assert CallbackReceived.model_validate_json(value).correlation_id == correlation_id
+    finally:
+        await asyncio.to_thread(kafka.stop)
+
+
+async def test_run_serves_from_the_environment_and_stops_cleanly_on_sigterm(
+    infrastructure_env: dict[str, str], unique_topics: Topics
+) -> None:
+    port = free_port()
+    keys = key_spec()
+    env = {
+        **os.environ,
+        **infrastructure_env,
+        "CALLBACK_TOKEN_KEYS": keys,
+        "TOPIC_PREFIX": unique_topics.prefix,
+        "GATEWAY_PORT": str(port),
+        "LOG_FORMAT": "json",
+    }
+    settings = GatewaySettings(
+        kafka_bootstrap_servers="unused:9092", callback_token_keys=keys, topic_prefix="x"
+    )
+    correlation_id = f"it-{uuid.uuid4()}"
+    token = settings.callback_tokens().mint(correlation_id)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "webhook_tasks_gateway", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=20, trust_env=False
+        ) as http:
+            await wait_for_status(http, "/readyz", 200)
+            url = settings.callback_tokens().callback_url("", correlation_id)
+            response = await http.post(url, json=success_body(correlation_id))
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            _, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert response.status_code == 202
+    assert process.returncode == 0
+    entries = [json.loads(line) for line in stderr.decode().splitlines()]
+    messages = [entry["message"] for entry in entries]
+    assert f"callback gateway listening on http://127.0.0.1:{port}" in messages
+    assert "callback accepted" in messages
+    assert "connected to Kafka" in messages
+    assert {entry["service"] for entry in entries} == {"callback-gateway"}
+    assert token.partition(".")[2] not in stderr.decode()
