@@ -70,7 +70,7 @@ def system(
         gateway_port=free_port(),
         log_dir=Path(tmp_path_factory.mktemp("e2e-logs")),
         topic_prefix=topics.prefix,
-        extra_env={"EXPIRER_POLL_INTERVAL_SECONDS": "0.1"},
+        extra_env={"SCAN_POLL_INTERVAL": "0.1"},
     )
     stack = Stack(options)
     try:
@@ -102,17 +102,17 @@ async def eventually(
     probe: Callable[[], Awaitable[T]],
     accept: Callable[[T], bool],
     *,
-    timeout: float = 60.0,
+    within: float = 60.0,
     interval: float = 0.2,
 ) -> T:
-    """Poll `probe` until `accept` holds for its value; fail with the last value on timeout."""
-    deadline = time.monotonic() + timeout
+    """Poll `probe` until `accept` holds for its value; fail with the last value after `within`."""
+    deadline = time.monotonic() + within
     while True:
         value = await probe()
         if accept(value):
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout:.0f}s; last value: {value!r}")
+            pytest.fail(f"condition not met within {within:.0f}s; last value: {value!r}")
         await asyncio.sleep(interval)
 
 

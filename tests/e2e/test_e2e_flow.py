@@ -73,7 +73,8 @@ async def test_silent_service_expires_the_task_at_its_deadline(system: RunningSy
     assert report.task.status.value == "expired"
     (comment,) = terminal_comments(report)
     assert comment.kind == "expired"
-    assert report.task.deadline_at is not None and report.task.finished_at is not None
+    assert report.task.deadline_at is not None
+    assert report.task.finished_at is not None
     lateness = (report.task.finished_at - report.task.deadline_at).total_seconds()
     assert 0 <= lateness < 5, f"expired {lateness:.2f}s after its deadline"
 
@@ -147,7 +148,7 @@ async def test_duplicate_task_events_dispatch_once(system: RunningSystem) -> Non
     await publish_task(system.config, request)
     await publish_task(system.config, same_request_again)
 
-    (report,) = await eventually(lambda: system.reports(task_id), finished)
+    await eventually(lambda: system.reports(task_id), finished)
     await asyncio.sleep(1.0)  # a second dispatch, if any, would have happened by now
 
     reports = await system.reports(task_id)

@@ -207,7 +207,7 @@ class CallbackReceived(Event):
     error: str | None = None
     progress: Progress | None = None
     message: str | None = None
-    delivery_id: str | None = None
+    delivery_id: str | None = Field(default=None, max_length=200)
     """The sender's `webhook-id` header, when it sent one."""
 
 

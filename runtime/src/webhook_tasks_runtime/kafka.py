@@ -60,7 +60,7 @@ class KafkaPublisher:
     def create(
         cls, bootstrap_servers: str, *, enable_idempotence: bool, client_id: str, **options: Any
     ) -> KafkaPublisher:
-        """Build an unstarted publisher with durable settings."""
+        """Build an unstarted publisher with durable settings; call it inside a running loop."""
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
             client_id=client_id,

@@ -19,7 +19,10 @@ Environment = Literal["dev", "test", "production"]
 class RuntimeSettings(BaseSettings):
     """Connection and logging settings of one service process."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+    # hide_input_in_errors: a bad DATABASE_URL or key must not be echoed in the error.
+    model_config = SettingsConfigDict(
+        env_prefix="", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     environment: Environment = "production"
     kafka_bootstrap_servers: str = Field(min_length=1)
@@ -47,7 +50,9 @@ class DatabaseSettings(RuntimeSettings):
 class CallbackTokenSettings(BaseSettings):
     """The keys that mint (dispatcher) and verify (gateway) callback tokens."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     callback_token_keys: SecretStr
     """"id:secret,id:secret", newest first; a secret may be "base64:<bytes>" (32 bytes or more)."""

@@ -261,7 +261,9 @@ async def record_progress(
     record = await conn.fetchrow(
         """
         UPDATE tasks SET progress = coalesce($3, progress), progress_message = $4,
-            deadline_at = greatest(deadline_at, $2 + make_interval(secs => timeout_seconds)),
+            deadline_at = greatest(
+                deadline_at, $2::timestamptz + make_interval(secs => timeout_seconds)
+            ),
             updated_at = $2
         WHERE correlation_id = $1 AND status = ANY($5::text[])
         RETURNING *
@@ -354,7 +356,7 @@ async def history_for(conn: asyncpg.Connection, correlation_id: str) -> list[His
         """
         SELECT event_id::text AS event_id, kind, outcome, detail, from_status, to_status,
             recorded_at
-        FROM task_history WHERE correlation_id = $1 ORDER BY recorded_at, event_id
+        FROM task_history WHERE correlation_id = $1 ORDER BY seq
         """,
         correlation_id,
     )

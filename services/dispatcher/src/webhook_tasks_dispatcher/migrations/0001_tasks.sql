@@ -44,6 +44,7 @@ CREATE TABLE dispatch_attempts (
 
 -- Every callback and deadline the dispatcher saw, applied or not: the task's history.
 CREATE TABLE task_history (
+    seq             bigint GENERATED ALWAYS AS IDENTITY,
     event_id        uuid PRIMARY KEY,
     correlation_id  text NOT NULL,
     kind            text NOT NULL,
@@ -53,4 +54,4 @@ CREATE TABLE task_history (
     to_status       text,
     recorded_at     timestamptz NOT NULL
 );
-CREATE INDEX task_history_correlation_idx ON task_history (correlation_id, recorded_at);
+CREATE INDEX task_history_correlation_idx ON task_history (correlation_id, seq);

@@ -1,0 +1,96 @@
+"""The callback token: only our keys mint it, any change breaks it, rotation keeps old keys."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from webhook_tasks_contracts import (
+    CallbackKey,
+    CallbackKeyError,
+    CallbackTokens,
+    callback_url,
+    parse_callback_keys,
+)
+
+KEY_A = CallbackKey("a", b"a" * 32)
+KEY_B = CallbackKey("b", b"b" * 32)
+
+
+def test_a_minted_token_verifies_for_its_correlation_id_only() -> None:
+    tokens = CallbackTokens([KEY_A])
+    token = tokens.mint("cid-1")
+
+    assert tokens.verify("cid-1", token)
+    assert not tokens.verify("cid-2", token)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),
+        lambda t: t.replace("a.", "b.", 1),
+        lambda t: t.split(".", 1)[1],
+        lambda t: "",
+        lambda t: "a.",
+        lambda t: "zz." + t.split(".", 1)[1],
+    ],
+)
+def test_a_changed_token_is_rejected(tamper: object) -> None:
+    tokens = CallbackTokens([KEY_A, KEY_B])
+    token = tokens.mint("cid")
+
+    assert not tokens.verify("cid", tamper(token))  # type: ignore[operator]
+
+
+def test_rotation_mints_with_the_newest_key_and_accepts_older_ones() -> None:
+    old_ring = CallbackTokens([KEY_A])
+    new_ring = CallbackTokens([KEY_B, KEY_A])
+    old_token = old_ring.mint("cid")
+
+    assert new_ring.mint("cid").startswith("b.")
+    assert new_ring.verify("cid", old_token)
+    assert not CallbackTokens([KEY_B]).verify("cid", old_token)
+
+
+def test_a_token_from_another_secret_is_rejected() -> None:
+    ours = CallbackTokens([KEY_A])
+    theirs = CallbackTokens([CallbackKey("a", b"x" * 32)])
+
+    assert not ours.verify("cid", theirs.mint("cid"))
+
+
+def test_callback_url_carries_id_and_token_escaped() -> None:
+    url = callback_url("https://gw.example.com/", "id/with space", "a.tok")
+
+    assert url == "https://gw.example.com/v1/callbacks/id%2Fwith%20space/a.tok"
+
+
+def test_keys_parse_from_the_environment_format() -> None:
+    raw = base64.b64encode(b"k" * 40).decode()
+    keys = parse_callback_keys(f"new:base64:{raw}, old:{'s' * 32}")
+
+    assert [key.key_id for key in keys] == ["new", "old"]
+    assert keys[0].secret == b"k" * 40
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "at least one"),
+        ("nosecret", "id:secret"),
+        ("a:short", "too short"),
+        (f"a:{'s' * 32},a:{'t' * 32}", "unique"),
+        ("a:base64:!!!", "not valid base64"),
+        (f"bad id:{'s' * 32}", "letters, digits"),
+    ],
+)
+def test_unusable_keys_are_refused_without_quoting_the_secret(spec: str, message: str) -> None:
+    with pytest.raises(CallbackKeyError, match=message) as raised:
+        parse_callback_keys(spec)
+
+    assert "s" * 32 not in str(raised.value)
+
+
+def test_a_key_never_shows_its_secret() -> None:
+    assert "a" * 32 not in repr(KEY_A)

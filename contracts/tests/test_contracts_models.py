@@ -1,0 +1,203 @@
+"""Event models and the product summary's payloads: what they accept, refuse and never leak."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+from webhook_tasks_contracts import (
+    REVEAL_SECRETS,
+    ErrorCallback,
+    SuccessCallback,
+    TaskCompleted,
+    TaskMetadata,
+    TaskRef,
+    TaskRequested,
+    Topics,
+    WebhookAck,
+    build_webhook_request,
+    callback_body_adapter,
+    derived_event_id,
+    lifecycle_event_adapter,
+)
+
+PRODUCT_SUMMARY_TASK = {
+    "taskId": "task-1",
+    "userId": "user-1",
+    "projectId": "project-1",
+    "prompt": "User's prompt",
+    "taskMetadata": {
+        "isWebhookTask": True,
+        "webhookUrl": "https://your-external-service.com/api/generate-video",
+        "webhookAuth": "Bearer your-api-key",
+        "webhookParams": {"quality": "high", "format": "mp4"},
+    },
+}
+
+
+def test_the_product_summary_task_configuration_is_accepted_in_camel_case() -> None:
+    task = TaskRequested.model_validate(PRODUCT_SUMMARY_TASK)
+
+    assert task.task_metadata.webhook_params == {"quality": "high", "format": "mp4"}
+    assert task.task_metadata.timeout_seconds == 300
+    assert task.task_metadata.mode == "callback"
+    assert task.schema_version == 1
+
+
+def test_webhook_auth_is_masked_unless_the_publisher_asks_to_reveal_it() -> None:
+    task = TaskRequested.model_validate(PRODUCT_SUMMARY_TASK)
+
+    assert "your-api-key" not in task.model_dump_json()
+    assert "your-api-key" not in repr(task)
+    revealed = json.loads(task.model_dump_json(context={REVEAL_SECRETS: True}))
+    assert revealed["task_metadata"]["webhook_auth"] == "Bearer your-api-key"
+    assert TaskRequested.model_validate(revealed).task_metadata.webhook_auth is not None
+
+
+@pytest.mark.parametrize(
+    ("metadata", "problem"),
+    [
+        ({"isWebhookTask": True}, "webhookUrl is required"),
+        ({"isWebhookTask": True, "webhookUrl": "ftp://x/"}, "http or https"),
+        ({"isWebhookTask": True, "webhookUrl": "/relative"}, "http or https"),
+        (
+            {
+                "isWebhookTask": True,
+                "webhookUrl": "https://x/",
+                "webhookParams": {"callbackUrl": "x"},
+            },
+            "reserved fields: callbackUrl",
+        ),
+        ({"isWebhookTask": True, "webhookUrl": "https://x/", "timeoutSeconds": 0}, "greater than"),
+    ],
+)
+def test_invalid_task_metadata_is_refused_with_the_reason(metadata: dict, problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        TaskMetadata.model_validate(metadata)
+
+
+def test_a_task_without_the_webhook_flag_needs_no_url() -> None:
+    assert not TaskMetadata.model_validate({}).is_webhook_task
+
+
+def test_idempotency_key_prefers_the_request_id() -> None:
+    task = TaskRequested.model_validate(PRODUCT_SUMMARY_TASK)
+    with_request_id = task.model_copy(update={"request_id": "run-7"})
+
+    assert task.idempotency_key == f"task-1/{task.event_id}"
+    assert with_request_id.idempotency_key == "task-1/run-7"
+
+
+def test_the_webhook_request_has_the_product_summary_fields_and_params() -> None:
+    body = build_webhook_request(
+        correlation_id="cid",
+        callback_url="https://gw/cb",
+        prompt="p",
+        task_id="t",
+        user_id="u",
+        project_id="pr",
+        params={"quality": "high", "correlationId": "hijack"},
+    )
+
+    assert body == {
+        "correlationId": "cid",
+        "callbackUrl": "https://gw/cb",
+        "prompt": "p",
+        "taskId": "t",
+        "userId": "u",
+        "projectId": "pr",
+        "quality": "high",
+    }
+
+
+def test_the_product_summary_callbacks_parse() -> None:
+    success = callback_body_adapter.validate_json(
+        json.dumps(
+            {
+                "correlationId": "same-uuid",
+                "status": "success",
+                "resultUrl": "https://cdn.example.com/result.mp4",
+                "metadata": {"title": "Generated Video", "duration": "2m 30s"},
+            }
+        )
+    )
+    error = callback_body_adapter.validate_json(
+        '{"correlationId": "same-uuid", "status": "error", "error": "Error description"}'
+    )
+
+    assert isinstance(success, SuccessCallback)
+    assert success.result_url == "https://cdn.example.com/result.mp4"
+    assert isinstance(error, ErrorCallback)
+    assert error.error == "Error description"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"status": "success"}', "correlationId"),
+        ('{"correlationId": "c", "status": "done"}', "status"),
+        ('{"correlationId": "c", "status": "success", "resultUrl": "javascript:x"}', "resultUrl"),
+        ('{"correlationId": "c", "status": "progress", "progress": 101}', "progress"),
+        ("not json", "json"),
+    ],
+)
+def test_bad_callbacks_name_the_field(body: str, field: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        callback_body_adapter.validate_json(body)
+
+    assert field in str(raised.value)
+
+
+def test_an_ack_without_known_fields_is_still_an_ack() -> None:
+    ack = WebhookAck.model_validate_json('{"status": "accepted", "estimatedCompletion": "20s"}')
+
+    assert ack.estimated_completion == "20s"
+    assert WebhookAck.model_validate_json("{}").status is None
+
+
+def test_lifecycle_events_round_trip_through_the_union() -> None:
+    event = TaskCompleted(
+        correlation_id="cid",
+        task=TaskRef(task_id="t", user_id="u", project_id="p", followers=("f",)),
+        result_url="https://x/r",
+        metadata={"title": "T"},
+    )
+
+    parsed = lifecycle_event_adapter.validate_json(event.model_dump_json())
+
+    assert parsed == event
+
+
+def test_an_unknown_schema_version_is_refused() -> None:
+    event = TaskCompleted(
+        correlation_id="cid", task=TaskRef(task_id="t", user_id="u", project_id="p")
+    )
+    data = json.loads(event.model_dump_json())
+    data["schema_version"] = 2
+
+    with pytest.raises(ValidationError, match="schema_version"):
+        lifecycle_event_adapter.validate_python(data)
+
+
+def test_derived_event_ids_are_stable_and_distinct() -> None:
+    assert derived_event_id("cid", "terminal") == derived_event_id("cid", "terminal")
+    assert derived_event_id("cid", "terminal") != derived_event_id("cid", "dispatched")
+
+
+def test_events_record_aware_times() -> None:
+    event = TaskCompleted(
+        correlation_id="c", task=TaskRef(task_id="t", user_id="u", project_id="p")
+    )
+
+    assert event.occurred_at.tzinfo is not None
+    assert event.occurred_at <= datetime.now(UTC)
+
+
+def test_topics_are_prefixed_and_include_dead_letters() -> None:
+    topics = Topics("acme")
+
+    assert topics.task_requested == "acme.task-requested"
+    assert topics.dead_letter(topics.task_lifecycle) == "acme.task-lifecycle.dead-letter"
+    assert len(topics.all()) == 10

@@ -1,0 +1,164 @@
+"""Consumers: bad input goes to the dead-letter topic with the reason; failures are retried."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import Sequence
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from faststream.kafka import KafkaBroker, TestKafkaBroker
+from pydantic import BaseModel, TypeAdapter
+from webhook_tasks_contracts import DeadLetter, Topics
+from webhook_tasks_runtime.infra import Infrastructure
+from webhook_tasks_runtime.kafka import (
+    ConsumerSpec,
+    KafkaPublisher,
+    OutgoingMessage,
+    create_broker,
+    register_consumer,
+)
+
+
+class Ping(BaseModel):
+    number: int
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.messages: list[OutgoingMessage] = []
+
+    async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        self.messages.extend(messages)
+
+
+async def test_invalid_messages_are_dead_lettered_and_valid_ones_handled() -> None:
+    topics = Topics(f"unit-{uuid.uuid4().hex[:8]}")
+    topic = topics.task_requested
+    handled: list[Ping] = []
+    dead = RecordingPublisher()
+
+    async def handle(event: Ping) -> None:
+        handled.append(event)
+
+    broker = KafkaBroker()
+    register_consumer(
+        broker,
+        ConsumerSpec("test", topic, "group", TypeAdapter(Ping), handle),
+        dead_letters=dead,
+        topics=topics,
+    )
+    async with TestKafkaBroker(broker) as test_broker:
+        await test_broker.publish(b'{"number": 1}', topic)
+        await test_broker.publish(b"not json at all", topic)
+        await test_broker.publish(b'{"number": "three"}', topic)
+
+    assert handled == [Ping(number=1)]
+    assert [message.topic for message in dead.messages] == [topics.dead_letter(topic)] * 2
+    letters = [DeadLetter.model_validate_json(message.value) for message in dead.messages]
+    assert base64.b64decode(letters[0].value_base64) == b"not json at all"
+    assert "json" in letters[0].reason.lower()
+    assert "number" in letters[1].reason
+    assert all(letter.consumer == "test" for letter in letters)
+
+
+@pytest.mark.integration
+async def test_a_failing_handler_gets_the_event_again_and_offsets_follow_effects(
+    infrastructure: Infrastructure, unique_topics: Topics
+) -> None:
+    topic = unique_topics.task_requested
+    attempts: list[int] = []
+    done = asyncio.Event()
+
+    async def flaky(event: Ping) -> None:
+        attempts.append(event.number)
+        if len(attempts) == 1:
+            raise ConnectionError("database briefly unavailable")
+        done.set()
+
+    publisher = KafkaPublisher.create(
+        infrastructure.kafka_bootstrap_servers, enable_idempotence=False, client_id="test"
+    )
+    await publisher.start()
+    broker = create_broker(infrastructure.kafka_bootstrap_servers, client_id="test")
+    register_consumer(
+        broker,
+        ConsumerSpec("flaky", topic, f"{unique_topics.prefix}.flaky", TypeAdapter(Ping), flaky),
+        dead_letters=publisher,
+        topics=unique_topics,
+        retry_delay=0.1,
+    )
+    try:
+        await publisher.publish(OutgoingMessage(topic, "k", json.dumps({"number": 7}).encode()))
+        await broker.start()
+        await asyncio.wait_for(done.wait(), 60)
+    finally:
+        await broker.stop()
+        await publisher.stop()
+
+    assert attempts == [7, 7]
+    # The group's committed offset is past the event: a restarted consumer does not see it.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=infrastructure.kafka_bootstrap_servers,
+        group_id=f"{unique_topics.prefix}.flaky",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        from aiokafka import TopicPartition
+
+        committed = [
+            await consumer.committed(TopicPartition(topic, partition)) for partition in partitions
+        ]
+    finally:
+        await consumer.stop()
+    assert sum(offset or 0 for offset in committed) == 1
+
+
+@pytest.mark.integration
+async def test_dead_letters_reach_the_real_dead_letter_topic(
+    infrastructure: Infrastructure, unique_topics: Topics
+) -> None:
+    topic = unique_topics.callback_received
+    publisher = KafkaPublisher.create(
+        infrastructure.kafka_bootstrap_servers, enable_idempotence=False, client_id="test"
+    )
+    await publisher.start()
+    broker = create_broker(infrastructure.kafka_bootstrap_servers, client_id="test")
+
+    async def never(event: Ping) -> None:
+        raise AssertionError("an invalid event must not reach the handler")
+
+    register_consumer(
+        broker,
+        ConsumerSpec("dlq", topic, f"{unique_topics.prefix}.dlq", TypeAdapter(Ping), never),
+        dead_letters=publisher,
+        topics=unique_topics,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=infrastructure.kafka_bootstrap_servers)
+    await producer.start()
+    reader = AIOKafkaConsumer(
+        unique_topics.dead_letter(topic),
+        bootstrap_servers=infrastructure.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+    )
+    try:
+        await producer.send_and_wait(topic, b'{"number": []}', key=b"key-1")
+        await broker.start()
+        await reader.start()
+        record = await asyncio.wait_for(reader.getone(), 60)
+    finally:
+        await reader.stop()
+        await producer.stop()
+        await broker.stop()
+        await publisher.stop()
+
+    letter = DeadLetter.model_validate_json(record.value)
+    assert record.key == b"key-1"
+    assert letter.source_topic == topic
+    assert base64.b64decode(letter.value_base64) == b'{"number": []}'
+    assert "number" in letter.reason

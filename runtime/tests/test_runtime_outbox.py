@@ -1,0 +1,76 @@
+"""The outbox: events leave only after commit, in order, and survive a failed publish."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+import pytest
+from webhook_tasks_runtime.db import create_pool, migrate, runtime_migrations
+from webhook_tasks_runtime.infra import Infrastructure
+from webhook_tasks_runtime.kafka import OutgoingMessage
+from webhook_tasks_runtime.outbox import OutboxRelay, add_to_outbox
+
+pytestmark = pytest.mark.integration
+
+
+class Publisher:
+    def __init__(self) -> None:
+        self.sent: list[OutgoingMessage] = []
+        self.fail_next = False
+
+    async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionError("broker unavailable")
+        self.sent.extend(messages)
+
+
+@pytest.fixture
+async def pool(infrastructure: Infrastructure, unique_schema: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(infrastructure.database_url, unique_schema)
+    await migrate(pool, unique_schema, runtime_migrations())
+    try:
+        yield pool
+    finally:
+        await pool.execute(f'DROP SCHEMA "{unique_schema}" CASCADE')
+        await pool.close()
+
+
+def messages(*values: str) -> list[OutgoingMessage]:
+    return [OutgoingMessage("topic", "key", value.encode()) for value in values]
+
+
+async def test_only_committed_rows_are_published_in_order(
+    pool: asyncpg.Pool, unique_schema: str
+) -> None:
+    publisher = Publisher()
+    relay = OutboxRelay(pool, publisher, schema=unique_schema, batch_size=2)
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await add_to_outbox(conn, messages("1", "2", "3"))
+        transaction = conn.transaction()
+        await transaction.start()
+        await add_to_outbox(conn, messages("rolled back"))
+        await transaction.rollback()  # the state change failed
+
+    assert await relay.flush() == 3
+    assert [message.value for message in publisher.sent] == [b"1", b"2", b"3"]
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_a_failed_publish_keeps_the_rows_for_the_next_flush(
+    pool: asyncpg.Pool, unique_schema: str
+) -> None:
+    publisher = Publisher()
+    relay = OutboxRelay(pool, publisher, schema=unique_schema)
+    async with pool.acquire() as conn:
+        await add_to_outbox(conn, messages("a", "b"))
+    publisher.fail_next = True
+
+    with pytest.raises(ConnectionError):
+        await relay.flush()
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 2
+
+    await relay.flush()
+    assert [message.value for message in publisher.sent] == [b"a", b"b"]

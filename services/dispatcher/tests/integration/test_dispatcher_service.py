@@ -1,0 +1,304 @@
+"""The dispatcher's decisions on a real PostgreSQL: one dispatch, one outcome, all recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import timedelta
+
+import httpx
+import pytest
+from webhook_tasks_contracts import (
+    CallbackReceived,
+    DeadlineReached,
+    TaskCompleted,
+    TaskDispatched,
+    TaskExpired,
+    TaskFailed,
+    TaskMetadata,
+    TaskProgressed,
+    TaskRequested,
+    lifecycle_event_adapter,
+)
+from webhook_tasks_dispatcher import repository as repo
+
+from .conftest import DispatcherUnderTest
+
+pytestmark = pytest.mark.integration
+
+SECRET = "Bearer integration-secret"
+
+
+def task_request(**metadata: object) -> TaskRequested:
+    return TaskRequested(
+        task_id=f"task-{uuid.uuid4().hex[:8]}",
+        user_id="user-1",
+        project_id="project-1",
+        prompt="make a video",
+        followers=["user-2", "user-2"],
+        task_metadata=TaskMetadata.model_validate(
+            {
+                "isWebhookTask": True,
+                "webhookUrl": "https://svc.example.com/generate",
+                "webhookAuth": SECRET,
+                "webhookParams": {"quality": "high"},
+                "timeoutSeconds": 60,
+                **metadata,
+            }
+        ),
+    )
+
+
+async def lifecycle(under_test: DispatcherUnderTest) -> list[object]:
+    return [
+        lifecycle_event_adapter.validate_json(payload)
+        for topic, _key, payload in await under_test.outbox()
+        if topic == under_test.topics.task_lifecycle
+    ]
+
+
+async def dispatched(under_test: DispatcherUnderTest) -> tuple[TaskRequested, repo.TaskRow]:
+    request = task_request()
+    await under_test.dispatcher.dispatch(request)
+    async with under_test.pool.acquire() as conn:
+        (task,) = await repo.find_tasks(conn, request.task_id)
+    return request, task
+
+
+def callback(correlation_id: str, status: str, **fields: object) -> CallbackReceived:
+    return CallbackReceived(correlation_id=correlation_id, status=status, **fields)  # type: ignore[arg-type]
+
+
+async def test_a_task_is_dispatched_in_the_product_summary_format(
+    under_test: DispatcherUnderTest,
+) -> None:
+    request, task = await dispatched(under_test)
+
+    (sent,) = under_test.service.received
+    body = json.loads(sent.content)
+    assert sent.headers["authorization"] == SECRET
+    assert body["correlationId"] == task.correlation_id
+    assert body["callbackUrl"] == under_test.tokens.callback_url(
+        "https://gateway.example.com", task.correlation_id
+    )
+    assert {key: body[key] for key in ("prompt", "taskId", "userId", "projectId", "quality")} == {
+        "prompt": "make a video",
+        "taskId": request.task_id,
+        "userId": "user-1",
+        "projectId": "project-1",
+        "quality": "high",
+    }
+    assert task.status.value == "initiated"
+    assert task.ack_status == "accepted"
+    assert task.deadline_at == under_test.clock.now + timedelta(seconds=60)
+    assert task.followers == ["user-2"]
+    (event,) = await lifecycle(under_test)
+    assert isinstance(event, TaskDispatched)
+    assert event.deadline_at == task.deadline_at
+    assert event.task.followers == ("user-2",)
+    assert SECRET not in str(await under_test.outbox())
+
+
+async def test_tasks_that_are_not_webhook_tasks_are_ignored(
+    under_test: DispatcherUnderTest,
+) -> None:
+    request = task_request().model_copy(update={"task_metadata": TaskMetadata()})
+
+    await under_test.dispatcher.dispatch(request)
+
+    assert under_test.service.received == []
+    assert await under_test.outbox() == []
+
+
+async def test_a_duplicate_task_event_never_dispatches_again(
+    under_test: DispatcherUnderTest,
+) -> None:
+    request = task_request()
+
+    await asyncio.gather(*(under_test.dispatcher.dispatch(request) for _ in range(5)))
+    under_test.clock.advance(3600)
+    await under_test.dispatcher.dispatch(request)
+
+    assert len(under_test.service.received) == 1
+    assert len(await lifecycle(under_test)) == 1
+
+
+async def test_a_task_abandoned_mid_dispatch_is_sent_once_more_after_its_lease(
+    under_test: DispatcherUnderTest,
+) -> None:
+    def crash(request: httpx.Request) -> httpx.Response:
+        raise asyncio.CancelledError  # the process died while the request was in flight
+
+    request = task_request()
+    under_test.service.answer = crash
+    with pytest.raises(asyncio.CancelledError):
+        await under_test.dispatcher.dispatch(request)
+    under_test.service.answer = lambda r: httpx.Response(200, json={"status": "accepted"})
+
+    await under_test.dispatcher.dispatch(request)  # redelivered while the lease still holds
+    assert len(under_test.service.received) == 1
+    under_test.clock.advance(61)
+    await under_test.dispatcher.dispatch(request)  # redelivered after the lease ran out
+
+    assert len(under_test.service.received) == 2
+    bodies = {json.loads(sent.content)["correlationId"] for sent in under_test.service.received}
+    assert len(bodies) == 1, "a retry keeps the correlation id"
+    (event,) = await lifecycle(under_test)
+    assert isinstance(event, TaskDispatched)
+
+
+@pytest.mark.parametrize(
+    ("answer", "cause", "reason"),
+    [
+        (lambda r: httpx.Response(401, text="bad key"), "dispatch_rejected", "HTTP 401"),
+        (
+            lambda r: (_ for _ in ()).throw(httpx.ConnectError("refused")),
+            "dispatch_unreachable",
+            "could not be reached",
+        ),
+    ],
+)
+async def test_a_refused_or_unreachable_service_fails_the_task(
+    under_test: DispatcherUnderTest, answer: object, cause: str, reason: str
+) -> None:
+    under_test.service.answer = answer  # type: ignore[assignment]
+
+    _, task = await dispatched(under_test)
+
+    assert task.status.value == "failed"
+    (event,) = await lifecycle(under_test)
+    assert isinstance(event, TaskFailed)
+    assert event.cause == cause
+    assert reason in event.reason
+    async with under_test.pool.acquire() as conn:
+        (attempt,) = await repo.attempts_for(conn, task.correlation_id)
+    assert attempt.outcome == ("rejected" if cause == "dispatch_rejected" else "unreachable")
+    assert SECRET not in str(await under_test.outbox())
+
+
+async def test_success_callback_completes_once_and_later_inputs_are_recorded_not_applied(
+    under_test: DispatcherUnderTest,
+) -> None:
+    _, task = await dispatched(under_test)
+    success = callback(
+        task.correlation_id, "success", result_url="https://cdn/x.mp4", metadata={"title": "X"}
+    )
+
+    await under_test.dispatcher.apply_callback(success)
+    await under_test.dispatcher.apply_callback(success)  # redelivery of the same event
+    await under_test.dispatcher.apply_callback(callback(task.correlation_id, "error", error="late"))
+    await under_test.dispatcher.apply_deadline(
+        DeadlineReached(correlation_id=task.correlation_id, deadline_at=task.deadline_at)
+    )
+
+    events = await lifecycle(under_test)
+    assert [type(event) for event in events] == [TaskDispatched, TaskCompleted]
+    completed = events[1]
+    assert isinstance(completed, TaskCompleted)
+    assert completed.result_url == "https://cdn/x.mp4"
+    assert completed.metadata == {"title": "X"}
+    async with under_test.pool.acquire() as conn:
+        history = await repo.history_for(conn, task.correlation_id)
+        (row,) = await repo.find_tasks(conn, task.correlation_id)
+    assert [entry.outcome for entry in history] == ["applied", "ignored", "ignored"]
+    assert "already completed" in (history[1].detail or "")
+    assert row.status.value == "completed"
+
+
+async def test_a_callback_for_an_unknown_task_is_recorded_and_changes_nothing(
+    under_test: DispatcherUnderTest,
+) -> None:
+    await under_test.dispatcher.apply_callback(callback("no-such-task", "success"))
+
+    assert await lifecycle(under_test) == []
+    async with under_test.pool.acquire() as conn:
+        (entry,) = await repo.history_for(conn, "no-such-task")
+    assert "unknown correlation id" in (entry.detail or "")
+
+
+async def test_a_callback_before_the_acknowledgement_still_wins(
+    under_test: DispatcherUnderTest,
+) -> None:
+    request = task_request()
+    holder: dict[str, object] = {}
+
+    def answer_after_calling_back(sent: httpx.Request) -> httpx.Response:
+        holder["cid"] = json.loads(sent.content)["correlationId"]
+        return httpx.Response(200, json={"status": "accepted"})
+
+    under_test.service.answer = answer_after_calling_back
+    original = under_test.dispatcher._settle_dispatch
+
+    async def settle_late(*args: object) -> None:
+        # The callback lands between the external service's 2xx and our commit.
+        await under_test.dispatcher.apply_callback(callback(str(holder["cid"]), "success"))
+        await original(*args)  # type: ignore[arg-type]
+
+    under_test.dispatcher._settle_dispatch = settle_late  # type: ignore[method-assign]
+    await under_test.dispatcher.dispatch(request)
+
+    events = await lifecycle(under_test)
+    assert [type(event) for event in events] == [TaskCompleted]
+
+
+async def test_deadline_expires_an_open_task_but_not_after_progress_moved_it(
+    under_test: DispatcherUnderTest,
+) -> None:
+    _, task = await dispatched(under_test)
+    old_deadline = task.deadline_at
+    assert old_deadline is not None
+
+    under_test.clock.advance(30)
+    await under_test.dispatcher.apply_callback(
+        callback(task.correlation_id, "progress", progress=50)
+    )
+    await under_test.dispatcher.apply_deadline(
+        DeadlineReached(correlation_id=task.correlation_id, deadline_at=old_deadline)
+    )
+    events = await lifecycle(under_test)
+    assert [type(event) for event in events] == [TaskDispatched, TaskProgressed]
+    progressed = events[1]
+    assert isinstance(progressed, TaskProgressed)
+    assert progressed.deadline_at == old_deadline + timedelta(seconds=30)
+
+    await under_test.dispatcher.apply_deadline(
+        DeadlineReached(correlation_id=task.correlation_id, deadline_at=progressed.deadline_at)
+    )
+    events = await lifecycle(under_test)
+    assert [type(event) for event in events] == [TaskDispatched, TaskProgressed, TaskExpired]
+
+
+async def test_callbacks_racing_deadlines_end_each_task_exactly_once(
+    under_test: DispatcherUnderTest,
+) -> None:
+    tasks = [(await dispatched(under_test))[1] for _ in range(60)]
+
+    await asyncio.gather(
+        *(
+            step
+            for task in tasks
+            for step in (
+                under_test.dispatcher.apply_callback(callback(task.correlation_id, "success")),
+                under_test.dispatcher.apply_deadline(
+                    DeadlineReached(
+                        correlation_id=task.correlation_id, deadline_at=task.deadline_at
+                    )
+                ),
+                under_test.dispatcher.apply_callback(callback(task.correlation_id, "error")),
+            )
+        )
+    )
+
+    terminal = [
+        event
+        for event in await lifecycle(under_test)
+        if isinstance(event, (TaskCompleted, TaskFailed, TaskExpired))
+    ]
+    assert sorted(event.correlation_id for event in terminal) == sorted(
+        task.correlation_id for task in tasks
+    )
+    async with under_test.pool.acquire() as conn:
+        for task in tasks:
+            history = await repo.history_for(conn, task.correlation_id)
+            assert [entry.outcome for entry in history].count("applied") == 1
