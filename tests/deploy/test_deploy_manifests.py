@@ -1,0 +1,92 @@
+"""The Kubernetes manifests start real commands with settings the services actually read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic_settings import BaseSettings
+from typer.main import get_command
+from webhook_tasks_cli.main import app
+from webhook_tasks_contracts import Topics
+from webhook_tasks_dispatcher.settings import DispatcherSettings
+from webhook_tasks_expirer.settings import ExpirerSettings
+from webhook_tasks_gateway.settings import GatewaySettings
+from webhook_tasks_notifier.settings import NotifierSettings
+
+MANIFESTS = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
+SETTINGS: dict[str, type[BaseSettings]] = {
+    "dispatcher": DispatcherSettings,
+    "callback-gateway": GatewaySettings,
+    "expirer": ExpirerSettings,
+    "notifier": NotifierSettings,
+}
+
+
+def documents(name: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all((MANIFESTS / name).read_text()) if doc]
+
+
+def deployment(service: str) -> dict[str, Any]:
+    (found,) = [doc for doc in documents(f"{service}.yaml") if doc["kind"] == "Deployment"]
+    return found
+
+
+def env_names(service: str) -> set[str]:
+    container = deployment(service)["spec"]["template"]["spec"]["containers"][0]
+    shared = set(documents("configmap.yaml")[0]["data"])
+    return shared | {item["name"] for item in container.get("env", [])}
+
+
+def setting_names(settings: type[BaseSettings]) -> dict[str, bool]:
+    return {name.upper(): field.is_required() for name, field in settings.model_fields.items()}
+
+
+def test_the_kustomization_lists_every_manifest_that_exists() -> None:
+    (kustomization,) = documents("kustomization.yaml")
+
+    for resource in kustomization["resources"]:
+        assert (MANIFESTS / resource).exists(), resource
+    assert {f"{service}.yaml" for service in SETTINGS} <= set(kustomization["resources"])
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS))
+def test_each_deployment_runs_its_service_command(service: str) -> None:
+    container = deployment(service)["spec"]["template"]["spec"]["containers"][0]
+    commands = get_command(app).commands  # type: ignore[attr-defined]
+
+    assert container["args"] == [service]
+    assert service in commands
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS))
+def test_each_deployment_sets_only_real_settings_and_every_required_one(service: str) -> None:
+    known = setting_names(SETTINGS[service])
+    given = env_names(service)
+
+    unknown = given - set(known) - {"PUBLIC_CALLBACK_BASE_URL"}
+    missing = {name for name, required in known.items() if required} - given
+    assert not unknown, f"{service} ignores {sorted(unknown)}"
+    assert not missing, f"{service} needs {sorted(missing)}"
+
+
+def test_secrets_come_from_the_secret_not_the_config_map() -> None:
+    config = documents("configmap.yaml")[0]["data"]
+
+    assert "DATABASE_URL" not in config
+    assert "CALLBACK_TOKEN_KEYS" not in config
+
+
+def test_kafka_topics_match_the_contract() -> None:
+    names = {doc["metadata"]["name"] for doc in documents("topics.yaml")}
+
+    assert names == set(Topics("webhook-tasks").all())
+
+
+def test_the_gateway_is_probed_on_its_health_endpoints() -> None:
+    container = deployment("callback-gateway")["spec"]["template"]["spec"]["containers"][0]
+
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
