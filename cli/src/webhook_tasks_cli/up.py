@@ -46,11 +46,14 @@ def run_up(*, demo: bool, gateway_port: int, console: Console) -> None:
 async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console: Console) -> None:
     topics = Topics(os.environ.get("TOPIC_PREFIX", "webhook-tasks"))
     keys = os.environ.get("CALLBACK_TOKEN_KEYS") or _development_key()
+    idempotence = _flag(
+        os.environ.get("KAFKA_ENABLE_IDEMPOTENCE"), infra.supports_idempotent_producer
+    )
     await ensure_topics(infra.kafka_bootstrap_servers, topics.all())
     options = StackOptions(
         database_url=infra.database_url,
         kafka_bootstrap_servers=infra.kafka_bootstrap_servers,
-        kafka_enable_idempotence=infra.supports_idempotent_producer,
+        kafka_enable_idempotence=idempotence,
         callback_token_keys=keys,
         gateway_port=gateway_port,
         log_dir=stack_file().parent / "logs",
@@ -68,7 +71,7 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
         gateway_url=options.gateway_url,
         callback_token_keys=keys,
         topic_prefix=topics.prefix,
-        kafka_enable_idempotence=infra.supports_idempotent_producer,
+        kafka_enable_idempotence=idempotence,
         pid=os.getpid(),
     )
     watching: asyncio.Task[None] | None = None
@@ -115,6 +118,13 @@ async def _submit_demo_task(config: StackConfig, webhook_url: str, console: Cons
     )
     await publish_task(config, request)
     console.print(f"[bold]demo task submitted:[/] {request.task_id} -> {webhook_url}")
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    # An explicit setting wins: a Kafka-protocol broker given by URL may lack idempotence too.
+    if value is None or not value.strip():
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def _development_key() -> str:
