@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 from aiokafka.errors import MessageSizeTooLargeError
@@ -15,11 +16,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Lifespan
-from webhook_tasks_contracts import CALLBACK_PATH_PREFIX, CallbackReceived, CallbackTokens
+from webhook_tasks_contracts import CallbackReceived, CallbackTokens
 from webhook_tasks_runtime.kafka import MessagePublisher, message_for
 from webhook_tasks_runtime.logging import correlation_context
 
 from .callbacks import callback_event, delivery_id, parse_callback, read_body, require_json
+from .openapi import CALLBACK_PATH, OPENAPI_PATH, build_openapi
 from .problems import (
     BodyTooLargeError,
     CallbackNotStoredError,
@@ -32,7 +34,7 @@ from .settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
 
-CALLBACK_ROUTE = f"{CALLBACK_PATH_PREFIX}/{{correlation_id}}/{{token}}"
+CALLBACK_ROUTE = CALLBACK_PATH
 _SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 _MAX_LOGGED_ID = 200
 
@@ -50,11 +52,13 @@ def create_app(
         readiness = publisher if isinstance(publisher, ReadinessProbe) else AlwaysReady()
     callbacks = _CallbackEndpoint(settings, publisher, tokens)
     probes = _Probes(readiness)
+    document = _StaticJSON(build_openapi())
     return Starlette(
         routes=[
             Route(CALLBACK_ROUTE, callbacks.receive, methods=["POST"]),
             Route("/healthz", probes.healthz, methods=["GET"]),
             Route("/readyz", probes.readyz, methods=["GET"]),
+            Route(OPENAPI_PATH, document.serve, methods=["GET"]),
         ],
         middleware=[
             Middleware(
@@ -143,6 +147,16 @@ class _Probes:
         if self._readiness.is_ready():
             return JSONResponse({"status": "ready"})
         return problem_response(503, slug="not-ready", detail="Not connected to Kafka.")
+
+
+class _StaticJSON:
+    def __init__(self, document: object) -> None:
+        # Serialised once: the document never changes while the process runs.
+        self._body = json.dumps(document, separators=(",", ":")).encode()
+
+    async def serve(self, request: Request) -> Response:
+        """Answer with the document."""
+        return Response(self._body, media_type="application/json")
 
 
 class _ProblemCORSMiddleware(CORSMiddleware):
