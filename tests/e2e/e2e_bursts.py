@@ -277,3 +277,34 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 def tally(values: Iterable[Any]) -> dict[Any, int]:
     """Return how often each value occurs."""
     return dict(Counter(values))
+
+
+async def warm_up(system: RunningSystem) -> None:
+    """Take one task to success and one to expiry, so every consumer group has joined."""
+    requests = [
+        *burst_requests(system, "warm-up-success", 1, timeouts=[60], outcome="success"),
+        *burst_requests(system, "warm-up-expiry", 1, timeouts=[1], outcome="never"),
+    ]
+    requests[0] = requests[0].model_copy(
+        update={
+            "task_metadata": requests[0].task_metadata.model_copy(
+                update={"webhook_params": {"outcome": "success", "delaySeconds": 0.1}}
+            )
+        }
+    )
+    task_ids = [request.task_id for request in requests]
+    await publish_all(system, requests)
+    conn = await connect(system)
+    try:
+        await wait_until(
+            lambda: outcomes(conn, task_ids),
+            lambda found: (
+                len(found) == 2
+                and all(len(outcome.terminal_comment_kinds) == 1 for outcome in found.values())
+            ),
+            within=90,
+            what="the warm-up tasks finished",
+            interval=0.2,
+        )
+    finally:
+        await conn.close()
