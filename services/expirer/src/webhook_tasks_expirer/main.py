@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from webhook_tasks_contracts import lifecycle_event_adapter, utc_now
 from webhook_tasks_runtime.db import load_migrations
@@ -16,6 +17,7 @@ from webhook_tasks_runtime.worker import (
 )
 
 from .handlers import AnyLifecycleEvent, LifecycleHandler
+from .reconciler import Reconciler
 from .repository import PostgresDeadlineStore
 from .scanner import Clock, DeadlineScanner
 from .settings import ExpirerSettings
@@ -35,6 +37,17 @@ async def serve(settings: ExpirerSettings, stop: asyncio.Event, *, clock: Clock 
             batch_size=settings.scan_batch_size,
             poll_interval=settings.scan_poll_interval,
         )
+        reconciler = Reconciler(
+            resources.pool,
+            topics=settings.topics,
+            wake_relay=resources.relay.wake,
+            on_deadline_restored=scanner.notice_deadline,
+            clock=clock,
+            interval=settings.reconcile_interval,
+            grace=timedelta(seconds=settings.reconcile_grace),
+            finished_retention=timedelta(seconds=settings.finished_task_retention),
+            batch_size=settings.reconcile_batch_size,
+        )
         handler = LifecycleHandler(
             PostgresDeadlineStore(resources.pool), on_deadline_stored=scanner.notice_deadline
         )
@@ -47,7 +60,7 @@ async def serve(settings: ExpirerSettings, stop: asyncio.Event, *, clock: Clock 
             handle=handler,
             correlation_of=lambda event: event.correlation_id,
         )
-        return WorkerParts(consumers=[consumer], background=[scanner.run])
+        return WorkerParts(consumers=[consumer], background=[scanner.run, reconciler.run])
 
     await serve_worker(
         name=SERVICE_NAME,

@@ -1,4 +1,4 @@
-"""Every SQL statement of the expirer: deadlines, finished tasks, and claiming due deadlines."""
+"""Every SQL statement of the expirer: deadlines, watched and finished tasks, sweeps."""
 
 from __future__ import annotations
 
@@ -22,18 +22,20 @@ async def start_deadline(
 ) -> bool:
     """Store a task's first deadline unless it has one or is finished; return whether stored."""
     # An existing deadline is kept: it is either this same event again or a later move.
-    stored = await conn.fetchval(
-        """
-        INSERT INTO deadlines (correlation_id, task_id, deadline_at)
-        SELECT $1, $2, $3
-        WHERE NOT EXISTS (SELECT 1 FROM finished_tasks WHERE correlation_id = $1)
-        ON CONFLICT (correlation_id) DO NOTHING
-        RETURNING true
-        """,
-        correlation_id,
-        task_id,
-        deadline_at,
-    )
+    async with conn.transaction():
+        stored = await conn.fetchval(
+            """
+            INSERT INTO deadlines (correlation_id, task_id, deadline_at)
+            SELECT $1, $2, $3
+            WHERE NOT EXISTS (SELECT 1 FROM finished_tasks WHERE correlation_id = $1)
+            ON CONFLICT (correlation_id) DO NOTHING
+            RETURNING true
+            """,
+            correlation_id,
+            task_id,
+            deadline_at,
+        )
+        await _watch(conn, correlation_id, task_id, deadline_at)
     return bool(stored)
 
 
@@ -45,21 +47,42 @@ async def extend_deadline(
     # must not bring back a deadline that may already have passed.
     # An upsert, not an update: when the scanner already fired the old deadline, the
     # dispatcher may still be waiting on the task, so the new deadline must be kept.
-    stored = await conn.fetchval(
+    async with conn.transaction():
+        stored = await conn.fetchval(
+            """
+            INSERT INTO deadlines (correlation_id, task_id, deadline_at)
+            SELECT $1, $2, $3
+            WHERE NOT EXISTS (SELECT 1 FROM finished_tasks WHERE correlation_id = $1)
+            ON CONFLICT (correlation_id) DO UPDATE
+                SET deadline_at = EXCLUDED.deadline_at, updated_at = now()
+                WHERE deadlines.deadline_at < EXCLUDED.deadline_at
+            RETURNING true
+            """,
+            correlation_id,
+            task_id,
+            deadline_at,
+        )
+        await _watch(conn, correlation_id, task_id, deadline_at)
+    return bool(stored)
+
+
+async def _watch(
+    conn: asyncpg.Connection, correlation_id: str, task_id: str, deadline_at: datetime
+) -> None:
+    # Remembers the latest deadline even after the scanner deletes the deadline row.
+    await conn.execute(
         """
-        INSERT INTO deadlines (correlation_id, task_id, deadline_at)
+        INSERT INTO watched_tasks (correlation_id, task_id, deadline_at)
         SELECT $1, $2, $3
         WHERE NOT EXISTS (SELECT 1 FROM finished_tasks WHERE correlation_id = $1)
         ON CONFLICT (correlation_id) DO UPDATE
             SET deadline_at = EXCLUDED.deadline_at, updated_at = now()
-            WHERE deadlines.deadline_at < EXCLUDED.deadline_at
-        RETURNING true
+            WHERE watched_tasks.deadline_at < EXCLUDED.deadline_at
         """,
         correlation_id,
         task_id,
         deadline_at,
     )
-    return bool(stored)
 
 
 async def finish_task(conn: asyncpg.Connection, correlation_id: str) -> None:
@@ -70,6 +93,7 @@ async def finish_task(conn: asyncpg.Connection, correlation_id: str) -> None:
             correlation_id,
         )
         await conn.execute("DELETE FROM deadlines WHERE correlation_id = $1", correlation_id)
+        await conn.execute("DELETE FROM watched_tasks WHERE correlation_id = $1", correlation_id)
 
 
 async def take_due_deadlines(
@@ -113,6 +137,120 @@ async def deadline_for(conn: asyncpg.Connection, correlation_id: str) -> datetim
         "SELECT deadline_at FROM deadlines WHERE correlation_id = $1", correlation_id
     )
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedTask:
+    """A dispatched, unfinished task as the reconciliation sweep sees it."""
+
+    correlation_id: str
+    task_id: str
+    deadline_at: datetime
+    reannounced: int
+
+
+async def restore_missing_deadlines(
+    conn: asyncpg.Connection, now: datetime, limit: int
+) -> list[WatchedTask]:
+    """Give back its deadline to each unfinished task whose deadline is ahead but not stored."""
+    # A deadline still ahead has not fired, so a watched task without one has lost it.
+    rows = await conn.fetch(
+        """
+        INSERT INTO deadlines (correlation_id, task_id, deadline_at)
+        SELECT w.correlation_id, w.task_id, w.deadline_at
+        FROM watched_tasks w
+        WHERE w.deadline_at > $1
+          AND NOT EXISTS (SELECT 1 FROM deadlines d WHERE d.correlation_id = w.correlation_id)
+          AND NOT EXISTS (SELECT 1 FROM finished_tasks f WHERE f.correlation_id = w.correlation_id)
+        LIMIT $2
+        ON CONFLICT (correlation_id) DO NOTHING
+        RETURNING correlation_id, task_id, deadline_at, 0 AS reannounced
+        """,
+        now,
+        limit,
+    )
+    return [_watched(row) for row in rows]
+
+
+async def take_stuck_tasks(
+    conn: asyncpg.Connection, cutoff: datetime, now: datetime, limit: int
+) -> list[WatchedTask]:
+    """Claim unfinished tasks whose deadline passed before `cutoff`, none re-announced since.
+
+    Such a task's deadline fired long ago but no terminal event followed: the
+    announcement was lost or refused downstream. Claiming counts one more
+    re-announcement; call inside the transaction that queues it.
+    """
+    rows = await conn.fetch(
+        """
+        UPDATE watched_tasks w
+        SET reannounced = reannounced + 1, reannounced_at = $2, updated_at = now()
+        WHERE w.correlation_id IN (
+            SELECT s.correlation_id FROM watched_tasks s
+            WHERE s.deadline_at <= $1
+              AND (s.reannounced_at IS NULL OR s.reannounced_at <= $1)
+              AND NOT EXISTS (
+                  SELECT 1 FROM deadlines d WHERE d.correlation_id = s.correlation_id
+              )
+            ORDER BY s.deadline_at
+            LIMIT $3
+            FOR UPDATE SKIP LOCKED
+        )
+        RETURNING correlation_id, task_id, deadline_at, reannounced
+        """,
+        cutoff,
+        now,
+        limit,
+    )
+    return sorted((_watched(row) for row in rows), key=lambda task: task.deadline_at)
+
+
+async def drop_finished_leftovers(conn: asyncpg.Connection) -> list[str]:
+    """Delete deadlines and watch rows of tasks already finished; return their ids."""
+    rows = await conn.fetch(
+        """
+        WITH dropped_deadlines AS (
+            DELETE FROM deadlines d USING finished_tasks f
+            WHERE d.correlation_id = f.correlation_id
+            RETURNING d.correlation_id
+        ), dropped_watches AS (
+            DELETE FROM watched_tasks w USING finished_tasks f
+            WHERE w.correlation_id = f.correlation_id
+            RETURNING w.correlation_id
+        )
+        SELECT correlation_id FROM dropped_deadlines
+        UNION SELECT correlation_id FROM dropped_watches
+        """
+    )
+    return sorted(row["correlation_id"] for row in rows)
+
+
+async def prune_finished_tasks(conn: asyncpg.Connection, before: datetime, limit: int) -> int:
+    """Forget up to `limit` tombstones of tasks finished before `before`; return how many."""
+    deleted: int = await conn.fetchval(
+        """
+        WITH pruned AS (
+            DELETE FROM finished_tasks
+            WHERE correlation_id IN (
+                SELECT correlation_id FROM finished_tasks
+                WHERE finished_at < $1
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED
+            )
+            RETURNING 1
+        )
+        SELECT count(*) FROM pruned
+        """,
+        before,
+        limit,
+    )
+    return deleted
+
+
+def _watched(row: asyncpg.Record) -> WatchedTask:
+    return WatchedTask(
+        row["correlation_id"], row["task_id"], row["deadline_at"], row["reannounced"]
+    )
 
 
 class PostgresDeadlineStore:

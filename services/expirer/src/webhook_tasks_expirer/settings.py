@@ -15,3 +15,13 @@ class ExpirerSettings(DatabaseSettings):
     scan_poll_interval: float = Field(default=0.25, gt=0, le=10)
     """The longest the scanner sleeps, in seconds: bounds how late a deadline written by
     another replica is noticed."""
+    reconcile_interval: float = Field(default=60.0, gt=0, le=86_400)
+    """Seconds between reconciliation sweeps."""
+    reconcile_grace: float = Field(default=60.0, gt=0)
+    """Seconds after its deadline an unfinished task counts as stuck and its deadline is
+    announced again; also the least time between two re-announcements of one task."""
+    reconcile_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    """How many tasks one repair statement handles."""
+    finished_task_retention: float = Field(default=30 * 24 * 3600, gt=0)
+    """Seconds a finished task's tombstone is kept; a replay of the lifecycle topic older
+    than this brings back deadlines that fire at once and are refused by the dispatcher."""
