@@ -1,0 +1,1 @@
+"""Measure webhook-tasks against ceilings taken in the same run (`make bench`)."""

@@ -1,0 +1,135 @@
+"""Dispatcher phase: dispatches per second, beside a bare aiohttp client posting the same bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from webhook_tasks_contracts import build_webhook_request
+
+from .load import closed_loop
+from .stats import PhaseResult, Row
+from .system import Context, Deployment, encode_task, fetch, producer, task_event, wait_until
+
+_PROGRESS = """
+SELECT count(*) FILTER (WHERE status = 'initiated') AS initiated,
+       count(*) FILTER (WHERE status NOT IN ('pending', 'initiated')) AS other
+FROM dispatcher.tasks WHERE task_id LIKE $1
+"""
+_SPAN = """
+SELECT count(*) AS tasks, min(created_at) AS first_claimed, max(dispatched_at) AS last_dispatched
+FROM dispatcher.tasks WHERE task_id LIKE $1 AND status = 'initiated'
+"""
+
+
+async def _publish_tasks(ctx: Context, deployment: Deployment, prefix: str, count: int) -> None:
+    url = f"{ctx.sink.url}/ack"
+    kafka = producer(ctx.bootstrap, idempotence=ctx.idempotence)
+    await kafka.start()
+    try:
+        # Pipelined: the whole backlog is on the broker long before the dispatcher is through.
+        sent = [
+            await kafka.send(
+                deployment.topics.task_requested,
+                encode_task(task_event(f"{prefix}{index}", url)),
+                key=f"{prefix}{index}".encode(),
+            )
+            for index in range(count)
+        ]
+        await asyncio.gather(*sent)
+    finally:
+        await kafka.stop()
+
+
+async def _wait_dispatched(
+    ctx: Context, prefix: str, count: int, *, within: float, description: str
+) -> int:
+    tick = ctx.report(description, count)
+    seen = 0
+
+    async def probe() -> int:
+        nonlocal seen
+        rows = await fetch(ctx.infra.database_url, _PROGRESS, f"{prefix}%")
+        done = int(rows[0]["initiated"]) + int(rows[0]["other"])
+        tick(done - seen)
+        seen = done
+        return done
+
+    return await wait_until(probe, lambda done: done >= count, within=within)
+
+
+async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
+    """Publish a backlog of tasks, let the dispatcher work through it, then post the same bare."""
+    plan = ctx.plan
+    prefix = f"bench-{ctx.run_id}-d-"
+    await _publish_tasks(ctx, deployment, prefix, plan.dispatch_tasks)
+    done = await _wait_dispatched(
+        ctx,
+        prefix,
+        plan.dispatch_tasks,
+        within=30 + plan.dispatch_tasks / 20,
+        description=f"dispatcher: {plan.dispatch_tasks} tasks",
+    )
+    span = (await fetch(ctx.infra.database_url, _SPAN, f"{prefix}%"))[0]
+    dispatched = int(span["tasks"])
+    seconds = (
+        (span["last_dispatched"] - span["first_claimed"]).total_seconds() if dispatched else 0.0
+    )
+    rate = dispatched / seconds if seconds > 0 else 0.0
+
+    # The same bodies the dispatcher sent (callback URLs included), to the same endpoint.
+    tasks = await fetch(
+        ctx.infra.database_url,
+        "SELECT correlation_id, task_id FROM dispatcher.tasks WHERE task_id LIKE $1",
+        f"{prefix}%",
+    )
+    targets = [
+        (
+            f"{ctx.sink.url}/ack",
+            json.dumps(
+                build_webhook_request(
+                    correlation_id=row["correlation_id"],
+                    callback_url=deployment.tokens.callback_url(
+                        deployment.gateway_url, row["correlation_id"]
+                    ),
+                    prompt="a benchmark task",
+                    task_id=row["task_id"],
+                    user_id="bench-user",
+                    project_id="bench-project",
+                    params={},
+                )
+            ).encode(),
+        )
+        for row in tasks
+    ]
+    bare = await closed_loop(
+        targets or [(f"{ctx.sink.url}/ack", b"{}")],
+        concurrency=plan.dispatch_concurrency,
+        duration=60.0,
+        max_requests=len(targets) or 1,
+        tick=ctx.report("dispatcher: bare aiohttp client", len(targets)),
+    )
+    result = PhaseResult()
+    result.rows = [
+        Row(
+            "Dispatcher",
+            "dispatches/s",
+            rate,
+            bare.ok_per_second,
+            "/s",
+            "higher",
+            "bare aiohttp client",
+            f"{dispatched}/{plan.dispatch_tasks} tasks from a Kafka backlog, in the running system: "
+            "consumed, claimed, "
+            "POSTed, acknowledged, committed (first claim to last commit); bare client: same "
+            f"bodies, same endpoint, {plan.dispatch_concurrency} at once",
+        )
+    ]
+    result.facts = {
+        "tasks": plan.dispatch_tasks,
+        "finished": done,
+        "initiated": dispatched,
+        "seconds": round(seconds, 3),
+        "bare": {"ok": bare.ok, "failed": bare.failed, "elapsed_s": round(bare.elapsed, 3)},
+    }
+    return result

@@ -1,0 +1,264 @@
+"""End-to-end phase: a steady stream of tasks through the whole system, beside bare Kafka hops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer
+from webhook_tasks_runtime.kafka import ensure_topics
+
+from .plan import Tick
+from .stats import PhaseResult, Row, Summary
+from .system import (
+    Context,
+    Deployment,
+    consumer,
+    encode_task,
+    fetch,
+    producer,
+    sink_records,
+    task_event,
+    wait_until,
+)
+
+WARM_UP_TASKS = 5
+SERVICE_FETCH_MAX_WAIT_MS = 500
+"""The services' consumers keep aiokafka's (and FastStream's) default fetch wait."""
+
+_COMMENTS = """
+SELECT c.task_id, c.correlation_id, extract(epoch FROM c.created_at) AS committed
+FROM notifier.comments c WHERE c.task_id LIKE $1 AND c.kind <> 'progress'
+"""
+
+
+async def kafka_hops(ctx: Context, deployment: Deployment) -> tuple[list[float], list[float]]:
+    """Return one-hop and two-hop latencies (ms) of bare messages, consumed as the services do."""
+    plan = ctx.plan
+    first, second = (f"{deployment.topics.prefix}.bench-hop-{n}" for n in (1, 2))
+    await ensure_topics(ctx.bootstrap, [first, second])
+    relay_in = consumer(ctx.bootstrap, first, fetch_max_wait_ms=SERVICE_FETCH_MAX_WAIT_MS)
+    sink_in = consumer(ctx.bootstrap, second, fetch_max_wait_ms=SERVICE_FETCH_MAX_WAIT_MS)
+    kafka = producer(ctx.bootstrap, idempotence=ctx.idempotence)
+    total = int(plan.e2e_rate * plan.hop_seconds)
+    one_hop: list[float] = []
+    two_hops: list[float] = []
+    await asyncio.gather(relay_in.start(), sink_in.start(), kafka.start())
+    try:
+        # Both consumers must hold their partitions before the clock starts.
+        await wait_until(_assigned(relay_in, sink_in), lambda ready: ready, within=30, interval=0.1)
+        tick = ctx.report("end to end: bare Kafka hops", total)
+
+        async def forward() -> None:
+            # Like a service: consume, then produce the next event and wait for acks=all.
+            while len(one_hop) < total:
+                for records in (await relay_in.getmany(timeout_ms=100)).values():
+                    for record in records:
+                        one_hop.append((time.time() - json.loads(record.value)["t"]) * 1000)
+                        await kafka.send_and_wait(second, record.value, key=record.key)
+
+        async def arrive() -> None:
+            while len(two_hops) < total:
+                for records in (await sink_in.getmany(timeout_ms=100)).values():
+                    for record in records:
+                        two_hops.append((time.time() - json.loads(record.value)["t"]) * 1000)
+                        tick(1)
+
+        async def send() -> None:
+            started = time.perf_counter()
+            for index in range(total):
+                delay = started + index / plan.e2e_rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                body = json.dumps({"t": time.time()}).encode()
+                await kafka.send(first, body, key=str(index).encode())
+
+        await asyncio.wait_for(
+            asyncio.gather(send(), forward(), arrive()), timeout=plan.hop_seconds + 30
+        )
+    except TimeoutError:
+        pass
+    finally:
+        await asyncio.gather(relay_in.stop(), sink_in.stop(), kafka.stop())
+    return one_hop, two_hops
+
+
+def _assigned(*consumers: AIOKafkaConsumer) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        return all(bool(member.assignment()) for member in consumers)
+
+    return probe
+
+
+async def publish_stream(
+    ctx: Context,
+    deployment: Deployment,
+    task_ids: Sequence[str],
+    url: str,
+    *,
+    rate: float,
+    params: dict[str, object] | None = None,
+    tick: Tick = lambda _n: None,
+) -> dict[str, float]:
+    """Publish one task per id at `rate` per second; return when each was published."""
+    kafka = producer(ctx.bootstrap, idempotence=ctx.idempotence)
+    await kafka.start()
+    published: dict[str, float] = {}
+    pending = []
+    try:
+        started = time.perf_counter()
+        for index, task_id in enumerate(task_ids):
+            delay = started + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            value = encode_task(task_event(task_id, url, params=params))
+            published[task_id] = time.time()
+            pending.append(
+                await kafka.send(deployment.topics.task_requested, value, key=task_id.encode())
+            )
+            tick(1)
+        await asyncio.gather(*pending)
+    finally:
+        await kafka.stop()
+    return published
+
+
+async def wait_comments(
+    ctx: Context, prefix: str, count: int, *, within: float, tick: Tick = lambda _n: None
+) -> list[dict[str, object]]:
+    """Wait for `count` terminal comments on tasks whose id starts with `prefix`."""
+    seen = 0
+
+    async def probe() -> list[dict[str, object]]:
+        nonlocal seen
+        try:
+            found = await fetch(ctx.infra.database_url, _COMMENTS, f"{prefix}%")
+        except asyncpg.UndefinedTableError:
+            return []  # the notifier has not created its tables yet
+        rows = [dict(row) for row in found]
+        tick(len(rows) - seen)
+        seen = len(rows)
+        return rows
+
+    return await wait_until(probe, lambda rows: len(rows) >= count, within=within, interval=0.5)
+
+
+async def warm_up(ctx: Context, deployment: Deployment) -> None:
+    """Run a few tasks through the whole system, so every consumer group has formed."""
+    prefix = f"bench-{ctx.run_id}-warm-"
+    ids = [f"{prefix}{index}" for index in range(WARM_UP_TASKS)]
+    await publish_stream(ctx, deployment, ids, f"{ctx.sink.url}/callback", rate=100)
+    comments = await wait_comments(ctx, prefix, len(ids), within=180)
+    if len(comments) < len(ids):
+        raise RuntimeError(
+            f"only {len(comments)} of {len(ids)} warm-up tasks went through the system; "
+            "see the service logs"
+        )
+
+
+async def wait_warm(ctx: Context, warming: asyncio.Task[None]) -> None:
+    """Wait for the warm-up started earlier, then forget what it left on the external service."""
+    ctx.report("system: waiting for the warm-up tasks", 0)
+    await warming
+    await sink_records(ctx.sink.url)
+
+
+async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
+    """Stream tasks at a steady rate to a service that calls back at once."""
+    plan = ctx.plan
+    one_hop, two_hops = await kafka_hops(ctx, deployment)
+    await sink_records(ctx.sink.url)
+
+    prefix = f"bench-{ctx.run_id}-e-"
+    total = int(plan.e2e_rate * plan.e2e_seconds)
+    ids = [f"{prefix}{index}" for index in range(total)]
+    published = await publish_stream(
+        ctx,
+        deployment,
+        ids,
+        f"{ctx.sink.url}/callback",
+        rate=plan.e2e_rate,
+        tick=ctx.report(f"end to end: {plan.e2e_rate:g} tasks/s", total),
+    )
+    comments = await wait_comments(
+        ctx, prefix, total, within=60, tick=ctx.report("end to end: waiting for comments", total)
+    )
+    records = await sink_records(ctx.sink.url)
+    received: dict[str, float] = records["received"]
+    called_back: dict[str, float] = records["called_back"]
+    to_request = [
+        (received[task_id] - sent) * 1000
+        for task_id, sent in published.items()
+        if task_id in received
+    ]
+    to_comment = [
+        (float(str(row["committed"])) - called_back[str(row["correlation_id"])]) * 1000
+        for row in comments
+        if str(row["correlation_id"]) in called_back
+    ]
+    request, comment = Summary.of(to_request), Summary.of(to_comment)
+    hop1, hop2 = Summary.of(one_hop), Summary.of(two_hops)
+    stream = f"{total} tasks at {plan.e2e_rate:g}/s; the service calls back at once"
+    result = PhaseResult()
+    result.rows = [
+        Row(
+            "End to end",
+            "task event → request received p50",
+            request.p50,
+            hop1.p50,
+            "ms",
+            "lower",
+            "one bare Kafka hop",
+            stream,
+        ),
+        Row(
+            "End to end",
+            "task event → request received p99",
+            request.p99,
+            hop1.p99,
+            "ms",
+            "lower",
+            "one bare Kafka hop",
+            stream,
+        ),
+        Row(
+            "End to end",
+            "callback accepted → comment committed p50",
+            comment.p50,
+            hop2.p50,
+            "ms",
+            "lower",
+            "two bare Kafka hops",
+            stream + "; comment row's created_at",
+        ),
+        Row(
+            "End to end",
+            "callback accepted → comment committed p99",
+            comment.p99,
+            hop2.p99,
+            "ms",
+            "lower",
+            "two bare Kafka hops",
+            stream + "; comment row's created_at",
+        ),
+    ]
+    result.samples_ms = {
+        "task event → request": to_request,
+        "callback → comment": to_comment,
+        "bare Kafka hop": one_hop,
+        "two bare Kafka hops": two_hops,
+    }
+    result.facts = {
+        "tasks": total,
+        "requests_received": len(to_request),
+        "callbacks_accepted": len(called_back),
+        "callback_failures": records["callback_failures"],
+        "terminal_comments": len(comments),
+        "kafka_hop_ms": {"one": asdict(hop1), "two": asdict(hop2)},
+        "consumer_fetch_max_wait_ms": SERVICE_FETCH_MAX_WAIT_MS,
+    }
+    return result

@@ -1,0 +1,116 @@
+"""Gateway phase: callbacks accepted per second and latency, beside a raw ASGI no-op."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict
+from urllib.parse import urlsplit
+
+from .load import LoadResult, closed_loop, fixed_rate
+from .stats import PhaseResult, Row, Summary
+from .system import Context, Deployment, ServerProcess
+
+DISTINCT_CALLBACKS = 1000
+WARM_UP_REQUESTS = 300
+
+
+def _callback_body(correlation_id: str) -> bytes:
+    return json.dumps(
+        {
+            "correlationId": correlation_id,
+            "status": "success",
+            "resultUrl": f"https://cdn.example.com/{correlation_id}.mp4",
+            "metadata": {"title": "Generated Video", "duration": "2m 30s"},
+        }
+    ).encode()
+
+
+async def run(ctx: Context, gateway: Deployment, noop: ServerProcess) -> PhaseResult:
+    """Load the gateway and the no-op the same way, one after the other."""
+    plan = ctx.plan
+    gateway_targets = []
+    noop_targets = []
+    for _ in range(DISTINCT_CALLBACKS):
+        correlation_id = str(uuid.uuid4())
+        url = gateway.tokens.callback_url(gateway.gateway_url, correlation_id)
+        body = _callback_body(correlation_id)
+        gateway_targets.append((url, body))
+        # Same path and body: the no-op reads the request and answers 202 like the gateway.
+        noop_targets.append((f"{noop.url}{urlsplit(url).path}", body))
+
+    for targets in (noop_targets, gateway_targets):
+        await closed_loop(targets, concurrency=8, duration=10.0, max_requests=WARM_UP_REQUESTS)
+
+    saturated: dict[str, LoadResult] = {}
+    steady: dict[str, LoadResult] = {}
+    expected = int(plan.gateway_rate * plan.gateway_seconds)
+    for label, targets in (("no-op", noop_targets), ("gateway", gateway_targets)):
+        tick = ctx.report(f"gateway: {label}, {plan.gateway_concurrency} connections", 0)
+        saturated[label] = await closed_loop(
+            targets,
+            concurrency=plan.gateway_concurrency,
+            duration=plan.gateway_seconds,
+            max_requests=int(plan.gateway_seconds * 50_000),
+            tick=tick,
+        )
+        tick = ctx.report(f"gateway: {label}, {plan.gateway_rate:g}/s offered", expected)
+        steady[label] = await fixed_rate(
+            targets, rate=plan.gateway_rate, duration=plan.gateway_seconds, tick=tick
+        )
+
+    gw_sat, noop_sat = saturated["gateway"], saturated["no-op"]
+    gw_lat = Summary.of(steady["gateway"].latencies_ms)
+    noop_lat = Summary.of(steady["no-op"].latencies_ms)
+    load = f"{plan.gateway_rate:g}/s offered for {plan.gateway_seconds:g} s"
+    result = PhaseResult()
+    result.rows = [
+        Row(
+            "Gateway",
+            "callbacks accepted/s (saturated)",
+            gw_sat.ok_per_second,
+            noop_sat.ok_per_second,
+            "/s",
+            "higher",
+            "raw ASGI no-op",
+            f"{plan.gateway_concurrency} keep-alive connections for {plan.gateway_seconds:g} s; "
+            "202 only after token check, validation and the acks=all Kafka write",
+        ),
+        Row(
+            "Gateway",
+            "latency p50",
+            gw_lat.p50,
+            noop_lat.p50,
+            "ms",
+            "lower",
+            "raw ASGI no-op",
+            load,
+        ),
+        Row(
+            "Gateway",
+            "latency p99",
+            gw_lat.p99,
+            noop_lat.p99,
+            "ms",
+            "lower",
+            "raw ASGI no-op",
+            load,
+        ),
+    ]
+    result.samples_ms = {
+        "gateway": steady["gateway"].latencies_ms,
+        "raw ASGI no-op": steady["no-op"].latencies_ms,
+    }
+    result.facts = {
+        f"{kind}.{label}": {
+            "sent": load_result.sent,
+            "ok": load_result.ok,
+            "failed": load_result.failed,
+            "elapsed_s": round(load_result.elapsed, 3),
+            "statuses": load_result.statuses,
+            "latency_ms": asdict(Summary.of(load_result.latencies_ms)),
+        }
+        for kind, runs in (("saturated", saturated), ("fixed_rate", steady))
+        for label, load_result in runs.items()
+    }
+    return result

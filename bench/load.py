@@ -1,0 +1,118 @@
+"""An asyncio load generator on aiohttp, bounded in request count and in time."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+
+Tick = Callable[[int], None]
+
+
+@dataclass
+class LoadResult:
+    """What a load run saw: answers by status, latencies of the successful ones."""
+
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+    elapsed: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok_per_second(self) -> float:
+        """Return successful answers per second of the run."""
+        return self.ok / self.elapsed if self.elapsed else 0.0
+
+    def record(self, status: str, started: float, ok: bool) -> None:
+        """Count one answer (or error) of a request that began at `started`."""
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if ok:
+            self.ok += 1
+            self.latencies_ms.append((time.perf_counter() - started) * 1000)
+        else:
+            self.failed += 1
+
+
+def session(connections: int) -> aiohttp.ClientSession:
+    """Return a client session holding up to `connections` keep-alive connections."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=connections, limit_per_host=connections),
+        timeout=aiohttp.ClientTimeout(total=30),
+        trust_env=False,
+    )
+
+
+async def _post(http: aiohttp.ClientSession, url: str, body: bytes, result: LoadResult) -> None:
+    started = time.perf_counter()
+    result.sent += 1
+    try:
+        async with http.post(
+            url, data=body, headers={"content-type": "application/json"}
+        ) as response:
+            await response.read()
+            result.record(str(response.status), started, 200 <= response.status < 300)
+    except (aiohttp.ClientError, TimeoutError) as error:
+        result.record(type(error).__name__, started, False)
+
+
+async def closed_loop(
+    targets: Sequence[tuple[str, bytes]],
+    *,
+    concurrency: int,
+    duration: float,
+    max_requests: int,
+    tick: Tick = lambda _n: None,
+) -> LoadResult:
+    """Keep `concurrency` requests in flight until `duration` or `max_requests` is reached."""
+    result = LoadResult()
+    cycle = itertools.cycle(targets)
+    async with session(concurrency) as http:
+        started = time.perf_counter()
+        deadline = started + duration
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline and result.sent < max_requests:
+                url, body = next(cycle)
+                await _post(http, url, body, result)
+                tick(1)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.elapsed = time.perf_counter() - started
+    return result
+
+
+async def fixed_rate(
+    targets: Sequence[tuple[str, bytes]],
+    *,
+    rate: float,
+    duration: float,
+    connections: int = 256,
+    tick: Tick = lambda _n: None,
+) -> LoadResult:
+    """Start requests at `rate` per second for `duration` seconds, whatever the answers."""
+    result = LoadResult()
+    total = int(rate * duration)
+    async with session(connections) as http:
+        started = time.perf_counter()
+        in_flight: set[asyncio.Task[None]] = set()
+        for index, (url, body) in zip(range(total), itertools.cycle(targets), strict=False):
+            delay = started + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(_post(http, url, body, result))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            task.add_done_callback(lambda _task: tick(1))
+        # The run is bounded in time too: what has not answered 10 s after the last send fails.
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=10)
+        for task in in_flight:
+            task.cancel()
+        result.elapsed = time.perf_counter() - started
+    return result

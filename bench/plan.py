@@ -1,0 +1,74 @@
+"""How much load each phase offers: the full run and the quick smoke run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and durations of every phase."""
+
+    name: str
+    gateway_seconds: float
+    """Length of each of the four gateway runs (saturation and fixed load, gateway and no-op)."""
+    gateway_rate: float
+    """The fixed offered load, callbacks per second, at which latency is compared."""
+    dispatch_tasks: int
+    e2e_rate: float
+    e2e_seconds: float
+    hop_seconds: float
+    expiries: int
+    expiry_lead: float
+    """Seconds between publishing the deadlines and the first of them."""
+    expiry_spread: float
+    sync_tasks: int
+    sync_delay: float
+    """How long the pretend slow service takes; the comparison is stated for 20 s."""
+    gateway_concurrency: int = 32
+    dispatch_concurrency: int = 64
+    """The dispatcher's consumer handles up to 64 tasks at once; the bare client gets as many."""
+
+
+FULL = Plan(
+    name="full",
+    gateway_seconds=10.0,
+    gateway_rate=500.0,
+    dispatch_tasks=5000,
+    e2e_rate=200.0,
+    e2e_seconds=30.0,
+    hop_seconds=5.0,
+    expiries=3000,
+    expiry_lead=4.0,
+    expiry_spread=5.0,
+    sync_tasks=20,
+    sync_delay=20.0,
+)
+
+QUICK = Plan(
+    name="quick",
+    gateway_seconds=1.5,
+    gateway_rate=200.0,
+    dispatch_tasks=300,
+    e2e_rate=50.0,
+    e2e_seconds=3.0,
+    hop_seconds=1.5,
+    expiries=300,
+    expiry_lead=2.0,
+    expiry_spread=1.0,
+    sync_tasks=5,
+    sync_delay=1.0,
+)
+
+SYNC_CLAIM_SECONDS = 20.0
+"""The product summary's example: a synchronous call to a service that takes 20 s."""
+
+Tick = Callable[[int], None]
+
+
+class Reporter(Protocol):
+    """Shows a phase's progress on screen."""
+
+    def __call__(self, description: str, total: int) -> Tick: ...

@@ -1,0 +1,179 @@
+"""Run every phase against embedded PostgreSQL and Kafka, then print and save the results."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from webhook_tasks_cli.stack import SERVICES
+from webhook_tasks_runtime.infra import Infrastructure, start_embedded
+
+from . import dispatcher, efficiency, endtoend, expirer, gateway
+from .plan import FULL, QUICK, Plan, Tick
+from .report import print_results, write_chart, write_json
+from .stats import PhaseResult
+from .system import (
+    REPO_ROOT,
+    SERVICE_ENV,
+    Context,
+    Deployment,
+    ServerProcess,
+    cpu_count,
+    create_topics,
+)
+
+DEFAULT_OUT = REPO_ROOT / "bench" / "results"
+
+
+class ProgressReporter:
+    """One progress bar per phase step, on a rich Progress display."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._current: TaskID | None = None
+
+    def __call__(self, description: str, total: int) -> Tick:
+        """Start a bar (indeterminate when `total` is 0) and return its advance function."""
+        self.finish()
+        task = self._progress.add_task(description, total=total or None)
+        self._current = task
+        return lambda amount: self._progress.advance(task, amount)
+
+    def finish(self) -> None:
+        """Mark the current bar complete."""
+        if self._current is not None:
+            task = self._progress.tasks[self._current]
+            self._progress.update(
+                self._current, total=task.completed or 1, completed=task.completed or 1
+            )
+            self._current = None
+
+
+@contextmanager
+def _started(*stoppables: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for item in reversed(stoppables):
+            item.stop()
+
+
+async def _phases(ctx: Context, log_dir: Path, console: Console) -> dict[str, PhaseResult]:
+    infra = ctx.infra
+    results: dict[str, PhaseResult] = {}
+    # The gateway is measured alone, on topics nobody consumes, so no other service
+    # competes with it for the CPUs; everything else runs in the whole system.
+    lone_gateway = Deployment.create(infra, "gateway", log_dir)
+    system = Deployment.create(infra, "system", log_dir)
+    await create_topics(ctx.bootstrap, [lone_gateway, system])
+    noop = ServerProcess("noop", log_dir)
+    with _started(noop, lone_gateway, system):
+        # Everything starts at once: the workers take seconds to join their consumer groups,
+        # and that wait overlaps the gateway phase instead of adding to the run.
+        lone_gateway.start(["callback-gateway"])
+        system.start(SERVICES)
+        noop.wait_ready()
+        ctx.sink.wait_ready()
+        lone_gateway.stack.wait_for_gateway(timeout=90)
+        system.stack.wait_for_gateway(timeout=90)
+        warm_up = asyncio.create_task(endtoend.warm_up(ctx, system))
+        console.log("servers are up; the workers join their consumer groups meanwhile")
+        results["gateway"] = await gateway.run(ctx, lone_gateway, noop)
+        lone_gateway.stop()
+        await endtoend.wait_warm(ctx, warm_up)
+        results["dispatcher"] = await dispatcher.run(ctx, system)
+        results["expirer"] = await expirer.run(ctx, system)
+        results["end to end"] = await endtoend.run(ctx, system)
+        results["efficiency"] = await efficiency.run(ctx, system)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks; return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a smoke run of under a minute")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the results")
+    args = parser.parse_args(argv)
+    plan: Plan = QUICK if args.quick else FULL
+    console = Console()
+    started_at = datetime.now(UTC)
+    stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
+    out: Path = args.out
+    log_dir = out / f"logs-{stamp}-{plan.name}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    clock = time.monotonic()
+
+    console.log(f"{plan.name} run; starting embedded PostgreSQL and Kafka")
+    infra: Infrastructure = start_embedded()
+    sink = ServerProcess("sink", log_dir)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        refresh_per_second=4,
+    )
+    reporter = ProgressReporter(progress)
+    ctx = Context(infra, plan, reporter, sink, uuid.uuid4().hex[:8])
+    try:
+        with _started(sink), progress:
+            results = asyncio.run(_phases(ctx, log_dir, console))
+            reporter.finish()
+    finally:
+        infra.close()
+
+    seconds = time.monotonic() - clock
+    rows = [row for result in results.values() for row in result.rows]
+    title = (
+        f"webhook-tasks benchmark ({plan.name}, {cpu_count()} CPUs, {seconds:.0f} s, "
+        f"{started_at:%Y-%m-%d %H:%M} UTC)"
+    )
+    print_results(console, rows, title=title)
+    json_path = out / f"bench-{stamp}-{plan.name}.json"
+    chart_path = json_path.with_suffix(".png")
+    write_json(
+        json_path,
+        {
+            "mode": plan.name,
+            "started_at": started_at.isoformat(),
+            "seconds": round(seconds, 1),
+            "machine": {
+                "cpus": cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+            },
+            "infrastructure": "embedded PostgreSQL and Tansu (memory storage)",
+            "service_env": SERVICE_ENV,
+            "plan": plan.__dict__,
+            "rows": [row.as_json() for row in rows],
+            "facts": {name: result.facts for name, result in results.items()},
+        },
+    )
+    write_chart(
+        chart_path,
+        {
+            "Gateway: callback latency at a fixed offered load": results["gateway"].samples_ms,
+            "End to end: latencies and bare Kafka hops": results["end to end"].samples_ms,
+            "Expirer: lateness after the deadline": results["expirer"].samples_ms,
+        },
+    )
+    console.print(f"results: {json_path}\nchart:   {chart_path}\nservice logs: {log_dir}")
+    return 0

@@ -1,0 +1,239 @@
+"""What the benchmark runs against: embedded servers, service processes, and Kafka helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from webhook_tasks_cli.stack import Stack, StackOptions
+from webhook_tasks_contracts import (
+    REVEAL_SECRETS,
+    CallbackTokens,
+    TaskMetadata,
+    TaskRequested,
+    Topics,
+    parse_callback_keys,
+)
+from webhook_tasks_runtime.embedded import free_port, wait_for_port
+from webhook_tasks_runtime.infra import Infrastructure
+from webhook_tasks_runtime.kafka import ensure_topics
+
+from .plan import Plan, Reporter
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVICE_ENV = {
+    # Production's log settings: a line per request is part of what a service costs.
+    "LOG_FORMAT": "json",
+    "LOG_LEVEL": "INFO",
+    "SCAN_POLL_INTERVAL": "0.25",
+}
+
+
+class ServerProcess:
+    """One of the benchmark's own servers (`python -m bench.servers`), on a loopback port."""
+
+    def __init__(self, kind: str, log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        log = (log_dir / f"bench-{kind}.log").open("wb")
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "bench.servers", kind, "--port", str(self.port)],
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            log.close()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until the server accepts connections."""
+        wait_for_port("127.0.0.1", self.port, timeout=timeout)
+
+    def stop(self) -> None:
+        """Terminate the server and wait for it."""
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+@dataclass
+class Deployment:
+    """Some of the four services on their own topic prefix, sharing the run's infrastructure."""
+
+    stack: Stack
+    topics: Topics
+    tokens: CallbackTokens
+
+    @classmethod
+    def create(
+        cls,
+        infra: Infrastructure,
+        label: str,
+        log_dir: Path,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> Deployment:
+        """Describe a deployment; nothing starts until `start`."""
+        topics = Topics(f"bench-{label}-{uuid.uuid4().hex[:6]}")
+        keys = f"bench:base64:{base64.b64encode(secrets.token_bytes(32)).decode()}"
+        options = StackOptions(
+            database_url=infra.database_url,
+            kafka_bootstrap_servers=infra.kafka_bootstrap_servers,
+            kafka_enable_idempotence=infra.supports_idempotent_producer,
+            callback_token_keys=keys,
+            gateway_port=free_port(),
+            log_dir=log_dir / label,
+            topic_prefix=topics.prefix,
+            extra_env={**SERVICE_ENV, **(extra_env or {})},
+        )
+        return cls(Stack(options), topics, CallbackTokens(parse_callback_keys(keys)))
+
+    @property
+    def gateway_url(self) -> str:
+        """Return the gateway's base URL."""
+        return self.stack.options.gateway_url
+
+    def start(self, services: Iterable[str]) -> None:
+        """Start `services` at once (each in its own process); do not wait."""
+        self.stack.options.log_dir.mkdir(parents=True, exist_ok=True)
+        for service in services:
+            self.stack.start_service(service)
+
+    def stop(self) -> None:
+        """Stop every process of this deployment."""
+        self.stack.stop()
+
+
+async def create_topics(bootstrap: str, deployments: Sequence[Deployment]) -> None:
+    """Create every topic first, so no service waits on auto-creation."""
+    names = [name for deployment in deployments for name in deployment.topics.all()]
+    await ensure_topics(bootstrap, names)
+
+
+def producer(bootstrap: str, *, idempotence: bool) -> AIOKafkaProducer:
+    """Return an unstarted producer with the services' durability settings."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=idempotence, linger_ms=2
+    )
+
+
+def consumer(bootstrap: str, topic: str, *, fetch_max_wait_ms: int) -> AIOKafkaConsumer:
+    """Return an unstarted consumer in a group of its own, reading `topic` from the start."""
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=fetch_max_wait_ms,
+        enable_auto_commit=False,
+    )
+
+
+def task_event(
+    task_id: str, webhook_url: str, *, params: dict[str, Any] | None = None, timeout: int = 3600
+) -> TaskRequested:
+    """Return a webhook task event as an upstream system would publish it."""
+    return TaskRequested(
+        task_id=task_id,
+        user_id="bench-user",
+        project_id="bench-project",
+        prompt="a benchmark task",
+        followers=["bench-follower"],
+        task_metadata=TaskMetadata(
+            is_webhook_task=True,
+            webhook_url=webhook_url,
+            webhook_params=params or {},
+            timeout_seconds=timeout,
+        ),
+    )
+
+
+def encode_task(event: TaskRequested) -> bytes:
+    """Serialise a task event for the task-requested topic."""
+    return event.model_dump_json(context={REVEAL_SECRETS: True}).encode()
+
+
+async def sink_records(sink_url: str) -> dict[str, Any]:
+    """Take (and clear) what the benchmark's external service recorded."""
+    async with (
+        aiohttp.ClientSession(trust_env=False) as http,
+        http.get(f"{sink_url}/records") as response,
+    ):
+        records: dict[str, Any] = json.loads(await response.read())
+        return records
+
+
+async def wait_until(
+    probe: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+    *,
+    within: float,
+    interval: float = 0.2,
+) -> T:
+    """Poll `await probe()` until `done(value)`, or for `within` seconds; return the last value."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await probe()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(interval)
+
+
+async def fetch(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one query on a short-lived connection."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
+
+
+def stack_env_note() -> str:
+    """Return the settings the services ran with, for the results file."""
+    return ", ".join(f"{key}={value}" for key, value in SERVICE_ENV.items() if key.isupper())
+
+
+def cpu_count() -> int:
+    """Return how many CPUs this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass
+class Context:
+    """What every phase needs."""
+
+    infra: Infrastructure
+    plan: Plan
+    report: Reporter
+    sink: ServerProcess
+    run_id: str
+
+    @property
+    def bootstrap(self) -> str:
+        """Return the broker's address."""
+        return self.infra.kafka_bootstrap_servers
+
+    @property
+    def idempotence(self) -> bool:
+        """Return whether producers may be idempotent on this broker."""
+        return self.infra.supports_idempotent_producer
