@@ -1,9 +1,11 @@
-"""The task-lifecycle consumer: one comment per outcome, users told, events queued in the outbox."""
+"""The task-lifecycle consumer: one comment per outcome, users told, announcements queued."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Protocol
 from uuid import UUID
 
 import asyncpg
@@ -18,8 +20,9 @@ from webhook_tasks_contracts import (
     Topics,
     UserNotified,
     derived_event_id,
+    utc_now,
 )
-from webhook_tasks_runtime.kafka import OutgoingMessage, message_for
+from webhook_tasks_runtime.kafka import message_for
 from webhook_tasks_runtime.outbox import OutboxRelay, add_to_outbox
 
 from . import repository
@@ -29,7 +32,15 @@ from .repository import Comment, Notification
 
 logger = logging.getLogger(__name__)
 
+Clock = Callable[[], datetime]
+
 LifecycleEventType = TaskDispatched | TaskProgressed | TaskCompleted | TaskFailed | TaskExpired
+
+
+class SinkWaker(Protocol):
+    """The HTTP sink, told when the handler has queued deliveries for it."""
+
+    def wake(self) -> None: ...
 
 
 class LifecycleHandler:
@@ -42,11 +53,15 @@ class LifecycleHandler:
         relay: OutboxRelay,
         templates: CommentTemplates,
         topics: Topics,
+        sink: SinkWaker | None = None,
+        clock: Clock = utc_now,
     ) -> None:
         self._pool = pool
         self._relay = relay
         self._templates = templates
         self._topics = topics
+        self._sink = sink
+        self._clock = clock
 
     async def handle(self, event: LifecycleEventType) -> None:
         """Write the comment `event` calls for, unless it is already written."""
@@ -68,10 +83,26 @@ class LifecycleHandler:
             if comment is None:
                 logger.info("nothing new to write", extra={"kind": rendered.kind})
                 return
+            announcements = self._announcements(event.task, comment, notifications, event.event_id)
             await add_to_outbox(
-                conn, self._announcements(event.task, comment, notifications, event.event_id)
+                conn,
+                [
+                    message_for(self._topics.notifications, item, key=item.correlation_id)
+                    for item in announcements
+                ],
             )
+            if self._sink is not None:
+                await repository.queue_sink_deliveries(
+                    conn,
+                    [
+                        (item.event_id, item.correlation_id, item.model_dump_json().encode())
+                        for item in announcements
+                    ],
+                    self._clock(),
+                )
         self._relay.wake()
+        if self._sink is not None:
+            self._sink.wake()
         logger.info(
             "comment written",
             extra={"kind": comment.kind, "comment_id": comment.id, "notified": len(notifications)},
@@ -83,8 +114,7 @@ class LifecycleHandler:
         comment: Comment,
         notifications: Sequence[Notification],
         source_event_id: UUID,
-    ) -> list[OutgoingMessage]:
-        topic = self._topics.notifications
+    ) -> list[ChatCommentPosted | UserNotified]:
         key = comment.correlation_id
         # A terminal comment is announced once per task; a progress comment once per update.
         version = source_event_id if comment.kind == "progress" else "terminal"
@@ -107,7 +137,7 @@ class LifecycleHandler:
             )
             for notification in notifications
         ]
-        return [message_for(topic, event, key=key) for event in (posted, *told)]
+        return [posted, *told]
 
 
 def users_to_tell(task: TaskRef) -> list[str]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
+import httpx
 from webhook_tasks_contracts import lifecycle_event_adapter
 from webhook_tasks_runtime.db import load_migrations
 from webhook_tasks_runtime.kafka import ConsumerSpec
@@ -18,6 +20,7 @@ from webhook_tasks_runtime.worker import (
 from .comment_templates import load_templates
 from .handlers import LifecycleEventType, LifecycleHandler
 from .settings import NotifierSettings
+from .sink import Backoff, HttpSink
 
 
 async def serve(settings: NotifierSettings, stop: asyncio.Event) -> None:
@@ -26,11 +29,13 @@ async def serve(settings: NotifierSettings, stop: asyncio.Event) -> None:
     templates = load_templates(settings.notifier_templates_dir)
 
     async def build(resources: WorkerResources) -> WorkerParts:
+        sink = await _sink(settings, resources)
         handler = LifecycleHandler(
             pool=resources.pool,
             relay=resources.relay,
             templates=templates,
             topics=settings.topics,
+            sink=sink,
         )
         consumer: ConsumerSpec[LifecycleEventType] = ConsumerSpec(
             name="notifier-lifecycle",
@@ -40,7 +45,7 @@ async def serve(settings: NotifierSettings, stop: asyncio.Event) -> None:
             handle=handler.handle,
             correlation_of=lambda event: event.correlation_id,
         )
-        return WorkerParts(consumers=[consumer])
+        return WorkerParts(consumers=[consumer], background=[sink.run] if sink else [])
 
     await serve_worker(
         name="notifier",
@@ -48,6 +53,24 @@ async def serve(settings: NotifierSettings, stop: asyncio.Event) -> None:
         migrations=load_migrations("webhook_tasks_notifier"),
         build=build,
         stop=stop,
+    )
+
+
+async def _sink(settings: NotifierSettings, resources: WorkerResources) -> HttpSink | None:
+    if settings.notification_sink_url is None or settings.notification_sink_secret is None:
+        return None
+    http = httpx.AsyncClient(timeout=settings.notification_sink_timeout, trust_env=False)
+    resources.exit_stack.push_async_callback(http.aclose)
+    return HttpSink(
+        resources.pool,
+        http,
+        url=str(settings.notification_sink_url),
+        secret=settings.notification_sink_secret.get_secret_value(),
+        backoff=Backoff(
+            first=timedelta(seconds=settings.notification_sink_first_retry),
+            longest=timedelta(seconds=settings.notification_sink_longest_retry),
+        ),
+        max_attempts=settings.notification_sink_max_attempts,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from uuid import UUID
 
 import asyncpg
 from webhook_tasks_contracts import CommentKind, LifecycleEvent
@@ -157,3 +158,104 @@ def _notification(row: asyncpg.Record) -> Notification:
         kind=row["kind"],
         created_at=row["created_at"],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SinkDelivery:
+    """One announcement to POST to the HTTP sink, and how often that was tried."""
+
+    id: int
+    event_id: UUID
+    correlation_id: str
+    payload: bytes
+    attempts: int
+
+
+async def queue_sink_deliveries(
+    conn: asyncpg.Connection, deliveries: Sequence[tuple[UUID, str, bytes]], now: datetime
+) -> None:
+    """Queue (event id, correlation id, payload) for the sink; an event already queued is kept."""
+    await conn.executemany(
+        """
+        INSERT INTO sink_deliveries (event_id, correlation_id, payload, next_attempt_at)
+        VALUES ($1, $2, $3, $4)
+        ON CONFLICT (event_id) DO NOTHING
+        """,
+        [
+            (event_id, correlation_id, payload, now)
+            for event_id, correlation_id, payload in deliveries
+        ],
+    )
+
+
+async def claim_sink_deliveries(
+    conn: asyncpg.Connection, now: datetime, lease_until: datetime, limit: int
+) -> list[SinkDelivery]:
+    """Claim up to `limit` due deliveries until `lease_until`, counting one more attempt each."""
+    # The lease, not a held transaction, keeps other replicas off while the POST runs;
+    # a replica that dies mid-POST leaves the row to be tried again when the lease ends.
+    rows = await conn.fetch(
+        """
+        UPDATE sink_deliveries
+        SET attempts = attempts + 1, next_attempt_at = $2
+        WHERE id IN (
+            SELECT id FROM sink_deliveries
+            WHERE failed_at IS NULL AND next_attempt_at <= $1
+            ORDER BY next_attempt_at, id
+            LIMIT $3
+            FOR UPDATE SKIP LOCKED
+        )
+        RETURNING id, event_id, correlation_id, payload, attempts
+        """,
+        now,
+        lease_until,
+        limit,
+    )
+    deliveries = [
+        SinkDelivery(
+            row["id"],
+            row["event_id"],
+            row["correlation_id"],
+            bytes(row["payload"]),
+            row["attempts"],
+        )
+        for row in rows
+    ]
+    return sorted(deliveries, key=lambda delivery: delivery.id)
+
+
+async def forget_sink_delivery(conn: asyncpg.Connection, delivery_id: int) -> None:
+    """Delete a delivery the sink accepted."""
+    await conn.execute("DELETE FROM sink_deliveries WHERE id = $1", delivery_id)
+
+
+async def retry_sink_delivery_later(
+    conn: asyncpg.Connection, delivery_id: int, error: str, next_attempt_at: datetime
+) -> None:
+    """Record a failed attempt and when to try again."""
+    await conn.execute(
+        "UPDATE sink_deliveries SET last_error = $2, next_attempt_at = $3 WHERE id = $1",
+        delivery_id,
+        error,
+        next_attempt_at,
+    )
+
+
+async def give_up_sink_delivery(
+    conn: asyncpg.Connection, delivery_id: int, error: str, now: datetime
+) -> None:
+    """Record the last failed attempt of a delivery that will not be tried again."""
+    await conn.execute(
+        "UPDATE sink_deliveries SET last_error = $2, failed_at = $3 WHERE id = $1",
+        delivery_id,
+        error,
+        now,
+    )
+
+
+async def next_sink_attempt(conn: asyncpg.Connection) -> datetime | None:
+    """Return when the earliest pending delivery is due, if any."""
+    value: datetime | None = await conn.fetchval(
+        "SELECT min(next_attempt_at) FROM sink_deliveries WHERE failed_at IS NULL"
+    )
+    return value

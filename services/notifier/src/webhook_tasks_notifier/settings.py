@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import DirectoryPath, Field
+from pydantic import AnyHttpUrl, DirectoryPath, Field, SecretStr, field_validator, model_validator
+from standardwebhooks import Webhook
 from webhook_tasks_runtime.settings import DatabaseSettings
 
 
@@ -17,3 +18,31 @@ class NotifierSettings(DatabaseSettings):
     def consumer_group(self) -> str:
         """Return the Kafka consumer group of this deployment's notifiers."""
         return f"{self.topic_prefix}.notifier"
+
+    notification_sink_url: AnyHttpUrl | None = None
+    """Where to POST every comment and notification as well; off when unset."""
+    notification_sink_secret: SecretStr | None = None
+    """The Standard Webhooks secret (`whsec_<base64>`) the sink's requests are signed with."""
+    notification_sink_max_attempts: int = Field(default=12, ge=1, le=100)
+    notification_sink_first_retry: float = Field(default=1.0, gt=0)
+    """Seconds before the first retry; each later wait doubles, up to the longest."""
+    notification_sink_longest_retry: float = Field(default=600.0, gt=0)
+    notification_sink_timeout: float = Field(default=10.0, gt=0, le=300)
+    """Seconds one POST to the sink may take."""
+
+    @field_validator("notification_sink_secret")
+    @classmethod
+    def _secret_usable(cls, value: SecretStr | None) -> SecretStr | None:
+        # Refused at start-up rather than on the first delivery; the error never quotes it.
+        if value is not None:
+            try:
+                Webhook(value.get_secret_value())
+            except Exception:
+                raise ValueError("not a Standard Webhooks secret (whsec_<base64>)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _sink_is_signed(self) -> NotifierSettings:
+        if self.notification_sink_url is not None and self.notification_sink_secret is None:
+            raise ValueError("NOTIFICATION_SINK_URL needs NOTIFICATION_SINK_SECRET")
+        return self

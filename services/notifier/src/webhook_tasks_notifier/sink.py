@@ -1,0 +1,152 @@
+"""The HTTP sink: POST every announcement to a configured URL, signed, retried with backoff.
+
+For chat or notification systems that do not read Kafka. Each announcement is
+queued in `sink_deliveries` with the comment it announces, then POSTed as the
+same JSON the notifications topic carries, signed per Standard Webhooks
+(`webhook-id` is the event id, so a receiver drops a repeat). Delivery is at
+least once: a failure or a crash mid-POST means the announcement comes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+import httpx
+from standardwebhooks import Webhook
+from webhook_tasks_contracts import utc_now
+
+from . import repository
+from .repository import SinkDelivery
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+MAX_ERROR_LENGTH = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential delays between attempts: `first`, doubled each time, never above `longest`."""
+
+    first: timedelta = timedelta(seconds=1)
+    longest: timedelta = timedelta(minutes=10)
+
+    def after(self, attempts: int) -> timedelta:
+        """Return how long to wait after the `attempts`-th failed attempt."""
+        return min(self.longest, self.first * (1 << max(0, attempts - 1)))
+
+
+class HttpSink:
+    """Deliver queued announcements to one URL; safe to run in several replicas."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        http: httpx.AsyncClient,
+        *,
+        url: str,
+        secret: str,
+        clock: Clock = utc_now,
+        backoff: Backoff = Backoff(),
+        max_attempts: int = 12,
+        batch_size: int = 50,
+        lease: timedelta = timedelta(seconds=60),
+        idle_interval: float = 1.0,
+    ) -> None:
+        self._pool = pool
+        self._http = http
+        self._url = url
+        self._signer = Webhook(secret)
+        self._clock = clock
+        self._backoff = backoff
+        self._max_attempts = max_attempts
+        self._batch_size = batch_size
+        self._lease = lease
+        self._idle_interval = idle_interval
+        self._wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        """Deliver now; called after a transaction that queued deliveries commits."""
+        self._wakeup.set()
+
+    async def deliver_due(self) -> int:
+        """POST every delivery that is due, once each; return how many the sink accepted."""
+        accepted = 0
+        while True:
+            now = self._clock()
+            async with self._pool.acquire() as conn:
+                batch = await repository.claim_sink_deliveries(
+                    conn, now, now + self._lease, self._batch_size
+                )
+            results = await asyncio.gather(*(self._deliver(delivery) for delivery in batch))
+            accepted += sum(results)
+            if len(batch) < self._batch_size:
+                return accepted
+
+    async def run(self) -> None:
+        """Deliver whenever woken or a retry falls due, until cancelled."""
+        while True:
+            self._wakeup.clear()
+            try:
+                await self.deliver_due()
+                async with self._pool.acquire() as conn:
+                    upcoming = await repository.next_sink_attempt(conn)
+            except Exception:
+                logger.exception("sink delivery round failed; retrying")
+                upcoming = None
+            delay = self._idle_interval
+            if upcoming is not None:
+                delay = max(0.0, min(delay, (upcoming - self._clock()).total_seconds()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), delay)
+
+    async def _deliver(self, delivery: SinkDelivery) -> bool:
+        error = await self._post(delivery)
+        now = self._clock()
+        async with self._pool.acquire() as conn:
+            if error is None:
+                await repository.forget_sink_delivery(conn, delivery.id)
+            elif delivery.attempts >= self._max_attempts:
+                await repository.give_up_sink_delivery(conn, delivery.id, error, now)
+            else:
+                retry_at = now + self._backoff.after(delivery.attempts)
+                await repository.retry_sink_delivery_later(conn, delivery.id, error, retry_at)
+        extra = {
+            "correlation_id": delivery.correlation_id,
+            "event_id": str(delivery.event_id),
+            "attempt": delivery.attempts,
+        }
+        if error is None:
+            logger.info("delivered to the sink", extra=extra)
+        elif delivery.attempts >= self._max_attempts:
+            logger.error("sink delivery given up", extra={**extra, "error": error})
+        else:
+            logger.warning("sink delivery failed; will retry", extra={**extra, "error": error})
+        return error is None
+
+    async def _post(self, delivery: SinkDelivery) -> str | None:
+        body = delivery.payload.decode()
+        message_id = str(delivery.event_id)
+        # Signed at send time: receivers refuse timestamps outside a few minutes.
+        timestamp = self._clock()
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": message_id,
+            "webhook-timestamp": str(int(timestamp.timestamp())),
+            "webhook-signature": self._signer.sign(message_id, timestamp, body),
+        }
+        try:
+            response = await self._http.post(self._url, content=delivery.payload, headers=headers)
+        except httpx.HTTPError as failure:
+            return f"{type(failure).__name__}: {failure}"[:MAX_ERROR_LENGTH]
+        if 200 <= response.status_code < 300:
+            return None
+        # Only the status: a response body could echo anything, secrets included.
+        return f"HTTP {response.status_code}"

@@ -1,0 +1,336 @@
+"""The HTTP sink against a real local server that verifies signatures with the official library."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from standardwebhooks import Webhook, WebhookVerificationError
+from webhook_tasks_contracts import (
+    ChatCommentPosted,
+    TaskCompleted,
+    TaskProgressed,
+    TaskRef,
+    Topics,
+    notification_event_adapter,
+)
+from webhook_tasks_notifier.comment_templates import load_templates
+from webhook_tasks_notifier.handlers import LifecycleHandler
+from webhook_tasks_notifier.main import serve
+from webhook_tasks_notifier.settings import NotifierSettings
+from webhook_tasks_notifier.sink import Backoff, HttpSink
+from webhook_tasks_runtime.db import create_pool, load_migrations, migrate, runtime_migrations
+from webhook_tasks_runtime.embedded import free_port
+from webhook_tasks_runtime.infra import Infrastructure
+from webhook_tasks_runtime.kafka import KafkaPublisher, ensure_topics
+from webhook_tasks_runtime.outbox import OutboxRelay
+
+pytestmark = pytest.mark.integration
+
+SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+TASK = TaskRef(task_id="task-1", user_id="owner", project_id="project-1", followers=("ann",))
+BACKOFF = Backoff(first=timedelta(seconds=2), longest=timedelta(seconds=5))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        # Near real time: the receiver checks the signed timestamp against its own clock.
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@dataclass
+class Receiver:
+    """A chat system's endpoint: verifies each request, answers what the test says."""
+
+    url: str
+    answers: list[int] = field(default_factory=list)
+    verified: list[tuple[str, Any]] = field(default_factory=list)
+    refused: int = 0
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    port = free_port()
+    state = Receiver(url=f"http://127.0.0.1:{port}/hooks/chat")
+    verifier = Webhook(SECRET)
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            verifier.verify(body, dict(request.headers))
+        except WebhookVerificationError:
+            state.refused += 1
+            return web.Response(status=401)
+        status = state.answers.pop(0) if state.answers else 204
+        state.verified.append(
+            (request.headers["webhook-id"], notification_event_adapter.validate_json(body))
+        )
+        return web.Response(status=status)
+
+    app = web.Application()
+    app.router.add_post("/hooks/chat", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def pool(infrastructure: Infrastructure, unique_schema: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(infrastructure.database_url, unique_schema, max_size=4)
+    await migrate(
+        pool, unique_schema, runtime_migrations() + load_migrations("webhook_tasks_notifier")
+    )
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
+        yield client
+
+
+def sink_for(
+    pool: asyncpg.Pool,
+    http: httpx.AsyncClient,
+    url: str,
+    clock: FakeClock,
+    *,
+    secret: str = SECRET,
+    max_attempts: int = 5,
+) -> HttpSink:
+    return HttpSink(
+        pool, http, url=url, secret=secret, clock=clock, backoff=BACKOFF, max_attempts=max_attempts
+    )
+
+
+def handler_for(
+    pool: asyncpg.Pool,
+    infrastructure: Infrastructure,
+    schema: str,
+    topics: Topics,
+    sink: HttpSink | None,
+    clock: FakeClock,
+) -> LifecycleHandler:
+    # The relay is only woken, never run: Kafka is not what these tests are about.
+    publisher = KafkaPublisher.create(
+        infrastructure.kafka_bootstrap_servers, enable_idempotence=False, client_id="test"
+    )
+    return LifecycleHandler(
+        pool=pool,
+        relay=OutboxRelay(pool, publisher, schema=schema),
+        templates=load_templates(),
+        topics=topics,
+        sink=sink,
+        clock=clock,
+    )
+
+
+def completed() -> TaskCompleted:
+    return TaskCompleted(
+        correlation_id="corr-1",
+        task=TASK,
+        result_url="https://cdn.example.com/video.mp4",
+        metadata={"title": "Video"},
+    )
+
+
+async def test_each_comment_and_notification_is_posted_once_signed(
+    pool: asyncpg.Pool,
+    http: httpx.AsyncClient,
+    receiver: Receiver,
+    clock: FakeClock,
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+) -> None:
+    sink = sink_for(pool, http, receiver.url, clock)
+    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+    await handler.handle(
+        TaskProgressed(correlation_id="corr-1", task=TASK, deadline_at=clock.now, progress=40)
+    )
+    await handler.handle(completed())
+    await handler.handle(completed())  # redelivered: nothing new to announce
+
+    assert await sink.deliver_due() == 4
+    assert await sink.deliver_due() == 0
+
+    assert receiver.refused == 0
+    # Posted concurrently, so in no particular order.
+    received = sorted(
+        (type(event).__name__, event.kind, getattr(event, "user_id", ""), webhook_id, event)
+        for webhook_id, event in receiver.verified
+    )
+    assert [entry[:3] for entry in received] == [
+        ("ChatCommentPosted", "progress", ""),
+        ("ChatCommentPosted", "result", ""),
+        ("UserNotified", "result", "ann"),
+        ("UserNotified", "result", "owner"),
+    ]
+    assert all(webhook_id == str(event.event_id) for *_, webhook_id, event in received)
+    assert isinstance(received[0][4], ChatCommentPosted)
+    assert await pool.fetchval("SELECT count(*) FROM sink_deliveries") == 0
+
+
+async def test_a_failing_sink_is_retried_with_growing_delays(
+    pool: asyncpg.Pool,
+    http: httpx.AsyncClient,
+    receiver: Receiver,
+    clock: FakeClock,
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+) -> None:
+    sink = sink_for(pool, http, receiver.url, clock)
+    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+    await handler.handle(completed())
+    receiver.answers = [503, 503, 503, 500, 500, 500]  # two rounds fail for all three
+
+    assert await sink.deliver_due() == 0
+    clock.advance(1.9)
+    assert await sink.deliver_due() == 0  # first retry waits 2 s
+    clock.advance(0.1)
+    assert await sink.deliver_due() == 0
+    clock.advance(3.9)
+    assert await sink.deliver_due() == 0  # then 4 s
+    clock.advance(0.1)
+    assert await sink.deliver_due() == 3
+
+    ids = [webhook_id for webhook_id, _ in receiver.verified]
+    assert len(ids) == 9
+    assert len(set(ids)) == 3  # every retry carries the same webhook-id
+    assert await pool.fetchval("SELECT count(*) FROM sink_deliveries") == 0
+
+
+async def test_an_unreachable_sink_is_given_up_after_the_last_attempt(
+    pool: asyncpg.Pool,
+    http: httpx.AsyncClient,
+    clock: FakeClock,
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}/hooks"
+    sink = sink_for(pool, http, nobody, clock, max_attempts=3)
+    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+    await handler.handle(completed())
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            await sink.deliver_due()
+            clock.advance(BACKOFF.longest.total_seconds())
+
+    rows = await pool.fetch("SELECT attempts, failed_at, last_error FROM sink_deliveries")
+    assert [row["attempts"] for row in rows] == [3, 3, 3]
+    assert all(row["failed_at"] is not None for row in rows)
+    assert all(row["last_error"].startswith("ConnectError") for row in rows)
+    given_up = [r for r in caplog.records if r.getMessage() == "sink delivery given up"]
+    assert len(given_up) == 3
+
+
+async def test_a_request_signed_with_another_secret_is_refused_by_the_receiver(
+    pool: asyncpg.Pool,
+    http: httpx.AsyncClient,
+    receiver: Receiver,
+    clock: FakeClock,
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+) -> None:
+    other = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    sink = sink_for(pool, http, receiver.url, clock, secret=other)
+    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+    await handler.handle(completed())
+
+    assert await sink.deliver_due() == 0
+    assert receiver.refused == 3
+    assert receiver.verified == []
+
+
+async def test_without_a_sink_nothing_is_queued_for_one(
+    pool: asyncpg.Pool,
+    clock: FakeClock,
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+) -> None:
+    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, None, clock)
+    await handler.handle(completed())
+
+    assert await pool.fetchval("SELECT count(*) FROM sink_deliveries") == 0
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 3
+
+
+async def test_the_running_service_posts_outcomes_to_a_configured_sink(
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+    receiver: Receiver,
+) -> None:
+    settings = NotifierSettings(
+        database_url=infrastructure.database_url,
+        database_schema=unique_schema,
+        kafka_bootstrap_servers=infrastructure.kafka_bootstrap_servers,
+        kafka_enable_idempotence=infrastructure.supports_idempotent_producer,
+        topic_prefix=unique_topics.prefix,
+        environment="test",
+        notification_sink_url=receiver.url,
+        notification_sink_secret=SECRET,
+    )
+    await ensure_topics(infrastructure.kafka_bootstrap_servers, unique_topics.all())
+    stop = asyncio.Event()
+    service = asyncio.create_task(serve(settings, stop))
+    producer = AIOKafkaProducer(bootstrap_servers=infrastructure.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            unique_topics.task_lifecycle,
+            completed().model_dump_json().encode(),
+            key=b"corr-1",
+        )
+        deadline = time.monotonic() + 60
+        while len(receiver.verified) < 3:
+            assert not service.done(), "the notifier stopped by itself"
+            assert time.monotonic() < deadline, f"only {len(receiver.verified)} posts arrived"
+            await asyncio.sleep(0.1)
+    finally:
+        await producer.stop()
+        stop.set()
+        await asyncio.wait_for(service, timeout=30)
+
+    assert receiver.refused == 0
+    assert sorted(type(event).__name__ for _, event in receiver.verified) == [
+        "ChatCommentPosted",
+        "UserNotified",
+        "UserNotified",
+    ]

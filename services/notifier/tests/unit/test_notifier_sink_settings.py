@@ -1,0 +1,47 @@
+"""The sink's settings refuse an unsigned or unusable configuration; its backoff grows, capped."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from pydantic import ValidationError
+from webhook_tasks_notifier.settings import NotifierSettings
+from webhook_tasks_notifier.sink import Backoff
+
+BASE = {"database_url": "postgresql://db/x", "kafka_bootstrap_servers": "kafka:9092"}
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def test_the_sink_is_off_unless_configured() -> None:
+    assert NotifierSettings(**BASE).notification_sink_url is None
+
+
+def test_a_sink_url_without_a_secret_is_refused() -> None:
+    with pytest.raises(ValidationError, match="NOTIFICATION_SINK_SECRET"):
+        NotifierSettings(**BASE, notification_sink_url="https://chat.example.com/hooks")
+
+
+def test_an_unusable_secret_is_refused_without_being_quoted() -> None:
+    with pytest.raises(ValidationError) as refused:
+        NotifierSettings(
+            **BASE,
+            notification_sink_url="https://chat.example.com/hooks",
+            notification_sink_secret="whsec_%%not-base64%%",
+        )
+    assert "not a Standard Webhooks secret" in str(refused.value)
+    assert "not-base64" not in str(refused.value)
+
+
+def test_a_signed_sink_is_accepted() -> None:
+    settings = NotifierSettings(
+        **BASE,
+        notification_sink_url="https://chat.example.com/hooks",
+        notification_sink_secret=SECRET,
+    )
+    assert str(settings.notification_sink_url) == "https://chat.example.com/hooks"
+
+
+def test_backoff_doubles_up_to_the_longest_wait() -> None:
+    backoff = Backoff(first=timedelta(seconds=1), longest=timedelta(seconds=10))
+    assert [backoff.after(n).total_seconds() for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
