@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 
 import pytest
 from webhook_tasks_contracts import (
+    NO_ENDPOINT,
     CallbackKey,
     CallbackKeyError,
     CallbackTokens,
@@ -94,3 +97,44 @@ def test_unusable_keys_are_refused_without_quoting_the_secret(spec: str, message
 
 def test_a_key_never_shows_its_secret() -> None:
     assert "a" * 32 not in repr(KEY_A)
+
+
+def test_a_token_without_endpoint_is_exactly_the_documented_mac() -> None:
+    mac = hmac.new(b"a" * 32, b"webhook-tasks/callback/v1:cid", hashlib.sha256).digest()
+
+    assert CallbackTokens([KEY_A]).mint("cid") == (
+        "a." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    )
+
+
+def test_an_endpoint_bound_token_names_its_endpoint_and_verifies_only_with_it() -> None:
+    tokens = CallbackTokens([KEY_A])
+    token = tokens.mint("cid", endpoint="video-gen")
+    mac = hmac.new(
+        b"a" * 32, b"webhook-tasks/callback/v1/endpoint:video-gen:cid", hashlib.sha256
+    ).digest()
+
+    assert token == "a.video-gen." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    assert tokens.verified_endpoint("cid", token) == "video-gen"
+    assert tokens.verified_endpoint("cid", token.replace("video-gen", "other")) is None
+    assert tokens.verified_endpoint("cid", "a." + token.rpartition(".")[2]) is None
+    # The endpoint-blind check refuses it: its caller could not require the signature.
+    assert not tokens.verify("cid", token)
+
+
+def test_an_unbound_token_verifies_as_bound_to_no_endpoint() -> None:
+    tokens = CallbackTokens([KEY_A])
+
+    assert tokens.verified_endpoint("cid", tokens.mint("cid")) == NO_ENDPOINT
+    assert tokens.callback_url("https://gw", "cid") == callback_url(
+        "https://gw", "cid", tokens.mint("cid")
+    )
+    assert tokens.callback_url("https://gw", "cid", endpoint="e1").endswith(
+        "/cid/" + tokens.mint("cid", endpoint="e1")
+    )
+
+
+@pytest.mark.parametrize("endpoint", ["", "a.b", "a:b", "x" * 65, "é"])
+def test_an_endpoint_name_that_cannot_be_parsed_back_is_refused(endpoint: str) -> None:
+    with pytest.raises(ValueError, match="endpoint name"):
+        CallbackTokens([KEY_A]).mint("cid", endpoint=endpoint)

@@ -2,6 +2,8 @@
 
 from .callback_token import (
     CALLBACK_PATH_PREFIX,
+    ENDPOINT_NAME,
+    NO_ENDPOINT,
     CallbackKey,
     CallbackKeyError,
     CallbackTokens,
@@ -52,6 +54,8 @@ __all__ = [
     "CALLBACK_PATH_PREFIX",
     "DEFAULT_TIMEOUT_SECONDS",
     "DEFAULT_TOPIC_PREFIX",
+    "ENDPOINT_NAME",
+    "NO_ENDPOINT",
     "RESERVED_REQUEST_FIELDS",
     "REVEAL_SECRETS",
     "SCHEMA_VERSION",

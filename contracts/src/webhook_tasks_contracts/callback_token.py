@@ -2,6 +2,13 @@
 
 token = "<key id>.<base64url(HMAC-SHA256(key, "webhook-tasks/callback/v1:" + correlation id))>"
 
+A token may also be bound to an endpoint: the name under which the gateway keeps
+that external service's signing secrets. The name is in the token and under the MAC,
+so it can be neither removed nor swapped:
+
+token = "<key id>.<endpoint>.<base64url(HMAC-SHA256(key,
+         "webhook-tasks/callback/v1/endpoint:" + endpoint + ":" + correlation id))>"
+
 The gateway verifies it with the key named by the key id, in constant time and
 without any database read. Several keys may be configured at once so keys can be
 rotated: the first one mints new tokens, all of them verify.
@@ -19,7 +26,13 @@ from urllib.parse import quote
 
 CALLBACK_PATH_PREFIX = "/v1/callbacks"
 _MESSAGE_PREFIX = b"webhook-tasks/callback/v1:"
+# Differs from _MESSAGE_PREFIX before any variable part, so the two kinds never share a message.
+_ENDPOINT_MESSAGE_PREFIX = b"webhook-tasks/callback/v1/endpoint:"
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""What an endpoint name may be: no '.', which separates the parts of a token, nor ':'."""
+NO_ENDPOINT = ""
+"""What `CallbackTokens.verified_endpoint` returns for a valid token bound to no endpoint."""
 MIN_KEY_BYTES = 32
 
 
@@ -82,21 +95,45 @@ class CallbackTokens:
         self._current = keys[0]
         self._by_id = {key.key_id: key.secret for key in keys}
 
-    def mint(self, correlation_id: str) -> str:
-        """Return the token for `correlation_id` under the newest key."""
-        return f"{self._current.key_id}.{_mac(self._current.secret, correlation_id)}"
+    def mint(self, correlation_id: str, *, endpoint: str | None = None) -> str:
+        """Mint under the newest key the token of `correlation_id`, bound to `endpoint` if set."""
+        key_id, secret = self._current.key_id, self._current.secret
+        if endpoint is None:
+            return f"{key_id}.{_mac(secret, correlation_id)}"
+        if not ENDPOINT_NAME.match(endpoint):
+            raise ValueError("an endpoint name must be 1-64 letters, digits, '-' or '_'")
+        return f"{key_id}.{endpoint}.{_endpoint_mac(secret, endpoint, correlation_id)}"
 
     def verify(self, correlation_id: str, token: str) -> bool:
-        """Return whether `token` was minted by us for `correlation_id`."""
-        key_id, sep, mac = token.partition(".")
+        """Return whether `token` was minted by us for `correlation_id` with no endpoint bound.
+
+        A token bound to an endpoint is refused here, so a caller that cannot honour the
+        endpoint's signing secrets never accepts one; use `verified_endpoint` for those.
+        """
+        return self.verified_endpoint(correlation_id, token) == NO_ENDPOINT
+
+    def verified_endpoint(self, correlation_id: str, token: str) -> str | None:
+        """Return the endpoint `token` is bound to (NO_ENDPOINT if none); None if it is not ours."""
+        key_id, sep, rest = token.partition(".")
         secret = self._by_id.get(key_id)
         if not sep or secret is None:
-            return False
-        return hmac.compare_digest(mac.encode(), _mac(secret, correlation_id).encode())
+            return None
+        endpoint, dot, mac = rest.rpartition(".")
+        if not dot:
+            expected = _mac(secret, correlation_id)
+        elif ENDPOINT_NAME.match(endpoint):
+            expected = _endpoint_mac(secret, endpoint, correlation_id)
+        else:
+            return None
+        if not hmac.compare_digest(mac.encode(), expected.encode()):
+            return None
+        return endpoint
 
-    def callback_url(self, base_url: str, correlation_id: str) -> str:
-        """Return the callback URL, token included, for `correlation_id`."""
-        return callback_url(base_url, correlation_id, self.mint(correlation_id))
+    def callback_url(
+        self, base_url: str, correlation_id: str, *, endpoint: str | None = None
+    ) -> str:
+        """Return the callback URL, token included, for `correlation_id` (and `endpoint`)."""
+        return callback_url(base_url, correlation_id, self.mint(correlation_id, endpoint=endpoint))
 
 
 def callback_url(base_url: str, correlation_id: str, token: str) -> str:
@@ -108,5 +145,13 @@ def callback_url(base_url: str, correlation_id: str, token: str) -> str:
 
 
 def _mac(secret: bytes, correlation_id: str) -> str:
-    digest = hmac.new(secret, _MESSAGE_PREFIX + correlation_id.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return _encoded(hmac.new(secret, _MESSAGE_PREFIX + correlation_id.encode(), hashlib.sha256))
+
+
+def _endpoint_mac(secret: bytes, endpoint: str, correlation_id: str) -> str:
+    message = b"%s%s:%s" % (_ENDPOINT_MESSAGE_PREFIX, endpoint.encode(), correlation_id.encode())
+    return _encoded(hmac.new(secret, message, hashlib.sha256))
+
+
+def _encoded(mac: hmac.HMAC) -> str:
+    return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()
