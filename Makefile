@@ -7,14 +7,14 @@ PACKAGES := contracts runtime services/dispatcher services/callback-gateway serv
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: venv run test test-unit test-integration test-e2e lint fmt bench clean
+.PHONY: venv run test test-unit test-integration test-e2e lint fmt bench bench-quick clean
 
 venv: $(STAMP)
 
-$(STAMP): constraints.txt requirements-dev.txt $(PYPROJECTS)
+$(STAMP): constraints.txt requirements-dev.txt bench/requirements.txt $(PYPROJECTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements-dev.txt \
+	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements-dev.txt -r bench/requirements.txt \
 		$(foreach p,$(PACKAGES),-e ./$(p)) -e './runtime[embedded,testing]'
 	touch $(STAMP)
 
@@ -35,10 +35,17 @@ test-integration: $(STAMP)
 test-e2e: $(STAMP)
 	$(PYTEST) -m e2e
 
+## bench: measure the system against ceilings taken in the same run (ARGS=--quick: under a minute)
+bench: $(STAMP)
+	$(BIN)/python -m bench $(ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy contracts/src runtime/src services/*/src cli/src
+	$(BIN)/mypy contracts/src runtime/src services/*/src cli/src bench
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .

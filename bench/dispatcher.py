@@ -119,9 +119,9 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
             "/s",
             "higher",
             "bare aiohttp client",
-            f"{dispatched}/{plan.dispatch_tasks} tasks from a Kafka backlog, in the running system: "
-            "consumed, claimed, "
-            "POSTed, acknowledged, committed (first claim to last commit); bare client: same "
+            f"{dispatched}/{plan.dispatch_tasks} tasks from a Kafka backlog, in the running "
+            "system: consumed, claimed, POSTed, acknowledged, committed (first claim to last "
+            "commit); bare client: same "
             f"bodies, same endpoint, {plan.dispatch_concurrency} at once",
         )
     ]

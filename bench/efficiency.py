@@ -70,12 +70,12 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
     result.rows = [
         Row(
             "Efficiency",
-            "worker time held per task (callback)",
+            "worker time per task",
             held.p50,
             sync.p50,
             "ms",
             "lower",
-            "synchronous call, 20 s service",
+            "sync call, 20 s job",
             f"{len(held_ms)} callback tasks: dispatcher's claim to commit of 'initiated' "
             f"(tasks.created_at → dispatched_at); sync: {len(sync_ms)} bare aiohttp calls "
             f"held for {measured}; medians",

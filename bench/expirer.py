@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from webhook_tasks_contracts import DeadlineReached, TaskDispatched, TaskRef
 
 from .stats import PhaseResult, Row, Summary
-from .system import Context, Deployment, consumer, producer
+from .system import Context, Deployment, producer, reader
 
 LIMIT_MS = 1000.0
 """Invariant 4 of the design: a task is expired within 1 s of its deadline (p99)."""
@@ -22,8 +22,7 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
     plan = ctx.plan
     count = plan.expiries
     # A short fetch wait, so the observer adds little to what it observes.
-    watcher = consumer(ctx.bootstrap, deployment.topics.deadline_reached, fetch_max_wait_ms=20)
-    await watcher.start()
+    watcher = await reader(ctx.bootstrap, deployment.topics.deadline_reached, fetch_max_wait_ms=20)
     kafka = producer(ctx.bootstrap, idempotence=ctx.idempotence)
     await kafka.start()
     deadlines: dict[str, datetime] = {}

@@ -67,7 +67,7 @@ async def run(ctx: Context, gateway: Deployment, noop: ServerProcess) -> PhaseRe
     result.rows = [
         Row(
             "Gateway",
-            "callbacks accepted/s (saturated)",
+            f"accepted/s, {plan.gateway_concurrency} connections",
             gw_sat.ok_per_second,
             noop_sat.ok_per_second,
             "/s",
@@ -78,7 +78,7 @@ async def run(ctx: Context, gateway: Deployment, noop: ServerProcess) -> PhaseRe
         ),
         Row(
             "Gateway",
-            "latency p50",
+            f"p50 at {plan.gateway_rate:g}/s",
             gw_lat.p50,
             noop_lat.p50,
             "ms",
@@ -88,7 +88,7 @@ async def run(ctx: Context, gateway: Deployment, noop: ServerProcess) -> PhaseRe
         ),
         Row(
             "Gateway",
-            "latency p99",
+            f"p99 at {plan.gateway_rate:g}/s",
             gw_lat.p99,
             noop_lat.p99,
             "ms",

@@ -28,29 +28,35 @@ def _ratio(row: Row) -> str:
     ratio = row.ratio
     if math.isnan(ratio):
         return "n/a"
-    if row.better == "higher":
-        return f"{ratio:.2f} ({ratio:.0%} of ceiling)"
     if ratio < 0.01:
-        return f"{ratio:.5f} (1/{1 / ratio:,.0f})"
+        return f"1/{1 / ratio:,.0f}"
     return f"{ratio:.2f}"
 
 
 def table(rows: Sequence[Row], *, title: str) -> Table:
     """Return the results table: figure, ceiling measured in the same run, and their ratio."""
-    result = Table(title=title, title_justify="left", show_lines=False)
-    result.add_column("measure")
-    result.add_column("figure", justify="right")
-    result.add_column("ceiling (same run)", justify="right")
-    result.add_column("figure / ceiling", justify="right")
+    result = Table(title=title, title_justify="left")
+    result.add_column("")
+    result.add_column("measure", no_wrap=True)
+    result.add_column("figure", justify="right", no_wrap=True)
+    result.add_column("ceiling", justify="right", no_wrap=True)
+    result.add_column("ceiling is", style="dim")
+    result.add_column("figure / ceiling", justify="right", no_wrap=True)
     group = None
     for row in rows:
         if row.group != group:
+            if group is not None:
+                result.add_section()
             group = row.group
-            result.add_section()
+            label = f"[bold]{row.group}[/]"
+        else:
+            label = ""
         result.add_row(
-            f"[bold]{row.group}[/]: {row.name}",
+            label,
+            row.name,
             _number(row.figure, row.unit),
-            f"{_number(row.ceiling, row.unit)} [dim]{row.ceiling_label}[/]",
+            _number(row.ceiling, row.unit),
+            row.ceiling_label,
             _ratio(row),
         )
     return result
@@ -77,6 +83,7 @@ def write_chart(path: Path, groups: Mapping[str, Mapping[str, Sequence[float]]])
 
     matplotlib.use("Agg")  # files only: no display, and no GUI toolkit needed
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     shown = {name: series for name, series in groups.items() if any(series.values())}
     if not shown:
@@ -92,6 +99,7 @@ def write_chart(path: Path, groups: Mapping[str, Mapping[str, Sequence[float]]])
             fractions = [(index + 1) / len(ordered) for index in range(len(ordered))]
             axis.step(ordered, fractions, where="post", label=f"{label} (n={len(ordered)})")
         axis.set_xscale("log")
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _position: f"{value:g}"))
         axis.set_ylim(0, 1.01)
         axis.axhline(0.99, color="grey", linewidth=0.5, linestyle=":")
         axis.axhline(0.50, color="grey", linewidth=0.5, linestyle=":")

@@ -1,0 +1,39 @@
+"""The quick benchmark runs end to end and writes its results (its figures are not judged)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TIME_BOUND_SECONDS = 150
+"""Well above the ~40 s the quick run takes: CI checks that it works, never how fast."""
+
+pytestmark = pytest.mark.e2e
+
+
+def test_quick_benchmark_prints_the_table_and_writes_json_and_chart(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIME_BOUND_SECONDS,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "figure / ceiling" in completed.stdout
+    (results,) = tmp_path.glob("bench-*-quick.json")
+    document = json.loads(results.read_text())
+    groups = {row["group"] for row in document["rows"]}
+    assert groups == {"Gateway", "Dispatcher", "Expirer", "End to end", "Efficiency"}
+    for row in document["rows"]:
+        # A missing figure (null in JSON) or a zero rate means a phase measured nothing.
+        assert (row["figure"] or 0) > 0, row
+        assert (row["ceiling"] or 0) > 0, row
+    chart = results.with_suffix(".png")
+    assert chart.read_bytes().startswith(b"\x89PNG")
