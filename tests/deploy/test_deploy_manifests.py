@@ -85,8 +85,14 @@ def test_kafka_topics_match_the_contract() -> None:
     assert names == set(Topics("webhook-tasks").all())
 
 
-def test_the_gateway_is_probed_on_its_health_endpoints() -> None:
-    container = deployment("callback-gateway")["spec"]["template"]["spec"]["containers"][0]
+@pytest.mark.parametrize("service", sorted(SETTINGS))
+def test_every_service_is_probed_on_its_health_endpoints(service: str) -> None:
+    container = deployment(service)["spec"]["template"]["spec"]["containers"][0]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    env = {item["name"]: item.get("value") for item in container["env"]}
 
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    probed = ports[container["readinessProbe"]["httpGet"]["port"]]
+    served = env.get("HEALTH_PORT") or env.get("GATEWAY_PORT")
+    assert str(probed) == served

@@ -24,6 +24,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from webhook_tasks_contracts import DeadLetter, Topics
 
 from .logging import correlation_context
+from .observability import BATCH_SECONDS, BATCHES_FAILED, EVENTS_CONSUMED
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +162,11 @@ def register_consumer(
                 with correlation_context(spec.correlation_of(event)):
                     await spec.handle(event)
 
+    handled = EVENTS_CONSUMED.labels(spec.name, "handled")
+    dead_lettered = EVENTS_CONSUMED.labels(spec.name, "dead_lettered")
+    failed = BATCHES_FAILED.labels(spec.name)
+    duration = BATCH_SECONDS.labels(spec.name)
+
     @broker.subscriber(
         spec.topic,
         group_id=spec.group_id,
@@ -172,6 +178,10 @@ def register_consumer(
         title=spec.name,
     )
     async def consume(bodies: list[bytes], message: KafkaMessage) -> None:
+        with duration.time():
+            await consume_batch(bodies, message)
+
+    async def consume_batch(bodies: list[bytes], message: KafkaMessage) -> None:
         records: Sequence[_Record] = _records_of(message, bodies, spec.topic)
         by_key: dict[bytes | None, list[Any]] = defaultdict(list)
         rejected: list[OutgoingMessage] = []
@@ -191,7 +201,10 @@ def register_consumer(
                 )
             # One task's events keep their order; different tasks run concurrently.
             await asyncio.gather(*(handle_in_order(events) for events in by_key.values()))
+            dead_lettered.inc(len(rejected))
+            handled.inc(len(records) - len(rejected))
         except Exception:
+            failed.inc()
             logger.exception(
                 "batch failed; it will be delivered again",
                 extra={"consumer": spec.name, "records": len(records)},

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from .kafka import MessagePublisher, OutgoingMessage
+from .observability import OUTBOX_PUBLISHED
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class OutboxRelay:
         self._idle_interval = idle_interval
         self._retry_delay = retry_delay
         self._wakeup = asyncio.Event()
+        self._published = OUTBOX_PUBLISHED.labels(schema)
         digest = hashlib.sha256(f"outbox:{schema}".encode()).digest()
         self._lock_key = int.from_bytes(digest[:8], "big", signed=True)
 
@@ -82,7 +84,8 @@ class OutboxRelay:
             await conn.execute(
                 "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows]
             )
-            return len(rows)
+        self._published.inc(len(rows))
+        return len(rows)
 
     async def run(self) -> None:
         """Flush whenever woken, and every `idle_interval` in case another process wrote rows."""

@@ -45,6 +45,9 @@ class DatabaseSettings(RuntimeSettings):
     database_schema: str = Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     """The PostgreSQL schema this service owns; each service sets its own default."""
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    health_host: str = "0.0.0.0"
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+    """Where /healthz, /readyz and /metrics are served; unset serves none (local runs, tests)."""
 
 
 class CallbackTokenSettings(BaseSettings):

@@ -15,6 +15,7 @@ from faststream.kafka import KafkaBroker
 
 from .db import Migration, create_pool, migrate, runtime_migrations
 from .kafka import ConsumerSpec, KafkaPublisher, create_broker, register_consumer
+from .observability import HealthServer
 from .outbox import OutboxRelay
 from .settings import DatabaseSettings
 
@@ -80,6 +81,12 @@ async def serve_worker(
             asyncio.create_task(loop(), name=f"{name}-{loop.__name__}") for loop in parts.background
         ]
         await broker.start()
+        if settings.health_port is not None:
+            health = HealthServer(
+                host=settings.health_host, port=settings.health_port, ready=_database_answers(pool)
+            )
+            await health.start()
+            stack.push_async_callback(health.stop)
         logger.info("service started", extra={"schema": schema})
         try:
             await _wait_for_stop_or_failure(stop, tasks)
@@ -102,6 +109,14 @@ async def _wait_for_stop_or_failure(stop: asyncio.Event, tasks: list[asyncio.Tas
         if task is not stopper and not task.cancelled() and task.exception() is not None:
             # A background loop died: stop the process so the orchestrator restarts it.
             raise RuntimeError(f"background task {task.get_name()} failed") from task.exception()
+
+
+def _database_answers(pool: asyncpg.Pool) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        async with asyncio.timeout(2):
+            return bool(await pool.fetchval("SELECT true"))
+
+    return check
 
 
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
