@@ -66,6 +66,9 @@ class Stack:
             "TOPIC_PREFIX": options.topic_prefix,
             "ENVIRONMENT": options.environment,
             "LOG_FORMAT": "console",
+            # The demo external service listens on loopback, which the dispatcher's SSRF
+            # guard refuses unless it is allow-listed.
+            "OUTBOUND_ALLOWLIST": "127.0.0.0/8,::1/128",
             **options.extra_env,
         }
         # Each service owns its default schema; a DATABASE_SCHEMA meant for one must not leak.

@@ -1,20 +1,26 @@
-"""HTTP calls to external services: the initiating request and its acknowledgement."""
+"""HTTP calls to external services: the initiating request and its answer."""
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from datetime import datetime
+from typing import Literal, TypeVar
 
 import httpx
 from pydantic import SecretStr, ValidationError
 from webhook_tasks_contracts import WebhookAck
 
+from .guard import UrlGuard, UrlRefusedError, guarded_resolver
+from .signing import signature_headers
+
 MAX_STORED_BODY_CHARS = 2000
 """Response bodies are kept for diagnosis only; a page of text is enough and bounds the row."""
 
-Outcome = Literal["accepted", "rejected", "unreachable"]
+_E = TypeVar("_E", bound=BaseException)
+
+Outcome = Literal["accepted", "rejected", "unreachable", "refused"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,26 +33,62 @@ class DeliveryResult:
     ack: WebhookAck | None = None
     response_body: str | None = None
     error: str | None = None
+    retry_after: str | None = None
+    body: bytes = b""
+    """The answer's bytes, up to the size cap (a sync task's result is read from them)."""
+    truncated: bool = False
+    timed_out: bool = False
 
     @property
     def reason(self) -> str:
         """Return a one-line explanation fit for the user's comment (never a secret)."""
         if self.outcome == "accepted":
             return "accepted"
+        if self.outcome == "refused":
+            return f"the webhook URL was refused: {self.error}"
         if self.status_code is not None:
             return f"the external service answered HTTP {self.status_code}"
         return f"the external service could not be reached ({self.error})"
 
 
-def create_http_client(*, timeout_seconds: float, max_connections: int) -> httpx.AsyncClient:
+@dataclass(frozen=True, slots=True)
+class OutboundRequest:
+    """One request to send: where, what, and how to authenticate and sign it."""
+
+    url: str
+    body: bytes
+    webhook_id: str
+    auth: SecretStr | None = None
+    signing_key: bytes | None = None
+    timeout_seconds: float | None = None
+    """Overrides the client's timeout (a sync task waits up to its own timeout)."""
+
+
+def create_http_client(
+    *,
+    guard: UrlGuard,
+    timeout_seconds: float,
+    max_connections: int,
+    max_connections_per_host: int,
+) -> httpx.AsyncClient:
     """Return the process's one HTTP client, on the aiohttp transport (measured fastest)."""
+    import aiohttp
     from httpx_aiohttp import AiohttpTransport
+
+    def session() -> aiohttp.ClientSession:
+        # Built on first use, inside the running loop; the guard resolves every host.
+        connector = aiohttp.TCPConnector(
+            limit=max_connections,
+            limit_per_host=max_connections_per_host,
+            resolver=guarded_resolver(guard),
+        )
+        return aiohttp.ClientSession(connector=connector, trust_env=False)
 
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
     return httpx.AsyncClient(
-        transport=AiohttpTransport(limits=limits, trust_env=False),
+        transport=AiohttpTransport(limits=limits, trust_env=False, client=session),
         timeout=httpx.Timeout(timeout_seconds),
         follow_redirects=False,
         trust_env=False,
@@ -54,45 +96,101 @@ def create_http_client(*, timeout_seconds: float, max_connections: int) -> httpx
 
 
 class WebhookClient:
-    """Send the product summary's request to an external service."""
+    """Send the product summary's request to an external service, through the SSRF guard."""
 
-    def __init__(self, http: httpx.AsyncClient, *, max_response_bytes: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        guard: UrlGuard,
+        max_response_bytes: int = 64 * 1024,
+        timeout_seconds: float = 30.0,
+    ) -> None:
         self._http = http
+        self._guard = guard
         self._max_response_bytes = max_response_bytes
+        self._timeout_seconds = timeout_seconds
 
-    async def send(
-        self, url: str, body: dict[str, Any], *, auth: SecretStr | None
-    ) -> DeliveryResult:
-        """POST `body` to `url`, `auth` as the Authorization header; classify the answer."""
-        headers = {"content-type": "application/json", "user-agent": "webhook-tasks/0.1"}
-        if auth is not None:
-            headers["authorization"] = auth.get_secret_value()
+    async def send(self, request: OutboundRequest, *, now: datetime) -> DeliveryResult:
+        """POST the request; classify the answer. Never raises for what the far end does."""
         started = time.perf_counter()
         try:
-            async with self._http.stream(
-                "POST", url, content=json.dumps(body).encode(), headers=headers
-            ) as response:
-                raw = await self._read_capped(response)
+            await self._guard.check(request.url)
+        except UrlRefusedError as refusal:
+            return DeliveryResult("refused", _elapsed_ms(started), error=str(refusal))
+        headers = {"content-type": "application/json", "user-agent": "webhook-tasks/0.1"}
+        if request.signing_key is not None:
+            headers |= signature_headers(
+                request.signing_key,
+                webhook_id=request.webhook_id,
+                timestamp=now,
+                body=request.body,
+            )
+        else:
+            headers["webhook-id"] = request.webhook_id
+        if request.auth is not None:
+            headers["authorization"] = request.auth.get_secret_value()
+        timeout = request.timeout_seconds or self._timeout_seconds
+        try:
+            # The total bound also stops a server that drips its answer byte by byte.
+            async with asyncio.timeout(timeout):
+                async with self._http.stream(
+                    "POST",
+                    request.url,
+                    content=request.body,
+                    headers=headers,
+                    timeout=httpx.Timeout(timeout),
+                ) as response:
+                    raw, truncated = await self._read_capped(response)
+        except TimeoutError:
+            return DeliveryResult(
+                "unreachable",
+                _elapsed_ms(started),
+                error=f"no answer within {timeout:g}s",
+                timed_out=True,
+            )
         except httpx.HTTPError as error:
-            return DeliveryResult("unreachable", _elapsed_ms(started), error=_describe(error, auth))
+            refused = _in_chain(error, UrlRefusedError)
+            if refused is not None:
+                return DeliveryResult("refused", _elapsed_ms(started), error=str(refused))
+            return DeliveryResult(
+                "unreachable",
+                _elapsed_ms(started),
+                error=_describe(error, request.auth),
+                # Not the exception type: the transport reports a refused connect as a timeout.
+                timed_out=_in_chain(error, TimeoutError) is not None,
+            )
         latency = _elapsed_ms(started)
         text = raw.decode(errors="replace")[:MAX_STORED_BODY_CHARS]
         if not response.is_success:
-            return DeliveryResult("rejected", latency, response.status_code, response_body=text)
+            return DeliveryResult(
+                "rejected",
+                latency,
+                response.status_code,
+                response_body=text,
+                retry_after=response.headers.get("retry-after"),
+                truncated=truncated,
+            )
         return DeliveryResult(
-            "accepted", latency, response.status_code, ack=_parse_ack(raw), response_body=text
+            "accepted",
+            latency,
+            response.status_code,
+            ack=None if truncated else _parse_ack(raw),
+            response_body=text,
+            body=raw,
+            truncated=truncated,
         )
 
-    async def _read_capped(self, response: httpx.Response) -> bytes:
+    async def _read_capped(self, response: httpx.Response) -> tuple[bytes, bool]:
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_bytes():
             chunks.append(chunk)
             size += len(chunk)
-            if size >= self._max_response_bytes:
-                # The body is informational; stop reading rather than buffer a huge answer.
-                break
-        return b"".join(chunks)[: self._max_response_bytes]
+            if size > self._max_response_bytes:
+                # Stop reading rather than buffer a huge answer; the connection is dropped.
+                return b"".join(chunks)[: self._max_response_bytes], True
+        return b"".join(chunks), False
 
 
 def _parse_ack(raw: bytes) -> WebhookAck | None:
@@ -102,6 +200,18 @@ def _parse_ack(raw: bytes) -> WebhookAck | None:
         return WebhookAck.model_validate_json(raw)
     except ValidationError:
         return None
+
+
+def _in_chain(error: BaseException, kind: type[_E]) -> _E | None:
+    # The transport wraps what really happened (a guard refusal, a timeout) twice over.
+    seen: BaseException | None = error
+    for _ in range(10):
+        if seen is None:
+            return None
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _describe(error: httpx.HTTPError, auth: SecretStr | None) -> str:

@@ -24,21 +24,41 @@ async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
     """Dispatch tasks until `stop` is set."""
 
     async def build(resources: WorkerResources) -> WorkerParts:
+        guard = settings.url_guard()
         http = create_http_client(
+            guard=guard,
             timeout_seconds=settings.request_timeout_seconds,
             max_connections=settings.max_connections,
+            max_connections_per_host=settings.max_connections_per_host,
         )
         resources.exit_stack.push_async_callback(http.aclose)
         dispatcher = Dispatcher(
             pool=resources.pool,
-            webhooks=WebhookClient(http, max_response_bytes=settings.max_response_bytes),
+            webhooks=WebhookClient(
+                http,
+                guard=guard,
+                max_response_bytes=settings.max_response_bytes,
+                timeout_seconds=settings.request_timeout_seconds,
+            ),
             tokens=settings.callback_tokens(),
             callback_base_url=settings.public_callback_base_url,
             topics=settings.topics,
             after_commit=resources.relay.wake,
             dispatch_lease=timedelta(seconds=settings.dispatch_lease_seconds),
+            retry=settings.retry_policy(),
+            breakers=settings.circuit_breakers(),
+            signing=settings.signing_keys(),
         )
-        return WorkerParts(consumers=consumers(dispatcher, settings.topics))
+
+        async def send_due_requests() -> None:
+            await dispatcher.run_sender(
+                poll_interval=settings.sender_poll_interval,
+                max_in_flight=settings.sender_max_in_flight,
+            )
+
+        return WorkerParts(
+            consumers=consumers(dispatcher, settings.topics), background=[send_due_requests]
+        )
 
     await serve_worker(
         name="dispatcher",

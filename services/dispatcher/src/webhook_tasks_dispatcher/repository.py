@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+from pydantic import SecretStr
 
 from .client import DeliveryResult
 from .domain import OPEN_STATUSES, TaskStatus
@@ -89,6 +90,34 @@ class TaskRow:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingRequest:
+    """A task's request that may still be sent, as claimed by one sender."""
+
+    correlation_id: str
+    webhook_url: str
+    mode: str
+    body: bytes
+    auth: SecretStr | None = field(repr=False)
+    attempts: int
+    """How many requests were sent before this one."""
+    timeout_seconds: float
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> PendingRequest:
+        """Build from a `dispatch_requests` record."""
+        auth = record["auth"]
+        return cls(
+            correlation_id=record["correlation_id"],
+            webhook_url=record["webhook_url"],
+            mode=record["mode"],
+            body=bytes(record["body"]),
+            auth=SecretStr(auth) if auth is not None else None,
+            attempts=record["attempts"],
+            timeout_seconds=record["timeout_seconds"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class AttemptRow:
     """One request sent to an external service."""
 
@@ -100,6 +129,7 @@ class AttemptRow:
     outcome: str
     error: str | None
     response_body: str | None
+    retry_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,34 +175,127 @@ async def insert_task(
     return TaskRow.from_record(record) if record else None
 
 
-async def reclaim_abandoned_task(
-    conn: asyncpg.Connection, idempotency_key: str, *, now: datetime, lease_until: datetime
-) -> TaskRow | None:
-    """Claim a task still pending after its claimant's lease ran out (it crashed mid-dispatch)."""
-    record = await conn.fetchrow(
+async def insert_request(
+    conn: asyncpg.Connection,
+    request: PendingRequest,
+    *,
+    due_at: datetime,
+    lease_seconds: float,
+) -> None:
+    """Keep a new task's request until it is settled; nobody else sends it before `due_at`."""
+    await conn.execute(
         """
-        UPDATE tasks SET claimed_until = $3, updated_at = $2
-        WHERE idempotency_key = $1 AND status = 'pending' AND claimed_until < $2
-        RETURNING *
+        INSERT INTO dispatch_requests (
+            correlation_id, webhook_url, mode, body, auth, attempts, next_attempt_at,
+            lease_seconds, timeout_seconds
+        ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         """,
-        idempotency_key,
-        now,
-        lease_until,
+        request.correlation_id,
+        request.webhook_url,
+        request.mode,
+        request.body,
+        request.auth.get_secret_value() if request.auth is not None else None,
+        request.attempts,
+        due_at,
+        lease_seconds,
+        request.timeout_seconds,
     )
-    return TaskRow.from_record(record) if record else None
+
+
+async def claim_due_requests(
+    conn: asyncpg.Connection, *, now: datetime, limit: int
+) -> list[PendingRequest]:
+    """Claim up to `limit` due requests for one lease each; replicas skip each other's rows."""
+    records = await conn.fetch(
+        """
+        UPDATE dispatch_requests AS r
+        SET next_attempt_at = $1::timestamptz + make_interval(secs => r.lease_seconds)
+        FROM (
+            SELECT correlation_id FROM dispatch_requests
+            WHERE next_attempt_at <= $1
+            ORDER BY next_attempt_at
+            LIMIT $2
+            FOR UPDATE SKIP LOCKED
+        ) AS due
+        WHERE r.correlation_id = due.correlation_id
+        RETURNING r.*
+        """,
+        now,
+        limit,
+    )
+    return [PendingRequest.from_record(record) for record in records]
+
+
+async def next_request_due(conn: asyncpg.Connection) -> datetime | None:
+    """Return when the earliest kept request is due, or None if none is kept."""
+    due: datetime | None = await conn.fetchval("SELECT min(next_attempt_at) FROM dispatch_requests")
+    return due
+
+
+async def reschedule_request(
+    conn: asyncpg.Connection, correlation_id: str, *, attempts: int, due_at: datetime
+) -> bool:
+    """Set when to send again and how many were sent; False if the request is gone."""
+    updated = await conn.fetchval(
+        """
+        UPDATE dispatch_requests SET attempts = $2, next_attempt_at = $3
+        WHERE correlation_id = $1
+        RETURNING true
+        """,
+        correlation_id,
+        attempts,
+        due_at,
+    )
+    return bool(updated)
+
+
+async def release_requests(
+    conn: asyncpg.Connection, correlation_ids: list[str], *, now: datetime
+) -> None:
+    """Make claimed requests due now (their sender is stopping before it finished)."""
+    await conn.execute(
+        "UPDATE dispatch_requests SET next_attempt_at = $2 WHERE correlation_id = ANY($1::text[])",
+        correlation_ids,
+        now,
+    )
+
+
+async def forget_request(conn: asyncpg.Connection, correlation_id: str) -> None:
+    """Drop a task's kept request (and its secret): the task no longer waits to be sent."""
+    await conn.execute("DELETE FROM dispatch_requests WHERE correlation_id = $1", correlation_id)
+
+
+async def note_waiting(
+    conn: asyncpg.Connection, correlation_id: str, *, now: datetime, reason: str
+) -> None:
+    """Say on a pending task why it waits (shown by `show`)."""
+    await conn.execute(
+        """
+        UPDATE tasks SET status_reason = $3, updated_at = $2
+        WHERE correlation_id = $1 AND status = 'pending'
+        """,
+        correlation_id,
+        now,
+        reason,
+    )
 
 
 async def record_attempt(
-    conn: asyncpg.Connection, correlation_id: str, started_at: datetime, result: DeliveryResult
+    conn: asyncpg.Connection,
+    correlation_id: str,
+    started_at: datetime,
+    result: DeliveryResult,
+    *,
+    retry_at: datetime | None = None,
 ) -> int:
     """Store one request's outcome; return its attempt number."""
     attempt: int = await conn.fetchval(
         """
         INSERT INTO dispatch_attempts (
             correlation_id, attempt, started_at, latency_ms, status_code, outcome, error,
-            response_body
+            response_body, retry_at
         )
-        SELECT $1, coalesce(max(attempt), 0) + 1, $2, $3, $4, $5, $6, $7
+        SELECT $1, coalesce(max(attempt), 0) + 1, $2, $3, $4, $5, $6, $7, $8
         FROM dispatch_attempts WHERE correlation_id = $1
         RETURNING attempt
         """,
@@ -183,6 +306,7 @@ async def record_attempt(
         result.outcome,
         result.error,
         result.response_body,
+        retry_at,
     )
     return attempt
 
@@ -200,7 +324,8 @@ async def mark_initiated(
     record = await conn.fetchrow(
         """
         UPDATE tasks SET status = 'initiated', deadline_at = $3, dispatched_at = $2,
-            updated_at = $2, ack_status = $4, estimated_completion = $5, claimed_until = NULL
+            updated_at = $2, ack_status = $4, estimated_completion = $5, claimed_until = NULL,
+            status_reason = NULL
         WHERE correlation_id = $1 AND status = 'pending'
         RETURNING *
         """,

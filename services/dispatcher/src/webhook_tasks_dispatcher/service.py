@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -9,11 +13,15 @@ from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 import asyncpg
+from pydantic import ValidationError
 from webhook_tasks_contracts import (
     CallbackReceived,
     CallbackTokens,
     DeadlineReached,
+    ErrorCallback,
     LifecycleEvent,
+    ProgressCallback,
+    SuccessCallback,
     TaskCompleted,
     TaskDispatched,
     TaskExpired,
@@ -23,15 +31,20 @@ from webhook_tasks_contracts import (
     TaskRequested,
     Topics,
     build_webhook_request,
+    callback_body_adapter,
     derived_event_id,
     utc_now,
 )
 from webhook_tasks_runtime.kafka import message_for
+from webhook_tasks_runtime.logging import correlation_context
 from webhook_tasks_runtime.outbox import add_to_outbox
 
 from . import repository as repo
-from .client import DeliveryResult, WebhookClient
+from .breaker import CircuitBreakers
+from .client import DeliveryResult, OutboundRequest, WebhookClient
 from .domain import TaskStatus, status_after_callback, why_not_applied
+from .retry import GiveUp, Retry, RetryPolicy, is_retryable, parse_retry_after
+from .signing import SigningKeys, webhook_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +65,9 @@ class Dispatcher:
         after_commit: Callable[[], None],
         dispatch_lease: timedelta,
         clock: Clock = utc_now,
+        retry: RetryPolicy | None = None,
+        breakers: CircuitBreakers | None = None,
+        signing: SigningKeys | None = None,
     ) -> None:
         self._pool = pool
         self._webhooks = webhooks
@@ -61,6 +77,10 @@ class Dispatcher:
         self._after_commit = after_commit
         self._lease = dispatch_lease
         self._clock = clock
+        self._retry = retry or RetryPolicy()
+        self._breakers = breakers or CircuitBreakers(cool_down=timedelta(seconds=30))
+        self._signing = signing or SigningKeys({})
+        self._due = asyncio.Event()
 
     async def dispatch(self, request: TaskRequested) -> None:
         """Record the task and send its request, once, whatever is redelivered."""
@@ -69,39 +89,38 @@ class Dispatcher:
             logger.info("not a webhook task; ignored", extra={"task_id": request.task_id})
             return
         assert metadata.webhook_url is not None  # guaranteed by TaskMetadata's validation
-        task = await self._claim(request, metadata.webhook_url)
-        if task is None:
+        now = self._clock()
+        # A sync request waits for the result, up to the task's timeout: that is no work
+        # for a consumer, so the background sender takes it at once.
+        inline = metadata.mode == "callback"
+        pending = await self._claim(request, metadata.webhook_url, now=now, inline=inline)
+        if pending is None:
             logger.info(
                 "duplicate task request; not dispatched again",
                 extra={"task_id": request.task_id, "idempotency_key": request.idempotency_key},
             )
             return
-        body = build_webhook_request(
-            correlation_id=task.correlation_id,
-            callback_url=self._tokens.callback_url(self._callback_base_url, task.correlation_id),
-            prompt=request.prompt,
-            task_id=request.task_id,
-            user_id=request.user_id,
-            project_id=request.project_id,
-            params=metadata.webhook_params,
-        )
         logger.info(
             "dispatching task",
             extra={
-                "correlation_id": task.correlation_id,
-                "task_id": task.task_id,
-                "webhook_host": _host(task.webhook_url),
+                "correlation_id": pending.correlation_id,
+                "task_id": request.task_id,
+                "webhook_host": _host(pending.webhook_url),
+                "mode": pending.mode,
             },
         )
-        started = self._clock()
-        result = await self._webhooks.send(task.webhook_url, body, auth=metadata.webhook_auth)
-        await self._settle_dispatch(task, started, result)
+        if inline:
+            await self._attempt(pending)
+        else:
+            self._due.set()
 
-    async def _claim(self, request: TaskRequested, webhook_url: str) -> repo.TaskRow | None:
-        now = self._clock()
+    async def _claim(
+        self, request: TaskRequested, webhook_url: str, *, now: datetime, inline: bool
+    ) -> repo.PendingRequest | None:
         metadata = request.task_metadata
+        correlation_id = str(uuid.uuid4())
         new_task = repo.NewTask(
-            correlation_id=str(uuid.uuid4()),
+            correlation_id=correlation_id,
             idempotency_key=request.idempotency_key,
             task_id=request.task_id,
             user_id=request.user_id,
@@ -112,54 +131,253 @@ class Dispatcher:
             mode=metadata.mode,
             timeout_seconds=metadata.timeout_seconds,
         )
-        async with self._pool.acquire() as conn:
-            lease_until = now + self._lease
+        body = build_webhook_request(
+            correlation_id=correlation_id,
+            callback_url=self._tokens.callback_url(self._callback_base_url, correlation_id),
+            prompt=request.prompt,
+            task_id=request.task_id,
+            user_id=request.user_id,
+            project_id=request.project_id,
+            params=metadata.webhook_params,
+        )
+        sync = metadata.mode == "sync"
+        pending = repo.PendingRequest(
+            correlation_id=correlation_id,
+            webhook_url=webhook_url,
+            mode=metadata.mode,
+            body=json.dumps(body, separators=(",", ":")).encode(),
+            auth=metadata.webhook_auth,
+            attempts=0,
+            timeout_seconds=metadata.timeout_seconds,
+        )
+        lease = self._lease.total_seconds()
+        if sync:
+            # The sender holds a sync request for as long as it may wait for the answer.
+            lease += metadata.timeout_seconds
+        async with self._pool.acquire() as conn, conn.transaction():
+            lease_until = now + timedelta(seconds=lease)
             task = await repo.insert_task(conn, new_task, now=now, lease_until=lease_until)
             if task is None:
-                task = await repo.reclaim_abandoned_task(
-                    conn, request.idempotency_key, now=now, lease_until=lease_until
-                )
-        return task
+                return None
+            await repo.insert_request(
+                conn,
+                pending,
+                due_at=lease_until if inline else now,
+                lease_seconds=lease,
+            )
+        return pending
+
+    async def send_due(self, *, limit: int = 100) -> int:
+        """Claim the requests that are due and send them; return how many were claimed."""
+        async with self._pool.acquire() as conn:
+            claimed = await repo.claim_due_requests(conn, now=self._clock(), limit=limit)
+        await asyncio.gather(*(self._attempt(pending) for pending in claimed))
+        return len(claimed)
+
+    async def run_sender(
+        self, *, poll_interval: float = 1.0, max_in_flight: int = 256, batch_size: int = 100
+    ) -> None:
+        """Send due requests (first sync requests and every retry) until cancelled."""
+        in_flight: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                free = max_in_flight - len(in_flight)
+                claimed: list[repo.PendingRequest] = []
+                if free > 0:
+                    async with self._pool.acquire() as conn:
+                        claimed = await repo.claim_due_requests(
+                            conn, now=self._clock(), limit=min(free, batch_size)
+                        )
+                for pending in claimed:
+                    task = asyncio.create_task(self._attempt_logged(pending))
+                    in_flight[pending.correlation_id] = task
+                    task.add_done_callback(functools.partial(_forget, in_flight, pending))
+                if len(claimed) < min(max(free, 1), batch_size):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._due.wait(), poll_interval)
+                    self._due.clear()
+        finally:
+            await self._release(in_flight)
+
+    async def _release(self, in_flight: dict[str, asyncio.Task[None]]) -> None:
+        if not in_flight:
+            return
+        ids = list(in_flight)
+        for task in list(in_flight.values()):
+            task.cancel()
+        await asyncio.gather(*in_flight.values(), return_exceptions=True)
+        # Unfinished requests are due again at once, for the next process, not after a lease.
+        async with self._pool.acquire() as conn:
+            await repo.release_requests(conn, ids, now=self._clock())
+        logger.info("released unfinished requests", extra={"count": len(ids)})
+
+    async def _attempt_logged(self, pending: repo.PendingRequest) -> None:
+        with correlation_context(pending.correlation_id):
+            try:
+                await self._attempt(pending)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The claim runs out and the request comes due again; nothing is lost.
+                logger.exception("sending a request failed; it will be tried again")
+
+    async def _attempt(self, pending: repo.PendingRequest) -> None:
+        host = _host(pending.webhook_url)
+        now = self._clock()
+        wait_until = self._breakers.permit(host, now)
+        if wait_until is not None:
+            await self._hold(pending, wait_until, f"waiting: circuit open for {host}")
+            return
+        result = await self._webhooks.send(
+            OutboundRequest(
+                url=pending.webhook_url,
+                body=pending.body,
+                webhook_id=webhook_id_of(pending.correlation_id),
+                auth=pending.auth,
+                signing_key=self._signing.key_for(pending.webhook_url),
+                timeout_seconds=pending.timeout_seconds if pending.mode == "sync" else None,
+            ),
+            now=now,
+        )
+        self._breakers.record(
+            host,
+            failed=result.outcome == "unreachable"
+            or (result.outcome == "rejected" and is_retryable(result.status_code)),
+            now=self._clock(),
+        )
+        await self._settle_dispatch(pending, now, result)
+
+    async def _hold(self, pending: repo.PendingRequest, until: datetime, reason: str) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await repo.reschedule_request(
+                conn, pending.correlation_id, attempts=pending.attempts, due_at=until
+            )
+            await repo.note_waiting(conn, pending.correlation_id, now=self._clock(), reason=reason)
+        logger.info(
+            "request held",
+            extra={"correlation_id": pending.correlation_id, "reason": reason, "until": until},
+        )
 
     async def _settle_dispatch(
-        self, task: repo.TaskRow, started: datetime, result: DeliveryResult
+        self, pending: repo.PendingRequest, started: datetime, result: DeliveryResult
     ) -> None:
         now = self._clock()
+        attempt = pending.attempts + 1
+        decision: Retry | GiveUp | None = None
+        if result.outcome != "accepted":
+            if result.outcome == "refused" or (pending.mode == "sync" and result.timed_out):
+                decision = GiveUp(result.reason)
+            else:
+                decision = self._retry.after_failure(
+                    attempts_made=attempt,
+                    status_code=result.status_code,
+                    retry_after_seconds=parse_retry_after(result.retry_after, now=now),
+                    now=now,
+                )
         events: list[LifecycleEvent] = []
         async with self._pool.acquire() as conn, conn.transaction():
-            await repo.record_attempt(conn, task.correlation_id, started, result)
-            if result.outcome == "accepted":
-                ack = result.ack
-                row = await repo.mark_initiated(
+            retry_at = decision.at if isinstance(decision, Retry) else None
+            await repo.record_attempt(
+                conn, pending.correlation_id, started, result, retry_at=retry_at
+            )
+            if isinstance(decision, Retry):
+                await repo.reschedule_request(
+                    conn, pending.correlation_id, attempts=attempt, due_at=decision.at
+                )
+                await repo.note_waiting(
                     conn,
-                    task.correlation_id,
+                    pending.correlation_id,
                     now=now,
-                    deadline_at=now + timedelta(seconds=task.timeout_seconds),
-                    ack_status=ack.status if ack else None,
-                    estimated_completion=ack.estimated_completion if ack else None,
+                    reason=f"attempt {attempt + 1} of {self._retry.max_attempts} due at "
+                    f"{decision.at.isoformat(timespec='seconds')} after {_short(result)}",
                 )
-                if row is not None:
-                    events.append(_dispatched(row))
             else:
-                row = await repo.finish(
-                    conn, task.correlation_id, TaskStatus.FAILED, now=now, reason=result.reason
-                )
-                if row is not None:
-                    events.append(_failed_dispatch(row, result))
+                await repo.forget_request(conn, pending.correlation_id)
+                events = await self._conclude(conn, pending, result, now)
             await self._queue(conn, events)
         self._after_commit()
+        if isinstance(decision, Retry):
+            self._due.set()
         logger.info(
             "external service accepted the task"
             if result.outcome == "accepted"
-            else "dispatch failed",
+            else ("dispatch failed; will retry" if retry_at else "dispatch failed"),
             extra={
-                "correlation_id": task.correlation_id,
+                "correlation_id": pending.correlation_id,
+                "attempt": attempt,
                 "outcome": result.outcome,
                 "status_code": result.status_code,
                 "latency_ms": round(result.latency_ms, 1),
                 "error": result.error,
+                "retry_at": retry_at,
             },
         )
+
+    async def _conclude(
+        self,
+        conn: asyncpg.Connection,
+        pending: repo.PendingRequest,
+        result: DeliveryResult,
+        now: datetime,
+    ) -> list[LifecycleEvent]:
+        cid = pending.correlation_id
+        if result.outcome != "accepted":
+            row = await repo.finish(conn, cid, TaskStatus.FAILED, now=now, reason=result.reason)
+            return [_failed_dispatch(row, result)] if row is not None else []
+        ack = result.ack if pending.mode == "callback" else None
+        row = await repo.mark_initiated(
+            conn,
+            cid,
+            now=now,
+            deadline_at=now + timedelta(seconds=pending.timeout_seconds),
+            ack_status=ack.status if ack else None,
+            estimated_completion=ack.estimated_completion if ack else None,
+        )
+        if row is None:
+            return []  # a callback got there first
+        events: list[LifecycleEvent] = [_dispatched(row)]
+        if pending.mode == "sync":
+            events += await self._finish_sync(conn, row, result, now)
+        return events
+
+    async def _finish_sync(
+        self, conn: asyncpg.Connection, row: repo.TaskRow, result: DeliveryResult, now: datetime
+    ) -> list[LifecycleEvent]:
+        answer = parse_sync_result(row.correlation_id, result)
+        if isinstance(answer, str):
+            done = await repo.finish(
+                conn, row.correlation_id, TaskStatus.FAILED, now=now, reason=answer
+            )
+            if done is None:
+                return []
+            return [
+                TaskFailed(
+                    event_id=derived_event_id(done.correlation_id, "terminal"),
+                    correlation_id=done.correlation_id,
+                    task=_ref(done),
+                    cause="dispatch_rejected",
+                    reason=answer,
+                )
+            ]
+        callback = CallbackReceived(
+            correlation_id=row.correlation_id,
+            status=answer.status,
+            result_url=getattr(answer, "result_url", None),
+            metadata=getattr(answer, "metadata", {}),
+            error=getattr(answer, "error", None),
+        )
+        target = status_after_callback(callback.status)
+        assert target is not None
+        done = await repo.finish(
+            conn,
+            row.correlation_id,
+            target,
+            now=now,
+            reason=callback.error if target is TaskStatus.FAILED else None,
+            result_url=callback.result_url,
+            result_metadata=callback.metadata if target is TaskStatus.COMPLETED else None,
+        )
+        return [_finished_by_callback(done, callback)] if done is not None else []
 
     async def apply_callback(self, callback: CallbackReceived) -> None:
         """Apply a callback to its task if the task is still open; record it either way."""
@@ -194,6 +412,9 @@ class Dispatcher:
                     result_metadata=callback.metadata if target is TaskStatus.COMPLETED else None,
                 )
                 event = _finished_by_callback(row, callback) if row is not None else None
+                if row is not None:
+                    # Finished while a retry was still scheduled: that request must not go out.
+                    await repo.forget_request(conn, callback.correlation_id)
             await self._settle(conn, callback.event_id, kind, before, row, event)
         self._after_commit()
 
@@ -282,6 +503,41 @@ class Dispatcher:
         )
 
 
+def parse_sync_result(
+    correlation_id: str, result: DeliveryResult
+) -> SuccessCallback | ErrorCallback | str:
+    """Read a sync task's result from the answer, as a callback body; a str says why not."""
+    if result.truncated:
+        return "the external service's answer was larger than the dispatcher accepts"
+    try:
+        data = json.loads(result.body)
+    except ValueError:
+        return "the external service's answer was not JSON"
+    if not isinstance(data, dict):
+        return "the external service's answer was not a JSON object"
+    # The product summary's sync answer need not repeat the id we sent; it is this task's.
+    data["correlationId"] = correlation_id
+    try:
+        answer = callback_body_adapter.validate_python(data)
+    except ValidationError:
+        return "the external service's answer had no result (expected status success or error)"
+    if isinstance(answer, ProgressCallback):
+        return "the external service answered with progress instead of a result"
+    return answer
+
+
+def _forget(
+    in_flight: dict[str, asyncio.Task[None]], pending: repo.PendingRequest, _done: object
+) -> None:
+    in_flight.pop(pending.correlation_id, None)
+
+
+def _short(result: DeliveryResult) -> str:
+    if result.status_code is not None:
+        return f"HTTP {result.status_code}"
+    return result.error or result.outcome
+
+
 def _ref(row: repo.TaskRow) -> TaskRef:
     return TaskRef(
         task_id=row.task_id,
@@ -315,7 +571,8 @@ def _failed_dispatch(row: repo.TaskRow, result: DeliveryResult) -> TaskFailed:
         event_id=derived_event_id(row.correlation_id, "terminal"),
         correlation_id=row.correlation_id,
         task=_ref(row),
-        cause="dispatch_rejected" if result.outcome == "rejected" else "dispatch_unreachable",
+        # A refused URL is ours to refuse, like a 4xx: the request itself is wrong.
+        cause="dispatch_unreachable" if result.outcome == "unreachable" else "dispatch_rejected",
         reason=result.reason,
     )
 

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from aiohttp import web
 from webhook_tasks_contracts import CallbackKey, CallbackTokens, Topics
 from webhook_tasks_dispatcher.client import WebhookClient
+from webhook_tasks_dispatcher.guard import UrlGuard
+from webhook_tasks_dispatcher.retry import RetryPolicy
 from webhook_tasks_dispatcher.service import Dispatcher
 from webhook_tasks_runtime.db import create_pool, load_migrations, migrate, runtime_migrations
 from webhook_tasks_runtime.infra import Infrastructure
+
+
+async def resolve_publicly(host: str, port: int) -> list[str]:
+    """Resolve every name to a public documentation-range address (no DNS in tests)."""
+    return ["93.184.216.34"]
 
 
 class FakeClock:
@@ -51,6 +61,22 @@ class DispatcherUnderTest:
     service: ExternalService
     topics: Topics
     tokens: CallbackTokens
+    webhooks: WebhookClient
+
+    def another(self, **overrides: Any) -> Dispatcher:
+        """Return a dispatcher on the same database, service and clock, with `overrides`."""
+        parts: dict[str, Any] = {
+            "pool": self.pool,
+            "webhooks": self.webhooks,
+            "tokens": self.tokens,
+            "callback_base_url": "https://gateway.example.com",
+            "topics": self.topics,
+            "after_commit": lambda: None,
+            "dispatch_lease": timedelta(seconds=60),
+            "clock": self.clock,
+            "retry": RetryPolicy(rng=random.Random(4)),
+        }
+        return Dispatcher(**(parts | overrides))
 
     async def outbox(self) -> list[tuple[str, str, bytes]]:
         rows = await self.pool.fetch("SELECT topic, key, payload FROM outbox ORDER BY id")
@@ -78,17 +104,61 @@ async def under_test(
     service = ExternalService()
     tokens = CallbackTokens([CallbackKey("test", b"k" * 32)])
     http = httpx.AsyncClient(transport=httpx.MockTransport(service))
+    webhooks = WebhookClient(http, guard=UrlGuard(resolve=resolve_publicly))
     dispatcher = Dispatcher(
         pool=pool,
-        webhooks=WebhookClient(http),
+        webhooks=webhooks,
         tokens=tokens,
         callback_base_url="https://gateway.example.com",
         topics=unique_topics,
         after_commit=lambda: None,
         dispatch_lease=timedelta(seconds=60),
         clock=clock,
+        retry=RetryPolicy(rng=random.Random(4)),
     )
     try:
-        yield DispatcherUnderTest(dispatcher, pool, clock, service, unique_topics, tokens)
+        yield DispatcherUnderTest(dispatcher, pool, clock, service, unique_topics, tokens, webhooks)
     finally:
         await http.aclose()
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class LocalServer:
+    """An aiohttp server on 127.0.0.1 whose routes a test sets."""
+
+    url: str
+    routes: dict[str, Handler] = field(default_factory=dict)
+    received: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    in_flight: int = 0
+    most_in_flight: int = 0
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[LocalServer]:
+    holder: dict[str, LocalServer] = {}
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        local = holder["server"]
+        local.received.append((request.path, dict(request.headers), await request.read()))
+        local.in_flight += 1
+        local.most_in_flight = max(local.most_in_flight, local.in_flight)
+        try:
+            return await local.routes[request.path](request)
+        finally:
+            local.in_flight -= 1
+
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", dispatch)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    holder["server"] = LocalServer(f"http://127.0.0.1:{port}")
+    try:
+        yield holder["server"]
+    finally:
+        await runner.cleanup()

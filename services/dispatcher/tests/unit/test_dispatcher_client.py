@@ -7,14 +7,39 @@ import json
 import httpx
 import pytest
 from pydantic import SecretStr
-from webhook_tasks_dispatcher.client import MAX_STORED_BODY_CHARS, WebhookClient
+from webhook_tasks_contracts import utc_now
+from webhook_tasks_dispatcher.client import (
+    MAX_STORED_BODY_CHARS,
+    DeliveryResult,
+    OutboundRequest,
+    WebhookClient,
+)
+from webhook_tasks_dispatcher.guard import UrlGuard
 
 SECRET = "Bearer sk-live-very-secret"
 
 
-def client_for(handler: object, **options: int) -> WebhookClient:
+async def resolve_publicly(host: str, port: int) -> list[str]:
+    return ["93.184.216.34"]
+
+
+class Client:
+    """A WebhookClient on MockTransport, with the old call shape for brevity."""
+
+    def __init__(self, client: WebhookClient) -> None:
+        self._client = client
+
+    async def send(
+        self, url: str, body: dict[str, object], *, auth: SecretStr | None
+    ) -> DeliveryResult:
+        request = OutboundRequest(url, json.dumps(body).encode(), "msg_1", auth=auth)
+        return await self._client.send(request, now=utc_now())
+
+
+def client_for(handler: object, **options: int) -> Client:
     transport = httpx.MockTransport(handler)  # type: ignore[arg-type]
-    return WebhookClient(httpx.AsyncClient(transport=transport), **options)
+    guard = UrlGuard(resolve=resolve_publicly)
+    return Client(WebhookClient(httpx.AsyncClient(transport=transport), guard=guard, **options))
 
 
 async def test_sends_the_body_as_json_with_auth_as_the_authorization_header() -> None:

@@ -1,0 +1,89 @@
+"""When to send a failed request again: exponential backoff with full jitter. Pure, no I/O."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+DEFAULT_SCHEDULE: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
+"""Upper bounds of the waits before the 2nd, 3rd, ... request, in seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Send again at `at`."""
+
+    at: datetime
+    delay_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Do not send again: the failure is permanent or the attempts are used up."""
+
+    why: str
+
+
+def is_retryable(status_code: int | None) -> bool:
+    """Tell whether a failed request may succeed later: no answer, 429 or 5xx."""
+    return status_code is None or status_code == 429 or status_code >= 500
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to wait; `rng` is injected so tests can seed it."""
+
+    schedule: tuple[float, ...] = DEFAULT_SCHEDULE
+    max_attempts: int = len(DEFAULT_SCHEDULE) + 1
+    retry_after_cap_seconds: float = 600.0
+    rng: random.Random = field(default_factory=random.Random, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.schedule or any(step <= 0 for step in self.schedule):
+            raise ValueError("the retry schedule needs at least one positive step")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+    def backoff_bound(self, attempts_made: int) -> float:
+        """Return the longest wait after `attempts_made` failed requests (the last step repeats)."""
+        return self.schedule[min(attempts_made, len(self.schedule)) - 1]
+
+    def after_failure(
+        self,
+        *,
+        attempts_made: int,
+        status_code: int | None,
+        retry_after_seconds: float | None,
+        now: datetime,
+    ) -> Retry | GiveUp:
+        """Decide what follows the `attempts_made`-th failed request."""
+        if not is_retryable(status_code):
+            return GiveUp(f"HTTP {status_code} is not worth retrying")
+        if attempts_made >= self.max_attempts:
+            return GiveUp(f"gave up after {attempts_made} attempts")
+        if retry_after_seconds is not None:
+            # The service said when; a hostile or confused one may not park us for days.
+            delay = min(max(retry_after_seconds, 0.0), self.retry_after_cap_seconds)
+        else:
+            # Full jitter spreads a burst of failures over the whole window.
+            delay = self.rng.uniform(0.0, self.backoff_bound(attempts_made))
+        return Retry(now + timedelta(seconds=delay), delay)
+
+
+def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
+    """Return a Retry-After header (seconds or an HTTP date) as seconds from `now`."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max((when - now).total_seconds(), 0.0)

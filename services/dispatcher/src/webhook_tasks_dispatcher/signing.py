@@ -1,0 +1,78 @@
+"""Standard Webhooks signatures on outbound requests, with a secret chosen per endpoint."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+
+_PREFIX = "whsec_"
+
+
+class SigningKeyError(ValueError):
+    """A configured signing secret is not a valid `whsec_` secret (the message names no secret)."""
+
+
+def decode_secret(secret: str) -> bytes:
+    """Return the key bytes of a `whsec_<base64>` secret."""
+    encoded = secret.removeprefix(_PREFIX)
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except ValueError as error:
+        raise SigningKeyError("a signing secret is not valid base64 after 'whsec_'") from error
+    if len(key) < 16:
+        raise SigningKeyError("a signing secret must decode to at least 16 bytes")
+    return key
+
+
+def webhook_id_of(correlation_id: str) -> str:
+    """Return the `webhook-id` of a task's request: the same on every retry, so receivers dedupe."""
+    return f"msg_{correlation_id}"
+
+
+def signature_headers(
+    key: bytes, *, webhook_id: str, timestamp: datetime, body: bytes
+) -> dict[str, str]:
+    """Return the `webhook-id`, `webhook-timestamp` and `webhook-signature` headers."""
+    seconds = str(int(timestamp.timestamp()))
+    signed = f"{webhook_id}.{seconds}.".encode() + body
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": seconds,
+        "webhook-signature": "v1," + base64.b64encode(digest).decode(),
+    }
+
+
+class SigningKeys:
+    """Which secret signs a request to which URL: longest URL prefix, else host, else `*`."""
+
+    def __init__(self, secrets: Mapping[str, SecretStr]) -> None:
+        self._prefixes: list[tuple[str, bytes]] = []
+        self._hosts: dict[str, bytes] = {}
+        self._default: bytes | None = None
+        for target, secret in secrets.items():
+            key = decode_secret(secret.get_secret_value())
+            if target == "*":
+                self._default = key
+            elif "://" in target:
+                self._prefixes.append((target, key))
+            else:
+                self._hosts[target.lower().rstrip(".")] = key
+        self._prefixes.sort(key=lambda item: len(item[0]), reverse=True)
+
+    def __repr__(self) -> str:
+        return f"SigningKeys({len(self._prefixes) + len(self._hosts)} endpoints)"
+
+    def key_for(self, url: str) -> bytes | None:
+        """Return the key that signs requests to `url`; None means unsigned."""
+        for prefix, key in self._prefixes:
+            if url.startswith(prefix):
+                return key
+        host = (urlsplit(url).hostname or "").rstrip(".")
+        return self._hosts.get(host, self._default)

@@ -1,0 +1,354 @@
+"""Retries, the SSRF refusal, sync mode and circuit breakers, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import timedelta
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from standardwebhooks.webhooks import Webhook
+from webhook_tasks_contracts import (
+    CallbackReceived,
+    TaskCompleted,
+    TaskDispatched,
+    TaskFailed,
+    lifecycle_event_adapter,
+    utc_now,
+)
+from webhook_tasks_dispatcher import repository as repo
+from webhook_tasks_dispatcher.breaker import CircuitBreakers
+from webhook_tasks_dispatcher.client import WebhookClient
+from webhook_tasks_dispatcher.guard import UrlGuard
+from webhook_tasks_dispatcher.signing import SigningKeys
+
+from .conftest import DispatcherUnderTest
+from .test_dispatcher_service import SECRET, task_request
+
+pytestmark = pytest.mark.integration
+
+
+async def lifecycle(under_test: DispatcherUnderTest) -> list[object]:
+    return [
+        lifecycle_event_adapter.validate_json(payload)
+        for topic, _key, payload in await under_test.outbox()
+        if topic == under_test.topics.task_lifecycle
+    ]
+
+
+async def the_task(under_test: DispatcherUnderTest, task_id: str) -> repo.TaskRow:
+    async with under_test.pool.acquire() as conn:
+        (task,) = await repo.find_tasks(conn, task_id)
+    return task
+
+
+async def attempts(under_test: DispatcherUnderTest, task: repo.TaskRow) -> list[repo.AttemptRow]:
+    async with under_test.pool.acquire() as conn:
+        return await repo.attempts_for(conn, task.correlation_id)
+
+
+def answers(*responses: httpx.Response | Exception) -> object:
+    queue = list(responses)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        item = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    return answer
+
+
+async def run_retries(under_test: DispatcherUnderTest) -> None:
+    """Move the clock to each scheduled retry and let the sender send it, until none is due."""
+    for _ in range(50):
+        async with under_test.pool.acquire() as conn:
+            due = await repo.next_request_due(conn)
+        if due is None:
+            return
+        under_test.clock.now = max(under_test.clock.now, due)
+        await under_test.dispatcher.send_due()
+    pytest.fail("retries never ended")
+
+
+async def test_a_5xx_is_retried_on_schedule_until_accepted(under_test: DispatcherUnderTest) -> None:
+    under_test.service.answer = answers(  # type: ignore[assignment]
+        httpx.Response(503, text="busy"),
+        httpx.ConnectError("connection refused"),
+        httpx.Response(200, json={"status": "accepted"}),
+    )
+    request = task_request()
+
+    await under_test.dispatcher.dispatch(request)
+
+    task = await the_task(under_test, request.task_id)
+    assert task.status.value == "pending", "a retrying task stays pending"
+    assert task.status_reason is not None
+    assert "attempt 2 of 6" in task.status_reason
+    (first,) = await attempts(under_test, task)
+    assert (first.outcome, first.status_code) == ("rejected", 503)
+    assert first.retry_at is not None
+    assert under_test.clock.now < first.retry_at <= under_test.clock.now + timedelta(seconds=1)
+    assert await under_test.dispatcher.send_due() == 0, "not due yet"
+
+    await run_retries(under_test)
+
+    task = await the_task(under_test, request.task_id)
+    assert task.status.value == "initiated"
+    assert task.status_reason is None
+    assert [a.outcome for a in await attempts(under_test, task)] == [
+        "rejected",
+        "unreachable",
+        "accepted",
+    ]
+    assert [type(event) for event in await lifecycle(under_test)] == [TaskDispatched]
+    sent = under_test.service.received
+    assert len(sent) == 3
+    assert len({request.headers["webhook-id"] for request in sent}) == 1
+    assert {request.content for request in sent} == {sent[0].content}
+    assert all(request.headers["authorization"] == SECRET for request in sent)
+    async with under_test.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM dispatch_requests") == 0
+
+
+async def test_an_unreachable_service_fails_the_task_after_the_last_attempt(
+    under_test: DispatcherUnderTest,
+) -> None:
+    under_test.service.answer = answers(httpx.ConnectError("connection refused"))  # type: ignore[assignment]
+    request = task_request()
+
+    await under_test.dispatcher.dispatch(request)
+    await run_retries(under_test)
+
+    task = await the_task(under_test, request.task_id)
+    assert task.status.value == "failed"
+    history = await attempts(under_test, task)
+    assert len(history) == 6
+    assert all(a.retry_at is not None for a in history[:-1])
+    assert history[-1].retry_at is None
+    waits = [
+        (later.started_at - earlier.started_at).total_seconds()
+        for earlier, later in itertools.pairwise(history)
+    ]
+    assert all(0 <= wait <= bound for wait, bound in zip(waits, (1, 5, 30, 120, 600), strict=True))
+    (event,) = await lifecycle(under_test)
+    assert isinstance(event, TaskFailed)
+    assert event.cause == "dispatch_unreachable"
+    assert "could not be reached" in event.reason
+    outbox = str(await under_test.outbox())
+    assert SECRET not in outbox
+    async with under_test.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM dispatch_requests") == 0, (
+            "the kept request (and its secret) is gone with the task's last attempt"
+        )
+
+
+async def test_429_retry_after_sets_the_next_attempt(under_test: DispatcherUnderTest) -> None:
+    under_test.service.answer = answers(  # type: ignore[assignment]
+        httpx.Response(429, headers={"retry-after": "42"}),
+        httpx.Response(202),
+    )
+    request = task_request()
+
+    await under_test.dispatcher.dispatch(request)
+
+    task = await the_task(under_test, request.task_id)
+    (first,) = await attempts(under_test, task)
+    assert first.retry_at == under_test.clock.now + timedelta(seconds=42)
+    under_test.clock.advance(41)
+    assert await under_test.dispatcher.send_due() == 0
+    under_test.clock.advance(1)
+    assert await under_test.dispatcher.send_due() == 1
+    assert (await the_task(under_test, request.task_id)).status.value == "initiated"
+
+
+async def test_a_callback_during_a_retry_wait_finishes_the_task_and_cancels_the_retry(
+    under_test: DispatcherUnderTest,
+) -> None:
+    under_test.service.answer = answers(httpx.Response(500))  # type: ignore[assignment]
+    request = task_request()
+    await under_test.dispatcher.dispatch(request)
+    task = await the_task(under_test, request.task_id)
+
+    await under_test.dispatcher.apply_callback(
+        CallbackReceived(correlation_id=task.correlation_id, status="success")
+    )
+    under_test.clock.advance(3600)
+
+    assert await under_test.dispatcher.send_due() == 0
+    assert len(under_test.service.received) == 1
+    assert [type(event) for event in await lifecycle(under_test)] == [TaskCompleted]
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("https://10.1.2.3/run", "private address"),
+        ("https://[::1]/run", "loopback"),
+        ("https://169.254.169.254/latest/meta-data", "cloud metadata"),
+        ("http://svc.example.com/run", "must use https"),
+    ],
+)
+async def test_a_refused_url_fails_the_task_at_once_with_the_reason(
+    under_test: DispatcherUnderTest, url: str, why: str
+) -> None:
+    request = task_request(webhookUrl=url)
+
+    await under_test.dispatcher.dispatch(request)
+
+    assert under_test.service.received == []
+    task = await the_task(under_test, request.task_id)
+    assert task.status.value == "failed"
+    (attempt,) = await attempts(under_test, task)
+    assert attempt.outcome == "refused"
+    (event,) = await lifecycle(under_test)
+    assert isinstance(event, TaskFailed)
+    assert event.cause == "dispatch_rejected"
+    assert "webhook URL was refused" in event.reason
+    assert why in event.reason
+
+
+async def test_a_name_resolving_to_a_private_address_is_refused(
+    under_test: DispatcherUnderTest,
+) -> None:
+    async def internal(host: str, port: int) -> list[str]:
+        return ["93.184.216.34", "192.168.0.10"]
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(under_test.service))
+    dispatcher = under_test.another(webhooks=WebhookClient(http, guard=UrlGuard(resolve=internal)))
+    request = task_request(webhookUrl="https://rebind.example.com/run")
+
+    await dispatcher.dispatch(request)
+    await http.aclose()
+
+    assert under_test.service.received == []
+    (event,) = await lifecycle(under_test)
+    assert isinstance(event, TaskFailed)
+    assert "rebind.example.com resolves to a private address (192.168.0.10)" in event.reason
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (
+            {
+                "status": "success",
+                "resultUrl": "https://cdn.example.com/v.mp4",
+                "metadata": {"a": 1},
+            },
+            "completed",
+        ),
+        ({"status": "error", "error": "model crashed"}, "failed"),
+        ({"status": "accepted"}, "failed"),
+    ],
+)
+async def test_sync_mode_completes_the_task_from_the_answer(
+    under_test: DispatcherUnderTest, answer: dict[str, object], expected: str
+) -> None:
+    under_test.service.answer = lambda request: httpx.Response(200, json=answer)
+    request = task_request(mode="sync")
+
+    await under_test.dispatcher.dispatch(request)
+    assert under_test.service.received == [], "the consumer hands sync requests to the sender"
+    assert await under_test.dispatcher.send_due() == 1
+
+    task = await the_task(under_test, request.task_id)
+    assert task.status.value == expected
+    events = await lifecycle(under_test)
+    assert [type(event) for event in events] == [
+        TaskDispatched,
+        TaskCompleted if expected == "completed" else TaskFailed,
+    ]
+    final = events[1]
+    if isinstance(final, TaskCompleted):
+        assert final.result_url == "https://cdn.example.com/v.mp4"
+        assert final.metadata == {"a": 1}
+    elif answer["status"] == "error":
+        assert isinstance(final, TaskFailed)
+        assert (final.cause, final.reason) == ("callback_error", "model crashed")
+    else:
+        assert isinstance(final, TaskFailed)
+        assert "no result" in final.reason
+
+
+async def test_a_sync_request_waits_up_to_the_task_timeout(
+    under_test: DispatcherUnderTest,
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "success"})
+
+    under_test.service.answer = answer
+    await under_test.dispatcher.dispatch(task_request(mode="sync", timeoutSeconds=900))
+    await under_test.dispatcher.send_due()
+
+    (request,) = seen
+    assert request.extensions["timeout"]["read"] == 900
+
+
+async def test_an_open_circuit_holds_a_hosts_tasks_then_probes_and_resumes(
+    under_test: DispatcherUnderTest,
+) -> None:
+    dispatcher = under_test.another(
+        breakers=CircuitBreakers(failure_threshold=2, cool_down=timedelta(seconds=30))
+    )
+    under_test.service.answer = answers(httpx.Response(503))  # type: ignore[assignment]
+    first, second, third = task_request(), task_request(), task_request()
+
+    await dispatcher.dispatch(first)
+    await dispatcher.dispatch(second)  # the second failure in a row opens the circuit
+    await dispatcher.dispatch(third)
+
+    assert len(under_test.service.received) == 2, "the third task is held, not sent"
+    held = await the_task(under_test, third.task_id)
+    assert held.status.value == "pending"
+    assert "circuit open for svc.example.com" in (held.status_reason or "")
+    assert await attempts(under_test, held) == []
+
+    under_test.service.answer = lambda request: httpx.Response(202)
+    under_test.clock.advance(10)
+    assert await dispatcher.send_due() == 2  # the first two tasks' retries, held again
+    assert len(under_test.service.received) == 2
+    under_test.clock.advance(25)
+    # After the cool-down the first request is the probe; it succeeds and the rest follow.
+    assert await dispatcher.send_due() == 3
+
+    for request in (first, second, third):
+        task = await the_task(under_test, request.task_id)
+        assert task.status.value == "initiated"
+        assert task.status_reason is None
+    assert len(under_test.service.received) == 5
+    bodies = [json.loads(request.content)["taskId"] for request in under_test.service.received]
+    assert sorted(set(bodies)) == sorted({first.task_id, second.task_id, third.task_id})
+
+
+async def test_signing_is_per_endpoint_and_the_webhook_id_is_stable(
+    under_test: DispatcherUnderTest,
+) -> None:
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    # The official verifier checks the timestamp against the real clock.
+    under_test.clock.now = utc_now()
+    dispatcher = under_test.another(
+        signing=SigningKeys({"https://svc.example.com/": SecretStr(secret)})
+    )
+    under_test.service.answer = answers(httpx.Response(500), httpx.Response(202))  # type: ignore[assignment]
+    request = task_request()
+    other = task_request(webhookUrl="https://elsewhere.example.com/run")
+
+    await dispatcher.dispatch(request)
+    under_test.clock.advance(5)
+    await dispatcher.send_due()
+    await dispatcher.dispatch(other)
+
+    signed = [r for r in under_test.service.received if r.url.host == "svc.example.com"]
+    assert len(signed) == 2
+    for sent in signed:
+        Webhook(secret).verify(sent.content, dict(sent.headers))
+    assert signed[0].headers["webhook-id"] == signed[1].headers["webhook-id"]
+    assert signed[0].headers["webhook-timestamp"] != signed[1].headers["webhook-timestamp"]
+    (unsigned,) = [r for r in under_test.service.received if r.url.host != "svc.example.com"]
+    assert "webhook-signature" not in unsigned.headers

@@ -1,0 +1,122 @@
+"""The retry schedule: which failures are retried, when, and when to give up."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from webhook_tasks_dispatcher.retry import (
+    GiveUp,
+    Retry,
+    RetryPolicy,
+    is_retryable,
+    parse_retry_after,
+)
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [
+        (None, True),
+        (429, True),
+        (500, True),
+        (503, True),
+        (599, True),
+        (400, False),
+        (401, False),
+        (403, False),
+        (404, False),
+        (409, False),
+        (422, False),
+        (301, False),
+    ],
+)
+def test_only_no_answer_429_and_5xx_are_retried(status: int | None, retryable: bool) -> None:
+    assert is_retryable(status) is retryable
+    decision = RetryPolicy().after_failure(
+        attempts_made=1, status_code=status, retry_after_seconds=None, now=NOW
+    )
+    assert isinstance(decision, Retry) is retryable
+
+
+def test_waits_are_jittered_within_each_step_of_the_schedule() -> None:
+    policy = RetryPolicy(rng=random.Random(7))
+    for attempts_made, bound in enumerate((1.0, 5.0, 30.0, 120.0, 600.0), start=1):
+        waits = []
+        for _ in range(200):
+            decision = policy.after_failure(
+                attempts_made=attempts_made, status_code=503, retry_after_seconds=None, now=NOW
+            )
+            assert isinstance(decision, Retry)
+            assert decision.at == NOW + timedelta(seconds=decision.delay_seconds)
+            waits.append(decision.delay_seconds)
+        assert all(0 <= wait <= bound for wait in waits)
+        # Full jitter uses the whole window, not just its top.
+        assert min(waits) < bound * 0.1
+        assert max(waits) > bound * 0.9
+
+
+def test_the_same_seed_gives_the_same_schedule() -> None:
+    def schedule(seed: int) -> list[float]:
+        policy = RetryPolicy(rng=random.Random(seed))
+        return [
+            policy.after_failure(
+                attempts_made=n, status_code=None, retry_after_seconds=None, now=NOW
+            ).delay_seconds  # type: ignore[union-attr]
+            for n in range(1, 6)
+        ]
+
+    assert schedule(1) == schedule(1)
+    assert schedule(1) != schedule(2)
+
+
+def test_gives_up_after_the_attempt_limit() -> None:
+    policy = RetryPolicy(schedule=(1.0, 2.0), max_attempts=4, rng=random.Random(1))
+    decisions = [
+        policy.after_failure(attempts_made=n, status_code=500, retry_after_seconds=None, now=NOW)
+        for n in range(1, 5)
+    ]
+    assert [type(decision) for decision in decisions] == [Retry, Retry, Retry, GiveUp]
+    # Past the end of the schedule its last step repeats.
+    assert decisions[2].delay_seconds <= 2.0  # type: ignore[union-attr]
+    assert "4 attempts" in decisions[3].why  # type: ignore[union-attr]
+
+
+def test_retry_after_is_honoured_and_capped() -> None:
+    policy = RetryPolicy(retry_after_cap_seconds=60.0, rng=random.Random(1))
+
+    honoured = policy.after_failure(
+        attempts_made=1, status_code=429, retry_after_seconds=17, now=NOW
+    )
+    capped = policy.after_failure(
+        attempts_made=1, status_code=429, retry_after_seconds=86_400, now=NOW
+    )
+
+    assert honoured == Retry(NOW + timedelta(seconds=17), 17)
+    assert capped == Retry(NOW + timedelta(seconds=60), 60)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("120", 120.0),
+        (" 5 ", 5.0),
+        ("Thu, 01 Jan 2026 12:00:30 GMT", 30.0),
+        ("Thu, 01 Jan 2026 11:00:00 GMT", 0.0),
+        ("soon", None),
+        ("-5", None),
+        (None, None),
+    ],
+)
+def test_retry_after_header_forms(header: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(header, now=NOW) == seconds
+
+
+def test_a_bad_schedule_is_refused() -> None:
+    with pytest.raises(ValueError, match="schedule"):
+        RetryPolicy(schedule=())
+    with pytest.raises(ValueError, match="schedule"):
+        RetryPolicy(schedule=(1.0, 0.0))

@@ -1,0 +1,92 @@
+"""Outbound signatures, checked with the official Standard Webhooks library."""
+
+from __future__ import annotations
+
+import base64
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import SecretStr
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from webhook_tasks_contracts import utc_now
+from webhook_tasks_dispatcher.signing import (
+    SigningKeyError,
+    SigningKeys,
+    decode_secret,
+    signature_headers,
+    webhook_id_of,
+)
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
+
+
+def test_the_official_library_verifies_our_signature() -> None:
+    secret = new_secret()
+    body = b'{"correlationId":"c-1","prompt":"make a video"}'
+
+    headers = signature_headers(
+        decode_secret(secret), webhook_id="msg_c-1", timestamp=utc_now(), body=body
+    )
+
+    assert Webhook(secret).verify(body, headers) == {
+        "correlationId": "c-1",
+        "prompt": "make a video",
+    }
+    assert headers["webhook-signature"].startswith("v1,")
+
+
+def test_a_changed_body_another_secret_or_an_old_timestamp_fail_verification() -> None:
+    secret = new_secret()
+    key = decode_secret(secret)
+    body = b'{"a":1}'
+    headers = signature_headers(key, webhook_id="msg_x", timestamp=utc_now(), body=body)
+
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(b'{"a":2}', headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new_secret()).verify(body, headers)
+    old = signature_headers(
+        key, webhook_id="msg_x", timestamp=utc_now() - timedelta(hours=1), body=body
+    )
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(body, old)
+
+
+def test_the_timestamp_is_whole_seconds() -> None:
+    when = datetime(2026, 1, 1, 0, 0, 0, 900_000, tzinfo=UTC)
+    headers = signature_headers(b"k" * 32, webhook_id="m", timestamp=when, body=b"")
+    assert headers["webhook-timestamp"] == str(int(when.timestamp()))
+
+
+def test_the_webhook_id_depends_only_on_the_task() -> None:
+    assert webhook_id_of("c-1") == webhook_id_of("c-1") != webhook_id_of("c-2")
+
+
+def test_keys_are_chosen_by_longest_prefix_then_host_then_default() -> None:
+    a, b, c, d = (SecretStr(new_secret()) for _ in range(4))
+    keys = SigningKeys(
+        {
+            "https://svc.example.com/": a,
+            "https://svc.example.com/v2/": b,
+            "other.example.com": c,
+            "*": d,
+        }
+    )
+
+    assert keys.key_for("https://svc.example.com/v1/run") == decode_secret(a.get_secret_value())
+    assert keys.key_for("https://svc.example.com/v2/run") == decode_secret(b.get_secret_value())
+    assert keys.key_for("https://other.example.com/x") == decode_secret(c.get_secret_value())
+    assert keys.key_for("https://third.example.com/x") == decode_secret(d.get_secret_value())
+    assert SigningKeys({}).key_for("https://svc.example.com/") is None
+
+
+def test_a_bad_secret_is_refused_without_quoting_it() -> None:
+    with pytest.raises(SigningKeyError) as error:
+        SigningKeys({"*": SecretStr("whsec_not-base64!!")})
+    assert "not-base64" not in str(error.value)
+    with pytest.raises(SigningKeyError, match="16 bytes"):
+        decode_secret("whsec_" + base64.b64encode(b"short").decode())
+    assert "whsec" not in repr(SigningKeys({"*": SecretStr(new_secret())}))
