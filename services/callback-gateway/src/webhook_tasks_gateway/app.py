@@ -31,6 +31,7 @@ from .problems import (
 )
 from .publishing import AlwaysReady, ReadinessProbe
 from .settings import GatewaySettings
+from .signatures import SignatureVerifier
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +47,14 @@ def create_app(
     *,
     readiness: ReadinessProbe | None = None,
     lifespan: Lifespan[Starlette] | None = None,
+    signatures: SignatureVerifier | None = None,
 ) -> Starlette:
     """Build the gateway app; `readiness` defaults to the publisher when it can answer."""
     if readiness is None:
         readiness = publisher if isinstance(publisher, ReadinessProbe) else AlwaysReady()
-    callbacks = _CallbackEndpoint(settings, publisher, tokens)
+    if signatures is None:
+        signatures = settings.signature_verifier()
+    callbacks = _CallbackEndpoint(settings, publisher, tokens, signatures)
     probes = _Probes(readiness)
     document = _StaticJSON(build_openapi())
     return Starlette(
@@ -75,10 +79,15 @@ def create_app(
 
 class _CallbackEndpoint:
     def __init__(
-        self, settings: GatewaySettings, publisher: MessagePublisher, tokens: CallbackTokens
+        self,
+        settings: GatewaySettings,
+        publisher: MessagePublisher,
+        tokens: CallbackTokens,
+        signatures: SignatureVerifier,
     ) -> None:
         self._publisher = publisher
         self._tokens = tokens
+        self._signatures = signatures
         self._topic = settings.topics.callback_received
         self._max_body_bytes = settings.gateway_max_body_bytes
         self._max_event_bytes = settings.gateway_max_event_bytes
@@ -108,10 +117,14 @@ class _CallbackEndpoint:
 
     async def _event_from(self, request: Request, correlation_id: str) -> CallbackReceived:
         # Cheapest refusal first: a forged URL costs one HMAC and never reads the body.
-        if not self._tokens.verify(correlation_id, request.path_params["token"]):
+        endpoint = self._tokens.verified_endpoint(correlation_id, request.path_params["token"])
+        if endpoint is None:
             raise InvalidTokenError()
+        signed = self._signatures.expect(endpoint, request.headers)
         require_json(request.headers.get("content-type"))
         body = await read_body(request, self._max_body_bytes)
+        if signed is not None:
+            signed.verify(body)
         callback = parse_callback(body, correlation_id)
         return callback_event(callback, delivery=delivery_id(request))
 

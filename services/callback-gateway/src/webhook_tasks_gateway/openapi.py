@@ -85,7 +85,11 @@ def callback_responses() -> dict[str, dict[str, Any]]:
         "400": _problem(
             "Malformed JSON, an invalid body (`errors` names each field), or a bad header."
         ),
-        "401": _problem("The token in the URL was not minted for this correlation id."),
+        "401": _problem(
+            "The token in the URL was not minted for this correlation id; or the URL is bound to "
+            "an endpoint with signing secrets and the Standard Webhooks signature is missing, "
+            "too old or new (default tolerance 5 min), or matches none of its secrets."
+        ),
         "404": _problem("The path names no callback resource."),
         "413": _problem("The body is over the configured limit (default 1 MiB)."),
         "415": _problem("The body is not declared as application/json."),
@@ -134,6 +138,8 @@ def _callback_operation() -> dict[str, Any]:
             _path("correlation_id", "The correlationId the task was dispatched with."),
             _path("token", "The capability token of the callbackUrl, as given."),
             _header("webhook-id", "Delivery id; passed on as the event's delivery_id.", 200),
+            _header("webhook-timestamp", "Standard Webhooks: Unix time of signing, seconds."),
+            _header("webhook-signature", "Standard Webhooks: space-separated v1,<base64>."),
         ],
         "requestBody": {
             "required": True,
@@ -187,13 +193,16 @@ def _path(name: str, description: str) -> dict[str, Any]:
     }
 
 
-def _header(name: str, description: str, max_length: int) -> dict[str, Any]:
+def _header(name: str, description: str, max_length: int | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    if max_length is not None:
+        schema["maxLength"] = max_length
     return {
         "name": name,
         "in": "header",
         "required": False,
         "description": description,
-        "schema": {"type": "string", "maxLength": max_length},
+        "schema": schema,
     }
 
 

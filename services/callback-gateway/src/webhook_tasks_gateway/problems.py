@@ -2,6 +2,7 @@
 
     ProblemError                     any refusal; `response()` renders it
      ├── InvalidTokenError          401  the token was not minted for this correlation id
+     ├── InvalidSignatureError      401  a signature required by the endpoint is missing or wrong
      ├── InvalidBodyError           400  unreadable or invalid body; `errors` names each field
      ├── InvalidHeaderError         400  a request header is unusable
      ├── BodyTooLargeError          413  over the body (or event) size limit
@@ -91,6 +92,14 @@ class InvalidTokenError(ProblemError):
 
     def __init__(self) -> None:
         super().__init__("The callback URL is not valid for this correlation id.")
+
+
+class InvalidSignatureError(ProblemError):
+    """The endpoint requires a Standard Webhooks signature and this callback lacks a valid one."""
+
+    status = 401
+    slug = "invalid-signature"
+    title = "Invalid signature"
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 from webhook_tasks_runtime.settings import CallbackTokenSettings, RuntimeSettings
+
+from .signatures import SignatureVerifier, parse_signing_secrets
 
 MIB = 1024 * 1024
 _ORIGIN = re.compile(r"^https?://[^/\s,]+$")
@@ -36,6 +38,28 @@ class GatewaySettings(RuntimeSettings, CallbackTokenSettings):
     """Longest pause between attempts to connect to an unreachable Kafka."""
     gateway_shutdown_timeout_seconds: int = Field(default=10, ge=1, le=600)
     """How long in-flight callbacks may run after SIGTERM."""
+    gateway_signing_secrets: SecretStr = SecretStr("")
+    """"endpoint:whsec_...,endpoint:whsec_..." (Standard Webhooks secrets of external services).
+
+    A callback URL bound to an endpoint listed here must be signed with one of its secrets;
+    repeat an endpoint to accept several secrets while its secret is rotated.
+    """
+    gateway_signature_tolerance_seconds: int = Field(default=300, ge=1, le=86_400)
+    """How far webhook-timestamp may be from the gateway's clock, either way."""
+
+    @field_validator("gateway_signing_secrets")
+    @classmethod
+    def _secrets_parse(cls, value: SecretStr) -> SecretStr:
+        # Fail at start-up, not on the first callback; errors never quote a secret.
+        parse_signing_secrets(value.get_secret_value())
+        return value
+
+    def signature_verifier(self) -> SignatureVerifier:
+        """Return the verifier of callback signatures for the configured secrets."""
+        return SignatureVerifier(
+            parse_signing_secrets(self.gateway_signing_secrets.get_secret_value()),
+            tolerance_seconds=self.gateway_signature_tolerance_seconds,
+        )
 
     @field_validator("gateway_cors_allow_origins", mode="before")
     @classmethod

@@ -47,6 +47,9 @@ class FlakyPublisher:
         self.taken += 1
 
 
+SIGNING_ENDPOINT = "signed"
+SIGNING_SECRET = "whsec_" + "c2lnbmluZy1zZWNyZXQtb2YtdGhlLWZ1enotdGVzdA=="
+
 # What senders get wrong besides the body: None keeps the media type schemathesis chose.
 MEDIA_TYPES = st.sampled_from([None, None, None, "text/plain", "application/cloudevents+json"])
 
@@ -68,8 +71,12 @@ def aim_at_the_gateway(
     else:
         correlation_id = unquote(str(parameters.get("correlation_id", "")))
     forged = str(parameters.get("token", ""))
-    # Keep some forged tokens, chosen by the generated data so a failure replays.
-    if len(forged) % 4 != 1:
+    # Keep some forged tokens, bind some to an endpoint that signs, chosen by the generated
+    # data so that a failure replays.
+    choice = len(forged) % 4
+    if choice == 2:
+        parameters["token"] = tokens.mint(correlation_id, endpoint=SIGNING_ENDPOINT)
+    elif choice != 1:
         parameters["token"] = tokens.mint(correlation_id)
     case.path_parameters = parameters
 
@@ -78,7 +85,11 @@ def test_generated_requests_get_documented_answers_and_never_a_5xx(
     make_settings: Callable[..., GatewaySettings], tokens: CallbackTokens
 ) -> None:
     publisher = FlakyPublisher()
-    app = create_app(make_settings(gateway_max_body_bytes=400), publisher, tokens)
+    settings = make_settings(
+        gateway_max_body_bytes=400,
+        gateway_signing_secrets=f"{SIGNING_ENDPOINT}:{SIGNING_SECRET}",
+    )
+    app = create_app(settings, publisher, tokens)
     schema = schemathesis.openapi.from_asgi(OPENAPI_PATH, app)
     cases = st.one_of(
         schema.as_strategy(schemathesis.GenerationMode.POSITIVE),

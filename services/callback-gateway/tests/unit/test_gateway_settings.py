@@ -7,6 +7,7 @@ import os
 
 import pytest
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 from webhook_tasks_gateway import GatewaySettings
 
 
@@ -97,3 +98,34 @@ def test_out_of_range_values_are_refused(
 
     with pytest.raises(ValidationError):
         GatewaySettings()
+
+
+def test_signing_secrets_and_tolerance_are_read(environment: pytest.MonkeyPatch) -> None:
+    secret = base64.b64encode(os.urandom(24)).decode()
+    environment.setenv("GATEWAY_SIGNING_SECRETS", f"video:whsec_{secret}")
+    environment.setenv("GATEWAY_SIGNATURE_TOLERANCE_SECONDS", "30")
+
+    settings = GatewaySettings()
+
+    assert settings.gateway_signature_tolerance_seconds == 30
+    assert secret not in repr(settings)
+    assert settings.signature_verifier().expect("other", Headers({})) is None
+
+
+def test_no_signing_secrets_and_five_minutes_by_default(environment: pytest.MonkeyPatch) -> None:
+    settings = GatewaySettings()
+
+    assert settings.gateway_signing_secrets.get_secret_value() == ""
+    assert settings.gateway_signature_tolerance_seconds == 300
+
+
+def test_a_bad_signing_secret_is_refused_without_quoting_it(
+    environment: pytest.MonkeyPatch,
+) -> None:
+    environment.setenv("GATEWAY_SIGNING_SECRETS", "video:whsec_c2hvcnRzZWNyZXQ")
+
+    with pytest.raises(ValidationError) as refused:
+        GatewaySettings()
+
+    assert "too short" in str(refused.value)
+    assert "c2hvcnRzZWNyZXQ" not in str(refused.value)
