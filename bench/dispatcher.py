@@ -1,4 +1,4 @@
-"""Dispatcher phase: dispatches per second, beside a bare aiohttp client posting the same bodies."""
+"""Measure dispatches per second beside a bare aiohttp client posting the same bodies."""
 
 from __future__ import annotations
 

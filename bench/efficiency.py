@@ -1,4 +1,4 @@
-"""Efficiency phase: worker time held per task, callback pattern versus a synchronous call."""
+"""Compare the worker time a task holds under the callback pattern and a synchronous call."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""End-to-end phase: a steady stream of tasks through the whole system, beside bare Kafka hops."""
+"""Stream tasks through the whole system and time them beside bare Kafka hops."""
 
 from __future__ import annotations
 
@@ -160,24 +160,30 @@ async def wait_warm(ctx: Context, warming: asyncio.Task[None]) -> None:
 
 
 async def run(
-    ctx: Context, deployment: Deployment, hops: tuple[list[float], list[float]]
+    ctx: Context,
+    deployment: Deployment,
+    hops: tuple[list[float], list[float]],
+    dispatch_rate: float,
 ) -> PhaseResult:
     """Stream tasks at a steady rate to a service that calls back at once; `hops`: kafka_hops()."""
     plan = ctx.plan
     one_hop, two_hops = hops
+    # Latency is meant at a load the system sustains: above its dispatch rate, a backlog
+    # grows and the figure measures the queue instead.
+    rate = min(plan.e2e_rate, max(dispatch_rate / 2, 1.0))
     prefix = f"bench-{ctx.run_id}-e-"
-    total = int(plan.e2e_rate * plan.e2e_seconds)
+    total = int(rate * plan.e2e_seconds)
     ids = [f"{prefix}{index}" for index in range(total)]
     published = await publish_stream(
         ctx,
         deployment,
         ids,
         f"{ctx.sink.url}/callback",
-        rate=plan.e2e_rate,
-        tick=ctx.report(f"end to end: {plan.e2e_rate:g} tasks/s", total),
+        rate=rate,
+        tick=ctx.report(f"end to end: {rate:.0f} tasks/s", total),
     )
     comments = await wait_comments(
-        ctx, prefix, total, within=60, tick=ctx.report("end to end: waiting for comments", total)
+        ctx, prefix, total, within=120, tick=ctx.report("end to end: waiting for comments", total)
     )
     records = await sink_records(ctx.sink.url)
     received: dict[str, float] = records["received"]
@@ -195,7 +201,8 @@ async def run(
     request, comment = Summary.of(to_request), Summary.of(to_comment)
     hop1, hop2 = Summary.of(one_hop), Summary.of(two_hops)
     stream = (
-        f"{total} tasks at {plan.e2e_rate:g}/s to a service that calls back at once; task event "
+        f"{total} tasks at {rate:.0f}/s (planned {plan.e2e_rate:g}/s, at most half the "
+        "dispatch rate) to a service that calls back at once; task event "
         "published → service receives the request; gateway's 202 to the service → terminal "
         "comment row created; floors: bare messages through Kafka, consumed with the services' "
         f"fetch wait ({SERVICE_FETCH_MAX_WAIT_MS} ms)"
@@ -251,6 +258,7 @@ async def run(
     }
     result.facts = {
         "tasks": total,
+        "rate_per_s": round(rate, 1),
         "requests_received": len(to_request),
         "callbacks_accepted": len(called_back),
         "callback_failures": records["callback_failures"],

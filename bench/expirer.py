@@ -1,4 +1,4 @@
-"""Expirer phase: how late deadlines fire, for thousands spread over a few seconds."""
+"""Measure how late deadlines fire, for thousands spread over a few seconds."""
 
 from __future__ import annotations
 

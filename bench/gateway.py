@@ -1,4 +1,4 @@
-"""Gateway phase: callbacks accepted per second and latency, beside a raw ASGI no-op."""
+"""Measure callbacks accepted per second and their latency beside a raw ASGI no-op."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""An asyncio load generator on aiohttp, bounded in request count and in time."""
+"""Generate HTTP load with asyncio and aiohttp, bounded in request count and in time."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""How much load each phase offers: the full run and the quick smoke run."""
+"""Size each phase's load, for the full run and the quick smoke run."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ class Plan:
     """The fixed offered load, callbacks per second, at which latency is compared."""
     dispatch_tasks: int
     e2e_rate: float
+    """Tasks per second end to end, lowered to half the dispatch rate measured in the same run."""
     e2e_seconds: float
     hop_seconds: float
     expiries: int
@@ -27,6 +28,10 @@ class Plan:
     sync_tasks: int
     sync_delay: float
     """How long the pretend slow service takes; the comparison is stated for 20 s."""
+    overlap_start_up: bool = False
+    """Measure the gateway while the workers are still starting: quicker, and noisier."""
+    settle_seconds: float = 90.0
+    """Longest wait for the services to go idle between phases."""
     gateway_concurrency: int = 32
     dispatch_concurrency: int = 64
     """The dispatcher's consumer handles up to 64 tasks at once; the bare client gets as many."""
@@ -35,7 +40,7 @@ class Plan:
 FULL = Plan(
     name="full",
     gateway_seconds=10.0,
-    gateway_rate=500.0,
+    gateway_rate=300.0,
     dispatch_tasks=5000,
     e2e_rate=200.0,
     e2e_seconds=30.0,
@@ -60,6 +65,8 @@ QUICK = Plan(
     expiry_spread=1.0,
     sync_tasks=5,
     sync_delay=1.0,
+    overlap_start_up=True,
+    settle_seconds=5.0,
 )
 
 SYNC_CLAIM_SECONDS = 20.0

@@ -9,7 +9,7 @@ import platform
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from .system import (
     REPO_ROOT,
     SERVICE_ENV,
     Context,
+    CpuMeter,
     Deployment,
     ServerProcess,
     cpu_count,
@@ -95,23 +96,52 @@ async def _phases(ctx: Context, log_dir: Path, console: Console) -> dict[str, Ph
         ctx.sink.wait_ready()
         lone_gateway.stack.wait_for_gateway(timeout=90)
         system.stack.wait_for_gateway(timeout=90)
+        meter = CpuMeter()
+        meter.watch("no-op server", noop.pid)
+        meter.watch("external service", ctx.sink.pid)
+        meter.watch("gateway (alone)", lone_gateway.stack.pid("callback-gateway"))
+        for service in SERVICES:
+            meter.watch(service, system.stack.pid(service))
         warm_up = asyncio.create_task(endtoend.warm_up(ctx, system))
-        console.log("servers are up; the workers join their consumer groups meanwhile")
-        results["gateway"] = await gateway.run(ctx, lone_gateway, noop)
+        console.log("servers are up; the workers are joining their consumer groups")
+        if not ctx.plan.overlap_start_up:
+            await endtoend.wait_warm(ctx, warm_up)
+            await meter.settle(SERVICES, within=ctx.plan.settle_seconds)
+            console.log("the system is warm and idle")
+        results["gateway"] = await _metered(meter, gateway.run(ctx, lone_gateway, noop))
         lone_gateway.stop()
-        # Not a service: the floor under the end-to-end latencies, measured while workers join.
+        # Not a service: the floor under the end-to-end latencies.
         hops = await endtoend.kafka_hops(ctx, system)
-        await endtoend.wait_warm(ctx, warm_up)
-        console.log("the system is warm")
+        if ctx.plan.overlap_start_up:
+            await endtoend.wait_warm(ctx, warm_up)
+            console.log("the system is warm")
         for name, phase in (
             ("dispatcher", dispatcher.run),
             ("expirer", expirer.run),
-            ("end to end", functools.partial(endtoend.run, hops=hops)),
+            (
+                "end to end",
+                functools.partial(
+                    endtoend.run, hops=hops, dispatch_rate=results["dispatcher"].rows[0].figure
+                ),
+            ),
             ("efficiency", efficiency.run),
         ):
-            results[name] = await phase(ctx, system)
+            waited = await meter.settle(SERVICES, within=ctx.plan.settle_seconds)
+            results[name] = await _metered(meter, phase(ctx, system))
+            results[name].facts["waited_for_idle_s"] = round(waited, 1)
             console.log(f"{name} measured")
     return results
+
+
+async def _metered(meter: CpuMeter, phase: Awaitable[PhaseResult]) -> PhaseResult:
+    # Which process was busy tells whether a figure is bound by CPU, and by whose.
+    before, started = meter.read(), time.monotonic()
+    result = await phase
+    after = meter.read()
+    result.facts["cpu_percent_of_one_core"] = meter.percent(
+        before, after, time.monotonic() - started
+    )
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{started_at:%Y-%m-%d %H:%M} UTC)"
     )
     print_results(console, rows, title=title)
+    for name, result in results.items():
+        busy = sorted(
+            result.facts.get("cpu_percent_of_one_core", {}).items(), key=lambda item: -item[1]
+        )
+        shown = ", ".join(f"{process} {percent:.0f}%" for process, percent in busy if percent >= 5)
+        console.print(f"[dim]CPU during {name} (% of one core): {shown}[/]")
     json_path = out / f"bench-{stamp}-{plan.name}.json"
     chart_path = json_path.with_suffix(".png")
     write_json(

@@ -1,12 +1,10 @@
-"""The benchmark's local HTTP servers, each run as its own process.
+"""Serve the benchmark's own HTTP endpoints: the no-op ceiling and the pretend external service."""
 
-`noop` is the ceiling for the gateway: a raw ASGI app answering 202 to any
-POST, served by uvicorn with the gateway's settings. `sink` plays the external
-service: it acknowledges at once and, depending on the path, calls back at once,
-calls back after a delay, or holds the request as a synchronous service would.
-It records when each request arrived and when each callback was accepted, and
-hands the records over on `GET /records`.
-"""
+# `noop` is the gateway's ceiling: a raw ASGI app answering 202 to any POST, served by
+# uvicorn with the gateway's settings. `sink` plays the external service: it acknowledges
+# at once and, depending on the path, calls back at once, calls back after a delay, or
+# holds the request as a synchronous service would. It records when each request arrived
+# and when each callback was accepted, and hands the records over on `GET /records`.
 
 from __future__ import annotations
 

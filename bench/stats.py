@@ -1,4 +1,4 @@
-"""Percentiles and the rows of the results table."""
+"""Compute percentiles and hold the rows of the results table."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What the benchmark runs against: embedded servers, service processes, and Kafka helpers."""
+"""Start and reach what the benchmark runs against: servers, service processes, Kafka."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
+import psutil  # type: ignore[import-untyped]
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from webhook_tasks_cli.stack import Stack, StackOptions
 from webhook_tasks_contracts import (
@@ -64,6 +65,11 @@ class ServerProcess:
             )
         finally:
             log.close()
+
+    @property
+    def pid(self) -> int:
+        """Return the server's process id."""
+        return self._process.pid
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until the server accepts connections."""
@@ -249,3 +255,52 @@ class Context:
     def idempotence(self) -> bool:
         """Return whether producers may be idempotent on this broker."""
         return self.infra.supports_idempotent_producer
+
+
+class CpuMeter:
+    """CPU time of named processes, read before and after a phase."""
+
+    def __init__(self) -> None:
+        self._processes: dict[str, psutil.Process] = {"benchmark": psutil.Process()}
+
+    def watch(self, name: str, pid: int) -> None:
+        """Include the process `pid` under `name`."""
+        self._processes[name] = psutil.Process(pid)
+
+    def read(self) -> dict[str, float]:
+        """Return the CPU seconds (user and system) each live process has used so far."""
+        used = {}
+        for name, process in self._processes.items():
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue  # it has stopped; it is not part of what follows
+            used[name] = times.user + times.system
+        return used
+
+    async def settle(
+        self, names: Iterable[str], *, within: float, busy_percent: float = 20.0
+    ) -> float:
+        """Wait until every named process is nearly idle for a second; return the seconds waited."""
+        # A phase must not inherit the previous one's backlog: the services have caught up
+        # once none of them keeps a CPU busy.
+        names = list(names)
+        started = time.monotonic()
+        while time.monotonic() - started < within:
+            before = self.read()
+            await asyncio.sleep(1.0)
+            usage = self.percent(before, self.read(), 1.0)
+            if all(usage.get(name, 0.0) < busy_percent for name in names):
+                break
+        return time.monotonic() - started
+
+    @staticmethod
+    def percent(
+        before: Mapping[str, float], after: Mapping[str, float], seconds: float
+    ) -> dict[str, float]:
+        """Return each process's share of one CPU between two readings, in percent."""
+        return {
+            name: round((after[name] - before[name]) / seconds * 100, 1)
+            for name in after
+            if name in before and seconds > 0
+        }
