@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 
 from aiokafka.errors import MessageSizeTooLargeError
 from starlette.applications import Starlette
@@ -27,9 +28,11 @@ from .problems import (
     CallbackNotStoredError,
     InvalidTokenError,
     ProblemError,
+    RateLimitedError,
     problem_response,
 )
 from .publishing import AlwaysReady, ReadinessProbe
+from .ratelimit import TokenBuckets
 from .settings import GatewaySettings
 from .signatures import SignatureVerifier
 
@@ -93,6 +96,16 @@ class _CallbackEndpoint:
         self._max_event_bytes = settings.gateway_max_event_bytes
         self._publish_timeout = settings.gateway_publish_timeout_seconds
         self._retry_after = settings.gateway_retry_after_seconds
+        self._per_client = _buckets(
+            settings.gateway_rate_limit_per_client,
+            settings.gateway_rate_limit_per_client_burst,
+            settings.gateway_rate_limit_max_tracked,
+        )
+        self._per_correlation_id = _buckets(
+            settings.gateway_rate_limit_per_correlation_id,
+            settings.gateway_rate_limit_per_correlation_id_burst,
+            settings.gateway_rate_limit_max_tracked,
+        )
 
     async def receive(self, request: Request) -> Response:
         """Verify, validate and publish one callback; answer 202 once Kafka has it."""
@@ -116,10 +129,16 @@ class _CallbackEndpoint:
             return JSONResponse({"status": "accepted", "correlationId": correlation_id}, 202)
 
     async def _event_from(self, request: Request, correlation_id: str) -> CallbackReceived:
+        if self._per_client is not None:
+            client = request.client
+            _spend(self._per_client, client.host if client else "", "from this client")
         # Cheapest refusal first: a forged URL costs one HMAC and never reads the body.
         endpoint = self._tokens.verified_endpoint(correlation_id, request.path_params["token"])
         if endpoint is None:
             raise InvalidTokenError()
+        # Counted only once the token verifies, so no stranger can spend a task's allowance.
+        if self._per_correlation_id is not None:
+            _spend(self._per_correlation_id, correlation_id, "for this correlation id")
         signed = self._signatures.expect(endpoint, request.headers)
         require_json(request.headers.get("content-type"))
         body = await read_body(request, self._max_body_bytes)
@@ -210,6 +229,16 @@ async def _http_problem(request: Request, error: Exception) -> Response:
 
 async def _server_error(request: Request, error: Exception) -> Response:
     return problem_response(500, detail="The gateway failed unexpectedly; retry later.")
+
+
+def _buckets(rate: float, burst: int, max_keys: int) -> TokenBuckets | None:
+    return TokenBuckets(rate, burst, max_keys=max_keys) if rate > 0 else None
+
+
+def _spend(buckets: TokenBuckets, key: str, scope: str) -> None:
+    wait = buckets.take(key)
+    if wait > 0:
+        raise RateLimitedError(scope, max(1, math.ceil(wait)))
 
 
 def _loggable(correlation_id: str) -> str:

@@ -93,6 +93,10 @@ def callback_responses() -> dict[str, dict[str, Any]]:
         "404": _problem("The path names no callback resource."),
         "413": _problem("The body is over the configured limit (default 1 MiB)."),
         "415": _problem("The body is not declared as application/json."),
+        "429": _problem(
+            "Too many callbacks from this client or for this correlation id (when configured).",
+            _RETRY_AFTER,
+        ),
         "503": _problem("Kafka could not take the callback; send it again later.", _RETRY_AFTER),
     }
 

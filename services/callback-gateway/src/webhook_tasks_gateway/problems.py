@@ -7,6 +7,7 @@
      ├── InvalidHeaderError         400  a request header is unusable
      ├── BodyTooLargeError          413  over the body (or event) size limit
      ├── UnsupportedMediaTypeError  415  not JSON
+     ├── RateLimitedError           429  over the rate limit; carries Retry-After
      └── CallbackNotStoredError     503  Kafka did not take the callback; carries Retry-After
 
 Details never quote a token, a key or an exception's text.
@@ -163,6 +164,22 @@ class UnsupportedMediaTypeError(ProblemError):
 
     def __init__(self) -> None:
         super().__init__("Send the callback as application/json.")
+
+
+class RateLimitedError(ProblemError):
+    """Too many callbacks from this client, or for this correlation id; the sender should wait."""
+
+    status = 429
+    slug = "rate-limited"
+    title = "Too many callbacks"
+
+    def __init__(self, scope: str, retry_after_seconds: int) -> None:
+        super().__init__(f"Too many callbacks {scope}; retry after {retry_after_seconds} s.")
+        self.retry_after_seconds = retry_after_seconds
+
+    def headers(self) -> dict[str, str]:
+        """Return Retry-After."""
+        return {"Retry-After": str(self.retry_after_seconds)}
 
 
 class CallbackNotStoredError(ProblemError):

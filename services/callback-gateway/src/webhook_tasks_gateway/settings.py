@@ -38,6 +38,14 @@ class GatewaySettings(RuntimeSettings, CallbackTokenSettings):
     """Longest pause between attempts to connect to an unreachable Kafka."""
     gateway_shutdown_timeout_seconds: int = Field(default=10, ge=1, le=600)
     """How long in-flight callbacks may run after SIGTERM."""
+    gateway_rate_limit_per_client: float = Field(default=0, ge=0)
+    """Callbacks per second from one client address (each replica); 0 turns the limit off."""
+    gateway_rate_limit_per_client_burst: int = Field(default=200, ge=1)
+    gateway_rate_limit_per_correlation_id: float = Field(default=0, ge=0)
+    """Callbacks per second for one correlation id, counted once its token verifies; 0 is off."""
+    gateway_rate_limit_per_correlation_id_burst: int = Field(default=50, ge=1)
+    gateway_rate_limit_max_tracked: int = Field(default=100_000, ge=1, le=10_000_000)
+    """Most clients (and as many correlation ids) remembered; idle ones are forgotten first."""
     gateway_signing_secrets: SecretStr = SecretStr("")
     """"endpoint:whsec_...,endpoint:whsec_..." (Standard Webhooks secrets of external services).
 

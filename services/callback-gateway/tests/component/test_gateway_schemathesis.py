@@ -88,6 +88,9 @@ def test_generated_requests_get_documented_answers_and_never_a_5xx(
     settings = make_settings(
         gateway_max_body_bytes=400,
         gateway_signing_secrets=f"{SIGNING_ENDPOINT}:{SIGNING_SECRET}",
+        # Generation repeats small ids often enough for this to answer 429 now and then.
+        gateway_rate_limit_per_correlation_id=0.1,
+        gateway_rate_limit_per_correlation_id_burst=150,
     )
     app = create_app(settings, publisher, tokens)
     schema = schemathesis.openapi.from_asgi(OPENAPI_PATH, app)

@@ -129,3 +129,27 @@ def test_a_bad_signing_secret_is_refused_without_quoting_it(
 
     assert "too short" in str(refused.value)
     assert "c2hvcnRzZWNyZXQ" not in str(refused.value)
+
+
+def test_rate_limits_are_off_by_default_and_read_from_the_environment(
+    environment: pytest.MonkeyPatch,
+) -> None:
+    default = GatewaySettings()
+    environment.setenv("GATEWAY_RATE_LIMIT_PER_CLIENT", "50")
+    environment.setenv("GATEWAY_RATE_LIMIT_PER_CLIENT_BURST", "100")
+    environment.setenv("GATEWAY_RATE_LIMIT_PER_CORRELATION_ID", "2.5")
+    environment.setenv("GATEWAY_RATE_LIMIT_PER_CORRELATION_ID_BURST", "10")
+
+    configured = GatewaySettings()
+
+    assert (
+        default.gateway_rate_limit_per_client,
+        default.gateway_rate_limit_per_correlation_id,
+    ) == (
+        0,
+        0,
+    )
+    assert configured.gateway_rate_limit_per_client == 50
+    assert configured.gateway_rate_limit_per_client_burst == 100
+    assert configured.gateway_rate_limit_per_correlation_id == 2.5
+    assert configured.gateway_rate_limit_per_correlation_id_burst == 10
