@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import platform
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,19 +114,20 @@ async def _phases(ctx: Context, log_dir: Path, console: Console) -> dict[str, Ph
         if ctx.plan.overlap_start_up:
             await endtoend.wait_warm(ctx, warm_up)
             console.log("the system is warm")
-        for name, phase in (
-            ("dispatcher", dispatcher.run),
-            ("expirer", expirer.run),
+        phases: list[tuple[str, Callable[[], Awaitable[PhaseResult]]]] = [
+            ("dispatcher", lambda: dispatcher.run(ctx, system)),
+            ("expirer", lambda: expirer.run(ctx, system)),
             (
                 "end to end",
-                functools.partial(
-                    endtoend.run, hops=hops, dispatch_rate=results["dispatcher"].rows[0].figure
+                lambda: endtoend.run(
+                    ctx, system, hops, dispatch_rate=results["dispatcher"].rows[0].figure
                 ),
             ),
-            ("efficiency", efficiency.run),
-        ):
+            ("efficiency", lambda: efficiency.run(ctx, system)),
+        ]
+        for name, phase in phases:
             waited = await meter.settle(SERVICES, within=ctx.plan.settle_seconds)
-            results[name] = await _metered(meter, phase(ctx, system))
+            results[name] = await _metered(meter, phase())
             results[name].facts["waited_for_idle_s"] = round(waited, 1)
             console.log(f"{name} measured")
     return results
