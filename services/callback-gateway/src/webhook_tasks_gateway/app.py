@@ -21,7 +21,14 @@ from webhook_tasks_contracts import CallbackReceived, CallbackTokens
 from webhook_tasks_runtime.kafka import MessagePublisher, message_for
 from webhook_tasks_runtime.logging import correlation_context
 
-from .callbacks import callback_event, delivery_id, parse_callback, read_body, require_json
+from .callbacks import (
+    callback_event,
+    delivery_event_id,
+    delivery_id,
+    parse_callback,
+    read_body,
+    require_json,
+)
 from .openapi import CALLBACK_PATH, OPENAPI_PATH, build_openapi
 from .problems import (
     BodyTooLargeError,
@@ -145,7 +152,10 @@ class _CallbackEndpoint:
         if signed is not None:
             signed.verify(body)
         callback = parse_callback(body, correlation_id)
-        return callback_event(callback, delivery=delivery_id(request))
+        delivery = delivery_id(request)
+        return callback_event(
+            callback, delivery=delivery, event_id=delivery_event_id(correlation_id, delivery, body)
+        )
 
     async def _publish(self, event: CallbackReceived) -> None:
         message = message_for(self._topic, event, key=event.correlation_id)

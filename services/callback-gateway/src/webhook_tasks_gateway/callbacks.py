@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from uuid import UUID
+
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from starlette.requests import ClientDisconnect, Request
@@ -11,6 +14,7 @@ from webhook_tasks_contracts import (
     ProgressCallback,
     SuccessCallback,
     callback_body_adapter,
+    derived_event_id,
 )
 
 from .problems import (
@@ -83,11 +87,28 @@ def delivery_id(request: Request) -> str | None:
     return value or None
 
 
-def callback_event(callback: Callback, *, delivery: str | None) -> CallbackReceived:
-    """Return the event that records `callback` (a fresh event id every time)."""
+def delivery_event_id(correlation_id: str, delivery: str | None, body: bytes) -> UUID | None:
+    """Return the event id of a redelivery-safe callback: same webhook-id and bytes, same id.
+
+    A sender retries with the same webhook-id (after a timeout, or a 503 whose message
+    reached Kafka after all); consumers skip an event id they have seen, so the retry
+    changes nothing. The body is in the id so that a reused webhook-id with other
+    content is never mistaken for a retry. Without a webhook-id, None: a fresh id.
+    """
+    if delivery is None:
+        return None
+    return derived_event_id("callback", correlation_id, delivery, hashlib.sha256(body).hexdigest())
+
+
+def callback_event(
+    callback: Callback, *, delivery: str | None, event_id: UUID | None = None
+) -> CallbackReceived:
+    """Return the event that records `callback`; a fresh event id unless `event_id` is given."""
+    envelope = {} if event_id is None else {"event_id": event_id}
     match callback:
         case SuccessCallback():
             return CallbackReceived(
+                **envelope,
                 correlation_id=callback.correlation_id,
                 status=callback.status,
                 result_url=callback.result_url,
@@ -96,6 +117,7 @@ def callback_event(callback: Callback, *, delivery: str | None) -> CallbackRecei
             )
         case ErrorCallback():
             return CallbackReceived(
+                **envelope,
                 correlation_id=callback.correlation_id,
                 status=callback.status,
                 error=callback.error,
@@ -103,6 +125,7 @@ def callback_event(callback: Callback, *, delivery: str | None) -> CallbackRecei
             )
         case ProgressCallback():
             return CallbackReceived(
+                **envelope,
                 correlation_id=callback.correlation_id,
                 status=callback.status,
                 progress=callback.progress,
