@@ -48,6 +48,8 @@ class DeliveryResult:
             return f"the webhook URL was refused: {self.error}"
         if self.status_code is not None:
             return f"the external service answered HTTP {self.status_code}"
+        if self.timed_out:
+            return f"the external service did not answer in time ({self.error})"
         return f"the external service could not be reached ({self.error})"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from datetime import timedelta
@@ -24,7 +25,7 @@ from webhook_tasks_dispatcher.client import WebhookClient
 from webhook_tasks_dispatcher.guard import UrlGuard
 from webhook_tasks_dispatcher.signing import SigningKeys
 
-from .conftest import DispatcherUnderTest
+from .conftest import DispatcherUnderTest, resolve_publicly
 from .test_dispatcher_service import SECRET, task_request
 
 pytestmark = pytest.mark.integration
@@ -352,3 +353,49 @@ async def test_signing_is_per_endpoint_and_the_webhook_id_is_stable(
     assert signed[0].headers["webhook-timestamp"] != signed[1].headers["webhook-timestamp"]
     (unsigned,) = [r for r in under_test.service.received if r.url.host != "svc.example.com"]
     assert "webhook-signature" not in unsigned.headers
+
+
+async def test_an_oversized_sync_answer_fails_the_task(under_test: DispatcherUnderTest) -> None:
+    big = {"status": "success", "metadata": {"blob": "x" * 10_000}}
+    http = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, json=big))
+    )
+    dispatcher = under_test.another(
+        webhooks=WebhookClient(
+            http, guard=UrlGuard(resolve=resolve_publicly), max_response_bytes=1024
+        )
+    )
+    request = task_request(mode="sync")
+
+    await dispatcher.dispatch(request)
+    await dispatcher.send_due()
+    await http.aclose()
+
+    task = await the_task(under_test, request.task_id)
+    assert task.status.value == "failed"
+    assert "larger than the dispatcher accepts" in (task.status_reason or "")
+
+
+async def test_a_sync_request_without_an_answer_in_the_task_timeout_fails_without_retry(
+    under_test: DispatcherUnderTest,
+) -> None:
+    async def never(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(30)
+        return httpx.Response(200)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(never))
+    dispatcher = under_test.another(
+        webhooks=WebhookClient(http, guard=UrlGuard(resolve=resolve_publicly))
+    )
+    request = task_request(mode="sync", timeoutSeconds=1)
+
+    await dispatcher.dispatch(request)
+    await dispatcher.send_due()
+    await http.aclose()
+
+    task = await the_task(under_test, request.task_id)
+    assert task.status.value == "failed"
+    assert "did not answer in time (no answer within 1s)" in (task.status_reason or "")
+    assert len(await attempts(under_test, task)) == 1
+    async with under_test.pool.acquire() as conn:
+        assert await repo.next_request_due(conn) is None
