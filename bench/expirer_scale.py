@@ -42,10 +42,15 @@ INSERT INTO watched_tasks (correlation_id, task_id, deadline_at)
 SELECT correlation_id, task_id, deadline_at FROM deadlines
 """
 _FILL_DUE = """
-INSERT INTO deadlines (correlation_id, task_id, deadline_at)
-SELECT 'due-' || $3::text || '-' || n, 'task-' || n,
-       $1::timestamptz - (n % 600) * interval '1 second'
-FROM generate_series(1, $2::int) AS n
+WITH due AS (
+    INSERT INTO deadlines (correlation_id, task_id, deadline_at)
+    SELECT 'due-' || $3::text || '-' || n, 'task-' || n,
+           $1::timestamptz - (n % 600) * interval '1 second'
+    FROM generate_series(1, $2::int) AS n
+    RETURNING correlation_id, task_id, deadline_at
+)
+INSERT INTO watched_tasks (correlation_id, task_id, deadline_at)
+SELECT correlation_id, task_id, deadline_at FROM due
 """
 
 

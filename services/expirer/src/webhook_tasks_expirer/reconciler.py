@@ -5,9 +5,10 @@ sweep finds, within the expirer's own tables:
 
 - a task whose deadline is still ahead but no longer stored (lost in a crash,
   a restore or by hand): the deadline is put back;
-- a task whose deadline passed more than `grace` ago with no terminal event
-  since (the announcement was refused or lost downstream): the deadline is
-  announced again, under a new event id, at most once per `grace`;
+- a task whose deadline was announced more than `grace` ago with no terminal
+  event since (the announcement was refused or lost downstream), or whose
+  passed deadline was lost before it fired: the deadline is announced again,
+  under a new event id, at most once per `grace`;
 - deadlines and watches left for tasks already finished: dropped;
 - tombstones of tasks finished longer ago than the retention: pruned.
 """

@@ -121,6 +121,13 @@ async def take_due_deadlines(
         limit,
     )
     due = [DueDeadline(row["correlation_id"], row["task_id"], row["deadline_at"]) for row in rows]
+    if due:
+        # The reconciliation sweep counts its grace from here.
+        await conn.execute(
+            "UPDATE watched_tasks SET announced_at = $1 WHERE correlation_id = ANY($2::text[])",
+            now,
+            [deadline.correlation_id for deadline in due],
+        )
     # DELETE ... RETURNING does not keep the subquery's order.
     return sorted(due, key=lambda deadline: deadline.deadline_at)
 
@@ -175,20 +182,21 @@ async def restore_missing_deadlines(
 async def take_stuck_tasks(
     conn: asyncpg.Connection, cutoff: datetime, now: datetime, limit: int
 ) -> list[WatchedTask]:
-    """Claim unfinished tasks whose deadline passed before `cutoff`, none re-announced since.
+    """Claim unfinished tasks past their deadline, with none pending, unannounced since `cutoff`.
 
-    Such a task's deadline fired long ago but no terminal event followed: the
-    announcement was lost or refused downstream. Claiming counts one more
-    re-announcement; call inside the transaction that queues it.
+    Either the deadline was announced before `cutoff` and no terminal event
+    followed (the announcement was lost or refused downstream), or it was lost
+    before it fired. Claiming counts one more announcement; call inside the
+    transaction that queues it.
     """
     rows = await conn.fetch(
         """
         UPDATE watched_tasks w
-        SET reannounced = reannounced + 1, reannounced_at = $2, updated_at = now()
+        SET reannounced = reannounced + 1, announced_at = $2, updated_at = now()
         WHERE w.correlation_id IN (
             SELECT s.correlation_id FROM watched_tasks s
-            WHERE s.deadline_at <= $1
-              AND (s.reannounced_at IS NULL OR s.reannounced_at <= $1)
+            WHERE s.deadline_at <= $2
+              AND (s.announced_at IS NULL OR s.announced_at <= $1)
               AND NOT EXISTS (
                   SELECT 1 FROM deadlines d WHERE d.correlation_id = s.correlation_id
               )

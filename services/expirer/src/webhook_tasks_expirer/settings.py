@@ -18,8 +18,8 @@ class ExpirerSettings(DatabaseSettings):
     reconcile_interval: float = Field(default=60.0, gt=0, le=86_400)
     """Seconds between reconciliation sweeps."""
     reconcile_grace: float = Field(default=60.0, gt=0)
-    """Seconds after its deadline an unfinished task counts as stuck and its deadline is
-    announced again; also the least time between two re-announcements of one task."""
+    """Seconds after its deadline was announced an unfinished task counts as stuck and the
+    deadline is announced again; also the least time between two announcements of one task."""
     reconcile_batch_size: int = Field(default=1000, ge=1, le=100_000)
     """How many tasks one repair statement handles."""
     finished_task_retention: float = Field(default=30 * 24 * 3600, gt=0)

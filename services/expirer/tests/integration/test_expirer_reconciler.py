@@ -135,6 +135,39 @@ async def test_a_stuck_task_is_announced_again_once_per_grace(
     assert (await reconciler.sweep()).reannounced == []
 
 
+async def test_a_passed_deadline_lost_before_it_fired_is_announced_at_once(
+    expirer_pool: asyncpg.Pool, unique_topics: Topics, clock: FakeClock
+) -> None:
+    deadline = clock.now + timedelta(seconds=5)
+    async with expirer_pool.acquire() as conn:
+        await start_deadline(conn, "lost", "task-1", deadline)
+        await conn.execute("DELETE FROM deadlines WHERE correlation_id = 'lost'")
+    reconciler = reconciler_for(expirer_pool, unique_topics, clock, Noticed())
+    assert (await reconciler.sweep()).restored != []
+    async with expirer_pool.acquire() as conn:
+        await conn.execute("DELETE FROM deadlines WHERE correlation_id = 'lost'")
+
+    clock.advance(timedelta(seconds=5))
+    repairs = await reconciler.sweep()
+
+    assert [(e.correlation_id, e.deadline_at) for e in repairs.reannounced] == [("lost", deadline)]
+
+
+async def test_a_deadline_announced_late_gets_its_full_grace(
+    expirer_pool: asyncpg.Pool, unique_topics: Topics, clock: FakeClock
+) -> None:
+    # Stored and fired long after it passed, as after a consumer backlog.
+    async with expirer_pool.acquire() as conn:
+        await start_deadline(conn, "late", "task-1", clock.now - GRACE * 3)
+        async with conn.transaction():
+            assert len(await take_due_deadlines(conn, clock.now, 10)) == 1
+    reconciler = reconciler_for(expirer_pool, unique_topics, clock, Noticed())
+
+    assert (await reconciler.sweep()).reannounced == []
+    clock.advance(GRACE)
+    assert [e.correlation_id for e in (await reconciler.sweep()).reannounced] == ["late"]
+
+
 async def test_leftovers_of_finished_tasks_are_dropped(
     expirer_pool: asyncpg.Pool, unique_topics: Topics, clock: FakeClock
 ) -> None:

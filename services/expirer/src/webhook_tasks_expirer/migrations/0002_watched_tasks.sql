@@ -1,12 +1,13 @@
--- Every dispatched task not yet finished, with the latest deadline it was given. Unlike
--- `deadlines`, a row stays after its deadline fires, so the reconciliation sweep can
--- tell a task that lost its deadline, or whose expiry never took effect, from a healthy one.
+-- Every dispatched task not yet finished, with the latest deadline it was given and when
+-- that was last announced. Unlike `deadlines`, a row stays after its deadline fires, so the
+-- reconciliation sweep can tell a task that lost its deadline, or whose expiry never took
+-- effect, from a healthy one.
 CREATE TABLE watched_tasks (
     correlation_id      text        PRIMARY KEY,
     task_id             text        NOT NULL,
     deadline_at         timestamptz NOT NULL,
+    announced_at        timestamptz,
     reannounced         integer     NOT NULL DEFAULT 0,
-    reannounced_at      timestamptz,
     updated_at          timestamptz NOT NULL DEFAULT now()
 );
 
