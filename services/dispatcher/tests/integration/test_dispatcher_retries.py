@@ -399,3 +399,25 @@ async def test_a_sync_request_without_an_answer_in_the_task_timeout_fails_withou
     assert len(await attempts(under_test, task)) == 1
     async with under_test.pool.acquire() as conn:
         assert await repo.next_request_due(conn) is None
+
+
+async def test_two_senders_never_send_the_same_due_request_twice(
+    under_test: DispatcherUnderTest,
+) -> None:
+    under_test.service.answer = answers(httpx.Response(503))  # type: ignore[assignment]
+    requests = [task_request() for _ in range(30)]
+    patient = under_test.another(
+        breakers=CircuitBreakers(failure_threshold=1000, cool_down=timedelta(seconds=1))
+    )
+    for request in requests:
+        await patient.dispatch(request)
+    assert len(under_test.service.received) == 30
+    under_test.service.answer = lambda request: httpx.Response(202)
+    under_test.clock.advance(5)
+    replicas = [under_test.another() for _ in range(3)]
+
+    claimed = await asyncio.gather(*(replica.send_due(limit=7) for replica in replicas * 3))
+
+    assert sum(claimed) == 30
+    retried = [json.loads(r.content)["taskId"] for r in under_test.service.received[30:]]
+    assert sorted(retried) == sorted(request.task_id for request in requests)
