@@ -145,12 +145,18 @@ def callback_url(base_url: str, correlation_id: str, token: str) -> str:
 
 
 def _mac(secret: bytes, correlation_id: str) -> str:
-    return _encoded(hmac.new(secret, _MESSAGE_PREFIX + correlation_id.encode(), hashlib.sha256))
+    message = _MESSAGE_PREFIX + _utf8(correlation_id)
+    return _encoded(hmac.new(secret, message, hashlib.sha256))
 
 
 def _endpoint_mac(secret: bytes, endpoint: str, correlation_id: str) -> str:
-    message = b"%s%s:%s" % (_ENDPOINT_MESSAGE_PREFIX, endpoint.encode(), correlation_id.encode())
+    message = b"%s%s:%s" % (_ENDPOINT_MESSAGE_PREFIX, endpoint.encode(), _utf8(correlation_id))
     return _encoded(hmac.new(secret, message, hashlib.sha256))
+
+
+def _utf8(text: str) -> bytes:
+    # UTF-8 as before for every real string; a lone surrogate gets a MAC instead of an error.
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _encoded(mac: hmac.HMAC) -> str:
