@@ -149,3 +149,37 @@ class TestProgress:
         assert response.headers["content-type"] == "application/problem+json"
         assert [error["field"] for error in response.json()["errors"]] == [field]
         assert publisher.messages == []
+
+
+class TestDurability:
+    async def test_exactly_the_callbacks_answered_202_were_published(
+        self,
+        make_client: Any,
+        tokens: CallbackTokens,
+        cid: str,
+    ) -> None:
+        class Intermittent:
+            """Kafka that takes every other publish and refuses the rest."""
+
+            def __init__(self) -> None:
+                self.calls = 0
+                self.messages: list[Any] = []
+
+            async def publish_many(self, messages: Any) -> None:
+                self.calls += 1
+                if self.calls % 2 == 0:
+                    raise ConnectionError("broker away")
+                self.messages.extend(messages)
+
+        publisher = Intermittent()
+        answers: dict[str, int] = {}
+        async with make_client(publisher) as http:
+            for index in range(20):
+                body = {"correlationId": cid, "status": "progress", "progress": index}
+                response = await post(http, tokens, cid, body, webhook_id=f"msg_{index}")
+                answers[f"msg_{index}"] = response.status_code
+
+        published = {event.delivery_id for event in events(publisher)}
+        assert set(answers.values()) == {202, 503}
+        assert published == {key for key, status in answers.items() if status == 202}
+        assert not published & {key for key, status in answers.items() if status == 503}

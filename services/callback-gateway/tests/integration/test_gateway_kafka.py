@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -70,6 +70,39 @@ async def wait_for_status(http: httpx.AsyncClient, path: str, status: int) -> No
             pass
         assert time.monotonic() < deadline, f"{path} never answered {status}"
         await asyncio.sleep(0.1)
+
+
+async def consume_until(
+    bootstrap: str, topic: str, key: str, last: Callable[[CallbackReceived], bool]
+) -> list[CallbackReceived]:
+    """Return every event on `topic` keyed `key`, from the start up to the one `last` picks.
+
+    One key is one partition, in the order produced: anything published before the
+    last one is in the list.
+    """
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"test-gateway-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    found: list[CallbackReceived] = []
+    try:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    if record.key != key.encode():
+                        continue
+                    found.append(CallbackReceived.model_validate_json(record.value))
+                    if last(found[-1]):
+                        return found
+    finally:
+        await consumer.stop()
+    raise AssertionError(f"the last message keyed {key!r} never came; saw {found}")
 
 
 async def consume_one(bootstrap: str, topic: str, key: str) -> tuple[bytes, bytes]:
@@ -147,19 +180,29 @@ async def test_gateway_started_without_kafka_answers_503_then_recovers_without_r
     try:
         async with running(settings) as http:
             not_ready = await http.get("/readyz")
-            refused = await http.post(url, json=success_body(correlation_id))
+            refused = await http.post(
+                url, json=success_body(correlation_id), headers={"webhook-id": "refused"}
+            )
 
             await asyncio.to_thread(kafka.start)
             await wait_for_status(http, "/readyz", 200)
-            accepted = await http.post(url, json=success_body(correlation_id))
+            accepted = await http.post(
+                url, json=success_body(correlation_id), headers={"webhook-id": "accepted"}
+            )
 
         assert not_ready.status_code == 503
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "5"
         assert refused.headers["content-type"] == "application/problem+json"
         assert accepted.status_code == 202, accepted.text
-        _, value = await consume_one(bootstrap, unique_topics.callback_received, correlation_id)
-        assert CallbackReceived.model_validate_json(value).correlation_id == correlation_id
+        # The 202 is in Kafka; the 503 before it, in the same partition, is not.
+        on_kafka = await consume_until(
+            bootstrap,
+            unique_topics.callback_received,
+            correlation_id,
+            lambda event: event.delivery_id == "accepted",
+        )
+        assert [event.delivery_id for event in on_kafka] == ["accepted"]
     finally:
         await asyncio.to_thread(kafka.stop)
 
