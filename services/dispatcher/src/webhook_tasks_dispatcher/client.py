@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -72,14 +73,19 @@ def create_http_client(
     timeout_seconds: float,
     max_connections: int,
     max_connections_per_host: int,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
     """Return the process's one HTTP client, on the aiohttp transport (measured fastest)."""
     import aiohttp
     from httpx_aiohttp import AiohttpTransport
 
+    # The same certificate store the transport would use on its own.
+    verify = ssl_context or httpx.create_ssl_context(trust_env=False)
+
     def session() -> aiohttp.ClientSession:
         # Built on first use, inside the running loop; the guard resolves every host.
         connector = aiohttp.TCPConnector(
+            ssl=verify,
             limit=max_connections,
             limit_per_host=max_connections_per_host,
             resolver=guarded_resolver(guard),

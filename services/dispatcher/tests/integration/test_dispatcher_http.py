@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import ssl
+import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -34,6 +37,7 @@ def client(
     max_response_bytes: int = 4096,
     timeout: float = 5.0,
     per_host: int = 32,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[WebhookClient, httpx.AsyncClient]:
     guard = UrlGuard(
         allow=Allowlist.parse(["127.0.0.1/32"] if allow is None else allow),
@@ -46,6 +50,7 @@ def client(
         timeout_seconds=timeout,
         max_connections=64,
         max_connections_per_host=per_host,
+        ssl_context=ssl_context,
     )
     return (
         WebhookClient(
@@ -242,3 +247,59 @@ async def test_signed_requests_verify_at_the_receiver(server: LocalServer) -> No
 
 async def _accepted() -> web.StreamResponse:
     return web.json_response({"status": "accepted", "estimatedCompletion": "5s"})
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=svc.internal"),
+            *("-addext", "subjectAltName=DNS:svc.internal"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_to_a_checked_address_keeps_the_name_for_sni_and_the_certificate(
+    certificate: tuple[Path, Path],
+) -> None:
+    cert, key = certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    seen: list[str | None] = []
+
+    async def ok(request: web.Request) -> web.StreamResponse:
+        seen.append(request.host)
+        return web.json_response({"status": "accepted"})
+
+    app = web.Application()
+    app.router.add_post("/ok", ok)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def to_loopback(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    trust = ssl.create_default_context(cafile=str(cert))
+    webhooks, http = client(
+        allow=["svc.internal", "127.0.0.1/32"], resolve=to_loopback, ssl_context=trust
+    )
+    try:
+        result = await post(webhooks, f"https://svc.internal:{port}/ok")
+        by_address = await post(webhooks, f"https://127.0.0.1:{port}/ok")
+    finally:
+        await http.aclose()
+        await runner.cleanup()
+
+    assert result.outcome == "accepted", result.error
+    assert seen == [f"svc.internal:{port}"]
+    # The certificate names svc.internal, not the address: verification is still on.
+    assert by_address.outcome == "unreachable"
+    assert "certificate" in (by_address.error or "").lower(), by_address.error
