@@ -143,14 +143,14 @@ class _CallbackEndpoint:
         endpoint = self._tokens.verified_endpoint(correlation_id, request.path_params["token"])
         if endpoint is None:
             raise InvalidTokenError()
-        # Counted only once the token verifies, so no stranger can spend a task's allowance.
-        if self._per_correlation_id is not None:
-            _spend(self._per_correlation_id, correlation_id, "for this correlation id")
         signed = self._signatures.expect(endpoint, request.headers)
         require_json(request.headers.get("content-type"))
         body = await read_body(request, self._max_body_bytes)
         if signed is not None:
             signed.verify(body)
+        # Counted once token and signature verify, so no stranger can spend a task's allowance.
+        if self._per_correlation_id is not None:
+            _spend(self._per_correlation_id, correlation_id, "for this correlation id")
         callback = parse_callback(body, correlation_id)
         delivery = delivery_id(request)
         return callback_event(

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from standardwebhooks import Webhook
 from webhook_tasks_contracts import CallbackTokens, callback_url
 from webhook_tasks_gateway import GatewaySettings
 
@@ -95,3 +100,36 @@ async def test_over_the_per_client_limit_is_429_even_before_the_token_is_checked
     assert limited.headers["retry-after"] == "2"
     assert "client" in limited.json()["detail"]
     assert len(publisher.messages) == 1
+
+
+async def test_unsigned_callbacks_to_a_signing_endpoint_do_not_spend_its_allowance(
+    make_client: Callable[..., httpx.AsyncClient],
+    make_settings: Callable[..., GatewaySettings],
+    publisher: Any,
+    tokens: CallbackTokens,
+    cid: str,
+) -> None:
+    secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+    settings = make_settings(
+        gateway_signing_secrets=f"video:{secret}",
+        gateway_rate_limit_per_correlation_id=0.01,
+        gateway_rate_limit_per_correlation_id_burst=1,
+    )
+    url = tokens.callback_url("http://gateway", cid, endpoint="video")
+    content = json.dumps(body(cid))
+    now = datetime.now(tz=UTC)
+    signed = {
+        "content-type": "application/json",
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(secret).sign("msg_1", now, content),
+    }
+    async with make_client(publisher, gateway_settings=settings) as http:
+        unsigned = [
+            (await http.post(url, content=content, headers={"content-type": "application/json"}))
+            for _ in range(3)
+        ]
+        genuine = await http.post(url, content=content, headers=signed)
+
+    assert {response.status_code for response in unsigned} == {401}
+    assert genuine.status_code == 202
