@@ -62,6 +62,7 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
     """Publish a backlog of tasks, let the dispatcher work through it, then post the same bare."""
     plan = ctx.plan
     prefix = f"bench-{ctx.run_id}-d-"
+    cpu_before = ctx.meter.read()
     await _publish_tasks(ctx, deployment, prefix, plan.dispatch_tasks)
     done = await _wait_dispatched(
         ctx,
@@ -70,6 +71,7 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
         within=30 + plan.dispatch_tasks / 20,
         description=f"dispatcher: {plan.dispatch_tasks} tasks",
     )
+    dispatcher_cpu_ms = ctx.meter.cpu_ms("dispatcher", cpu_before, done)
     span = (await fetch(ctx.infra.database_url, _SPAN, f"{prefix}%"))[0]
     dispatched = int(span["tasks"])
     seconds = (
@@ -128,6 +130,7 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
     result.facts = {
         "tasks": plan.dispatch_tasks,
         "finished": done,
+        "cpu_ms_per_unit": f"dispatcher CPU {dispatcher_cpu_ms:.1f} ms per task",
         "initiated": dispatched,
         "seconds": round(seconds, 3),
         "bare": {"ok": bare.ok, "failed": bare.failed, "elapsed_s": round(bare.elapsed, 3)},

@@ -45,8 +45,12 @@ async def run(ctx: Context, gateway: Deployment, noop: ServerProcess) -> PhaseRe
     saturated: dict[str, LoadResult] = {}
     steady: dict[str, LoadResult] = {}
     expected = int(plan.gateway_rate * plan.gateway_seconds)
+    process = {"no-op": "no-op server", "gateway": "gateway (alone)"}
+    cpu_before: dict[str, dict[str, float]] = {}
+    cpu_ms: dict[str, float] = {}
     for label, targets in (("no-op", noop_targets), ("gateway", gateway_targets)):
         tick = ctx.report(f"gateway: {label}, {plan.gateway_concurrency} connections", 0)
+        cpu_before[label] = ctx.meter.read()
         saturated[label] = await closed_loop(
             targets,
             concurrency=plan.gateway_concurrency,
@@ -54,6 +58,7 @@ async def run(ctx: Context, gateway: Deployment, noop: ServerProcess) -> PhaseRe
             max_requests=int(plan.gateway_seconds * 50_000),
             tick=tick,
         )
+        cpu_ms[label] = ctx.meter.cpu_ms(process[label], cpu_before[label], saturated[label].ok)
         tick = ctx.report(f"gateway: {label}, {plan.gateway_rate:g}/s offered", expected)
         steady[label] = await fixed_rate(
             targets, rate=plan.gateway_rate, duration=plan.gateway_seconds, tick=tick
@@ -113,4 +118,8 @@ async def run(ctx: Context, gateway: Deployment, noop: ServerProcess) -> PhaseRe
         for kind, runs in (("saturated", saturated), ("fixed_rate", steady))
         for label, load_result in runs.items()
     }
+    result.facts["cpu_ms_per_unit"] = (
+        f"CPU per request, saturated: gateway {cpu_ms['gateway']:.2f} ms, "
+        f"no-op {cpu_ms['no-op']:.2f} ms"
+    )
     return result

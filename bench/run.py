@@ -95,7 +95,7 @@ async def _phases(ctx: Context, log_dir: Path, console: Console) -> dict[str, Ph
         ctx.sink.wait_ready()
         lone_gateway.stack.wait_for_gateway(timeout=90)
         system.stack.wait_for_gateway(timeout=90)
-        meter = CpuMeter()
+        meter = ctx.meter
         meter.watch("no-op server", noop.pid)
         meter.watch("external service", ctx.sink.pid)
         meter.watch("gateway (alone)", lone_gateway.stack.pid("callback-gateway"))
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         refresh_per_second=4,
     )
     reporter = ProgressReporter(progress)
-    ctx = Context(infra, plan, reporter, sink, uuid.uuid4().hex[:8])
+    ctx = Context(infra, plan, reporter, sink, uuid.uuid4().hex[:8], CpuMeter())
     try:
         with _started(sink), progress:
             results = asyncio.run(_phases(ctx, log_dir, console))
@@ -191,7 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         busy = sorted(
             result.facts.get("cpu_percent_of_one_core", {}).items(), key=lambda item: -item[1]
         )
-        shown = ", ".join(f"{process} {percent:.0f}%" for process, percent in busy if percent >= 5)
+        shown = (
+            ", ".join(f"{process} {percent:.0f}%" for process, percent in busy if percent >= 5)
+            or "every process under 5%"
+        )
+        per_unit = result.facts.get("cpu_ms_per_unit")
+        if per_unit:
+            shown += f"; {per_unit}"
         console.print(f"[dim]CPU during {name} (% of one core): {shown}[/]")
     json_path = out / f"bench-{stamp}-{plan.name}.json"
     chart_path = json_path.with_suffix(".png")

@@ -236,27 +236,6 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-@dataclass
-class Context:
-    """What every phase needs."""
-
-    infra: Infrastructure
-    plan: Plan
-    report: Reporter
-    sink: ServerProcess
-    run_id: str
-
-    @property
-    def bootstrap(self) -> str:
-        """Return the broker's address."""
-        return self.infra.kafka_bootstrap_servers
-
-    @property
-    def idempotence(self) -> bool:
-        """Return whether producers may be idempotent on this broker."""
-        return self.infra.supports_idempotent_producer
-
-
 class CpuMeter:
     """CPU time of named processes, read before and after a phase."""
 
@@ -266,6 +245,13 @@ class CpuMeter:
     def watch(self, name: str, pid: int) -> None:
         """Include the process `pid` under `name`."""
         self._processes[name] = psutil.Process(pid)
+
+    def cpu_ms(self, name: str, before: Mapping[str, float], count: int) -> float:
+        """Return the CPU milliseconds `name` used per unit of work since `before`."""
+        now = self.read()
+        if name not in now or name not in before or count <= 0:
+            return float("nan")
+        return (now[name] - before[name]) * 1000 / count
 
     def read(self) -> dict[str, float]:
         """Return the CPU seconds (user and system) each live process has used so far."""
@@ -281,15 +267,16 @@ class CpuMeter:
     async def settle(
         self, names: Iterable[str], *, within: float, busy_percent: float = 20.0
     ) -> float:
-        """Wait until every named process is nearly idle for a second; return the seconds waited."""
+        """Wait until every named process is nearly idle for a moment; return the seconds waited."""
         # A phase must not inherit the previous one's backlog: the services have caught up
         # once none of them keeps a CPU busy.
         names = list(names)
+        window = min(1.0, within / 10)
         started = time.monotonic()
         while time.monotonic() - started < within:
             before = self.read()
-            await asyncio.sleep(1.0)
-            usage = self.percent(before, self.read(), 1.0)
+            await asyncio.sleep(window)
+            usage = self.percent(before, self.read(), window)
             if all(usage.get(name, 0.0) < busy_percent for name in names):
                 break
         return time.monotonic() - started
@@ -304,3 +291,25 @@ class CpuMeter:
             for name in after
             if name in before and seconds > 0
         }
+
+
+@dataclass
+class Context:
+    """What every phase needs."""
+
+    infra: Infrastructure
+    plan: Plan
+    report: Reporter
+    sink: ServerProcess
+    run_id: str
+    meter: CpuMeter
+
+    @property
+    def bootstrap(self) -> str:
+        """Return the broker's address."""
+        return self.infra.kafka_bootstrap_servers
+
+    @property
+    def idempotence(self) -> bool:
+        """Return whether producers may be idempotent on this broker."""
+        return self.infra.supports_idempotent_producer
