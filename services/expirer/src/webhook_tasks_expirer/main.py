@@ -6,7 +6,7 @@ import asyncio
 from datetime import timedelta
 
 from webhook_tasks_contracts import lifecycle_event_adapter, utc_now
-from webhook_tasks_runtime.db import load_migrations
+from webhook_tasks_runtime.db import create_pool, load_migrations
 from webhook_tasks_runtime.kafka import ConsumerSpec
 from webhook_tasks_runtime.logging import configure_logging
 from webhook_tasks_runtime.worker import (
@@ -29,8 +29,14 @@ async def serve(settings: ExpirerSettings, stop: asyncio.Event, *, clock: Clock 
     """Run the expirer until `stop` is set."""
 
     async def build(resources: WorkerResources) -> WorkerParts:
+        # The scanner's own connections: a burst of lifecycle events holding every pooled
+        # connection must not make a deadline wait for one.
+        scanner_pool = await create_pool(
+            settings.database_url.get_secret_value(), settings.database_schema, max_size=2
+        )
+        resources.exit_stack.push_async_callback(scanner_pool.close)
         scanner = DeadlineScanner(
-            resources.pool,
+            scanner_pool,
             topics=settings.topics,
             wake_relay=resources.relay.wake,
             clock=clock,
