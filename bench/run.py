@@ -87,8 +87,9 @@ async def _phases(ctx: Context, log_dir: Path, console: Console) -> dict[str, Ph
     await create_topics(ctx.bootstrap, [lone_gateway, system])
     noop = ServerProcess("noop", log_dir)
     with _started(noop, lone_gateway, system):
-        # Everything starts at once: the workers take seconds to join their consumer groups,
-        # and that wait overlaps the gateway phase instead of adding to the run.
+        # Everything starts at once: the workers take seconds to join their consumer groups.
+        # The quick run measures the gateway meanwhile; the full run waits, since starting
+        # services would compete with the gateway for the CPUs.
         lone_gateway.start(["callback-gateway"])
         system.start(SERVICES)
         noop.wait_ready()
