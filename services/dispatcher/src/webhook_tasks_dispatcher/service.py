@@ -239,12 +239,14 @@ class Dispatcher:
             ),
             now=now,
         )
-        self._breakers.record(
-            host,
-            failed=result.outcome == "unreachable"
-            or (result.outcome == "rejected" and is_retryable(result.status_code)),
-            now=self._clock(),
-        )
+        if result.outcome != "refused":
+            # A refused URL never reached the host: it says nothing about the host's health.
+            self._breakers.record(
+                host,
+                failed=result.outcome == "unreachable"
+                or (result.outcome == "rejected" and is_retryable(result.status_code)),
+                now=self._clock(),
+            )
         await self._settle_dispatch(pending, now, result)
 
     async def _hold(self, pending: repo.PendingRequest, until: datetime, reason: str) -> None:
