@@ -421,3 +421,36 @@ async def test_two_senders_never_send_the_same_due_request_twice(
     assert sum(claimed) == 30
     retried = [json.loads(r.content)["taskId"] for r in under_test.service.received[30:]]
     assert sorted(retried) == sorted(request.task_id for request in requests)
+
+
+async def test_a_stopping_sender_hands_its_unfinished_requests_back_at_once(
+    under_test: DispatcherUnderTest,
+) -> None:
+    started = asyncio.Event()
+
+    async def stall(request: httpx.Request) -> httpx.Response:
+        started.set()
+        await asyncio.sleep(60)
+        return httpx.Response(200, json={"status": "success"})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(stall))
+    dispatcher = under_test.another(
+        webhooks=WebhookClient(http, guard=UrlGuard(resolve=resolve_publicly))
+    )
+    request = task_request(mode="sync", timeoutSeconds=600)
+    await dispatcher.dispatch(request)
+    sender = asyncio.create_task(dispatcher.run_sender(poll_interval=0.05))
+    await asyncio.wait_for(started.wait(), 30)
+    async with under_test.pool.acquire() as conn:
+        claimed_until = await repo.next_request_due(conn)
+    assert claimed_until is not None
+    assert claimed_until > under_test.clock.now + timedelta(seconds=600), "claimed for a lease"
+
+    sender.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sender
+    await http.aclose()
+
+    async with under_test.pool.acquire() as conn:
+        assert await repo.next_request_due(conn) == under_test.clock.now
+    assert (await the_task(under_test, request.task_id)).status.value == "pending"
