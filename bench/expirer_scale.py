@@ -72,7 +72,7 @@ class ScaleResult:
 
 
 async def measure_one(
-    database_url: str, *, pending: int, due: int, rounds: int = 3, batch_size: int = 500
+    database_url: str, *, pending: int, due: int, rounds: int = 5, batch_size: int = 500
 ) -> ScaleResult:
     """Fill `pending` future deadlines, then time emitting `due` passed ones, `rounds` times."""
     schema = f"bench_expirer_{uuid.uuid4().hex[:8]}"

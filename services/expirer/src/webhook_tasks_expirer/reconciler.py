@@ -60,7 +60,7 @@ class Reconciler:
         wake_relay: Callable[[], None],
         on_deadline_restored: Callable[[datetime], None],
         clock: Clock = utc_now,
-        interval: float = 60.0,
+        interval: float = 300.0,
         grace: timedelta = timedelta(seconds=60),
         finished_retention: timedelta = timedelta(days=30),
         batch_size: int = 1000,
