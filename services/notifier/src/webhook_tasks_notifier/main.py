@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-import httpx
 from webhook_tasks_contracts import lifecycle_event_adapter
 from webhook_tasks_runtime.db import load_migrations
 from webhook_tasks_runtime.kafka import ConsumerSpec
@@ -20,7 +19,7 @@ from webhook_tasks_runtime.worker import (
 from .comment_templates import load_templates
 from .handlers import LifecycleEventType, LifecycleHandler
 from .settings import NotifierSettings
-from .sink import Backoff, HttpSink
+from .sink import Backoff, HttpSink, create_http_client
 
 
 async def serve(settings: NotifierSettings, stop: asyncio.Event) -> None:
@@ -59,7 +58,7 @@ async def serve(settings: NotifierSettings, stop: asyncio.Event) -> None:
 async def _sink(settings: NotifierSettings, resources: WorkerResources) -> HttpSink | None:
     if settings.notification_sink_url is None or settings.notification_sink_secret is None:
         return None
-    http = httpx.AsyncClient(timeout=settings.notification_sink_timeout, trust_env=False)
+    http = create_http_client(timeout_seconds=settings.notification_sink_timeout)
     resources.exit_stack.push_async_callback(http.aclose)
     return HttpSink(
         resources.pool,

@@ -43,6 +43,19 @@ class Backoff:
         return min(self.longest, self.first * (1 << max(0, attempts - 1)))
 
 
+def create_http_client(*, timeout_seconds: float) -> httpx.AsyncClient:
+    """Return the sink's HTTP client, on the aiohttp transport (measured fastest here)."""
+    from httpx_aiohttp import AiohttpTransport
+
+    # The URL is the operator's, not a task's: no SSRF guard, but no redirects either.
+    return httpx.AsyncClient(
+        transport=AiohttpTransport(trust_env=False),
+        timeout=httpx.Timeout(timeout_seconds),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
 class HttpSink:
     """Deliver queued announcements to one URL; safe to run in several replicas."""
 
