@@ -105,11 +105,9 @@ class CallbackTokens:
         return f"{key_id}.{endpoint}.{_endpoint_mac(secret, endpoint, correlation_id)}"
 
     def verify(self, correlation_id: str, token: str) -> bool:
-        """Return whether `token` was minted by us for `correlation_id` with no endpoint bound.
-
-        A token bound to an endpoint is refused here, so a caller that cannot honour the
-        endpoint's signing secrets never accepts one; use `verified_endpoint` for those.
-        """
+        """Return whether `token` was minted by us for `correlation_id` with no endpoint bound."""
+        # A bound token is refused here, so a caller blind to endpoints (and so to their
+        # signing secrets) never accepts one; `verified_endpoint` is the check for those.
         return self.verified_endpoint(correlation_id, token) == NO_ENDPOINT
 
     def verified_endpoint(self, correlation_id: str, token: str) -> str | None:

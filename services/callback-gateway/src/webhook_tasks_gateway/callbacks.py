@@ -88,13 +88,10 @@ def delivery_id(request: Request) -> str | None:
 
 
 def delivery_event_id(correlation_id: str, delivery: str | None, body: bytes) -> UUID | None:
-    """Return the event id of a redelivery-safe callback: same webhook-id and bytes, same id.
-
-    A sender retries with the same webhook-id (after a timeout, or a 503 whose message
-    reached Kafka after all); consumers skip an event id they have seen, so the retry
-    changes nothing. The body is in the id so that a reused webhook-id with other
-    content is never mistaken for a retry. Without a webhook-id, None: a fresh id.
-    """
+    """Return the same event id for the same webhook-id and bytes; None without a webhook-id."""
+    # A sender retries with the same webhook-id (after a timeout, or after a 503 whose message
+    # reached Kafka after all); consumers skip an event id seen before, so the retry changes
+    # nothing. The body is hashed in so a webhook-id reused for other content is no retry.
     if delivery is None:
         return None
     return derived_event_id("callback", correlation_id, delivery, hashlib.sha256(body).hexdigest())

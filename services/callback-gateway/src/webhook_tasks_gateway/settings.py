@@ -47,11 +47,7 @@ class GatewaySettings(RuntimeSettings, CallbackTokenSettings):
     gateway_rate_limit_max_tracked: int = Field(default=100_000, ge=1, le=10_000_000)
     """Most clients (and as many correlation ids) remembered; idle ones are forgotten first."""
     gateway_signing_secrets: SecretStr = SecretStr("")
-    """"endpoint:whsec_...,endpoint:whsec_..." (Standard Webhooks secrets of external services).
-
-    A callback URL bound to an endpoint listed here must be signed with one of its secrets;
-    repeat an endpoint to accept several secrets while its secret is rotated.
-    """
+    """"endpoint:whsec_...,…": URLs bound to a listed endpoint must be signed; repeat to rotate."""
     gateway_signature_tolerance_seconds: int = Field(default=300, ge=1, le=86_400)
     """How far webhook-timestamp may be from the gateway's clock, either way."""
 
