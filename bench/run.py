@@ -77,13 +77,15 @@ def _started(*stoppables: Any) -> Iterator[None]:
             item.stop()
 
 
-async def _phases(ctx: Context, log_dir: Path, console: Console) -> dict[str, PhaseResult]:
+async def _phases(
+    ctx: Context, log_dir: Path, console: Console, env: dict[str, str]
+) -> dict[str, PhaseResult]:
     infra = ctx.infra
     results: dict[str, PhaseResult] = {}
     # The gateway is measured alone, on topics nobody consumes, so no other service
     # competes with it for the CPUs; everything else runs in the whole system.
-    lone_gateway = Deployment.create(infra, "gateway", log_dir)
-    system = Deployment.create(infra, "system", log_dir)
+    lone_gateway = Deployment.create(infra, "gateway", log_dir, env)
+    system = Deployment.create(infra, "system", log_dir, env)
     await create_topics(ctx.bootstrap, [lone_gateway, system])
     noop = ServerProcess("noop", log_dir)
     with _started(noop, lone_gateway, system):
@@ -150,8 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smoke run of under a minute")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the results")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every service, to measure its effect (repeatable)",
+    )
     args = parser.parse_args(argv)
     plan: Plan = QUICK if args.quick else FULL
+    env = dict(item.partition("=")[::2] for item in args.env)
+    if any(not name for name in env):
+        parser.error("--env expects NAME=VALUE")
     # Piped output (CI, a file) gets the width the table needs instead of 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=130)
     started_at = datetime.now(UTC)
@@ -176,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(infra, plan, reporter, sink, uuid.uuid4().hex[:8], CpuMeter())
     try:
         with _started(sink), progress:
-            results = asyncio.run(_phases(ctx, log_dir, console))
+            results = asyncio.run(_phases(ctx, log_dir, console, env))
             reporter.finish()
     finally:
         infra.close()
@@ -187,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         f"webhook-tasks benchmark ({plan.name}, {cpu_count()} CPUs, {seconds:.0f} s, "
         f"{started_at:%Y-%m-%d %H:%M} UTC)"
     )
+    if env:
+        title += " with " + ", ".join(f"{name}={value}" for name, value in env.items())
     print_results(console, rows, title=title)
     for name, result in results.items():
         busy = sorted(
@@ -214,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 "platform": platform.platform(),
             },
             "infrastructure": "embedded PostgreSQL and Tansu (memory storage)",
-            "service_env": SERVICE_ENV,
+            "service_env": {**SERVICE_ENV, **env},
             "plan": plan.__dict__,
             "rows": [row.as_json() for row in rows],
             "facts": {name: result.facts for name, result in results.items()},
