@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -27,13 +28,26 @@ STEPS = (
 )
 
 
-def postgres_pids() -> set[int]:
-    # A stopped server can linger as a zombie where PID 1 does not reap; it runs nothing.
-    return {
-        p.pid
-        for p in psutil.process_iter(["name", "status"])
-        if p.info["name"] == "postgres" and p.info["status"] != psutil.STATUS_ZOMBIE
-    }
+def postgres_serving(data_dir: str) -> set[int]:
+    """Return the live PostgreSQL processes of one data directory (other runs may have theirs)."""
+    found = set()
+    for process in psutil.process_iter(["name", "status", "cmdline"]):
+        # A stopped server can linger as a zombie where PID 1 does not reap; it runs nothing.
+        if process.info["name"] != "postgres" or process.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if data_dir in " ".join(process.info["cmdline"] or ()):
+            found.add(process.pid)
+    return found
+
+
+def database_of(services: list[psutil.Process]) -> str:
+    """Return the data directory of the PostgreSQL the services were given."""
+    for service in services:
+        with contextlib.suppress(psutil.Error):
+            url = service.environ().get("DATABASE_URL", "")
+            if "host=" in url:
+                return url.split("host=", 1)[1].split("&", 1)[0]
+    raise AssertionError("no service was given an embedded DATABASE_URL")
 
 
 def read_lines(stream: object, into: queue.Queue[str]) -> None:
@@ -44,7 +58,8 @@ def read_lines(stream: object, into: queue.Queue[str]) -> None:
 def test_up_runs_the_demo_task_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
-    postgres_before = postgres_pids()
+    # Given both URLs, up uses them and starts no embedded server of its own.
+    embedded = not (env.get("DATABASE_URL") and env.get("KAFKA_BOOTSTRAP_SERVERS"))
     up = subprocess.Popen(
         [sys.executable, "-m", "webhook_tasks_cli", "up", "--demo", "--gateway-port", str(port)],
         env=env,
@@ -70,8 +85,9 @@ def test_up_runs_the_demo_task_and_stops_cleanly(tmp_path: Path) -> None:
         assert (tmp_path / "webhook-tasks" / "stack.json").exists()
         descendants = psutil.Process(up.pid).children(recursive=True)
         assert len(descendants) >= 5  # four services, the demo service, the broker
-        started_postgres = postgres_pids() - postgres_before
-        assert started_postgres, "up should run its own embedded PostgreSQL"
+        if embedded:
+            data_dir = database_of(descendants)
+            assert postgres_serving(data_dir), "up should run its own embedded PostgreSQL"
     finally:
         up.send_signal(signal.SIGINT)
         exit_code = up.wait(timeout=90)
@@ -79,7 +95,8 @@ def test_up_runs_the_demo_task_and_stops_cleanly(tmp_path: Path) -> None:
     assert exit_code == 0, "".join(output)
     _, alive = psutil.wait_procs(descendants, timeout=15)
     assert not alive, f"left running: {alive}"
-    assert not (postgres_pids() & started_postgres), "embedded PostgreSQL left running"
+    if embedded:
+        assert not postgres_serving(data_dir), "embedded PostgreSQL left running"
     with socket.socket() as probe:
         # SO_REUSEADDR ignores TIME_WAIT remnants but still fails if anything listens.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
