@@ -66,6 +66,7 @@ def system(
         database_url=infrastructure.database_url,
         kafka_bootstrap_servers=infrastructure.kafka_bootstrap_servers,
         kafka_enable_idempotence=infrastructure.supports_idempotent_producer,
+        kafka_fetch_max_wait_ms=infrastructure.fetch_max_wait_ms,
         callback_token_keys=keys,
         gateway_port=free_port(),
         log_dir=Path(tmp_path_factory.mktemp("e2e-logs")),

@@ -36,6 +36,7 @@ class StackOptions:
     gateway_host: str = "127.0.0.1"
     topic_prefix: str = "webhook-tasks"
     environment: str = "dev"
+    kafka_fetch_max_wait_ms: int = 500
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -59,6 +60,7 @@ class Stack:
             "DATABASE_URL": options.database_url,
             "KAFKA_BOOTSTRAP_SERVERS": options.kafka_bootstrap_servers,
             "KAFKA_ENABLE_IDEMPOTENCE": str(options.kafka_enable_idempotence).lower(),
+            "KAFKA_FETCH_MAX_WAIT_MS": str(options.kafka_fetch_max_wait_ms),
             "CALLBACK_TOKEN_KEYS": options.callback_token_keys,
             "PUBLIC_CALLBACK_BASE_URL": options.gateway_url,
             "GATEWAY_HOST": options.gateway_host,

@@ -54,6 +54,9 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
         database_url=infra.database_url,
         kafka_bootstrap_servers=infra.kafka_bootstrap_servers,
         kafka_enable_idempotence=idempotence,
+        kafka_fetch_max_wait_ms=int(
+            os.environ.get("KAFKA_FETCH_MAX_WAIT_MS") or infra.fetch_max_wait_ms
+        ),
         callback_token_keys=keys,
         gateway_port=gateway_port,
         log_dir=stack_file().parent / "logs",

@@ -29,6 +29,11 @@ class Infrastructure:
         """Return whether the broker can do InitProducerId (the embedded one cannot)."""
         return self.source != "embedded"
 
+    @property
+    def fetch_max_wait_ms(self) -> int:
+        """Return a fetch wait that suits the broker: the embedded one always waits it out."""
+        return 20 if self.source == "embedded" else 500
+
     def close(self) -> None:
         """Stop everything this object started, newest first."""
         while self._closers:

@@ -152,6 +152,7 @@ def register_consumer(
     dead_letters: MessagePublisher,
     topics: Topics,
     retry_delay: float = 1.0,
+    fetch_max_wait_ms: int = 500,
 ) -> None:
     """Subscribe `spec` with dead-lettering, per-key ordering and commit after effects."""
     semaphore = asyncio.Semaphore(spec.concurrency)
@@ -172,6 +173,7 @@ def register_consumer(
         group_id=spec.group_id,
         batch=True,
         max_records=spec.max_records,
+        fetch_max_wait_ms=fetch_max_wait_ms,
         auto_offset_reset="earliest",
         decoder=_raw_bodies,
         ack_policy=AckPolicy.NACK_ON_ERROR,

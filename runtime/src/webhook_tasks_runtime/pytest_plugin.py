@@ -46,5 +46,6 @@ def infrastructure_env(infrastructure: Infrastructure) -> dict[str, str]:
         "DATABASE_URL": infrastructure.database_url,
         "KAFKA_BOOTSTRAP_SERVERS": infrastructure.kafka_bootstrap_servers,
         "KAFKA_ENABLE_IDEMPOTENCE": str(infrastructure.supports_idempotent_producer).lower(),
+        "KAFKA_FETCH_MAX_WAIT_MS": str(infrastructure.fetch_max_wait_ms),
         "ENVIRONMENT": "test",
     }

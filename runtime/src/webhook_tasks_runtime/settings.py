@@ -28,6 +28,9 @@ class RuntimeSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field(min_length=1)
     kafka_enable_idempotence: bool = True
     """On against Apache Kafka; the embedded broker cannot do it, so `up` turns it off."""
+    kafka_fetch_max_wait_ms: int = Field(default=500, ge=1, le=10_000)
+    """How long a fetch may wait for data. Kafka answers as soon as data arrives; the
+    embedded broker always waits this long, so `up` and the tests shorten it."""
     topic_prefix: str = Field(default=DEFAULT_TOPIC_PREFIX, pattern=r"^[A-Za-z0-9._-]{1,100}$")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"

@@ -74,7 +74,13 @@ async def serve_worker(
             settings.kafka_bootstrap_servers, client_id=f"webhook-tasks-{name}"
         )
         for spec in parts.consumers:
-            register_consumer(broker, spec, dead_letters=publisher, topics=settings.topics)
+            register_consumer(
+                broker,
+                spec,
+                dead_letters=publisher,
+                topics=settings.topics,
+                fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            )
 
         tasks = [asyncio.create_task(relay.run(), name=f"{name}-outbox-relay")]
         tasks += [
