@@ -24,6 +24,9 @@ from webhook_tasks_runtime.kafka import ensure_topics
 
 T = TypeVar("T")
 
+SIGNED_ENDPOINT = "e2e-signed"
+SIGNED_ENDPOINT_SECRET = "whsec_" + base64.b64encode(b"e2e endpoint signing secret!").decode()
+
 
 @dataclass
 class RunningSystem:
@@ -71,7 +74,10 @@ def system(
         gateway_port=free_port(),
         log_dir=Path(tmp_path_factory.mktemp("e2e-logs")),
         topic_prefix=topics.prefix,
-        extra_env={"SCAN_POLL_INTERVAL": "0.1"},
+        extra_env={
+            "SCAN_POLL_INTERVAL": "0.1",
+            "GATEWAY_SIGNING_SECRETS": f"{SIGNED_ENDPOINT}:{SIGNED_ENDPOINT_SECRET}",
+        },
     )
     stack = Stack(options)
     try:

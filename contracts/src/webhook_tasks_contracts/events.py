@@ -74,6 +74,9 @@ class TaskMetadata(BaseModel):
     webhook_params: dict[str, Any] = Field(default_factory=dict)
     timeout_seconds: int = Field(default=DEFAULT_TIMEOUT_SECONDS, ge=1, le=MAX_TIMEOUT_SECONDS)
     mode: Literal["callback", "sync"] = "callback"
+    callback_endpoint: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """Bind the callback URL to this endpoint name; the gateway then requires callbacks
+    signed with the endpoint's Standard Webhooks secret (GATEWAY_SIGNING_SECRETS)."""
 
     @field_validator("webhook_params")
     @classmethod

@@ -133,7 +133,9 @@ class Dispatcher:
         )
         body = build_webhook_request(
             correlation_id=correlation_id,
-            callback_url=self._tokens.callback_url(self._callback_base_url, correlation_id),
+            callback_url=self._tokens.callback_url(
+                self._callback_base_url, correlation_id, endpoint=metadata.callback_endpoint
+            ),
             prompt=request.prompt,
             task_id=request.task_id,
             user_id=request.user_id,
