@@ -26,8 +26,6 @@ from .system import (
 )
 
 WARM_UP_TASKS = 5
-SERVICE_FETCH_MAX_WAIT_MS = 500
-"""The services' consumers keep aiokafka's (and FastStream's) default fetch wait."""
 
 _COMMENTS = """
 SELECT c.task_id, c.correlation_id, c.kind, extract(epoch FROM c.created_at) AS committed
@@ -41,8 +39,8 @@ async def kafka_hops(ctx: Context, deployment: Deployment) -> tuple[list[float],
     first, second = (f"{deployment.topics.prefix}.bench-hop-{n}" for n in (1, 2))
     await ensure_topics(ctx.bootstrap, [first, second])
     relay_in, sink_in = await asyncio.gather(
-        reader(ctx.bootstrap, first, fetch_max_wait_ms=SERVICE_FETCH_MAX_WAIT_MS),
-        reader(ctx.bootstrap, second, fetch_max_wait_ms=SERVICE_FETCH_MAX_WAIT_MS),
+        reader(ctx.bootstrap, first, fetch_max_wait_ms=ctx.fetch_max_wait_ms),
+        reader(ctx.bootstrap, second, fetch_max_wait_ms=ctx.fetch_max_wait_ms),
     )
     kafka = producer(ctx.bootstrap, idempotence=ctx.idempotence)
     total = int(plan.e2e_rate * plan.hop_seconds)
@@ -207,7 +205,7 @@ async def run(
         "dispatch rate) to a service that calls back at once; task event "
         "published → service receives the request; gateway's 202 to the service → terminal "
         "comment row created; floors: bare messages through Kafka, consumed with the services' "
-        f"fetch wait ({SERVICE_FETCH_MAX_WAIT_MS} ms)"
+        f"fetch wait ({ctx.fetch_max_wait_ms} ms)"
     )
     result = PhaseResult()
     result.rows = [
@@ -266,6 +264,6 @@ async def run(
         "callback_failures": records["callback_failures"],
         "terminal_comments": len(comments),
         "kafka_hop_ms": {"one": asdict(hop1), "two": asdict(hop2)},
-        "consumer_fetch_max_wait_ms": SERVICE_FETCH_MAX_WAIT_MS,
+        "consumer_fetch_max_wait_ms": ctx.fetch_max_wait_ms,
     }
     return result

@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         refresh_per_second=4,
     )
     reporter = ProgressReporter(progress)
-    ctx = Context(infra, plan, reporter, sink, uuid.uuid4().hex[:8], CpuMeter())
+    fetch_wait = int(env.get("KAFKA_FETCH_MAX_WAIT_MS") or infra.fetch_max_wait_ms)
+    ctx = Context(infra, plan, reporter, sink, uuid.uuid4().hex[:8], CpuMeter(), fetch_wait)
     try:
         with _started(sink), progress:
             results = asyncio.run(_phases(ctx, log_dir, console, env))

@@ -112,6 +112,8 @@ class Deployment:
             gateway_port=free_port(),
             log_dir=log_dir / label,
             topic_prefix=topics.prefix,
+            # As `webhook-tasks up` runs them: a fetch wait that suits the broker.
+            kafka_fetch_max_wait_ms=infra.fetch_max_wait_ms,
             extra_env={**SERVICE_ENV, **(extra_env or {})},
         )
         return cls(Stack(options), topics, CallbackTokens(parse_callback_keys(keys)))
@@ -303,6 +305,8 @@ class Context:
     sink: ServerProcess
     run_id: str
     meter: CpuMeter
+    fetch_max_wait_ms: int
+    """The services' consumer fetch wait in this run."""
 
     @property
     def bootstrap(self) -> str:
