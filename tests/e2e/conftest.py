@@ -138,5 +138,5 @@ def finished(reports: list[TaskReport]) -> bool:
 
 
 def terminal_comments(report: TaskReport) -> list[Any]:
-    """Return the task's terminal comments (there must be exactly one)."""
+    """Return the task's comments other than progress: its outcome, and a late result if any."""
     return [comment for comment in report.comments if comment.kind != "progress"]

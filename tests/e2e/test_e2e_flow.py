@@ -152,3 +152,32 @@ async def test_duplicate_task_events_dispatch_once(system: RunningSystem) -> Non
     assert len(reports) == 1
     assert len(reports[0].attempts) == 1
     assert len(terminal_comments(reports[0])) == 1
+
+
+async def test_a_late_success_reaches_the_user_marked_late_and_the_task_stays_expired(
+    system: RunningSystem,
+) -> None:
+    task_id = unique_task_id("late")
+    await publish_task(system.config, demo_task(system, task_id, outcome="never", timeoutSeconds=1))
+    (report,) = await eventually(lambda: system.reports(task_id), finished)
+    assert report.task.status.value == "expired"
+    assert system.config.gateway_url
+    url = system.tokens.callback_url(system.config.gateway_url, report.task.correlation_id)
+    late = {
+        "correlationId": report.task.correlation_id,
+        "status": "success",
+        "resultUrl": "https://cdn.example.com/late.mp4",
+        "metadata": {"title": "Finally"},
+    }
+    async with httpx.AsyncClient(trust_env=False) as http:
+        answer = await http.post(url, json=late)
+    assert answer.status_code == 202
+
+    (report,) = await eventually(
+        lambda: system.reports(task_id),
+        lambda r: any(comment.kind == "late_result" for comment in r[0].comments),
+    )
+    assert report.task.status.value == "expired"
+    assert [comment.kind for comment in terminal_comments(report)] == ["expired", "late_result"]
+    assert "arrived late" in report.comments[-1].text
+    assert "late result" in (report.history[-1].detail or "")

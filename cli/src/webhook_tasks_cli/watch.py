@@ -16,6 +16,7 @@ from webhook_tasks_contracts import (
     TaskExpired,
     TaskFailed,
     TaskProgressed,
+    TaskResultArrivedLate,
     Topics,
     lifecycle_event_adapter,
     notification_event_adapter,
@@ -105,6 +106,8 @@ def _describe_lifecycle(value: bytes) -> str | None:
         return f"[red]task failed[/] {cid}: {event.reason}"
     if isinstance(event, TaskExpired):
         return f"[yellow]task expired[/] {cid} (no callback within {event.timeout_seconds}s)"
+    if isinstance(event, TaskResultArrivedLate):
+        return f"[yellow]late result[/] for expired task {cid}: {event.result_url or 'no link'}"
     return None
 
 

@@ -188,15 +188,31 @@ class TaskExpired(LifecycleEvent):
     timeout_seconds: int
 
 
+class TaskResultArrivedLate(LifecycleEvent):
+    """After the task expired, the external service delivered a result after all.
+
+    Not a second outcome: the task stays expired; users see the result marked late.
+    """
+
+    type: Literal["task.result_arrived_late"] = "task.result_arrived_late"
+    result_url: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
 TerminalEvent = TaskCompleted | TaskFailed | TaskExpired
 
-TaskLifecycleEvent = Annotated[
-    TaskDispatched | TaskProgressed | TaskCompleted | TaskFailed | TaskExpired,
-    Field(discriminator="type"),
-]
-lifecycle_event_adapter: TypeAdapter[
-    TaskDispatched | TaskProgressed | TaskCompleted | TaskFailed | TaskExpired
-] = TypeAdapter(TaskLifecycleEvent)
+AnyLifecycleEvent = (
+    TaskDispatched
+    | TaskProgressed
+    | TaskCompleted
+    | TaskFailed
+    | TaskExpired
+    | TaskResultArrivedLate
+)
+"""Any event on the task-lifecycle topic."""
+
+TaskLifecycleEvent = Annotated[AnyLifecycleEvent, Field(discriminator="type")]
+lifecycle_event_adapter: TypeAdapter[AnyLifecycleEvent] = TypeAdapter(TaskLifecycleEvent)
 
 
 class CallbackReceived(Event):
@@ -222,7 +238,7 @@ class DeadlineReached(Event):
     deadline_at: AwareDatetime
 
 
-CommentKind = Literal["result", "error", "expired", "progress"]
+CommentKind = Literal["result", "error", "expired", "progress", "late_result"]
 
 
 class ChatCommentPosted(Event):

@@ -58,6 +58,7 @@ class TaskRow:
     updated_at: datetime
     dispatched_at: datetime | None
     finished_at: datetime | None
+    late_result_at: datetime | None = None
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> TaskRow:
@@ -86,6 +87,7 @@ class TaskRow:
             updated_at=record["updated_at"],
             dispatched_at=record["dispatched_at"],
             finished_at=record["finished_at"],
+            late_result_at=record["late_result_at"],
         )
 
 
@@ -398,6 +400,30 @@ async def record_progress(
         progress,
         message,
         _OPEN,
+    )
+    return TaskRow.from_record(record) if record else None
+
+
+async def record_late_result(
+    conn: asyncpg.Connection,
+    correlation_id: str,
+    *,
+    now: datetime,
+    result_url: str | None,
+    result_metadata: dict[str, Any],
+) -> TaskRow | None:
+    """Keep the first result that arrived after expiry; None if one was kept already."""
+    record = await conn.fetchrow(
+        """
+        UPDATE tasks SET result_url = $3, result_metadata = $4::jsonb, updated_at = $2,
+            late_result_at = $2
+        WHERE correlation_id = $1 AND status = 'expired' AND late_result_at IS NULL
+        RETURNING *
+        """,
+        correlation_id,
+        now,
+        result_url,
+        json.dumps(result_metadata),
     )
     return TaskRow.from_record(record) if record else None
 

@@ -29,6 +29,7 @@ from webhook_tasks_contracts import (
     TaskProgressed,
     TaskRef,
     TaskRequested,
+    TaskResultArrivedLate,
     Topics,
     build_webhook_request,
     callback_body_adapter,
@@ -419,8 +420,40 @@ class Dispatcher:
                 if row is not None:
                     # Finished while a retry was still scheduled: that request must not go out.
                     await repo.forget_request(conn, callback.correlation_id)
+                elif before is TaskStatus.EXPIRED and target is TaskStatus.COMPLETED:
+                    await self._record_late_result(conn, callback)
+                    self._after_commit()
+                    return
             await self._settle(conn, callback.event_id, kind, before, row, event)
         self._after_commit()
+
+    async def _record_late_result(
+        self, conn: asyncpg.Connection, callback: CallbackReceived
+    ) -> None:
+        # The outcome stays "expired"; the first late result still reaches the users, marked late.
+        row = await repo.record_late_result(
+            conn,
+            callback.correlation_id,
+            now=self._clock(),
+            result_url=callback.result_url,
+            result_metadata=callback.metadata,
+        )
+        detail = (
+            "success arrived after the task expired; shown to its users as a late result"
+            if row is not None
+            else "another success arrived after the task expired; a late result is already shown"
+        )
+        await repo.settle_history(
+            conn,
+            str(callback.event_id),
+            applied=False,
+            detail=detail,
+            from_status=TaskStatus.EXPIRED.value,
+            to_status=TaskStatus.EXPIRED.value,
+        )
+        if row is not None:
+            await self._queue(conn, [_late_result(row, callback)])
+        logger.info("late result recorded", extra={"shown": row is not None})
 
     async def apply_deadline(self, deadline: DeadlineReached) -> None:
         """Expire the task if it is still open and its deadline has not moved since."""
@@ -611,6 +644,16 @@ def _finished_by_callback(
         task=_ref(row),
         cause="callback_error",
         reason=callback.error or "The external service reported an error.",
+    )
+
+
+def _late_result(row: repo.TaskRow, callback: CallbackReceived) -> TaskResultArrivedLate:
+    return TaskResultArrivedLate(
+        event_id=derived_event_id(row.correlation_id, "late-result"),
+        correlation_id=row.correlation_id,
+        task=_ref(row),
+        result_url=callback.result_url,
+        metadata=callback.metadata,
     )
 
 

@@ -19,6 +19,7 @@ from webhook_tasks_contracts import (
     TaskMetadata,
     TaskProgressed,
     TaskRequested,
+    TaskResultArrivedLate,
     lifecycle_event_adapter,
 )
 from webhook_tasks_dispatcher import repository as repo
@@ -301,3 +302,39 @@ async def test_callbacks_racing_deadlines_end_each_task_exactly_once(
         for task in tasks:
             history = await repo.history_for(conn, task.correlation_id)
             assert [entry.outcome for entry in history].count("applied") == 1
+
+
+async def test_a_late_success_is_shown_once_without_a_second_outcome(
+    under_test: DispatcherUnderTest,
+) -> None:
+    _, task = await dispatched(under_test)
+    await under_test.dispatcher.apply_deadline(
+        DeadlineReached(correlation_id=task.correlation_id, deadline_at=task.deadline_at)
+    )
+
+    await under_test.dispatcher.apply_callback(
+        callback(task.correlation_id, "success", result_url="https://cdn/late.mp4")
+    )
+    await under_test.dispatcher.apply_callback(
+        callback(task.correlation_id, "success", result_url="https://cdn/later.mp4")
+    )
+    await under_test.dispatcher.apply_callback(callback(task.correlation_id, "error"))
+
+    events = await lifecycle(under_test)
+    assert [type(event) for event in events] == [
+        TaskDispatched,
+        TaskExpired,
+        TaskResultArrivedLate,
+    ]
+    late = events[2]
+    assert isinstance(late, TaskResultArrivedLate)
+    assert late.result_url == "https://cdn/late.mp4"
+    async with under_test.pool.acquire() as conn:
+        (row,) = await repo.find_tasks(conn, task.correlation_id)
+        history = await repo.history_for(conn, task.correlation_id)
+    assert row.status.value == "expired"
+    assert row.result_url == "https://cdn/late.mp4"
+    assert [entry.outcome for entry in history] == ["applied", "ignored", "ignored", "ignored"]
+    assert "late result" in (history[1].detail or "")
+    assert "already shown" in (history[2].detail or "")
+    assert "already expired" in (history[3].detail or "")

@@ -8,14 +8,16 @@ from datetime import datetime
 from typing import Protocol
 
 from webhook_tasks_contracts import (
+    AnyLifecycleEvent,
     TaskCompleted,
     TaskDispatched,
     TaskExpired,
     TaskFailed,
     TaskProgressed,
+    TaskResultArrivedLate,
 )
 
-AnyLifecycleEvent = TaskDispatched | TaskProgressed | TaskCompleted | TaskFailed | TaskExpired
+__all__ = ["AnyLifecycleEvent", "LifecycleHandler", "change_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,8 @@ def change_for(event: AnyLifecycleEvent) -> DeadlineChange:
             return StartDeadline(event.correlation_id, event.task.task_id, event.deadline_at)
         case TaskProgressed():
             return ExtendDeadline(event.correlation_id, event.task.task_id, event.deadline_at)
-        case TaskCompleted() | TaskFailed() | TaskExpired():
+        case TaskCompleted() | TaskFailed() | TaskExpired() | TaskResultArrivedLate():
+            # A late result comes only after expiry: the task stays finished.
             return FinishTask(event.correlation_id)
 
 

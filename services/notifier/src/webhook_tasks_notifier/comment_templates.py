@@ -16,6 +16,7 @@ PLACEHOLDERS: Mapping[CommentKind, frozenset[str]] = {
     "error": COMMON_PLACEHOLDERS | {"cause", "reason"},
     "expired": COMMON_PLACEHOLDERS | {"timeout"},
     "progress": COMMON_PLACEHOLDERS | {"progress", "message"},
+    "late_result": COMMON_PLACEHOLDERS | {"title", "link", "result_url", "details"},
 }
 """What each template may use; every value is escaped before it is substituted."""
 

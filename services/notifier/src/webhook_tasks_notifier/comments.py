@@ -25,6 +25,7 @@ from webhook_tasks_contracts import (
     TaskExpired,
     TaskFailed,
     TaskProgressed,
+    TaskResultArrivedLate,
 )
 
 from .comment_templates import CommentTemplates
@@ -76,13 +77,16 @@ class RenderedComment:
 
 
 def render_comment(
-    event: TaskCompleted | TaskFailed | TaskExpired | TaskProgressed,
+    event: TaskCompleted | TaskFailed | TaskExpired | TaskProgressed | TaskResultArrivedLate,
     templates: CommentTemplates,
 ) -> RenderedComment:
     """Render the comment that tells a task's users about `event`."""
     match event:
         case TaskCompleted():
             kind: CommentKind = "result"
+            values = _result_values(event)
+        case TaskResultArrivedLate():
+            kind = "late_result"
             values = _result_values(event)
         case TaskFailed():
             kind = "error"
@@ -111,7 +115,7 @@ def _common_values(event: LifecycleEvent) -> dict[str, str]:
     }
 
 
-def _result_values(event: TaskCompleted) -> dict[str, str]:
+def _result_values(event: TaskCompleted | TaskResultArrivedLate) -> dict[str, str]:
     raw_title = event.metadata.get("title")
     title = _clean(raw_title, MAX_TITLE_LENGTH) if isinstance(raw_title, str) else ""
     details = {key: value for key, value in event.metadata.items() if key != "title"}

@@ -10,13 +10,12 @@ from uuid import UUID
 
 import asyncpg
 from webhook_tasks_contracts import (
+    AnyLifecycleEvent,
     ChatCommentPosted,
-    TaskCompleted,
     TaskDispatched,
-    TaskExpired,
-    TaskFailed,
     TaskProgressed,
     TaskRef,
+    TaskResultArrivedLate,
     Topics,
     UserNotified,
     derived_event_id,
@@ -34,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
-LifecycleEventType = TaskDispatched | TaskProgressed | TaskCompleted | TaskFailed | TaskExpired
+LifecycleEventType = AnyLifecycleEvent
 
 
 class SinkWaker(Protocol):
@@ -72,6 +71,12 @@ class LifecycleHandler:
         async with self._pool.acquire() as conn, conn.transaction():
             if isinstance(event, TaskProgressed):
                 comment = await repository.upsert_progress_comment(conn, event, rendered.text)
+            elif isinstance(event, TaskResultArrivedLate):
+                comment = await repository.insert_late_result_comment(conn, event, rendered.text)
+                if comment is not None:
+                    notifications = await repository.insert_notifications(
+                        conn, comment, users_to_tell(event.task)
+                    )
             else:
                 comment = await repository.insert_terminal_comment(
                     conn, event, rendered.kind, rendered.text
@@ -116,8 +121,11 @@ class LifecycleHandler:
         source_event_id: UUID,
     ) -> list[ChatCommentPosted | UserNotified]:
         key = comment.correlation_id
-        # A terminal comment is announced once per task; a progress comment once per update.
-        version = source_event_id if comment.kind == "progress" else "terminal"
+        # A terminal comment is announced once per task; a progress comment once per update;
+        # a late result once per task, apart from the terminal comment.
+        version: object = {"progress": source_event_id, "late_result": "late_result"}.get(
+            comment.kind, "terminal"
+        )
         posted = ChatCommentPosted(
             event_id=derived_event_id("chat_comment.posted", key, version),
             correlation_id=key,
@@ -128,7 +136,9 @@ class LifecycleHandler:
         )
         told = [
             UserNotified(
-                event_id=derived_event_id("user.notified", key, notification.user_id),
+                event_id=derived_event_id("user.notified", key, notification.user_id)
+                if notification.kind != "late_result"
+                else derived_event_id("user.notified", key, notification.user_id, "late_result"),
                 correlation_id=key,
                 task=task,
                 user_id=notification.user_id,

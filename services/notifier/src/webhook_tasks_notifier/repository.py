@@ -48,13 +48,35 @@ async def insert_terminal_comment(
         INSERT INTO comments (correlation_id, task_id, project_id, kind, text,
                               source_event_id, source_occurred_at)
         VALUES ($1, $2, $3, $4, $5, $6, $7)
-        ON CONFLICT (correlation_id) WHERE kind <> 'progress' DO NOTHING
+        ON CONFLICT (correlation_id) WHERE kind NOT IN ('progress', 'late_result') DO NOTHING
         RETURNING {_COMMENT_COLUMNS}
         """,  # noqa: S608 - only the fixed column list is interpolated
         event.correlation_id,
         event.task.task_id,
         event.task.project_id,
         kind,
+        text,
+        event.event_id,
+        event.occurred_at,
+    )
+    return _comment(row) if row is not None else None
+
+
+async def insert_late_result_comment(
+    conn: asyncpg.Connection, event: LifecycleEvent, text: str
+) -> Comment | None:
+    """Write the task's one late-result comment; return None if it already has one."""
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO comments (correlation_id, task_id, project_id, kind, text,
+                              source_event_id, source_occurred_at)
+        VALUES ($1, $2, $3, 'late_result', $4, $5, $6)
+        ON CONFLICT (correlation_id) WHERE kind = 'late_result' DO NOTHING
+        RETURNING {_COMMENT_COLUMNS}
+        """,  # noqa: S608 - only the fixed column list is interpolated
+        event.correlation_id,
+        event.task.task_id,
+        event.task.project_id,
         text,
         event.event_id,
         event.occurred_at,
@@ -104,7 +126,7 @@ async def insert_notifications(
         SELECT $1, $2, user_id, $3
         FROM unnest($4::text[]) WITH ORDINALITY AS users (user_id, position)
         ORDER BY position
-        ON CONFLICT (correlation_id, user_id) DO NOTHING
+        ON CONFLICT (correlation_id, user_id, kind) DO NOTHING
         RETURNING {_NOTIFICATION_COLUMNS}
         """,  # noqa: S608 - only the fixed column list is interpolated
         comment.correlation_id,

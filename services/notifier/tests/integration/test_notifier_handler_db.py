@@ -13,6 +13,7 @@ from webhook_tasks_contracts import (
     TaskFailed,
     TaskProgressed,
     TaskRef,
+    TaskResultArrivedLate,
     Topics,
     UserNotified,
     notification_event_adapter,
@@ -200,3 +201,35 @@ async def test_dispatched_event_writes_nothing(
 
     assert await pool.fetchval("SELECT count(*) FROM comments") == 0
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_a_late_result_gets_its_own_comment_marked_late_once(
+    handler: LifecycleHandler, pool: asyncpg.Pool
+) -> None:
+    expired = TaskExpired(
+        correlation_id="corr-late", task=TASK, deadline_at=DEADLINE, timeout_seconds=300
+    )
+    late = TaskResultArrivedLate(
+        correlation_id="corr-late",
+        task=TASK,
+        result_url="https://cdn.example.com/late.mp4",
+        metadata={"title": "Late video"},
+    )
+
+    await handler.handle(expired)
+    await handler.handle(late)
+    await handler.handle(late)  # redelivered
+    await handler.handle(expired)  # replayed
+
+    async with pool.acquire() as conn:
+        comments = await comments_for(conn, ["corr-late"])
+        notifications = await notifications_for(conn, ["corr-late"])
+    assert [comment.kind for comment in comments] == ["expired", "late_result"]
+    assert "arrived late" in comments[1].text
+    assert "https://cdn.example.com/late.mp4" in comments[1].text
+    assert sorted((n.kind, n.user_id) for n in notifications) == sorted(
+        [(kind, user) for kind in ("expired", "late_result") for user in ("owner", "ann", "bob")]
+    )
+    events = [event for _, _, event in await outbox(pool)]
+    assert len(events) == 8
+    assert len({event.event_id for event in events}) == 8
