@@ -84,10 +84,10 @@ async def test_tasks_expire_within_a_second_of_their_deadlines(system: RunningSy
     assert spread > 3
     assert min(reached_lateness) >= 0, "a deadline was announced before it passed"
     assert min(expiry_lateness) >= 0, "a task expired before its deadline"
-    # The expirer's promise: each deadline announced within 1 s (p99). What the dispatcher
-    # adds on the way to TaskExpired (relay, broker fetch wait, its own transaction) is
-    # printed above; on two shared cores it swings with whatever else runs.
+    # The expirer announces each deadline well inside the second; the whole way to the
+    # task's expiry (relay, broker, the dispatcher's transaction) must fit in it too.
     assert percentile(reached_lateness, 0.99) < 1.0
+    assert percentile(expiry_lateness, 0.99) < 1.0
 
 
 async def first_of_each(
