@@ -18,7 +18,7 @@ class Plan:
     """The fixed offered load, callbacks per second, at which latency is compared."""
     dispatch_tasks: int
     e2e_rate: float
-    """Tasks per second end to end, lowered to half the dispatch rate measured in the same run."""
+    """Tasks per second end to end, lowered to a third of the dispatch rate measured in the run."""
     e2e_seconds: float
     hop_seconds: float
     expiries: int
