@@ -135,4 +135,11 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> Non
             loop.add_signal_handler(signum, stop.set)
         await main(stop)
 
-    asyncio.run(runner())
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(runner())
+        return
+    # The services spend much of their time in socket reads and writes; uvloop's are far
+    # cheaper than the default loop's (measured in bench/).
+    uvloop.run(runner())
