@@ -93,6 +93,8 @@ class Outcome:
     terminal_comment_kinds: list[str]
     notified_users: list[str]
     applied: list[str]
+    late_results: int = 0
+    """Comments showing a result that arrived after the task expired (never an outcome)."""
 
 
 async def connect(system: RunningSystem) -> asyncpg.Connection:
@@ -115,7 +117,7 @@ async def count_terminal_comments(conn: asyncpg.Connection, correlation_ids: Seq
     """Return how many terminal comments the notifier wrote on these tasks."""
     value: int = await conn.fetchval(
         "SELECT count(*) FROM notifier.comments"
-        " WHERE correlation_id = ANY($1::text[]) AND kind <> 'progress'",
+        " WHERE correlation_id = ANY($1::text[]) AND kind NOT IN ('progress', 'late_result')",
         list(correlation_ids),
     )
     return value
@@ -135,16 +137,20 @@ async def outcomes(conn: asyncpg.Connection, task_ids: Sequence[str]) -> dict[st
     states = await task_states(conn, task_ids)
     ids = [state.correlation_id for state in states]
     comments: defaultdict[str, list[str]] = defaultdict(list)
+    late: defaultdict[str, int] = defaultdict(int)
     for row in await conn.fetch(
         "SELECT correlation_id, kind FROM notifier.comments"
         " WHERE correlation_id = ANY($1::text[]) AND kind <> 'progress' ORDER BY id",
         ids,
     ):
-        comments[row["correlation_id"]].append(row["kind"])
+        if row["kind"] == "late_result":
+            late[row["correlation_id"]] += 1
+        else:
+            comments[row["correlation_id"]].append(row["kind"])
     notified: defaultdict[str, list[str]] = defaultdict(list)
     for row in await conn.fetch(
         "SELECT correlation_id, user_id FROM notifier.notifications"
-        " WHERE correlation_id = ANY($1::text[]) ORDER BY id",
+        " WHERE correlation_id = ANY($1::text[]) AND kind <> 'late_result' ORDER BY id",
         ids,
     ):
         notified[row["correlation_id"]].append(row["user_id"])
@@ -161,6 +167,7 @@ async def outcomes(conn: asyncpg.Connection, task_ids: Sequence[str]) -> dict[st
             comments[state.correlation_id],
             sorted(notified[state.correlation_id]),
             applied[state.correlation_id],
+            late[state.correlation_id],
         )
         for state in states
     }

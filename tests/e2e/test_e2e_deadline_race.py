@@ -78,6 +78,17 @@ async def test_callbacks_racing_their_deadlines_end_each_task_once(system: Runni
             within=60,
             what="every task commented",
         )
+        # Where the deadline won, the success that followed is shown as a late result.
+        await wait_until(
+            lambda: outcomes(conn, task_ids),
+            lambda found: all(
+                outcome.late_results == 1
+                for outcome in found.values()
+                if outcome.state.status == "expired"
+            ),
+            within=60,
+            what="every expired task's late result shown",
+        )
         await asyncio.sleep(2.0)  # a second outcome or comment still in flight would land now
 
         found = await outcomes(conn, task_ids)
@@ -89,6 +100,7 @@ async def test_callbacks_racing_their_deadlines_end_each_task_once(system: Runni
             assert outcome.terminal_comment_kinds == [expected_comment], outcome
             assert outcome.notified_users == sorted((USER, FOLLOWER)), outcome
             assert outcome.applied in (["callback:success"], ["deadline"]), outcome
+            assert outcome.late_results == (1 if outcome.state.status == "expired" else 0), outcome
         print(
             f"race ends: {ends}; callbacks sent {statistics.median(actual_offsets):+.1f} ms"
             f" from the deadline at the median, {min(actual_offsets):+.1f}..."
