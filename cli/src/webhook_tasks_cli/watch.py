@@ -9,6 +9,7 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 from webhook_tasks_contracts import (
+    AnyLifecycleEvent,
     CallbackReceived,
     ChatCommentPosted,
     TaskCompleted,
@@ -28,62 +29,109 @@ Printer = Callable[[str], None]
 
 
 class EventWatcher:
-    """Follow the lifecycle, callback and notification topics and describe each event."""
+    """Follow the lifecycle, callback and notification topics and describe each task's steps.
+
+    The three topics arrive in no fixed order relative to each other, so each task's
+    lines are put in causal order: a callback is told before the outcome it caused, and
+    a comment after its outcome.
+    """
 
     def __init__(self, bootstrap_servers: str, topics: Topics, printer: Printer) -> None:
         self._topics = topics
         self._printer = printer
+        self._callbacks_told: set[str] = set()
+        self._outcomes_told: set[str] = set()
+        self._comments_waiting: dict[str, list[str]] = {}
+        self._bootstrap_servers = bootstrap_servers
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        """Connect and pin the current end of each topic, so nothing after this is missed."""
         self._consumer = AIOKafkaConsumer(
-            topics.task_lifecycle,
-            topics.callback_received,
-            topics.notifications,
-            bootstrap_servers=bootstrap_servers,
+            self._topics.task_lifecycle,
+            self._topics.callback_received,
+            self._topics.notifications,
+            bootstrap_servers=self._bootstrap_servers,
             group_id=None,
             auto_offset_reset="latest",
             client_id="webhook-tasks-up-watcher",
         )
-
-    async def start(self) -> None:
-        """Connect and pin the current end of each topic, so nothing after this is missed."""
         await self._consumer.start()
         for partition in self._consumer.assignment():
             await self._consumer.position(partition)
 
     async def run(self) -> None:
         """Print events until cancelled."""
+        assert self._consumer is not None, "start() first"
         async for record in self._consumer:
-            line = self.describe(record.topic, record.value or b"")
-            if line:
+            for line in self.describe(record.topic, record.value or b""):
                 self._printer(line)
 
     async def stop(self) -> None:
         """Disconnect."""
-        with contextlib.suppress(Exception):
-            await self._consumer.stop()
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
 
-    def describe(self, topic: str, value: bytes) -> str | None:
-        """Return one human line for an event, or None for events not worth a line."""
+    def describe(self, topic: str, value: bytes) -> list[str]:
+        """Return the lines an event adds, in each task's causal order (often none)."""
         try:
             if topic == self._topics.task_lifecycle:
-                return _describe_lifecycle(value)
+                return self._lifecycle(lifecycle_event_adapter.validate_json(value))
             if topic == self._topics.callback_received:
-                callback = CallbackReceived.model_validate_json(value)
-                return _describe_callback(callback)
+                return self._callback(CallbackReceived.model_validate_json(value))
             if topic == self._topics.notifications:
                 event = notification_event_adapter.validate_json(value)
                 if isinstance(event, ChatCommentPosted):
-                    text = "\n".join(f"    {line}" for line in event.text.splitlines())
-                    return (
-                        f"[bold]chat comment written[/] on task {event.task.task_id} "
-                        f"({event.correlation_id}):\n{text}"
-                    )
+                    return self._comment(event)
         except ValidationError:
             logger.debug("unreadable event on %s", topic)
-        return None
+        return []
+
+    def _lifecycle(self, event: AnyLifecycleEvent) -> list[str]:
+        cid = event.correlation_id
+        lines = []
+        caused_by_callback = isinstance(event, TaskCompleted) or (
+            isinstance(event, TaskFailed) and event.cause == "callback_error"
+        )
+        if (
+            isinstance(event, TaskCompleted | TaskFailed)
+            and caused_by_callback
+            and cid not in self._callbacks_told
+        ):
+            # The outcome overtook its callback's own line: tell the callback first.
+            self._callbacks_told.add(cid)
+            lines.append(_describe_outcome_callback(event))
+        line = _describe_lifecycle(event)
+        if line:
+            lines.append(line)
+        if isinstance(event, TaskCompleted | TaskFailed | TaskExpired):
+            self._outcomes_told.add(cid)
+            lines += self._comments_waiting.pop(cid, [])
+        return lines
+
+    def _callback(self, callback: CallbackReceived) -> list[str]:
+        if callback.status != "progress":
+            if callback.correlation_id in self._callbacks_told:
+                return []
+            self._callbacks_told.add(callback.correlation_id)
+        return [_describe_callback(callback)]
+
+    def _comment(self, event: ChatCommentPosted) -> list[str]:
+        text = "\n".join(f"    {line}" for line in event.text.splitlines())
+        line = (
+            f"[bold]chat comment written[/] on task {event.task.task_id} "
+            f"({event.correlation_id}):\n{text}"
+        )
+        if event.kind in ("result", "error", "expired") and (
+            event.correlation_id not in self._outcomes_told
+        ):
+            self._comments_waiting.setdefault(event.correlation_id, []).append(line)
+            return []
+        return [line]
 
 
-def _describe_lifecycle(value: bytes) -> str | None:
-    event = lifecycle_event_adapter.validate_json(value)
+def _describe_lifecycle(event: AnyLifecycleEvent) -> str | None:
     cid = event.correlation_id
     if isinstance(event, TaskDispatched):
         ack = event.ack_status or "2xx"
@@ -109,6 +157,13 @@ def _describe_lifecycle(value: bytes) -> str | None:
     if isinstance(event, TaskResultArrivedLate):
         return f"[yellow]late result[/] for expired task {cid}: {event.result_url or 'no link'}"
     return None
+
+
+def _describe_outcome_callback(event: TaskCompleted | TaskFailed) -> str:
+    if isinstance(event, TaskCompleted):
+        detail = f" resultUrl {event.result_url}" if event.result_url else ""
+        return f"[bold]callback received[/] for {event.correlation_id}: success{detail}"
+    return f"[bold]callback received[/] for {event.correlation_id}: error {event.reason!r}"
 
 
 def _describe_callback(callback: CallbackReceived) -> str:

@@ -1,0 +1,71 @@
+"""The step printer puts each task's lines in causal order, whatever order the topics arrive in."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from webhook_tasks_cli.watch import EventWatcher
+from webhook_tasks_contracts import (
+    CallbackReceived,
+    ChatCommentPosted,
+    Event,
+    TaskCompleted,
+    TaskDispatched,
+    TaskRef,
+    Topics,
+)
+
+TOPICS = Topics("watch-test")
+TASK = TaskRef(task_id="t1", user_id="u", project_id="p")
+DISPATCHED = TaskDispatched(
+    correlation_id="c1",
+    task=TASK,
+    deadline_at=datetime(2030, 1, 1, tzinfo=UTC),
+    timeout_seconds=60,
+    webhook_host="svc",
+    ack_status="accepted",
+)
+CALLBACK = CallbackReceived(correlation_id="c1", status="success", result_url="https://r/x.mp4")
+COMPLETED = TaskCompleted(correlation_id="c1", task=TASK, result_url="https://r/x.mp4")
+COMMENT = ChatCommentPosted(correlation_id="c1", task=TASK, comment_id=1, kind="result", text="Hi")
+
+TOPIC_OF = {
+    TaskDispatched: TOPICS.task_lifecycle,
+    TaskCompleted: TOPICS.task_lifecycle,
+    CallbackReceived: TOPICS.callback_received,
+    ChatCommentPosted: TOPICS.notifications,
+}
+STEPS = [
+    "task dispatched",
+    "external service accepted",
+    "callback received",
+    "task completed",
+    "chat comment written",
+]
+
+
+def printed(*events: Event) -> str:
+    watcher = EventWatcher("127.0.0.1:1", TOPICS, print)
+    lines: list[str] = []
+    for event in events:
+        lines += watcher.describe(TOPIC_OF[type(event)], event.model_dump_json().encode())
+    return "\n".join(lines)
+
+
+def assert_in_order(text: str) -> None:
+    positions = [text.index(step) for step in STEPS]
+    assert positions == sorted(positions), text
+    assert text.count("callback received") == 1, text
+    assert text.count("chat comment written") == 1, text
+
+
+def test_in_order_arrival_prints_every_step_once() -> None:
+    assert_in_order(printed(DISPATCHED, CALLBACK, COMPLETED, COMMENT))
+
+
+def test_a_callback_overtaken_by_its_outcome_is_told_before_it_and_not_again() -> None:
+    assert_in_order(printed(DISPATCHED, COMPLETED, COMMENT, CALLBACK))
+
+
+def test_a_comment_that_overtakes_its_outcome_waits_for_it() -> None:
+    assert_in_order(printed(DISPATCHED, COMMENT, CALLBACK, COMPLETED))
