@@ -39,44 +39,44 @@ class Notification:
     created_at: datetime
 
 
+_ONE_COMMENT_OF_ITS_KIND = {
+    # Each conflict target names the partial unique index that keeps the comment single.
+    "terminal": "ON CONFLICT (correlation_id) WHERE kind NOT IN ('progress', 'late_result')",
+    "late_result": "ON CONFLICT (correlation_id) WHERE kind = 'late_result'",
+}
+
+
 async def insert_terminal_comment(
     conn: asyncpg.Connection, event: LifecycleEvent, kind: CommentKind, text: str
 ) -> Comment | None:
     """Write the task's terminal comment; return None if it already has one."""
-    row = await conn.fetchrow(
-        f"""
-        INSERT INTO comments (correlation_id, task_id, project_id, kind, text,
-                              source_event_id, source_occurred_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
-        ON CONFLICT (correlation_id) WHERE kind NOT IN ('progress', 'late_result') DO NOTHING
-        RETURNING {_COMMENT_COLUMNS}
-        """,  # noqa: S608 - only the fixed column list is interpolated
-        event.correlation_id,
-        event.task.task_id,
-        event.task.project_id,
-        kind,
-        text,
-        event.event_id,
-        event.occurred_at,
-    )
-    return _comment(row) if row is not None else None
+    return await _insert_once(conn, event, kind, text, _ONE_COMMENT_OF_ITS_KIND["terminal"])
 
 
 async def insert_late_result_comment(
     conn: asyncpg.Connection, event: LifecycleEvent, text: str
 ) -> Comment | None:
     """Write the task's one late-result comment; return None if it already has one."""
+    return await _insert_once(
+        conn, event, "late_result", text, _ONE_COMMENT_OF_ITS_KIND["late_result"]
+    )
+
+
+async def _insert_once(
+    conn: asyncpg.Connection, event: LifecycleEvent, kind: CommentKind, text: str, conflict: str
+) -> Comment | None:
     row = await conn.fetchrow(
         f"""
         INSERT INTO comments (correlation_id, task_id, project_id, kind, text,
                               source_event_id, source_occurred_at)
-        VALUES ($1, $2, $3, 'late_result', $4, $5, $6)
-        ON CONFLICT (correlation_id) WHERE kind = 'late_result' DO NOTHING
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        {conflict} DO NOTHING
         RETURNING {_COMMENT_COLUMNS}
-        """,  # noqa: S608 - only the fixed column list is interpolated
+        """,  # noqa: S608 - only fixed SQL fragments are interpolated
         event.correlation_id,
         event.task.task_id,
         event.task.project_id,
+        kind,
         text,
         event.event_id,
         event.occurred_at,
