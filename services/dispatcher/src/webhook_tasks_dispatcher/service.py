@@ -420,11 +420,11 @@ class Dispatcher:
                 if row is not None:
                     # Finished while a retry was still scheduled: that request must not go out.
                     await repo.forget_request(conn, callback.correlation_id)
-                elif before is TaskStatus.EXPIRED and target is TaskStatus.COMPLETED:
-                    await self._record_late_result(conn, callback)
-                    self._after_commit()
-                    return
-            await self._settle(conn, callback.event_id, kind, before, row, event)
+            if row is None and before is TaskStatus.EXPIRED and target is TaskStatus.COMPLETED:
+                await self._record_late_result(conn, callback)
+            else:
+                await self._settle(conn, callback.event_id, kind, before, row, event)
+        # Only now is the transaction committed: the relay may publish what it queued.
         self._after_commit()
 
     async def _record_late_result(
