@@ -27,6 +27,14 @@ class StackConfig:
     pid: int | None = None
 
 
+def env_flag(name: str, *, default: bool) -> bool:
+    """Read a yes/no environment variable; unset or blank gives `default`."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    return value in ("1", "true", "yes", "on")
+
+
 def stack_file() -> Path:
     """Return the file where a running `webhook-tasks up` describes itself."""
     override = os.environ.get(STACK_FILE_ENV)
@@ -68,8 +76,7 @@ def load_config() -> StackConfig:
             gateway_url=os.environ.get("PUBLIC_CALLBACK_BASE_URL") or os.environ.get("GATEWAY_URL"),
             callback_token_keys=os.environ.get("CALLBACK_TOKEN_KEYS"),
             topic_prefix=os.environ.get("TOPIC_PREFIX", "webhook-tasks"),
-            kafka_enable_idempotence=os.environ.get("KAFKA_ENABLE_IDEMPOTENCE", "true").lower()
-            in ("1", "true", "yes"),
+            kafka_enable_idempotence=env_flag("KAFKA_ENABLE_IDEMPOTENCE", default=True),
         )
     if from_stack is None:
         raise ConfigurationError(

@@ -17,7 +17,7 @@ from webhook_tasks_runtime.embedded import free_port
 from webhook_tasks_runtime.infra import Infrastructure, start_infrastructure
 from webhook_tasks_runtime.kafka import ensure_topics
 
-from .config import StackConfig, remove_stack_file, stack_file, write_stack_file
+from .config import StackConfig, env_flag, remove_stack_file, stack_file, write_stack_file
 from .operations import OperationError, publish_task
 from .stack import Stack, StackOptions
 from .watch import EventWatcher
@@ -46,9 +46,8 @@ def run_up(*, demo: bool, gateway_port: int, console: Console) -> None:
 async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console: Console) -> None:
     topics = Topics(os.environ.get("TOPIC_PREFIX", "webhook-tasks"))
     keys = os.environ.get("CALLBACK_TOKEN_KEYS") or _development_key()
-    idempotence = _flag(
-        os.environ.get("KAFKA_ENABLE_IDEMPOTENCE"), infra.supports_idempotent_producer
-    )
+    # An explicit setting wins: a Kafka-protocol broker given by URL may lack idempotence too.
+    idempotence = env_flag("KAFKA_ENABLE_IDEMPOTENCE", default=infra.supports_idempotent_producer)
     await ensure_topics(infra.kafka_bootstrap_servers, topics.all())
     options = StackOptions(
         database_url=infra.database_url,
@@ -121,13 +120,6 @@ async def _submit_demo_task(config: StackConfig, webhook_url: str, console: Cons
     )
     await publish_task(config, request)
     console.print(f"[bold]demo task submitted:[/] {request.task_id} -> {webhook_url}")
-
-
-def _flag(value: str | None, default: bool) -> bool:
-    # An explicit setting wins: a Kafka-protocol broker given by URL may lack idempotence too.
-    if value is None or not value.strip():
-        return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def _development_key() -> str:

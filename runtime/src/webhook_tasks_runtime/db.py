@@ -12,7 +12,9 @@ import asyncpg
 
 logger = logging.getLogger(__name__)
 
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+SCHEMA_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
+"""A PostgreSQL schema name the services accept: lower case, safe to quote into DDL."""
+_SCHEMA_NAME = re.compile(SCHEMA_NAME_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)

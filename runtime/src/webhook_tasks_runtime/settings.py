@@ -13,6 +13,8 @@ from webhook_tasks_contracts import (
     parse_callback_keys,
 )
 
+from .db import SCHEMA_NAME_PATTERN
+
 Environment = Literal["dev", "test", "production"]
 
 
@@ -45,7 +47,7 @@ class DatabaseSettings(RuntimeSettings):
     """Settings of a service that owns tables."""
 
     database_url: SecretStr
-    database_schema: str = Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    database_schema: str = Field(pattern=SCHEMA_NAME_PATTERN)
     """The PostgreSQL schema this service owns; each service sets its own default."""
     database_pool_size: int = Field(default=10, ge=1, le=200)
     health_host: str = "0.0.0.0"

@@ -6,6 +6,7 @@ import json
 from datetime import timedelta
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from webhook_tasks_runtime.db import SCHEMA_NAME_PATTERN
 from webhook_tasks_runtime.settings import CallbackTokenSettings, DatabaseSettings
 
 from .breaker import CircuitBreakers
@@ -17,7 +18,7 @@ from .signing import SigningKeys
 class DispatcherSettings(DatabaseSettings, CallbackTokenSettings):
     """Where the dispatcher keeps tasks, and how it calls external services."""
 
-    database_schema: str = Field(default="dispatcher", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    database_schema: str = Field(default="dispatcher", pattern=SCHEMA_NAME_PATTERN)
     public_callback_base_url: str = Field(min_length=1, pattern=r"^https?://")
     """The gateway's address as external services reach it; callback URLs start with it."""
     request_timeout_seconds: float = Field(default=30.0, gt=0, le=600)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pydantic import Field
+from webhook_tasks_runtime.db import SCHEMA_NAME_PATTERN
 from webhook_tasks_runtime.settings import DatabaseSettings
 
 
 class ExpirerSettings(DatabaseSettings):
     """Where the expirer keeps deadlines and how it scans them."""
 
-    database_schema: str = Field(default="expirer", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    database_schema: str = Field(default="expirer", pattern=SCHEMA_NAME_PATTERN)
     scan_batch_size: int = Field(default=500, ge=1, le=10_000)
     """How many due deadlines one transaction claims."""
     scan_poll_interval: float = Field(default=0.25, gt=0, le=10)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pydantic import AnyHttpUrl, DirectoryPath, Field, SecretStr, field_validator, model_validator
 from standardwebhooks import Webhook
+from webhook_tasks_runtime.db import SCHEMA_NAME_PATTERN
 from webhook_tasks_runtime.settings import DatabaseSettings
 
 
 class NotifierSettings(DatabaseSettings):
     """Where the notifier keeps comments and which comment templates it renders."""
 
-    database_schema: str = Field(default="notifier", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    database_schema: str = Field(default="notifier", pattern=SCHEMA_NAME_PATTERN)
     notifier_templates_dir: DirectoryPath | None = None
     """A folder whose `result.md`, `error.md`, `expired.md`, `progress.md` replace the defaults."""
 
