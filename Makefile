@@ -7,7 +7,7 @@ PACKAGES := contracts runtime services/dispatcher services/callback-gateway serv
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: venv run test test-unit test-integration test-e2e lint fmt bench bench-quick clean
+.PHONY: venv run test test-unit test-integration test-e2e lint fmt bench bench-quick wrk clean
 
 venv: $(STAMP)
 
@@ -36,11 +36,25 @@ test-e2e: $(STAMP)
 	$(PYTEST) -m e2e
 
 ## bench: measure the system against ceilings taken in the same run (ARGS=--quick: under a minute)
-bench: $(STAMP)
+bench: $(STAMP) wrk
 	$(BIN)/python -m bench $(ARGS)
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) wrk
 	$(BIN)/python -m bench --quick $(ARGS)
+
+# The gateway rows load the servers with wrk when it is installed (else with the in-repo
+# Python client, which caps the figures): install it where we can, never fail without it.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing wrk for the gateway benchmark"; \
+			apt-get install -y -qq wrk >/dev/null 2>&1 \
+				|| { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1; } \
+				|| true; \
+		fi; \
+		command -v wrk >/dev/null 2>&1 \
+			|| echo "wrk is not installed (apt-get install wrk): the gateway rows use the in-repo Python load generator"; \
+	}
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -7,12 +7,17 @@ import uuid
 from dataclasses import asdict
 from urllib.parse import urlsplit
 
+from . import wrk
 from .load import LoadResult, closed_loop, fixed_rate
 from .stats import PhaseResult, Row, Summary
 from .system import Context, Deployment, ServerProcess
 
 DISTINCT_CALLBACKS = 1000
 WARM_UP_REQUESTS = 300
+GENERATORS = {
+    "wrk": "wrk (native, one thread)",
+    "aiohttp": "aiohttp, the in-repo client (wrk is not installed)",
+}
 
 
 def _callback_body(correlation_id: str) -> bytes:
@@ -47,16 +52,30 @@ async def run(ctx: Context, gateway: Deployment, noop: ServerProcess) -> PhaseRe
     process = {"no-op": "no-op server", "gateway": "gateway (alone)"}
     cpu_ms: dict[str, float] = {}
     labelled = (("no-op", noop_targets), ("gateway", gateway_targets))
+    # Both are loaded by the same generator: wrk where installed, else the in-repo client.
+    wrk_path = wrk.find_wrk()
+    generator = "wrk" if wrk_path else "aiohttp"
     for label, targets in labelled:
-        tick = ctx.report(f"gateway: {label}, {plan.gateway_concurrency} connections", 0)
-        cpu_before = ctx.meter.read()
-        saturated[label] = await closed_loop(
-            targets,
-            concurrency=plan.gateway_concurrency,
-            duration=plan.gateway_seconds,
-            max_requests=int(plan.gateway_seconds * 50_000),
-            tick=tick,
+        tick = ctx.report(
+            f"gateway: {label}, {plan.gateway_concurrency} connections ({generator})", 0
         )
+        cpu_before = ctx.meter.read()
+        if wrk_path:
+            saturated[label] = await wrk.closed_loop(
+                wrk_path,
+                targets,
+                connections=plan.gateway_concurrency,
+                duration=plan.gateway_seconds,
+                tick=tick,
+            )
+        else:
+            saturated[label] = await closed_loop(
+                targets,
+                concurrency=plan.gateway_concurrency,
+                duration=plan.gateway_seconds,
+                max_requests=int(plan.gateway_seconds * 50_000),
+                tick=tick,
+            )
         cpu_ms[label] = ctx.meter.cpu_ms(process[label], cpu_before, saturated[label].ok)
     # Latency is compared at a load the gateway sustains on this machine right now: at most
     # half its saturated rate, else the figure measures a queue (the machine is shared).
@@ -72,21 +91,24 @@ async def run(ctx: Context, gateway: Deployment, noop: ServerProcess) -> PhaseRe
     gw_lat = Summary.of(steady["gateway"].latencies_ms)
     noop_lat = Summary.of(steady["no-op"].latencies_ms)
     load = (
-        f"{rate:.0f}/s offered for {plan.gateway_seconds:g} s "
-        f"(planned {plan.gateway_rate:g}/s, at most half the saturated rate)"
+        f"{rate:.0f}/s offered for {plan.gateway_seconds:g} s by the in-repo open-loop client "
+        f"(planned {plan.gateway_rate:g}/s, at most half the saturated rate); each latency "
+        "from the request's planned start"
     )
+    generator_label = GENERATORS[generator]
     result = PhaseResult()
     result.rows = [
         Row(
             "Gateway",
-            f"accepted/s, {plan.gateway_concurrency} connections",
+            f"accepted/s, {plan.gateway_concurrency} connections, {generator}",
             gw_sat.ok_per_second,
             noop_sat.ok_per_second,
             "/s",
             "higher",
             "raw ASGI no-op",
-            f"{plan.gateway_concurrency} keep-alive connections for {plan.gateway_seconds:g} s; "
-            "202 only after token check, validation and the acks=all Kafka write",
+            f"{generator_label}, {plan.gateway_concurrency} keep-alive connections for "
+            f"{plan.gateway_seconds:g} s; 202 only after token check, validation and the "
+            "acks=all Kafka write",
         ),
         Row(
             "Gateway",
@@ -120,10 +142,19 @@ async def run(ctx: Context, gateway: Deployment, noop: ServerProcess) -> PhaseRe
             "failed": load_result.failed,
             "elapsed_s": round(load_result.elapsed, 3),
             "statuses": load_result.statuses,
-            "latency_ms": asdict(Summary.of(load_result.latencies_ms)),
+            "latency_ms": asdict(load_result.latency()),
         }
         for kind, runs in (("saturated", saturated), ("fixed_rate", steady))
         for label, load_result in runs.items()
+    }
+    for label, load_result in steady.items():
+        # Were the requests sent on time? A late generator, not the server, would show here.
+        result.facts[f"fixed_rate.{label}"]["send_lag_ms"] = asdict(
+            Summary.of(load_result.send_lag_ms)
+        )
+    result.facts["load_generator"] = {
+        "saturated": wrk.version(wrk_path) if wrk_path else generator_label,
+        "fixed_rate": "in-repo aiohttp client, open loop",
     }
     result.facts["cpu_ms_per_unit"] = (
         f"CPU per request, saturated: gateway {cpu_ms['gateway']:.2f} ms, "

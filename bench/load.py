@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from .stats import Summary
+
 Tick = Callable[[int], None]
 
 
@@ -23,6 +25,14 @@ class LoadResult:
     elapsed: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
+    send_lag_ms: list[float] = field(default_factory=list)
+    """At a fixed rate: how late each request left after its planned time (generator lag)."""
+    reported_latency: Summary | None = None
+    """The generator's own latency summary, where it gives no samples (wrk)."""
+
+    def latency(self) -> Summary:
+        """Return the latency summary of the successful requests."""
+        return self.reported_latency or Summary.of(self.latencies_ms)
 
     @property
     def ok_per_second(self) -> float:
@@ -48,8 +58,19 @@ def session(connections: int) -> aiohttp.ClientSession:
     )
 
 
-async def _post(http: aiohttp.ClientSession, url: str, body: bytes, result: LoadResult) -> None:
+async def _post(
+    http: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    result: LoadResult,
+    planned: float | None = None,
+) -> None:
     started = time.perf_counter()
+    if planned is not None:
+        # Latency counts from the planned send time, so a late send (a stalled server holding
+        # the generator back) adds to it instead of hiding: no coordinated omission.
+        result.send_lag_ms.append((started - planned) * 1000)
+        started = planned
     result.sent += 1
     try:
         async with http.post(
@@ -95,17 +116,21 @@ async def fixed_rate(
     connections: int = 256,
     tick: Tick = lambda _n: None,
 ) -> LoadResult:
-    """Start requests at `rate` per second for `duration` seconds, whatever the answers."""
+    """Start requests at `rate` per second for `duration` seconds, whatever the answers.
+
+    Each latency runs from the request's planned start, not from when it actually left.
+    """
     result = LoadResult()
     total = int(rate * duration)
     async with session(connections) as http:
         started = time.perf_counter()
         in_flight: set[asyncio.Task[None]] = set()
         for index, (url, body) in zip(range(total), itertools.cycle(targets), strict=False):
-            delay = started + index / rate - time.perf_counter()
+            planned = started + index / rate
+            delay = planned - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(_post(http, url, body, result))
+            task = asyncio.create_task(_post(http, url, body, result, planned))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
             task.add_done_callback(lambda _task: tick(1))

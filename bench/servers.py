@@ -170,9 +170,16 @@ def serve(app: Callable[[Scope, Receive, Send], Awaitable[None]], port: int) -> 
         log_config=None,
         server_header=False,
     )
-    # Like the gateway: uvicorn's serve() inside asyncio.run, so the same (standard) event loop.
+    # Like the gateway: uvicorn's serve() on uvloop where it is installed (as the services
+    # run), else on asyncio's own loop; so the ceiling is the same server as the figure.
+    try:
+        import uvloop
+    except ImportError:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(uvicorn.Server(config).serve())
+        return
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(uvicorn.Server(config).serve())
+        uvloop.run(uvicorn.Server(config).serve())
 
 
 def main() -> None:

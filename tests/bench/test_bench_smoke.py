@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,11 @@ def test_quick_benchmark_prints_the_table_and_writes_json_and_chart(tmp_path: Pa
         # A missing figure (null in JSON) or a zero rate means a phase measured nothing.
         assert (row["figure"] or 0) > 0, row
         assert (row["ceiling"] or 0) > 0, row
+    # The gateway and its no-op ceiling are loaded by the same generator: wrk when installed.
+    generator = "wrk" if shutil.which("wrk") else "aiohttp"
+    [saturated] = [row for row in document["rows"] if row["name"].startswith("accepted/s")]
+    assert saturated["name"].endswith(generator), saturated
+    assert document["facts"]["gateway"]["load_generator"]["saturated"].startswith(generator)
     dispatcher = document["facts"]["dispatcher"]
     assert dispatcher["initiated"] == dispatcher["tasks"], dispatcher
     end_to_end = document["facts"]["end to end"]
