@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import MutableMapping
 from typing import Any
 
 from aiokafka.errors import MessageSizeTooLargeError
@@ -18,7 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Lifespan, Receive, Scope, Send
+from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 from webhook_tasks_contracts import CallbackReceived, CallbackTokens
 from webhook_tasks_runtime.kafka import MessagePublisher, message_for
 from webhook_tasks_runtime.logging import correlation_context
@@ -27,6 +26,7 @@ from .callbacks import (
     callback_event,
     delivery_event_id,
     delivery_id,
+    header_value,
     parse_callback,
     read_body,
     require_json,
@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 CALLBACK_ROUTE = CALLBACK_PATH
 _SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 _MAX_LOGGED_ID = 200
+_JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 
 
 def create_app(
@@ -69,8 +70,9 @@ def create_app(
     callbacks = _CallbackEndpoint(settings, publisher, tokens, signatures)
     probes = _Probes(readiness)
     document = _StaticJSON(build_openapi())
-    callback_route = Route(CALLBACK_ROUTE, callbacks.receive, methods=["POST"])
+    callback_route = Route(CALLBACK_ROUTE, callbacks, methods=["POST"])
     return _GatewayApp(
+        callbacks,
         callback_route,
         routes=[
             callback_route,
@@ -94,9 +96,10 @@ def create_app(
 class _GatewayApp(Starlette):
     """Starlette, with callbacks from servers taken straight to their endpoint."""
 
-    def __init__(self, callback_route: Route, **options: Any) -> None:
+    def __init__(self, callbacks: _CallbackEndpoint, callback_route: Route, **options: Any) -> None:
         super().__init__(**options)
-        self._callback_route = callback_route
+        self._callbacks = callbacks
+        self._callback_path = callback_route.path_regex
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a callback POST without an Origin header directly; anything else via Starlette."""
@@ -104,49 +107,44 @@ class _GatewayApp(Starlette):
         # work. A POST without Origin passes the CORS middleware untouched, and no other
         # middleware acts on it, so skipping them changes no answer.
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            match = self._callback_route.path_regex.match(scope["path"])
-            if match is not None and not _has_origin(scope):
-                await _serve_direct(
-                    self, self._callback_route, match.groupdict(), scope, receive, send
-                )
+            match = self._callback_path.match(scope["path"])
+            if match is not None and header_value(scope["headers"], b"origin") is None:
+                scope["app"] = self
+                scope["path_params"] = match.groupdict()
+                try:
+                    response = await self._callbacks.respond(scope, receive)
+                except Exception as error:
+                    # As Starlette's ServerErrorMiddleware: a 500 problem, then raise to be logged.
+                    await (await _server_error(Request(scope), error))(scope, receive, send)
+                    raise
+                await response(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
 
-async def _serve_direct(
-    app: Starlette,
-    route: Route,
-    path_params: dict[str, str],
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-) -> None:
-    scope["app"] = app
-    scope["path_params"] = path_params
-    scope["endpoint"] = route.endpoint
-    started = False
+class _Accepted:
+    """The 202 answer to a callback, as Starlette's JSONResponse would render it."""
 
-    async def tracked_send(message: MutableMapping[str, Any]) -> None:
-        nonlocal started
-        started = started or message["type"] == "http.response.start"
-        await send(message)
+    __slots__ = ("_body",)
 
-    request = Request(scope, receive, tracked_send)
-    try:
-        response = await route.endpoint(request)
-        await response(scope, receive, tracked_send)
-    except Exception as error:
-        # As Starlette's ServerErrorMiddleware: a 500 problem if nothing was sent, then raise.
-        if not started:
-            await (await _server_error(request, error))(scope, receive, send)
-        raise
+    def __init__(self, correlation_id: str) -> None:
+        self._body = json.dumps(
+            {"status": "accepted", "correlationId": correlation_id},
+            ensure_ascii=False,
+            allow_nan=False,
+            separators=(",", ":"),
+        ).encode()
 
-
-def _has_origin(scope: Scope) -> bool:
-    return any(name == b"origin" for name, _value in scope["headers"])
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the answer."""
+        headers = [(b"content-length", b"%d" % len(self._body)), _JSON_CONTENT_TYPE]
+        await send({"type": "http.response.start", "status": 202, "headers": headers})
+        await send({"type": "http.response.body", "body": self._body})
 
 
 class _CallbackEndpoint:
+    """The callback route, an ASGI app: verify, validate, publish, answer."""
+
     def __init__(
         self,
         settings: GatewaySettings,
@@ -173,12 +171,18 @@ class _CallbackEndpoint:
             settings.gateway_rate_limit_max_tracked,
         )
 
-    async def receive(self, request: Request) -> Response:
-        """Verify, validate and publish one callback; answer 202 once Kafka has it."""
-        correlation_id: str = request.path_params["correlation_id"]
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one callback routed by Starlette."""
+        response = await self.respond(scope, receive)
+        await response(scope, receive, send)
+
+    async def respond(self, scope: Scope, receive: Receive) -> ASGIApp:
+        """Verify, validate and publish one callback; return 202 once Kafka has it."""
+        params = scope["path_params"]
+        correlation_id: str = params["correlation_id"]
         with correlation_context(_loggable(correlation_id)):
             try:
-                event = await self._event_from(request, correlation_id)
+                event = await self._event_from(scope, receive, correlation_id, params["token"])
                 await self._publish(event)
             except ProblemError as problem:
                 level = logging.WARNING if problem.status >= 500 else logging.INFO
@@ -192,26 +196,31 @@ class _CallbackEndpoint:
                 "callback accepted",
                 extra={"callback_status": event.status, "event_id": str(event.event_id)},
             )
-            return JSONResponse({"status": "accepted", "correlationId": correlation_id}, 202)
+            return _Accepted(correlation_id)
 
-    async def _event_from(self, request: Request, correlation_id: str) -> CallbackReceived:
+    async def _event_from(
+        self, scope: Scope, receive: Receive, correlation_id: str, token: str
+    ) -> CallbackReceived:
+        headers = scope["headers"]
         if self._per_client is not None:
-            client = request.client
-            _spend(self._per_client, client.host if client else "", "from this client")
+            client = scope.get("client")
+            _spend(self._per_client, client[0] if client else "", "from this client")
         # Cheapest refusal first: a forged URL costs one HMAC and never reads the body.
-        endpoint = self._tokens.verified_endpoint(correlation_id, request.path_params["token"])
+        endpoint = self._tokens.verified_endpoint(correlation_id, token)
         if endpoint is None:
             raise InvalidTokenError()
-        signed = self._signatures.expect(endpoint, request.headers)
-        require_json(request.headers.get("content-type"))
-        body = await read_body(request, self._max_body_bytes)
+        signed = self._signatures.expect(endpoint, Headers(raw=headers))
+        require_json(header_value(headers, b"content-type"))
+        body = await read_body(
+            receive, header_value(headers, b"content-length"), self._max_body_bytes
+        )
         if signed is not None:
             signed.verify(body)
         # Counted once token and signature verify, so no stranger can spend a task's allowance.
         if self._per_correlation_id is not None:
             _spend(self._per_correlation_id, correlation_id, "for this correlation id")
         callback = parse_callback(body, correlation_id)
-        delivery = delivery_id(request)
+        delivery = delivery_id(header_value(headers, b"webhook-id"))
         return callback_event(
             callback, delivery=delivery, event_id=delivery_event_id(correlation_id, delivery, body)
         )

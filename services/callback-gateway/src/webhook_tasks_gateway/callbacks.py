@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from uuid import UUID
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
-from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 from webhook_tasks_contracts import (
     CallbackReceived,
     ErrorCallback,
@@ -42,25 +43,34 @@ def require_json(content_type: str | None) -> None:
     raise UnsupportedMediaTypeError()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """Return the body, refusing it as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length")
+def header_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """Return the first value of header `name` (lower case) among ASGI `headers`, or None."""
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """Return the body (`declared`: its Content-Length), refused once known to exceed `limit`."""
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLargeError(f"The body is {declared} bytes; the limit is {limit} bytes.")
     chunks: list[bytes] = []
     size = 0
-    try:
-        # Content-Length may be absent (chunked) or wrong, so count what actually arrives.
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLargeError(f"The body exceeds the limit of {limit} bytes.")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise InvalidBodyError(
-            [FieldError((), "the client disconnected before sending the body")]
-        ) from None
-    return b"".join(chunks)
+    # Content-Length may be absent (chunked) or wrong, so count what actually arrives.
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidBodyError(
+                [FieldError((), "the client disconnected before sending the body")]
+            )
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError(f"The body exceeds the limit of {limit} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def parse_callback(body: bytes, correlation_id: str) -> Callback:
@@ -79,9 +89,8 @@ def parse_callback(body: bytes, correlation_id: str) -> Callback:
     return callback
 
 
-def delivery_id(request: Request) -> str | None:
-    """Return the sender's `webhook-id` header, when it sent one."""
-    value = request.headers.get("webhook-id")
+def delivery_id(value: str | None) -> str | None:
+    """Return the sender's `webhook-id` header value, when it sent one."""
     if value is not None and len(value) > MAX_DELIVERY_ID_LENGTH:
         raise InvalidHeaderError(f"webhook-id is longer than {MAX_DELIVERY_ID_LENGTH} characters.")
     return value or None

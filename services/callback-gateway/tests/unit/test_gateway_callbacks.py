@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 
 import pytest
 from webhook_tasks_contracts import ErrorCallback, ProgressCallback, SuccessCallback
-from webhook_tasks_gateway.callbacks import callback_event, parse_callback, require_json
+from webhook_tasks_gateway.callbacks import (
+    callback_event,
+    header_value,
+    parse_callback,
+    read_body,
+    require_json,
+)
 from webhook_tasks_gateway.problems import (
+    BodyTooLargeError,
     CallbackNotStoredError,
     FieldError,
     InvalidBodyError,
@@ -115,3 +123,48 @@ def test_not_stored_problem_says_when_to_retry() -> None:
 
     assert response.status_code == 503
     assert response.headers["retry-after"] == "12"
+
+
+def test_header_value_is_the_first_of_that_name() -> None:
+    headers = [(b"host", b"g"), (b"webhook-id", b"m-1"), (b"webhook-id", b"m-2")]
+
+    assert header_value(headers, b"webhook-id") == "m-1"
+    assert header_value(headers, b"content-type") is None
+    assert header_value([(b"x", b"caf\xe9")], b"x") == "caf\u00e9"  # latin-1, as Starlette reads
+
+
+def receiving(*messages: dict[str, object]) -> Callable[[], Awaitable[dict[str, object]]]:
+    pending = list(messages)
+
+    async def receive() -> dict[str, object]:
+        return pending.pop(0)
+
+    return receive
+
+
+async def test_body_arriving_in_chunks_is_joined() -> None:
+    receive = receiving(
+        {"type": "http.request", "body": b'{"a":', "more_body": True},
+        {"type": "http.request", "body": b"1}", "more_body": False},
+    )
+
+    assert await read_body(receive, None, 100) == b'{"a":1}'
+
+
+async def test_body_growing_past_the_limit_is_refused_without_reading_on() -> None:
+    receive = receiving(
+        {"type": "http.request", "body": b"x" * 60, "more_body": True},
+        {"type": "http.request", "body": b"x" * 60, "more_body": True},
+    )
+
+    with pytest.raises(BodyTooLargeError):
+        await read_body(receive, "10", 100)
+
+
+async def test_client_gone_before_the_body_is_a_body_problem() -> None:
+    receive = receiving(
+        {"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}
+    )
+
+    with pytest.raises(InvalidBodyError, match="disconnected"):
+        await read_body(receive, None, 100)
