@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -147,61 +148,150 @@ class HistoryRow:
     recorded_at: datetime
 
 
-async def insert_task(
-    conn: asyncpg.Connection, task: NewTask, *, now: datetime, lease_until: datetime
-) -> TaskRow | None:
-    """Record a new pending task claimed by us; None if its idempotency key is known."""
-    record = await conn.fetchrow(
-        """
-        INSERT INTO tasks (
-            correlation_id, idempotency_key, task_id, user_id, project_id, assistant_id,
-            followers, webhook_url, mode, timeout_seconds, status, claimed_until,
-            created_at, updated_at
-        ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $12, $12)
-        ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING *
-        """,
-        task.correlation_id,
-        task.idempotency_key,
-        task.task_id,
-        task.user_id,
-        task.project_id,
-        task.assistant_id,
-        task.followers,
-        task.webhook_url,
-        task.mode,
-        task.timeout_seconds,
-        lease_until,
-        now,
-    )
-    return TaskRow.from_record(record) if record else None
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A new task with its first request, to record together."""
+
+    task: NewTask
+    request: PendingRequest
+    created_at: datetime
+    lease_until: datetime
+    """No other replica sends the request before this."""
+    due_at: datetime
+    """When the background sender may take the request."""
+    lease_seconds: float
 
 
-async def insert_request(
-    conn: asyncpg.Connection,
-    request: PendingRequest,
-    *,
-    due_at: datetime,
-    lease_seconds: float,
-) -> None:
-    """Keep a new task's request until it is settled; nobody else sends it before `due_at`."""
-    await conn.execute(
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    """An external service's acceptance of a task's request."""
+
+    correlation_id: str
+    started_at: datetime
+    result: DeliveryResult
+    settled_at: datetime
+    deadline_at: datetime
+    ack_status: str | None
+    estimated_completion: str | None
+
+
+async def insert_tasks(conn: asyncpg.Connection, claims: Sequence[Claim]) -> set[str]:
+    """Record new pending tasks with their requests; return the ids of those not known before.
+
+    One statement for the whole batch: a task whose idempotency key is known is skipped,
+    and so is its request.
+    """
+    records = await conn.fetch(
         """
+        WITH input AS (
+            SELECT * FROM unnest(
+                $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::text[], $9::text[], $10::integer[], $11::timestamptz[],
+                $12::timestamptz[], $13::bytea[], $14::text[], $15::timestamptz[],
+                $16::double precision[]
+            ) AS c(
+                correlation_id, idempotency_key, task_id, user_id, project_id, assistant_id,
+                followers, webhook_url, mode, timeout_seconds, created_at, lease_until, body,
+                auth, due_at, lease_seconds
+            )
+        ), recorded AS (
+            INSERT INTO tasks (
+                correlation_id, idempotency_key, task_id, user_id, project_id, assistant_id,
+                followers, webhook_url, mode, timeout_seconds, status, claimed_until,
+                created_at, updated_at
+            )
+            SELECT correlation_id, idempotency_key, task_id, user_id, project_id, assistant_id,
+                ARRAY(SELECT jsonb_array_elements_text(followers::jsonb)), webhook_url, mode,
+                timeout_seconds, 'pending', lease_until, created_at, created_at
+            FROM input
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING correlation_id
+        )
         INSERT INTO dispatch_requests (
             correlation_id, webhook_url, mode, body, auth, attempts, next_attempt_at,
             lease_seconds, timeout_seconds
-        ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+        )
+        SELECT correlation_id, webhook_url, mode, body, auth, 0, due_at, lease_seconds,
+            timeout_seconds
+        FROM input JOIN recorded USING (correlation_id)
+        RETURNING correlation_id
         """,
-        request.correlation_id,
-        request.webhook_url,
-        request.mode,
-        request.body,
-        request.auth.get_secret_value() if request.auth is not None else None,
-        request.attempts,
-        due_at,
-        lease_seconds,
-        request.timeout_seconds,
+        [claim.task.correlation_id for claim in claims],
+        [claim.task.idempotency_key for claim in claims],
+        [claim.task.task_id for claim in claims],
+        [claim.task.user_id for claim in claims],
+        [claim.task.project_id for claim in claims],
+        [claim.task.assistant_id for claim in claims],
+        [json.dumps(claim.task.followers) for claim in claims],
+        [claim.task.webhook_url for claim in claims],
+        [claim.task.mode for claim in claims],
+        [claim.task.timeout_seconds for claim in claims],
+        [claim.created_at for claim in claims],
+        [claim.lease_until for claim in claims],
+        [claim.request.body for claim in claims],
+        [
+            claim.request.auth.get_secret_value() if claim.request.auth is not None else None
+            for claim in claims
+        ],
+        [claim.due_at for claim in claims],
+        [claim.lease_seconds for claim in claims],
     )
+    return {record["correlation_id"] for record in records}
+
+
+async def settle_accepted(
+    conn: asyncpg.Connection, accepted: Sequence[Acceptance]
+) -> list[TaskRow]:
+    """Record accepted requests, drop them, and move their tasks pending -> initiated.
+
+    Return the tasks that moved; one that a fast callback already moved is not among them.
+    """
+    records = await conn.fetch(
+        """
+        WITH input AS (
+            SELECT * FROM unnest(
+                $1::text[], $2::timestamptz[], $3::double precision[], $4::integer[],
+                $5::text[], $6::timestamptz[], $7::timestamptz[], $8::text[], $9::text[]
+            ) AS i(
+                correlation_id, started_at, latency_ms, status_code, response_body,
+                settled_at, deadline_at, ack_status, estimated_completion
+            )
+        ), recorded AS (
+            INSERT INTO dispatch_attempts (
+                correlation_id, attempt, started_at, latency_ms, status_code, outcome,
+                response_body
+            )
+            SELECT i.correlation_id,
+                coalesce(
+                    (SELECT max(a.attempt) FROM dispatch_attempts AS a
+                     WHERE a.correlation_id = i.correlation_id),
+                    0
+                ) + 1,
+                i.started_at, i.latency_ms, i.status_code, 'accepted', i.response_body
+            FROM input AS i
+        ), forgotten AS (
+            DELETE FROM dispatch_requests AS r USING input AS i
+            WHERE r.correlation_id = i.correlation_id
+        )
+        UPDATE tasks AS t SET status = 'initiated', deadline_at = i.deadline_at,
+            dispatched_at = i.settled_at, updated_at = i.settled_at, ack_status = i.ack_status,
+            estimated_completion = i.estimated_completion, claimed_until = NULL,
+            status_reason = NULL
+        FROM input AS i
+        WHERE t.correlation_id = i.correlation_id AND t.status = 'pending'
+        RETURNING t.*
+        """,
+        [item.correlation_id for item in accepted],
+        [item.started_at for item in accepted],
+        [item.result.latency_ms for item in accepted],
+        [item.result.status_code for item in accepted],
+        [item.result.response_body for item in accepted],
+        [item.settled_at for item in accepted],
+        [item.deadline_at for item in accepted],
+        [item.ack_status for item in accepted],
+        [item.estimated_completion for item in accepted],
+    )
+    return [TaskRow.from_record(record) for record in records]
 
 
 async def claim_due_requests(

@@ -8,7 +8,7 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -41,6 +41,7 @@ from webhook_tasks_runtime.logging import correlation_context
 from webhook_tasks_runtime.outbox import add_to_outbox
 
 from . import repository as repo
+from .batching import GroupCommit
 from .breaker import CircuitBreakers
 from .client import DeliveryResult, OutboundRequest, WebhookClient
 from .domain import TaskStatus, status_after_callback, why_not_applied
@@ -82,6 +83,9 @@ class Dispatcher:
         self._breakers = breakers or CircuitBreakers(cool_down=timedelta(seconds=30))
         self._signing = signing or SigningKeys({})
         self._due = asyncio.Event()
+        # Concurrent handlers share transactions: round trips per batch, not per task.
+        self._claims = GroupCommit(self._record_claims)
+        self._acceptances = GroupCommit(self._record_acceptances)
 
     async def dispatch(self, request: TaskRequested) -> None:
         """Record the task and send its request, once, whatever is redelivered."""
@@ -157,18 +161,32 @@ class Dispatcher:
         if sync:
             # The sender holds a sync request for as long as it may wait for the answer.
             lease += metadata.timeout_seconds
-        async with self._pool.acquire() as conn, conn.transaction():
-            lease_until = now + timedelta(seconds=lease)
-            task = await repo.insert_task(conn, new_task, now=now, lease_until=lease_until)
-            if task is None:
-                return None
-            await repo.insert_request(
-                conn,
-                pending,
+        lease_until = now + timedelta(seconds=lease)
+        recorded = await self._claims.submit(
+            repo.Claim(
+                task=new_task,
+                request=pending,
+                created_at=now,
+                lease_until=lease_until,
                 due_at=lease_until if inline else now,
                 lease_seconds=lease,
             )
-        return pending
+        )
+        return pending if recorded else None
+
+    async def _record_claims(self, claims: Sequence[repo.Claim]) -> list[bool]:
+        async with self._pool.acquire() as conn:
+            recorded = await repo.insert_tasks(conn, claims)
+        return [claim.task.correlation_id in recorded for claim in claims]
+
+    async def _record_acceptances(
+        self, accepted: Sequence[repo.Acceptance]
+    ) -> list[repo.TaskRow | None]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = {row.correlation_id: row for row in await repo.settle_accepted(conn, accepted)}
+            await self._queue(conn, [_dispatched(row) for row in rows.values()])
+        self._after_commit()
+        return [rows.get(item.correlation_id) for item in accepted]
 
     async def send_due(self, *, limit: int = 100) -> int:
         """Claim the requests that are due and send them; return how many were claimed."""
@@ -268,6 +286,9 @@ class Dispatcher:
     ) -> None:
         now = self._clock()
         attempt = pending.attempts + 1
+        if result.outcome == "accepted" and pending.mode == "callback":
+            await self._settle_acceptance(pending, started, result, now)
+            return
         decision: Retry | GiveUp | None = None
         if result.outcome != "accepted":
             if result.outcome == "refused" or (pending.mode == "sync" and result.timed_out):
@@ -315,6 +336,34 @@ class Dispatcher:
                 "latency_ms": round(result.latency_ms, 1),
                 "error": result.error,
                 "retry_at": retry_at,
+            },
+        )
+
+    async def _settle_acceptance(
+        self, pending: repo.PendingRequest, started: datetime, result: DeliveryResult, now: datetime
+    ) -> None:
+        ack = result.ack
+        row = await self._acceptances.submit(
+            repo.Acceptance(
+                correlation_id=pending.correlation_id,
+                started_at=started,
+                result=result,
+                settled_at=now,
+                deadline_at=now + timedelta(seconds=pending.timeout_seconds),
+                ack_status=ack.status if ack else None,
+                estimated_completion=ack.estimated_completion if ack else None,
+            )
+        )
+        logger.info(
+            "external service accepted the task"
+            if row is not None
+            else "external service accepted the task; a callback had already moved it",
+            extra={
+                "correlation_id": pending.correlation_id,
+                "attempt": pending.attempts + 1,
+                "outcome": result.outcome,
+                "status_code": result.status_code,
+                "latency_ms": round(result.latency_ms, 1),
             },
         )
 
