@@ -44,6 +44,8 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
         self._service = service
+        # json.dumps(entry, default=str) builds this encoder on every call.
+        self._encode = json.JSONEncoder(default=str).encode
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -53,12 +55,12 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRIBUTES and value is not None:
+        for key, value in record.__dict__.items():
+            if value is not None and key not in _STANDARD_ATTRIBUTES:
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return self._encode(entry)
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -85,6 +87,12 @@ class ConsoleFormatter(logging.Formatter):
 
 def configure_logging(service: str, *, level: str = "INFO", fmt: str = "json") -> None:
     """Send every log record of this process to stderr in the chosen format."""
+    # No formatter here prints the caller's file and line, thread or process, so the records
+    # need not look them up: a service that logs each request saves that on every line.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service) if fmt == "json" else ConsoleFormatter(service))
     handler.addFilter(_CorrelationFilter())

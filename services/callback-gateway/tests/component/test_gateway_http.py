@@ -578,12 +578,17 @@ class TestProbes:
         assert_problem(response, 503)
 
 
+_RECORD_LOOKUPS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+
+
 @pytest.fixture
 def json_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
     """Log as the service does (JSON lines); return a reader of the records written."""
     root = logging.getLogger()
     noisy = ("aiokafka", "faststream", "httpx", "httpcore", "uvicorn.access")
     saved = (root.handlers[:], root.level, {name: logging.getLogger(name).level for name in noisy})
+    # configure_logging turns off the caller, thread and process lookups for the whole process.
+    lookups = {name: getattr(logging, name) for name in _RECORD_LOOKUPS}
     configure_logging("callback-gateway", level="DEBUG", fmt="json")
     written = io.StringIO()
     [handler] = root.handlers
@@ -600,6 +605,8 @@ def json_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
         root.setLevel(level)
         for name, previous in levels.items():
             logging.getLogger(name).setLevel(previous)
+        for name, value in lookups.items():
+            setattr(logging, name, value)
 
 
 class TestLogs:
