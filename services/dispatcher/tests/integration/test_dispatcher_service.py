@@ -125,6 +125,47 @@ async def test_a_duplicate_task_event_never_dispatches_again(
     assert len(await lifecycle(under_test)) == 1
 
 
+async def test_tasks_handled_together_are_each_recorded_sent_and_announced_once(
+    under_test: DispatcherUnderTest,
+) -> None:
+    requests = [task_request() for _ in range(40)]
+
+    await asyncio.gather(*(under_test.dispatcher.dispatch(request) for request in requests))
+
+    assert len(under_test.service.received) == 40
+    events = await lifecycle(under_test)
+    assert sorted(event.task.task_id for event in events) == sorted(  # type: ignore[attr-defined]
+        request.task_id for request in requests
+    )
+    assert all(isinstance(event, TaskDispatched) for event in events)
+    async with under_test.pool.acquire() as conn:
+        for request in requests:
+            (task,) = await repo.find_tasks(conn, request.task_id)
+            assert task.status.value == "initiated"
+            assert task.followers == ["user-2"]
+            assert task.ack_status == "accepted"
+            (attempt,) = await repo.attempts_for(conn, task.correlation_id)
+            assert (attempt.attempt, attempt.outcome, attempt.status_code) == (1, "accepted", 200)
+        assert await conn.fetchval("SELECT count(*) FROM dispatch_requests") == 0
+
+
+async def test_a_task_the_database_refuses_fails_alone_and_its_batch_still_goes_out(
+    under_test: DispatcherUnderTest,
+) -> None:
+    good = [task_request() for _ in range(3)]
+    bad = task_request().model_copy(update={"task_id": "nul\x00byte"})
+
+    results = await asyncio.gather(
+        *(under_test.dispatcher.dispatch(request) for request in [*good, bad]),
+        return_exceptions=True,
+    )
+
+    assert results[:3] == [None, None, None]
+    assert isinstance(results[3], Exception)
+    assert len(under_test.service.received) == 3
+    assert len(await lifecycle(under_test)) == 3
+
+
 async def test_a_task_abandoned_mid_dispatch_is_sent_once_more_after_its_lease(
     under_test: DispatcherUnderTest,
 ) -> None:
