@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faststream.kafka import KafkaBroker, TestKafkaBroker
+from opentelemetry import trace
 from pydantic import BaseModel, TypeAdapter
 from webhook_tasks_contracts import DeadLetter, Topics
 from webhook_tasks_runtime.infra import Infrastructure
@@ -162,3 +163,51 @@ async def test_dead_letters_reach_the_real_dead_letter_topic(
     assert letter.source_topic == topic
     assert base64.b64decode(letter.value_base64) == b'{"number": []}'
     assert "number" in letter.reason
+
+
+@pytest.mark.integration
+async def test_a_handler_runs_in_the_trace_its_producer_sent_in_the_message_headers(
+    infrastructure: Infrastructure, unique_topics: Topics
+) -> None:
+    topic = unique_topics.task_requested
+    upstream_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    seen: dict[int, str | None] = {}
+    done = asyncio.Event()
+
+    async def handle(event: Ping) -> None:
+        span_context = trace.get_current_span().get_span_context()
+        seen[event.number] = (
+            format(span_context.trace_id, "032x") if span_context.is_valid else None
+        )
+        if len(seen) == 2:
+            done.set()
+
+    publisher = KafkaPublisher.create(
+        infrastructure.kafka_bootstrap_servers, enable_idempotence=False, client_id="test"
+    )
+    await publisher.start()
+    broker = create_broker(infrastructure.kafka_bootstrap_servers, client_id="test")
+    register_consumer(
+        broker,
+        ConsumerSpec("traced", topic, f"{unique_topics.prefix}.traced", TypeAdapter(Ping), handle),
+        dead_letters=publisher,
+        topics=unique_topics,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=infrastructure.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topic,
+            b'{"number": 1}',
+            key=b"a",
+            headers=[("traceparent", f"00-{upstream_trace}-00f067aa0ba902b7-01".encode())],
+        )
+        await producer.send_and_wait(topic, b'{"number": 2}', key=b"b")
+        await broker.start()
+        await asyncio.wait_for(done.wait(), 60)
+    finally:
+        await producer.stop()
+        await broker.stop()
+        await publisher.stop()
+
+    assert seen == {1: upstream_trace, 2: None}

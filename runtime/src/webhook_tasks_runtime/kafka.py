@@ -20,11 +20,13 @@ from typing import Any, Generic, Protocol, TypeVar
 from aiokafka import AIOKafkaProducer
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
+from opentelemetry.context import Context, attach, detach
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from webhook_tasks_contracts import DeadLetter, Topics
 
 from .logging import correlation_context
 from .observability import BATCH_SECONDS, BATCHES_FAILED, EVENTS_CONSUMED
+from .tracing import context_from_headers
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +140,8 @@ class _Record(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
 async def _raw_bodies(message: Any) -> Any:
@@ -157,11 +161,17 @@ def register_consumer(
     """Subscribe `spec` with dead-lettering, per-key ordering and commit after effects."""
     semaphore = asyncio.Semaphore(spec.concurrency)
 
-    async def handle_in_order(events: list[Any]) -> None:
+    async def handle_in_order(events: list[tuple[Any, Context | None]]) -> None:
         async with semaphore:
-            for event in events:
-                with correlation_context(spec.correlation_of(event)):
-                    await spec.handle(event)
+            for event, trace_context in events:
+                # The producer's trace, if it sent one, is the parent of what the handler does.
+                token = attach(trace_context) if trace_context is not None else None
+                try:
+                    with correlation_context(spec.correlation_of(event)):
+                        await spec.handle(event)
+                finally:
+                    if token is not None:
+                        detach(token)
 
     handled = EVENTS_CONSUMED.labels(spec.name, "handled")
     dead_lettered = EVENTS_CONSUMED.labels(spec.name, "dead_lettered")
@@ -185,7 +195,7 @@ def register_consumer(
 
     async def consume_batch(bodies: list[bytes], message: KafkaMessage) -> None:
         records: Sequence[_Record] = _records_of(message, bodies, spec.topic)
-        by_key: dict[bytes | None, list[Any]] = defaultdict(list)
+        by_key: dict[bytes | None, list[tuple[Any, Context | None]]] = defaultdict(list)
         rejected: list[OutgoingMessage] = []
         for record in records:
             try:
@@ -193,7 +203,7 @@ def register_consumer(
             except ValidationError as error:
                 rejected.append(_dead_letter(record, spec.name, _reason(error), topics))
                 continue
-            by_key[record.key].append(event)
+            by_key[record.key].append((event, context_from_headers(record.headers)))
         try:
             if rejected:
                 await dead_letters.publish_many(rejected)
@@ -224,7 +234,7 @@ def _records_of(message: KafkaMessage, bodies: list[bytes], topic: str) -> Seque
     ):
         return raw
     # The in-memory test broker hands over bodies only.
-    return [_BareRecord(topic, 0, index, None, body) for index, body in enumerate(bodies)]
+    return [_BareRecord(topic, 0, index, None, body, ()) for index, body in enumerate(bodies)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +244,7 @@ class _BareRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
 
 
 def _reason(error: ValidationError) -> str:

@@ -36,6 +36,11 @@ class RuntimeSettings(BaseSettings):
     topic_prefix: str = Field(default=DEFAULT_TOPIC_PREFIX, pattern=r"^[A-Za-z0-9._-]{1,100}$")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+    otel_traces_exporter: Literal["none", "otlp", "console"] = "none"
+    """Where spans go (OTLP over HTTP to OTEL_EXPORTER_OTLP_ENDPOINT, or stderr); with "none"
+    no span is made and no trace context is sent on."""
+    otel_service_name: str | None = None
+    """The service name spans carry; webhook-tasks-<service> when unset."""
 
     @property
     def topics(self) -> Topics:

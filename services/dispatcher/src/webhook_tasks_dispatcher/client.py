@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, TypeVar
 
@@ -65,6 +66,8 @@ class OutboundRequest:
     signing_key: bytes | None = None
     timeout_seconds: float | None = None
     """Overrides the client's timeout (a sync task waits up to its own timeout)."""
+    trace_headers: Mapping[str, str] = field(default_factory=dict)
+    """`traceparent` (and `tracestate`) naming the attempt's span, when tracing is on."""
 
 
 def create_http_client(
@@ -136,6 +139,7 @@ class WebhookClient:
             )
         else:
             headers["webhook-id"] = request.webhook_id
+        headers |= request.trace_headers
         if request.auth is not None:
             headers["authorization"] = request.auth.get_secret_value()
         timeout = request.timeout_seconds or self._timeout_seconds

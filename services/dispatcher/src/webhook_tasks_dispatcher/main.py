@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from webhook_tasks_runtime.db import load_migrations
 from webhook_tasks_runtime.logging import configure_logging
+from webhook_tasks_runtime.tracing import create_tracer_provider
 from webhook_tasks_runtime.worker import (
     WorkerParts,
     WorkerResources,
@@ -24,6 +25,9 @@ async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
     """Dispatch tasks until `stop` is set."""
 
     async def build(resources: WorkerResources) -> WorkerParts:
+        tracing = create_tracer_provider(settings, "dispatcher")
+        if tracing is not None:
+            resources.exit_stack.callback(tracing.shutdown)
         guard = settings.url_guard()
         http = create_http_client(
             guard=guard,
@@ -48,6 +52,7 @@ async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
             retry=settings.retry_policy(),
             breakers=settings.circuit_breakers(),
             signing=settings.signing_keys(),
+            tracer=tracing.get_tracer(__name__) if tracing is not None else None,
         )
 
         async def send_due_requests() -> None:

@@ -104,6 +104,8 @@ class PendingRequest:
     attempts: int
     """How many requests were sent before this one."""
     timeout_seconds: float
+    traceparent: str | None = None
+    """The dispatch's trace (W3C traceparent); None when tracing is off."""
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> PendingRequest:
@@ -117,6 +119,7 @@ class PendingRequest:
             auth=SecretStr(auth) if auth is not None else None,
             attempts=record["attempts"],
             timeout_seconds=record["timeout_seconds"],
+            traceparent=record["traceparent"],
         )
 
 
@@ -188,11 +191,11 @@ async def insert_tasks(conn: asyncpg.Connection, claims: Sequence[Claim]) -> set
                 $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::text[], $9::text[], $10::integer[], $11::timestamptz[],
                 $12::timestamptz[], $13::bytea[], $14::text[], $15::timestamptz[],
-                $16::double precision[]
+                $16::double precision[], $17::text[]
             ) AS c(
                 correlation_id, idempotency_key, task_id, user_id, project_id, assistant_id,
                 followers, webhook_url, mode, timeout_seconds, created_at, lease_until, body,
-                auth, due_at, lease_seconds
+                auth, due_at, lease_seconds, traceparent
             )
         ), recorded AS (
             INSERT INTO tasks (
@@ -209,10 +212,10 @@ async def insert_tasks(conn: asyncpg.Connection, claims: Sequence[Claim]) -> set
         )
         INSERT INTO dispatch_requests (
             correlation_id, webhook_url, mode, body, auth, attempts, next_attempt_at,
-            lease_seconds, timeout_seconds
+            lease_seconds, timeout_seconds, traceparent
         )
         SELECT correlation_id, webhook_url, mode, body, auth, 0, due_at, lease_seconds,
-            timeout_seconds
+            timeout_seconds, traceparent
         FROM input JOIN recorded USING (correlation_id)
         RETURNING correlation_id
         """,
@@ -235,6 +238,7 @@ async def insert_tasks(conn: asyncpg.Connection, claims: Sequence[Claim]) -> set
         ],
         [claim.due_at for claim in claims],
         [claim.lease_seconds for claim in claims],
+        [claim.request.traceparent for claim in claims],
     )
     return {record["correlation_id"] for record in records}
 

@@ -9,10 +9,13 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 import asyncpg
+from opentelemetry.context import Context
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode, Tracer
 from pydantic import ValidationError
 from webhook_tasks_contracts import (
     CallbackReceived,
@@ -39,6 +42,7 @@ from webhook_tasks_contracts import (
 from webhook_tasks_runtime.kafka import message_for
 from webhook_tasks_runtime.logging import correlation_context
 from webhook_tasks_runtime.outbox import add_to_outbox
+from webhook_tasks_runtime.tracing import context_from_traceparent, trace_headers, traceparent_of
 
 from . import repository as repo
 from .batching import GroupCommit
@@ -70,6 +74,7 @@ class Dispatcher:
         retry: RetryPolicy | None = None,
         breakers: CircuitBreakers | None = None,
         signing: SigningKeys | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._pool = pool
         self._webhooks = webhooks
@@ -82,6 +87,7 @@ class Dispatcher:
         self._retry = retry or RetryPolicy()
         self._breakers = breakers or CircuitBreakers(cool_down=timedelta(seconds=30))
         self._signing = signing or SigningKeys({})
+        self._tracer = tracer
         self._due = asyncio.Event()
         # Concurrent handlers share transactions: round trips per batch, not per task.
         self._claims = GroupCommit(self._record_claims)
@@ -94,11 +100,24 @@ class Dispatcher:
             logger.info("not a webhook task; ignored", extra={"task_id": request.task_id})
             return
         assert metadata.webhook_url is not None  # guaranteed by TaskMetadata's validation
+        with self._span(
+            "dispatch task",
+            SpanKind.CONSUMER,
+            attributes={"webhook_tasks.task_id": request.task_id},
+        ) as span:
+            await self._dispatch(request, metadata.webhook_url, traceparent_of(span))
+
+    async def _dispatch(
+        self, request: TaskRequested, webhook_url: str, traceparent: str | None
+    ) -> None:
+        metadata = request.task_metadata
         now = self._clock()
         # A sync request waits for the result, up to the task's timeout: that is no work
         # for a consumer, so the background sender takes it at once.
         inline = metadata.mode == "callback"
-        pending = await self._claim(request, metadata.webhook_url, now=now, inline=inline)
+        pending = await self._claim(
+            request, webhook_url, now=now, inline=inline, traceparent=traceparent
+        )
         if pending is None:
             logger.info(
                 "duplicate task request; not dispatched again",
@@ -120,7 +139,13 @@ class Dispatcher:
             self._due.set()
 
     async def _claim(
-        self, request: TaskRequested, webhook_url: str, *, now: datetime, inline: bool
+        self,
+        request: TaskRequested,
+        webhook_url: str,
+        *,
+        now: datetime,
+        inline: bool,
+        traceparent: str | None,
     ) -> repo.PendingRequest | None:
         metadata = request.task_metadata
         correlation_id = str(uuid.uuid4())
@@ -156,6 +181,7 @@ class Dispatcher:
             auth=metadata.webhook_auth,
             attempts=0,
             timeout_seconds=metadata.timeout_seconds,
+            traceparent=traceparent,
         )
         lease = self._lease.total_seconds()
         if sync:
@@ -249,17 +275,31 @@ class Dispatcher:
         if wait_until is not None:
             await self._hold(pending, wait_until, f"waiting: circuit open for {host}")
             return
-        result = await self._webhooks.send(
-            OutboundRequest(
-                url=pending.webhook_url,
-                body=pending.body,
-                webhook_id=webhook_id_of(pending.correlation_id),
-                auth=pending.auth,
-                signing_key=self._signing.key_for(pending.webhook_url),
-                timeout_seconds=pending.timeout_seconds if pending.mode == "sync" else None,
-            ),
-            now=now,
-        )
+        # Every attempt, retries by another process included, is a span of the dispatch's trace.
+        with self._span(
+            "POST",
+            SpanKind.CLIENT,
+            context=context_from_traceparent(pending.traceparent),
+            attributes={
+                "http.request.method": "POST",
+                "server.address": host,
+                "webhook_tasks.correlation_id": pending.correlation_id,
+                "webhook_tasks.attempt": pending.attempts + 1,
+            },
+        ) as span:
+            result = await self._webhooks.send(
+                OutboundRequest(
+                    url=pending.webhook_url,
+                    body=pending.body,
+                    webhook_id=webhook_id_of(pending.correlation_id),
+                    auth=pending.auth,
+                    signing_key=self._signing.key_for(pending.webhook_url),
+                    timeout_seconds=pending.timeout_seconds if pending.mode == "sync" else None,
+                    trace_headers=trace_headers(span),
+                ),
+                now=now,
+            )
+            _describe_span(span, result)
         if result.outcome != "refused":
             # A refused URL never reached the host: it says nothing about the host's health.
             self._breakers.record(
@@ -269,6 +309,20 @@ class Dispatcher:
                 now=self._clock(),
             )
         await self._settle_dispatch(pending, now, result)
+
+    def _span(
+        self,
+        name: str,
+        kind: SpanKind,
+        *,
+        context: Context | None = None,
+        attributes: dict[str, str | int] | None = None,
+    ) -> AbstractContextManager[Span]:
+        if self._tracer is None:
+            return contextlib.nullcontext(INVALID_SPAN)
+        return self._tracer.start_as_current_span(
+            name, context=context, kind=kind, attributes=attributes
+        )
 
     async def _hold(self, pending: repo.PendingRequest, until: datetime, reason: str) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -616,6 +670,13 @@ def _forget(
     in_flight: dict[str, asyncio.Task[None]], pending: repo.PendingRequest, _done: object
 ) -> None:
     in_flight.pop(pending.correlation_id, None)
+
+
+def _describe_span(span: Span, result: DeliveryResult) -> None:
+    if result.status_code is not None:
+        span.set_attribute("http.response.status_code", result.status_code)
+    if result.outcome != "accepted":
+        span.set_status(Status(StatusCode.ERROR, result.outcome))
 
 
 def _short(result: DeliveryResult) -> str:

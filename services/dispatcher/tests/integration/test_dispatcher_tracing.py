@@ -1,0 +1,80 @@
+"""Trace context: every attempt of a dispatch, retries included, is a span of the caller's trace."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from opentelemetry import baggage, context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .conftest import DispatcherUnderTest
+from .test_dispatcher_service import SECRET, task_request
+
+pytestmark = pytest.mark.integration
+
+UPSTREAM_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+UPSTREAM_SPAN = "00f067aa0ba902b7"
+
+
+async def test_each_attempt_carries_a_traceparent_in_the_upstream_trace(
+    under_test: DispatcherUnderTest,
+) -> None:
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    dispatcher = under_test.another(tracer=provider.get_tracer("test"))
+    statuses = iter([503, 200])
+    under_test.service.answer = lambda request: httpx.Response(
+        next(statuses), json={"status": "accepted"}
+    )
+    upstream = TraceContextTextMapPropagator().extract(
+        {"traceparent": f"00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01"}
+    )
+    upstream = baggage.set_baggage("user.email", "someone@example.com", upstream)
+
+    token = context.attach(upstream)
+    try:
+        await dispatcher.dispatch(task_request())
+    finally:
+        context.detach(token)
+    under_test.clock.advance(3600)
+    assert await dispatcher.send_due() == 1
+
+    first, retry = under_test.service.received
+    parents = [request.headers["traceparent"].split("-") for request in (first, retry)]
+    assert [trace_id for _, trace_id, _, _ in parents] == [UPSTREAM_TRACE, UPSTREAM_TRACE]
+    assert "baggage" not in first.headers
+    finished = spans.get_finished_spans()
+    (dispatch,) = [span for span in finished if span.name == "dispatch task"]
+    assert dispatch.parent is not None
+    assert format(dispatch.parent.span_id, "016x") == UPSTREAM_SPAN
+    posts = [span for span in finished if span.name == "POST"]
+    assert [format(span.context.span_id, "016x") for span in posts] == [
+        span_id for _, _, span_id, _ in parents
+    ]
+    assert all(span.parent is not None for span in posts)
+    assert {span.parent.span_id for span in posts if span.parent} == {dispatch.context.span_id}
+    assert [span.attributes["http.response.status_code"] for span in posts] == [503, 200]
+    assert [span.status.status_code for span in posts] == [StatusCode.ERROR, StatusCode.UNSET]
+    assert [span.attributes["webhook_tasks.attempt"] for span in posts] == [1, 2]
+    assert all(SECRET not in str(dict(span.attributes or {})) for span in finished)
+
+
+async def test_no_trace_context_is_sent_when_tracing_is_off(
+    under_test: DispatcherUnderTest,
+) -> None:
+    upstream = TraceContextTextMapPropagator().extract(
+        {"traceparent": f"00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01"}
+    )
+    token = context.attach(upstream)
+    try:
+        await under_test.dispatcher.dispatch(task_request())
+    finally:
+        context.detach(token)
+
+    (request,) = under_test.service.received
+    assert "traceparent" not in request.headers
