@@ -119,6 +119,13 @@ async def system_resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+@dataclass(frozen=True, slots=True)
+class _Resolution:
+    addresses: list[IPAddress]
+    allow_listed: bool
+    """Allow-listed by name or by every address: plain http is let through."""
+
+
 class UrlGuard:
     """Check outbound URLs and resolve their hosts to checked addresses only."""
 
@@ -136,7 +143,7 @@ class UrlGuard:
         self._resolve = resolve
         self._cache_seconds = cache_seconds
         self._monotonic = monotonic
-        self._cache: dict[tuple[str, int], tuple[float, list[IPAddress]]] = {}
+        self._cache: dict[tuple[str, int], tuple[float, _Resolution]] = {}
 
     async def check(self, url: str) -> None:
         """Raise UrlRefusedError unless `url` may be requested."""
@@ -148,30 +155,36 @@ class UrlGuard:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError as error:
             raise UrlRefusedError("the webhook URL has an invalid port") from error
-        addresses = await self.addresses(host, port)
-        allow_listed = self._allow.allows_host(host) or all(
-            self._allow.allows_address(address) for address in addresses
-        )
-        if self._require_https and parts.scheme != "https" and not allow_listed:
+        resolution = await self._resolution(host, port)
+        if self._require_https and parts.scheme != "https" and not resolution.allow_listed:
             raise UrlRefusedError("the webhook URL must use https")
 
     async def addresses(self, host: str, port: int) -> list[IPAddress]:
         """Return the addresses of `host`, each allowed; raise UrlRefusedError if any is not."""
+        return (await self._resolution(host, port)).addresses
+
+    async def _resolution(self, host: str, port: int) -> _Resolution:
         key = (host.lower().rstrip("."), port)
         cached = self._cache.get(key)
         if cached is not None and cached[0] > self._monotonic():
             return cached[1]
         addresses = await self._lookup(key[0], port)
-        if not self._allow.allows_host(key[0]):
+        host_allowed = self._allow.allows_host(key[0])
+        if not host_allowed:
             for address in addresses:
                 why = None if self._allow.allows_address(address) else why_forbidden(address)
                 if why is not None:
                     # One bad address refuses the host: the connector might pick any of them.
                     raise UrlRefusedError(f"the webhook host {host} resolves to {why} ({address})")
-        self._cache[key] = (self._monotonic() + self._cache_seconds, addresses)
+        resolution = _Resolution(
+            addresses,
+            allow_listed=host_allowed
+            or all(self._allow.allows_address(address) for address in addresses),
+        )
+        self._cache[key] = (self._monotonic() + self._cache_seconds, resolution)
         if len(self._cache) > 10_000:
             self._cache.clear()
-        return addresses
+        return resolution
 
     async def _lookup(self, host: str, port: int) -> list[IPAddress]:
         try:

@@ -124,7 +124,8 @@ class Dispatcher:
                 extra={"task_id": request.task_id, "idempotency_key": request.idempotency_key},
             )
             return
-        logger.info(
+        # One INFO line per task comes with its outcome; this one is for following a task closely.
+        logger.debug(
             "dispatching task",
             extra={
                 "correlation_id": pending.correlation_id,
@@ -414,6 +415,7 @@ class Dispatcher:
             else "external service accepted the task; a callback had already moved it",
             extra={
                 "correlation_id": pending.correlation_id,
+                "webhook_host": _host(pending.webhook_url),
                 "attempt": pending.attempts + 1,
                 "outcome": result.outcome,
                 "status_code": result.status_code,
