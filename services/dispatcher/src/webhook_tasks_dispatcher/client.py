@@ -70,15 +70,14 @@ class OutboundRequest:
     """`traceparent` (and `tracestate`) naming the attempt's span, when tracing is on."""
 
 
-def create_http_client(
+def create_transport(
     *,
     guard: UrlGuard,
-    timeout_seconds: float,
     max_connections: int,
     max_connections_per_host: int,
     ssl_context: ssl.SSLContext | None = None,
-) -> httpx.AsyncClient:
-    """Return the process's one HTTP client, on the aiohttp transport (measured fastest)."""
+) -> httpx.AsyncBaseTransport:
+    """Return the process's one HTTP transport (aiohttp's, measured fastest) behind `guard`."""
     import aiohttp
     from httpx_aiohttp import AiohttpTransport
 
@@ -98,26 +97,25 @@ def create_http_client(
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
-    return httpx.AsyncClient(
-        transport=AiohttpTransport(limits=limits, trust_env=False, client=session),
-        timeout=httpx.Timeout(timeout_seconds),
-        follow_redirects=False,
-        trust_env=False,
-    )
+    return AiohttpTransport(limits=limits, trust_env=False, client=session)
 
 
 class WebhookClient:
-    """Send the product summary's request to an external service, through the SSRF guard."""
+    """Send the product summary's request to an external service, through the SSRF guard.
+
+    Requests go straight to an httpx transport: httpx's client layers (redirects, auth,
+    cookies, event hooks) do nothing we need and cost more CPU than the request itself.
+    """
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         *,
         guard: UrlGuard,
         max_response_bytes: int = 64 * 1024,
         timeout_seconds: float = 30.0,
     ) -> None:
-        self._http = http
+        self._transport = transport
         self._guard = guard
         self._max_response_bytes = max_response_bytes
         self._timeout_seconds = timeout_seconds
@@ -146,14 +144,19 @@ class WebhookClient:
         try:
             # The total bound also stops a server that drips its answer byte by byte.
             async with asyncio.timeout(timeout):
-                async with self._http.stream(
-                    "POST",
-                    request.url,
-                    content=request.body,
-                    headers=headers,
-                    timeout=httpx.Timeout(timeout),
-                ) as response:
+                response = await self._transport.handle_async_request(
+                    httpx.Request(
+                        "POST",
+                        request.url,
+                        content=request.body,
+                        headers=headers,
+                        extensions={"timeout": httpx.Timeout(timeout).as_dict()},
+                    )
+                )
+                try:
                     raw, truncated = await self._read_capped(response)
+                finally:
+                    await response.aclose()
         except TimeoutError:
             return DeliveryResult(
                 "unreachable",

@@ -15,7 +15,7 @@ from webhook_tasks_runtime.worker import (
     serve_worker,
 )
 
-from .client import WebhookClient, create_http_client
+from .client import WebhookClient, create_transport
 from .handlers import consumers
 from .service import Dispatcher
 from .settings import DispatcherSettings
@@ -29,17 +29,16 @@ async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
         if tracing is not None:
             resources.exit_stack.callback(tracing.shutdown)
         guard = settings.url_guard()
-        http = create_http_client(
+        transport = create_transport(
             guard=guard,
-            timeout_seconds=settings.request_timeout_seconds,
             max_connections=settings.max_connections,
             max_connections_per_host=settings.max_connections_per_host,
         )
-        resources.exit_stack.push_async_callback(http.aclose)
+        resources.exit_stack.push_async_callback(transport.aclose)
         dispatcher = Dispatcher(
             pool=resources.pool,
             webhooks=WebhookClient(
-                http,
+                transport,
                 guard=guard,
                 max_response_bytes=settings.max_response_bytes,
                 timeout_seconds=settings.request_timeout_seconds,

@@ -103,7 +103,7 @@ async def under_test(
     clock = FakeClock()
     service = ExternalService()
     tokens = CallbackTokens([CallbackKey("test", b"k" * 32)])
-    http = httpx.AsyncClient(transport=httpx.MockTransport(service))
+    http = httpx.MockTransport(service)
     webhooks = WebhookClient(http, guard=UrlGuard(resolve=resolve_publicly))
     dispatcher = Dispatcher(
         pool=pool,

@@ -20,7 +20,7 @@ from webhook_tasks_dispatcher.client import (
     DeliveryResult,
     OutboundRequest,
     WebhookClient,
-    create_http_client,
+    create_transport,
 )
 from webhook_tasks_dispatcher.guard import Allowlist, UrlGuard, system_resolve
 from webhook_tasks_dispatcher.signing import decode_secret
@@ -38,16 +38,15 @@ def client(
     timeout: float = 5.0,
     per_host: int = 32,
     ssl_context: ssl.SSLContext | None = None,
-) -> tuple[WebhookClient, httpx.AsyncClient]:
+) -> tuple[WebhookClient, httpx.AsyncBaseTransport]:
     guard = UrlGuard(
         allow=Allowlist.parse(["127.0.0.1/32"] if allow is None else allow),
         require_https=False,
         resolve=resolve,  # type: ignore[arg-type]
         cache_seconds=0,
     )
-    http = create_http_client(
+    http = create_transport(
         guard=guard,
-        timeout_seconds=timeout,
         max_connections=64,
         max_connections_per_host=per_host,
         ssl_context=ssl_context,

@@ -217,7 +217,7 @@ async def test_a_name_resolving_to_a_private_address_is_refused(
     async def internal(host: str, port: int) -> list[str]:
         return ["93.184.216.34", "192.168.0.10"]
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(under_test.service))
+    http = httpx.MockTransport(under_test.service)
     dispatcher = under_test.another(webhooks=WebhookClient(http, guard=UrlGuard(resolve=internal)))
     request = task_request(webhookUrl="https://rebind.example.com/run")
 
@@ -357,9 +357,7 @@ async def test_signing_is_per_endpoint_and_the_webhook_id_is_stable(
 
 async def test_an_oversized_sync_answer_fails_the_task(under_test: DispatcherUnderTest) -> None:
     big = {"status": "success", "metadata": {"blob": "x" * 10_000}}
-    http = httpx.AsyncClient(
-        transport=httpx.MockTransport(lambda request: httpx.Response(200, json=big))
-    )
+    http = httpx.MockTransport(lambda request: httpx.Response(200, json=big))
     dispatcher = under_test.another(
         webhooks=WebhookClient(
             http, guard=UrlGuard(resolve=resolve_publicly), max_response_bytes=1024
@@ -383,7 +381,7 @@ async def test_a_sync_request_without_an_answer_in_the_task_timeout_fails_withou
         await asyncio.sleep(30)
         return httpx.Response(200)
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(never))
+    http = httpx.MockTransport(never)
     dispatcher = under_test.another(
         webhooks=WebhookClient(http, guard=UrlGuard(resolve=resolve_publicly))
     )
@@ -433,7 +431,7 @@ async def test_a_stopping_sender_hands_its_unfinished_requests_back_at_once(
         await asyncio.sleep(60)
         return httpx.Response(200, json={"status": "success"})
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(stall))
+    http = httpx.MockTransport(stall)
     dispatcher = under_test.another(
         webhooks=WebhookClient(http, guard=UrlGuard(resolve=resolve_publicly))
     )

@@ -39,7 +39,7 @@ class Client:
 def client_for(handler: object, **options: int) -> Client:
     transport = httpx.MockTransport(handler)  # type: ignore[arg-type]
     guard = UrlGuard(resolve=resolve_publicly)
-    return Client(WebhookClient(httpx.AsyncClient(transport=transport), guard=guard, **options))
+    return Client(WebhookClient(transport, guard=guard, **options))
 
 
 async def test_sends_the_body_as_json_with_auth_as_the_authorization_header() -> None:
