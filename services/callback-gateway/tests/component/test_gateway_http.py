@@ -628,10 +628,10 @@ class TestLogs:
         )
 
         records = [r for r in json_logs() if r["logger"].startswith("webhook_tasks_gateway")]
-        assert [(r["message"], r.get("http_status")) for r in records] == [
-            ("callback accepted", None),
-            ("callback refused", 401),
-            ("callback refused", 400),
+        assert [(r["message"], r["level"], r.get("http_status")) for r in records] == [
+            ("callback accepted", "debug", None),
+            ("callback refused", "info", 401),
+            ("callback refused", "info", 400),
         ]
         assert {r["correlation_id"] for r in records} == {cid}
         assert {r["service"] for r in records} == {"callback-gateway"}

@@ -219,6 +219,7 @@ async def test_run_serves_from_the_environment_and_stops_cleanly_on_sigterm(
         "TOPIC_PREFIX": unique_topics.prefix,
         "GATEWAY_PORT": str(port),
         "LOG_FORMAT": "json",
+        "LOG_LEVEL": "DEBUG",  # the accepted callback's line is at DEBUG
     }
     settings = GatewaySettings(
         kafka_bootstrap_servers="unused:9092", callback_token_keys=keys, topic_prefix="x"
