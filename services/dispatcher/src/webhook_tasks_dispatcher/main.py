@@ -51,6 +51,7 @@ async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
             retry=settings.retry_policy(),
             breakers=settings.circuit_breakers(),
             signing=settings.signing_keys(),
+            sealer=settings.request_sealer(),
             tracer=tracing.get_tracer(__name__) if tracing is not None else None,
         )
 

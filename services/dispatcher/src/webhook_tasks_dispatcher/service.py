@@ -50,6 +50,7 @@ from .breaker import CircuitBreakers
 from .client import DeliveryResult, OutboundRequest, WebhookClient
 from .domain import TaskStatus, status_after_callback, why_not_applied
 from .retry import GiveUp, Retry, RetryPolicy, is_retryable, parse_retry_after
+from .sealing import RequestSealer, SealError
 from .signing import SigningKeys, webhook_id_of
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Dispatcher:
         retry: RetryPolicy | None = None,
         breakers: CircuitBreakers | None = None,
         signing: SigningKeys | None = None,
+        sealer: RequestSealer,
         tracer: Tracer | None = None,
     ) -> None:
         self._pool = pool
@@ -88,6 +90,7 @@ class Dispatcher:
         self._breakers = breakers or CircuitBreakers(cool_down=timedelta(seconds=30))
         self._signing = signing or SigningKeys({})
         self._tracer = tracer
+        self._sealer = sealer
         self._due = asyncio.Event()
         # Concurrent handlers share transactions: round trips per batch, not per task.
         self._claims = GroupCommit(self._record_claims)
@@ -179,7 +182,10 @@ class Dispatcher:
             webhook_url=webhook_url,
             mode=metadata.mode,
             body=json.dumps(body, separators=(",", ":")).encode(),
-            auth=metadata.webhook_auth,
+            # Kept sealed, in memory too: the plain value exists only while a request is built.
+            auth=self._sealer.seal(correlation_id, metadata.webhook_auth)
+            if metadata.webhook_auth is not None
+            else None,
             attempts=0,
             timeout_seconds=metadata.timeout_seconds,
             traceparent=traceparent,
@@ -276,6 +282,13 @@ class Dispatcher:
         if wait_until is not None:
             await self._hold(pending, wait_until, f"waiting: circuit open for {host}")
             return
+        try:
+            auth = self._sealer.open(pending.correlation_id, pending.auth) if pending.auth else None
+        except SealError as error:
+            await self._settle_dispatch(
+                pending, now, DeliveryResult("refused", 0.0, error=str(error))
+            )
+            return
         # Every attempt, retries by another process included, is a span of the dispatch's trace.
         with self._span(
             "POST",
@@ -293,7 +306,7 @@ class Dispatcher:
                     url=pending.webhook_url,
                     body=pending.body,
                     webhook_id=webhook_id_of(pending.correlation_id),
-                    auth=pending.auth,
+                    auth=auth,
                     signing_key=self._signing.key_for(pending.webhook_url),
                     timeout_seconds=pending.timeout_seconds if pending.mode == "sync" else None,
                     trace_headers=trace_headers(span),

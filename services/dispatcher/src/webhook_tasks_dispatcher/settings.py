@@ -6,12 +6,14 @@ import json
 from datetime import timedelta
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from webhook_tasks_contracts import parse_callback_keys
 from webhook_tasks_runtime.db import SCHEMA_NAME_PATTERN
 from webhook_tasks_runtime.settings import CallbackTokenSettings, DatabaseSettings
 
 from .breaker import CircuitBreakers
 from .guard import Allowlist, UrlGuard
 from .retry import RetryPolicy
+from .sealing import RequestSealer
 from .signing import SigningKeys
 
 
@@ -83,6 +85,10 @@ class DispatcherSettings(DatabaseSettings, CallbackTokenSettings):
     def signing_keys(self) -> SigningKeys:
         """Return the per-endpoint signing secrets."""
         return _signing_keys(self.webhook_signing_secrets)
+
+    def request_sealer(self) -> RequestSealer:
+        """Return the sealer of credentials kept with pending requests (callback keys derived)."""
+        return RequestSealer(parse_callback_keys(self.callback_token_keys.get_secret_value()))
 
     def circuit_breakers(self) -> CircuitBreakers:
         """Return fresh per-host circuit breakers."""

@@ -16,6 +16,7 @@ from webhook_tasks_contracts import CallbackKey, CallbackTokens, Topics
 from webhook_tasks_dispatcher.client import WebhookClient
 from webhook_tasks_dispatcher.guard import UrlGuard
 from webhook_tasks_dispatcher.retry import RetryPolicy
+from webhook_tasks_dispatcher.sealing import RequestSealer
 from webhook_tasks_dispatcher.service import Dispatcher
 from webhook_tasks_runtime.db import create_pool, load_migrations, migrate, runtime_migrations
 from webhook_tasks_runtime.infra import Infrastructure
@@ -24,6 +25,9 @@ from webhook_tasks_runtime.infra import Infrastructure
 async def resolve_publicly(host: str, port: int) -> list[str]:
     """Resolve every name to a public documentation-range address (no DNS in tests)."""
     return ["93.184.216.34"]
+
+
+KEYS = [CallbackKey("test", b"k" * 32)]
 
 
 class FakeClock:
@@ -75,6 +79,7 @@ class DispatcherUnderTest:
             "dispatch_lease": timedelta(seconds=60),
             "clock": self.clock,
             "retry": RetryPolicy(rng=random.Random(4)),
+            "sealer": RequestSealer(KEYS),
         }
         return Dispatcher(**(parts | overrides))
 
@@ -102,7 +107,7 @@ async def under_test(
 ) -> AsyncIterator[DispatcherUnderTest]:
     clock = FakeClock()
     service = ExternalService()
-    tokens = CallbackTokens([CallbackKey("test", b"k" * 32)])
+    tokens = CallbackTokens(KEYS)
     http = httpx.MockTransport(service)
     webhooks = WebhookClient(http, guard=UrlGuard(resolve=resolve_publicly))
     dispatcher = Dispatcher(
@@ -115,6 +120,7 @@ async def under_test(
         dispatch_lease=timedelta(seconds=60),
         clock=clock,
         retry=RetryPolicy(rng=random.Random(4)),
+        sealer=RequestSealer(KEYS),
     )
     try:
         yield DispatcherUnderTest(dispatcher, pool, clock, service, unique_topics, tokens, webhooks)
