@@ -281,3 +281,31 @@ async def next_sink_attempt(conn: asyncpg.Connection) -> datetime | None:
         "SELECT min(next_attempt_at) FROM sink_deliveries WHERE failed_at IS NULL"
     )
     return value
+
+
+async def prune_finished_sink_deliveries(
+    conn: asyncpg.Connection, before: datetime, limit: int
+) -> int:
+    """Delete up to `limit` deliveries given up on before `before`, oldest first; return how many.
+
+    Pending deliveries are never touched, however old; delivered ones are already gone.
+    """
+    deleted: int = await conn.fetchval(
+        """
+        WITH pruned AS (
+            DELETE FROM sink_deliveries
+            WHERE id IN (
+                SELECT id FROM sink_deliveries
+                WHERE failed_at IS NOT NULL AND failed_at < $1
+                ORDER BY failed_at
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED
+            )
+            RETURNING 1
+        )
+        SELECT count(*) FROM pruned
+        """,
+        before,
+        limit,
+    )
+    return deleted

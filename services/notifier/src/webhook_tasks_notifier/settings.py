@@ -30,6 +30,8 @@ class NotifierSettings(DatabaseSettings):
     notification_sink_longest_retry: float = Field(default=600.0, gt=0)
     notification_sink_timeout: float = Field(default=10.0, gt=0, le=300)
     """Seconds one POST to the sink may take."""
+    notification_sink_retention: float = Field(default=7 * 24 * 3600, gt=0)
+    """Seconds a delivery given up on is kept (to see what the sink missed) before it is pruned."""
 
     @field_validator("notification_sink_secret")
     @classmethod

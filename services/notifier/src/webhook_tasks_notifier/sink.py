@@ -5,6 +5,8 @@ queued in `sink_deliveries` with the comment it announces, then POSTed as the
 same JSON the notifications topic carries, signed per Standard Webhooks
 (`webhook-id` is the event id, so a receiver drops a repeat). Delivery is at
 least once: a failure or a crash mid-POST means the announcement comes again.
+A delivered row is deleted at once; one given up on is kept for the retention
+(to see what the sink missed), then pruned.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ class HttpSink:
         batch_size: int = 50,
         lease: timedelta = timedelta(seconds=60),
         idle_interval: float = 1.0,
+        retention: timedelta = timedelta(days=7),
+        prune_interval: timedelta = timedelta(hours=1),
+        prune_batch_size: int = 1000,
     ) -> None:
         self._pool = pool
         self._http = http
@@ -83,6 +88,10 @@ class HttpSink:
         self._batch_size = batch_size
         self._lease = lease
         self._idle_interval = idle_interval
+        self._retention = retention
+        self._prune_interval = prune_interval
+        self._prune_batch_size = prune_batch_size
+        self._next_prune_at: datetime | None = None
         self._wakeup = asyncio.Event()
 
     def wake(self) -> None:
@@ -103,12 +112,30 @@ class HttpSink:
             if len(batch) < self._batch_size:
                 return accepted
 
+    async def prune_finished(self) -> int:
+        """Delete deliveries given up on longer ago than the retention; return how many."""
+        before = self._clock() - self._retention
+        pruned = 0
+        # One short statement per batch: no long transaction, no lock on the whole table.
+        while True:
+            async with self._pool.acquire() as conn:
+                deleted = await repository.prune_finished_sink_deliveries(
+                    conn, before, self._prune_batch_size
+                )
+            pruned += deleted
+            if deleted < self._prune_batch_size:
+                break
+        if pruned:
+            logger.info("pruned finished sink deliveries", extra={"count": pruned})
+        return pruned
+
     async def run(self) -> None:
-        """Deliver whenever woken or a retry falls due, until cancelled."""
+        """Deliver whenever woken or a retry falls due, and prune now and then, until cancelled."""
         while True:
             self._wakeup.clear()
             try:
                 await self.deliver_due()
+                await self._prune_when_due()
                 async with self._pool.acquire() as conn:
                     upcoming = await repository.next_sink_attempt(conn)
             except Exception:
@@ -119,6 +146,14 @@ class HttpSink:
                 delay = max(0.0, min(delay, (upcoming - self._clock()).total_seconds()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), delay)
+
+    async def _prune_when_due(self) -> None:
+        # At start, then every `prune_interval`; a failed prune waits for the next one.
+        now = self._clock()
+        if self._next_prune_at is not None and now < self._next_prune_at:
+            return
+        self._next_prune_at = now + self._prune_interval
+        await self.prune_finished()
 
     async def _deliver(self, delivery: SinkDelivery) -> bool:
         error = await self._post(delivery)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import secrets
 import time
@@ -289,6 +290,110 @@ async def test_without_a_sink_nothing_is_queued_for_one(
 
     assert await pool.fetchval("SELECT count(*) FROM sink_deliveries") == 0
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 3
+
+
+async def insert_deliveries(
+    pool: asyncpg.Pool, rows: list[tuple[str, datetime | None, datetime]]
+) -> None:
+    """Insert deliveries as (correlation id, failed_at, next_attempt_at)."""
+    await pool.executemany(
+        """
+        INSERT INTO sink_deliveries
+            (event_id, correlation_id, payload, attempts, next_attempt_at, failed_at, created_at)
+        VALUES (gen_random_uuid(), $1, '{}', 1, $3, $2, $3)
+        """,
+        rows,
+    )
+
+
+async def remaining_deliveries(pool: asyncpg.Pool) -> list[str]:
+    rows = await pool.fetch("SELECT correlation_id FROM sink_deliveries ORDER BY correlation_id")
+    return [row["correlation_id"] for row in rows]
+
+
+async def test_deliveries_given_up_longer_ago_than_the_retention_are_pruned_in_batches(
+    pool: asyncpg.Pool,
+    http: httpx.AsyncClient,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    retention = timedelta(days=7)
+    cutoff = clock.now - retention
+    long_ago = cutoff - timedelta(days=30)
+    await insert_deliveries(
+        pool,
+        [(f"old-{i}", cutoff - timedelta(seconds=i + 1), long_ago) for i in range(5)]
+        + [
+            ("recent", cutoff + timedelta(seconds=1), long_ago),
+            # Still being retried, however old: never pruned.
+            ("pending", None, long_ago),
+        ],
+    )
+    sink = HttpSink(
+        pool,
+        http,
+        url="http://127.0.0.1:9/unused",
+        secret=SECRET,
+        clock=clock,
+        retention=retention,
+        prune_batch_size=2,
+    )
+
+    with caplog.at_level(logging.INFO, logger="webhook_tasks_notifier.sink"):
+        assert await sink.prune_finished() == 5
+        assert await sink.prune_finished() == 0
+
+    assert await remaining_deliveries(pool) == ["pending", "recent"]
+    logged = [r for r in caplog.records if r.getMessage() == "pruned finished sink deliveries"]
+    assert [getattr(record, "count", None) for record in logged] == [5]
+
+    clock.advance(2)
+    assert await sink.prune_finished() == 1
+    assert await remaining_deliveries(pool) == ["pending"]
+
+
+async def test_the_delivery_loop_prunes_at_start_and_then_every_interval(
+    pool: asyncpg.Pool, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    retention = timedelta(days=7)
+    later = clock.now + timedelta(days=1)  # the pending row stays not due: nothing is posted
+    await insert_deliveries(
+        pool,
+        [
+            ("old", clock.now - retention - timedelta(seconds=1), later),
+            ("recent", clock.now - retention + timedelta(minutes=30), later),
+            ("pending", None, later),
+        ],
+    )
+    sink = HttpSink(
+        pool,
+        http,
+        url="http://127.0.0.1:9/unused",
+        secret=SECRET,
+        clock=clock,
+        retention=retention,
+        prune_interval=timedelta(hours=1),
+        idle_interval=0.01,
+    )
+
+    async def until_remaining(expected: list[str]) -> None:
+        deadline = time.monotonic() + 10
+        while await remaining_deliveries(pool) != expected:
+            assert time.monotonic() < deadline, await remaining_deliveries(pool)
+            await asyncio.sleep(0.02)
+
+    loop = asyncio.create_task(sink.run())
+    try:
+        await until_remaining(["pending", "recent"])
+        clock.advance(59 * 60)  # "recent" is now past the retention, but no prune is due yet
+        await asyncio.sleep(0.2)
+        assert await remaining_deliveries(pool) == ["pending", "recent"]
+        clock.advance(60)
+        await until_remaining(["pending"])
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
 
 
 async def test_the_running_service_posts_outcomes_to_a_configured_sink(

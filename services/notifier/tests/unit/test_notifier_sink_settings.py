@@ -45,3 +45,9 @@ def test_a_signed_sink_is_accepted() -> None:
 def test_backoff_doubles_up_to_the_longest_wait() -> None:
     backoff = Backoff(first=timedelta(seconds=1), longest=timedelta(seconds=10))
     assert [backoff.after(n).total_seconds() for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
+
+
+def test_deliveries_given_up_on_are_kept_a_week_by_default() -> None:
+    assert NotifierSettings(**BASE).notification_sink_retention == 7 * 24 * 3600
+    with pytest.raises(ValidationError):
+        NotifierSettings(**BASE, notification_sink_retention=0)
