@@ -40,6 +40,22 @@ def env_names(service: str) -> set[str]:
     return shared | {item["name"] for item in container.get("env", [])}
 
 
+def secret_refs(service: str) -> dict[str, dict[str, Any]]:
+    container = deployment(service)["spec"]["template"]["spec"]["containers"][0]
+    return {
+        item["name"]: item["valueFrom"]["secretKeyRef"]
+        for item in container.get("env", [])
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+
+
+def example_secret() -> dict[str, str]:
+    (secret,) = documents("secret.example.yaml")
+    assert secret["kind"] == "Secret"
+    data: dict[str, str] = secret["stringData"]
+    return data
+
+
 def setting_names(settings: type[BaseSettings]) -> dict[str, bool]:
     return {name.upper(): field.is_required() for name, field in settings.model_fields.items()}
 
@@ -72,11 +88,44 @@ def test_each_deployment_sets_only_real_settings_and_every_required_one(service:
     assert not missing, f"{service} needs {sorted(missing)}"
 
 
+SECRETS_READ = {
+    "dispatcher": {"DATABASE_URL", "CALLBACK_TOKEN_KEYS", "WEBHOOK_SIGNING_SECRETS"},
+    "callback-gateway": {"CALLBACK_TOKEN_KEYS", "GATEWAY_SIGNING_SECRETS"},
+    "expirer": {"DATABASE_URL"},
+    "notifier": {"DATABASE_URL"},
+}
+
+
 def test_secrets_come_from_the_secret_not_the_config_map() -> None:
     config = documents("configmap.yaml")[0]["data"]
 
-    assert "DATABASE_URL" not in config
-    assert "CALLBACK_TOKEN_KEYS" not in config
+    assert not set(config) & set().union(*SECRETS_READ.values())
+    assert not set(config) & set(example_secret())
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS))
+def test_each_deployment_reads_its_secrets_from_the_secret(service: str) -> None:
+    refs = secret_refs(service)
+
+    assert set(refs) == SECRETS_READ[service]
+    for name, ref in refs.items():
+        assert ref["name"] == "webhook-tasks"
+        assert ref["key"] == name
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS))
+def test_a_secret_key_is_optional_exactly_when_its_setting_has_a_default(service: str) -> None:
+    # An optional key may be left out of the Secret and the pod still starts.
+    known = setting_names(SETTINGS[service])
+
+    for name, ref in secret_refs(service).items():
+        assert ref.get("optional", False) is not known[name], name
+
+
+def test_the_example_secret_holds_every_key_a_deployment_reads_and_no_other() -> None:
+    read = {ref["key"] for service in SETTINGS for ref in secret_refs(service).values()}
+
+    assert set(example_secret()) == read
 
 
 def test_kafka_topics_match_the_contract() -> None:
