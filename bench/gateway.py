@@ -90,10 +90,15 @@ async def run(ctx: Context, gateway: Deployment, noop: ServerProcess) -> PhaseRe
     gw_sat, noop_sat = saturated["gateway"], saturated["no-op"]
     gw_lat = Summary.of(steady["gateway"].latencies_ms)
     noop_lat = Summary.of(steady["no-op"].latencies_ms)
+    # A generator starved of CPU sends late, and the lateness is in every latency it reports:
+    # its send lag says whether the figures describe the servers or the generator.
+    lag = ", ".join(
+        f"{label} {Summary.of(steady[label].send_lag_ms).p99:.1f} ms" for label, _ in labelled
+    )
     load = (
         f"{rate:.0f}/s offered for {plan.gateway_seconds:g} s by the in-repo open-loop client "
         f"(planned {plan.gateway_rate:g}/s, at most half the saturated rate); each latency "
-        "from the request's planned start"
+        f"from the request's planned start; the client's send lag p99: {lag}"
     )
     generator_label = GENERATORS[generator]
     result = PhaseResult()
