@@ -105,21 +105,25 @@ def system(
             print("\n".join(log.read_text(errors="replace").splitlines()[-40:]))
 
 
-async def eventually(
+async def wait_until(
     probe: Callable[[], Awaitable[T]],
     accept: Callable[[T], bool],
     *,
     within: float = 60.0,
+    what: str = "condition",
     interval: float = 0.2,
 ) -> T:
-    """Poll `probe` until `accept` holds for its value; fail with the last value after `within`."""
+    """Poll `probe` until `accept` holds for its value and return that value.
+
+    After `within` seconds, fail saying `what` was awaited and showing the last value.
+    """
     deadline = time.monotonic() + within
     while True:
         value = await probe()
         if accept(value):
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within:.0f}s; last value: {value!r}")
+            pytest.fail(f"{what}: not met within {within:.0f}s; last value: {value!r}")
         await asyncio.sleep(interval)
 
 

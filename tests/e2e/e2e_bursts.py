@@ -8,7 +8,7 @@ import signal
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from webhook_tasks_contracts import REVEAL_SECRETS, TaskMetadata, TaskRequested
 
-from .conftest import RunningSystem
+from .conftest import RunningSystem, wait_until
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -171,25 +171,6 @@ async def outcomes(conn: asyncpg.Connection, task_ids: Sequence[str]) -> dict[st
         )
         for state in states
     }
-
-
-async def wait_until(
-    probe: Callable[[], Awaitable[Any]],
-    accept: Callable[[Any], bool],
-    *,
-    within: float,
-    what: str,
-    interval: float = 0.1,
-) -> Any:
-    """Poll `probe` until `accept` holds; fail saying `what` was awaited and the last value."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if accept(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {within:.0f}s; last value: {value!r}")
-        await asyncio.sleep(interval)
 
 
 async def freeze_then_kill(system: RunningSystem, service: str) -> None:

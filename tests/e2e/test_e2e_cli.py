@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from .conftest import RunningSystem, eventually, finished
+from .conftest import RunningSystem, finished, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +40,7 @@ async def test_submit_callback_and_show(system: RunningSystem) -> None:
     )
     assert submitted.returncode == 0, submitted.stderr
     task_id = submitted.stdout.strip()
-    (report,) = await eventually(
+    (report,) = await wait_until(
         lambda: system.reports(task_id),
         lambda r: len(r) == 1 and r[0].task.status.value == "initiated",
     )
@@ -60,7 +60,7 @@ async def test_submit_callback_and_show(system: RunningSystem) -> None:
     )
     assert called_back.returncode == 0, called_back.stderr
     assert "202" in called_back.stdout
-    await eventually(lambda: system.reports(task_id), finished)
+    await wait_until(lambda: system.reports(task_id), finished)
 
     shown = await asyncio.to_thread(cli, system, "show", task_id)
     assert shown.returncode == 0, shown.stderr

@@ -8,7 +8,7 @@ import time
 import pytest
 from webhook_tasks_contracts import UserNotified, notification_event_adapter
 
-from .conftest import RunningSystem
+from .conftest import RunningSystem, wait_until
 from .e2e_bursts import (
     FOLLOWER,
     USER,
@@ -26,7 +26,6 @@ from .e2e_bursts import (
     read_topic,
     tally,
     task_states,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
@@ -80,6 +79,7 @@ async def test_notifier_killed_mid_burst_writes_each_outcome_once(system: Runnin
             lambda rows: len(rows) == BURST and all(r.status == "initiated" for r in rows),
             within=60,
             what="every task dispatched",
+            interval=0.1,
         )
         correlation_ids = [state.correlation_id for state in states]
 
@@ -113,6 +113,7 @@ async def test_notifier_killed_mid_burst_writes_each_outcome_once(system: Runnin
             lambda written: written >= BURST,
             within=90,
             what="every outcome commented after the restart",
+            interval=0.1,
         )
         print(
             f"notifier killed after {written_before_kill}/{BURST} comments;"
@@ -138,6 +139,7 @@ async def test_expirer_killed_mid_burst_expires_each_task_once(system: RunningSy
             lambda rows: len(rows) == BURST and all(r.deadline_at is not None for r in rows),
             within=60,
             what="every task dispatched",
+            interval=0.1,
         )
         correlation_ids = [state.correlation_id for state in states]
         await wait_until(
@@ -173,6 +175,7 @@ async def test_expirer_killed_mid_burst_expires_each_task_once(system: RunningSy
             lambda written: written >= BURST,
             within=60,
             what="every expiry commented",
+            interval=0.1,
         )
         print(f"expirer killed after {restarted_after}/{BURST} deadlines fired")
         await asyncio.sleep(1.0)  # a duplicate still in flight would land now

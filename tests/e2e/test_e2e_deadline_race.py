@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from webhook_tasks_contracts import utc_now
 
-from .conftest import RunningSystem
+from .conftest import RunningSystem, wait_until
 from .e2e_bursts import (
     FOLLOWER,
     USER,
@@ -25,7 +25,6 @@ from .e2e_bursts import (
     publish_all,
     tally,
     task_states,
-    wait_until,
     warm_up,
 )
 
@@ -77,6 +76,7 @@ async def test_callbacks_racing_their_deadlines_end_each_task_once(system: Runni
             lambda written: written >= TASKS,
             within=60,
             what="every task commented",
+            interval=0.1,
         )
         # Where the deadline won, the success that followed is shown as a late result.
         await wait_until(
@@ -88,6 +88,7 @@ async def test_callbacks_racing_their_deadlines_end_each_task_once(system: Runni
             ),
             within=60,
             what="every expired task's late result shown",
+            interval=0.1,
         )
         await asyncio.sleep(2.0)  # a second outcome or comment still in flight would land now
 

@@ -9,7 +9,7 @@ import pytest
 from pydantic import TypeAdapter
 from webhook_tasks_contracts import DeadlineReached, TaskExpired, lifecycle_event_adapter
 
-from .conftest import RunningSystem
+from .conftest import RunningSystem, wait_until
 from .e2e_bursts import (
     burst_requests,
     connect,
@@ -17,7 +17,6 @@ from .e2e_bursts import (
     publish_all,
     read_topic,
     task_states,
-    wait_until,
     warm_up,
 )
 

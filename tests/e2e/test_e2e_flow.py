@@ -9,7 +9,7 @@ import pytest
 from webhook_tasks_cli.operations import publish_task
 from webhook_tasks_contracts import TaskMetadata, TaskRequested, callback_url
 
-from .conftest import RunningSystem, eventually, finished, terminal_comments, unique_task_id
+from .conftest import RunningSystem, finished, terminal_comments, unique_task_id, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +38,7 @@ async def test_success_becomes_one_result_comment(system: RunningSystem) -> None
         system.config, demo_task(system, task_id, outcome="success", delaySeconds=0.2)
     )
 
-    (report,) = await eventually(lambda: system.reports(task_id), finished)
+    (report,) = await wait_until(lambda: system.reports(task_id), finished)
 
     assert report.task.status.value == "completed"
     assert report.task.result_url.endswith(f"/results/{report.task.correlation_id}.mp4")
@@ -56,7 +56,7 @@ async def test_error_callback_becomes_one_error_comment(system: RunningSystem) -
     task_id = unique_task_id("error")
     await publish_task(system.config, demo_task(system, task_id, outcome="error", delaySeconds=0.2))
 
-    (report,) = await eventually(lambda: system.reports(task_id), finished)
+    (report,) = await wait_until(lambda: system.reports(task_id), finished)
 
     assert report.task.status.value == "failed"
     (comment,) = terminal_comments(report)
@@ -68,7 +68,7 @@ async def test_silent_service_expires_the_task_at_its_deadline(system: RunningSy
     task_id = unique_task_id("timeout")
     await publish_task(system.config, demo_task(system, task_id, outcome="never", timeoutSeconds=2))
 
-    (report,) = await eventually(lambda: system.reports(task_id), finished)
+    (report,) = await wait_until(lambda: system.reports(task_id), finished)
 
     assert report.task.status.value == "expired"
     (comment,) = terminal_comments(report)
@@ -85,7 +85,7 @@ async def test_dispatch_refused_by_the_service_fails_the_task(system: RunningSys
 
     await publish_task(system.config, request)
 
-    (report,) = await eventually(lambda: system.reports(task_id), finished)
+    (report,) = await wait_until(lambda: system.reports(task_id), finished)
     assert report.task.status.value == "failed"
     assert [(a.outcome, a.status_code) for a in report.attempts] == [("rejected", 400)]
     (comment,) = terminal_comments(report)
@@ -106,7 +106,7 @@ async def test_callback_for_unknown_or_forged_ids_is_rejected(system: RunningSys
 async def test_duplicate_callbacks_give_one_outcome_and_one_comment(system: RunningSystem) -> None:
     task_id = unique_task_id("duplicate-callback")
     await publish_task(system.config, demo_task(system, task_id, outcome="never"))
-    (report,) = await eventually(
+    (report,) = await wait_until(
         lambda: system.reports(task_id),
         lambda r: len(r) == 1 and r[0].task.status.value == "initiated",
     )
@@ -126,7 +126,7 @@ async def test_duplicate_callbacks_give_one_outcome_and_one_comment(system: Runn
         answers.append(await http.post(url, json=late_error))
     assert [answer.status_code for answer in answers] == [202, 202, 202]
 
-    (report,) = await eventually(
+    (report,) = await wait_until(
         lambda: system.reports(task_id), lambda r: finished(r) and len(r[0].history) == 3
     )
     assert report.task.status.value == "completed"
@@ -145,7 +145,7 @@ async def test_duplicate_task_events_dispatch_once(system: RunningSystem) -> Non
     await publish_task(system.config, request)
     await publish_task(system.config, same_request_again)
 
-    await eventually(lambda: system.reports(task_id), finished)
+    await wait_until(lambda: system.reports(task_id), finished)
     await asyncio.sleep(1.0)  # a second dispatch, if any, would have happened by now
 
     reports = await system.reports(task_id)
@@ -159,7 +159,7 @@ async def test_a_late_success_reaches_the_user_marked_late_and_the_task_stays_ex
 ) -> None:
     task_id = unique_task_id("late")
     await publish_task(system.config, demo_task(system, task_id, outcome="never", timeoutSeconds=1))
-    (report,) = await eventually(lambda: system.reports(task_id), finished)
+    (report,) = await wait_until(lambda: system.reports(task_id), finished)
     assert report.task.status.value == "expired"
     assert system.config.gateway_url
     url = system.tokens.callback_url(system.config.gateway_url, report.task.correlation_id)
@@ -173,7 +173,7 @@ async def test_a_late_success_reaches_the_user_marked_late_and_the_task_stays_ex
         answer = await http.post(url, json=late)
     assert answer.status_code == 202
 
-    (report,) = await eventually(
+    (report,) = await wait_until(
         lambda: system.reports(task_id),
         lambda r: any(comment.kind == "late_result" for comment in r[0].comments),
     )

@@ -16,10 +16,10 @@ from .conftest import (
     SIGNED_ENDPOINT,
     SIGNED_ENDPOINT_SECRET,
     RunningSystem,
-    eventually,
     finished,
     terminal_comments,
     unique_task_id,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +44,7 @@ async def test_only_a_signed_callback_completes_an_endpoint_bound_task(
             ),
         ),
     )
-    (report,) = await eventually(
+    (report,) = await wait_until(
         lambda: system.reports(task_id),
         lambda r: len(r) == 1 and r[0].task.status.value == "initiated",
     )
@@ -74,6 +74,6 @@ async def test_only_a_signed_callback_completes_an_endpoint_bound_task(
         signed = await http.post(url, content=body, headers=signed_headers)
 
     assert (unsigned.status_code, forged.status_code, signed.status_code) == (401, 401, 202)
-    (report,) = await eventually(lambda: system.reports(task_id), finished)
+    (report,) = await wait_until(lambda: system.reports(task_id), finished)
     assert report.task.status.value == "completed"
     assert len(terminal_comments(report)) == 1
