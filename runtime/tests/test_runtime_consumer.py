@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -34,6 +35,35 @@ class RecordingPublisher:
 
     async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
         self.messages.extend(messages)
+
+
+@contextlib.asynccontextmanager
+async def subscribed(
+    infrastructure: Infrastructure,
+    topics: Topics,
+    name: str,
+    topic: str,
+    handle: Callable[[Ping], Awaitable[None]],
+    **options: float,
+) -> AsyncIterator[tuple[KafkaPublisher, KafkaBroker]]:
+    """Yield a started publisher and a broker (not yet started) with `handle` subscribed."""
+    publisher = KafkaPublisher.create(
+        infrastructure.kafka_bootstrap_servers, enable_idempotence=False, client_id="test"
+    )
+    await publisher.start()
+    broker = create_broker(infrastructure.kafka_bootstrap_servers, client_id="test")
+    register_consumer(
+        broker,
+        ConsumerSpec(name, topic, f"{topics.prefix}.{name}", TypeAdapter(Ping), handle),
+        dead_letters=publisher,
+        topics=topics,
+        **options,  # type: ignore[arg-type]
+    )
+    try:
+        yield publisher, broker
+    finally:
+        await broker.stop()
+        await publisher.stop()
 
 
 async def test_invalid_messages_are_dead_lettered_and_valid_ones_handled() -> None:
@@ -80,25 +110,12 @@ async def test_a_failing_handler_gets_the_event_again_and_offsets_follow_effects
             raise ConnectionError("database briefly unavailable")
         done.set()
 
-    publisher = KafkaPublisher.create(
-        infrastructure.kafka_bootstrap_servers, enable_idempotence=False, client_id="test"
-    )
-    await publisher.start()
-    broker = create_broker(infrastructure.kafka_bootstrap_servers, client_id="test")
-    register_consumer(
-        broker,
-        ConsumerSpec("flaky", topic, f"{unique_topics.prefix}.flaky", TypeAdapter(Ping), flaky),
-        dead_letters=publisher,
-        topics=unique_topics,
-        retry_delay=0.1,
-    )
-    try:
+    async with subscribed(
+        infrastructure, unique_topics, "flaky", topic, flaky, retry_delay=0.1
+    ) as (publisher, broker):
         await publisher.publish(OutgoingMessage(topic, "k", json.dumps({"number": 7}).encode()))
         await broker.start()
         await asyncio.wait_for(done.wait(), 60)
-    finally:
-        await broker.stop()
-        await publisher.stop()
 
     assert attempts == [7, 7]
     # The group's committed offset is past the event: a restarted consumer does not see it.
@@ -125,38 +142,26 @@ async def test_dead_letters_reach_the_real_dead_letter_topic(
     infrastructure: Infrastructure, unique_topics: Topics
 ) -> None:
     topic = unique_topics.callback_received
-    publisher = KafkaPublisher.create(
-        infrastructure.kafka_bootstrap_servers, enable_idempotence=False, client_id="test"
-    )
-    await publisher.start()
-    broker = create_broker(infrastructure.kafka_bootstrap_servers, client_id="test")
 
     async def never(event: Ping) -> None:
         raise AssertionError("an invalid event must not reach the handler")
 
-    register_consumer(
-        broker,
-        ConsumerSpec("dlq", topic, f"{unique_topics.prefix}.dlq", TypeAdapter(Ping), never),
-        dead_letters=publisher,
-        topics=unique_topics,
-    )
     producer = AIOKafkaProducer(bootstrap_servers=infrastructure.kafka_bootstrap_servers)
-    await producer.start()
     reader = AIOKafkaConsumer(
         unique_topics.dead_letter(topic),
         bootstrap_servers=infrastructure.kafka_bootstrap_servers,
         auto_offset_reset="earliest",
     )
-    try:
-        await producer.send_and_wait(topic, b'{"number": []}', key=b"key-1")
-        await broker.start()
-        await reader.start()
-        record = await asyncio.wait_for(reader.getone(), 60)
-    finally:
-        await reader.stop()
-        await producer.stop()
-        await broker.stop()
-        await publisher.stop()
+    async with subscribed(infrastructure, unique_topics, "dlq", topic, never) as (_, broker):
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, b'{"number": []}', key=b"key-1")
+            await broker.start()
+            await reader.start()
+            record = await asyncio.wait_for(reader.getone(), 60)
+        finally:
+            await reader.stop()
+            await producer.stop()
 
     letter = DeadLetter.model_validate_json(record.value)
     assert record.key == b"key-1"
@@ -182,32 +187,20 @@ async def test_a_handler_runs_in_the_trace_its_producer_sent_in_the_message_head
         if len(seen) == 2:
             done.set()
 
-    publisher = KafkaPublisher.create(
-        infrastructure.kafka_bootstrap_servers, enable_idempotence=False, client_id="test"
-    )
-    await publisher.start()
-    broker = create_broker(infrastructure.kafka_bootstrap_servers, client_id="test")
-    register_consumer(
-        broker,
-        ConsumerSpec("traced", topic, f"{unique_topics.prefix}.traced", TypeAdapter(Ping), handle),
-        dead_letters=publisher,
-        topics=unique_topics,
-    )
     producer = AIOKafkaProducer(bootstrap_servers=infrastructure.kafka_bootstrap_servers)
-    await producer.start()
-    try:
-        await producer.send_and_wait(
-            topic,
-            b'{"number": 1}',
-            key=b"a",
-            headers=[("traceparent", f"00-{upstream_trace}-00f067aa0ba902b7-01".encode())],
-        )
-        await producer.send_and_wait(topic, b'{"number": 2}', key=b"b")
-        await broker.start()
-        await asyncio.wait_for(done.wait(), 60)
-    finally:
-        await producer.stop()
-        await broker.stop()
-        await publisher.stop()
+    async with subscribed(infrastructure, unique_topics, "traced", topic, handle) as (_, broker):
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                topic,
+                b'{"number": 1}',
+                key=b"a",
+                headers=[("traceparent", f"00-{upstream_trace}-00f067aa0ba902b7-01".encode())],
+            )
+            await producer.send_and_wait(topic, b'{"number": 2}', key=b"b")
+            await broker.start()
+            await asyncio.wait_for(done.wait(), 60)
+        finally:
+            await producer.stop()
 
     assert seen == {1: upstream_trace, 2: None}
