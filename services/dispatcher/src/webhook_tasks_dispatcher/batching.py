@@ -41,14 +41,6 @@ class GroupCommit(Generic[ItemT, ResultT]):
             asyncio.get_running_loop().call_soon(self._start_batches)
         return await future
 
-    async def drain(self) -> None:
-        """Wait until every submitted item is written."""
-        while self._in_flight or self._waiting:
-            if self._in_flight:
-                await asyncio.gather(*self._in_flight, return_exceptions=True)
-            else:
-                await asyncio.sleep(0)
-
     def _start_batches(self) -> None:
         self._scheduled = False
         while self._waiting and len(self._in_flight) < self._max_in_flight:

@@ -76,23 +76,6 @@ async def test_a_failing_batch_is_retried_item_by_item_so_only_the_bad_item_fail
     assert writer.batches == [[1, -2, 3], [1], [-2], [3]]
 
 
-async def test_drain_waits_for_every_submitted_item() -> None:
-    pause = asyncio.Event()
-    writer = Recorder(pause=pause)
-    commit = GroupCommit(writer)
-    submitted = asyncio.ensure_future(commit.submit(7))
-    await asyncio.sleep(0)
-    drained = asyncio.ensure_future(commit.drain())
-    await asyncio.sleep(0.01)
-    assert not drained.done()
-
-    pause.set()
-    await drained
-
-    assert submitted.done()
-    assert submitted.result() == 70
-
-
 async def test_a_cancelled_caller_does_not_break_the_batch_for_the_others() -> None:
     pause = asyncio.Event()
     writer = Recorder(pause=pause)
