@@ -7,7 +7,7 @@ PACKAGES := contracts runtime services/dispatcher services/callback-gateway serv
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: venv run test test-unit test-integration test-e2e lint fmt bench bench-quick wrk clean
+.PHONY: venv run test test-unit test-integration test-e2e lint fmt bench bench-quick wrk h2load clean
 
 venv: $(STAMP)
 
@@ -36,10 +36,10 @@ test-e2e: $(STAMP)
 	$(PYTEST) -m e2e
 
 ## bench: measure the system against ceilings taken in the same run (ARGS=--quick: under a minute)
-bench: $(STAMP) wrk
+bench: $(STAMP) wrk h2load
 	$(BIN)/python -m bench $(ARGS)
 
-bench-quick: $(STAMP) wrk
+bench-quick: $(STAMP) wrk h2load
 	$(BIN)/python -m bench --quick $(ARGS)
 
 # The gateway rows load the servers with wrk when it is installed (else with the in-repo
@@ -54,6 +54,20 @@ wrk:
 		fi; \
 		command -v wrk >/dev/null 2>&1 \
 			|| echo "wrk is not installed (apt-get install wrk): the gateway rows use the in-repo Python load generator"; \
+	}
+
+# The gateway's latency rows offer a fixed rate with h2load (package nghttp2-client) when it
+# is installed (else with the in-repo Python client, which cannot hold 2,000/s here).
+h2load:
+	@command -v h2load >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing h2load (nghttp2-client) for the gateway benchmark"; \
+			apt-get install -y -qq nghttp2-client >/dev/null 2>&1 \
+				|| { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nghttp2-client >/dev/null 2>&1; } \
+				|| true; \
+		fi; \
+		command -v h2load >/dev/null 2>&1 \
+			|| echo "h2load is not installed (apt-get install nghttp2-client): the gateway latency rows use the in-repo Python open-loop client"; \
 	}
 
 lint: $(STAMP)

@@ -7,6 +7,7 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -29,6 +30,8 @@ class LoadResult:
     """At a fixed rate: how late each request left after its planned time (generator lag)."""
     reported_latency: Summary | None = None
     """The generator's own latency summary, where it gives no samples (wrk)."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """What the generator tells about the run besides counts and latencies (h2load)."""
 
     def latency(self) -> Summary:
         """Return the latency summary of the successful requests."""

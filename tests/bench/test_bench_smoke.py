@@ -41,6 +41,12 @@ def test_quick_benchmark_prints_the_table_and_writes_json_and_chart(tmp_path: Pa
     [saturated] = [row for row in document["rows"] if row["name"].startswith("accepted/s")]
     assert saturated["name"].endswith(generator), saturated
     assert document["facts"]["gateway"]["load_generator"]["saturated"].startswith(generator)
+    # Their latencies at a fixed rate come from h2load when installed, else the in-repo client.
+    latency_generator = "h2load" if shutil.which("h2load") else "aiohttp"
+    for name in ("p50", "p99"):
+        [row] = [r for r in document["rows"] if r["group"] == "Gateway" and r["name"][:3] == name]
+        assert row["name"].endswith(latency_generator), row
+    assert latency_generator in document["facts"]["gateway"]["load_generator"]["fixed_rate"]
     dispatcher = document["facts"]["dispatcher"]
     assert dispatcher["initiated"] == dispatcher["tasks"], dispatcher
     end_to_end = document["facts"]["end to end"]
