@@ -522,10 +522,10 @@ async def record_late_result(
     return TaskRow.from_record(record) if record else None
 
 
-async def current_status(conn: asyncpg.Connection, correlation_id: str) -> TaskStatus | None:
-    """Return the task's state, or None if there is no such task."""
+async def lock_task(conn: asyncpg.Connection, correlation_id: str) -> TaskStatus | None:
+    """Lock the task's row until the transaction ends; return its state (None: no such task)."""
     status = await conn.fetchval(
-        "SELECT status FROM tasks WHERE correlation_id = $1", correlation_id
+        "SELECT status FROM tasks WHERE correlation_id = $1 FOR UPDATE", correlation_id
     )
     return TaskStatus(status) if status is not None else None
 

@@ -508,11 +508,11 @@ class Dispatcher:
         target = status_after_callback(callback.status)
         kind = f"callback:{callback.status}"
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await self._first_sighting(
+            first, before = await self._first_sighting(
                 conn, callback.event_id, callback.correlation_id, kind
-            ):
+            )
+            if not first:
                 return
-            before = await repo.current_status(conn, callback.correlation_id)
             if target is None:
                 row = await repo.record_progress(
                     conn,
@@ -578,11 +578,11 @@ class Dispatcher:
         now = self._clock()
         kind = "deadline"
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await self._first_sighting(
+            first, before = await self._first_sighting(
                 conn, deadline.event_id, deadline.correlation_id, kind
-            ):
+            )
+            if not first:
                 return
-            before = await repo.current_status(conn, deadline.correlation_id)
             row = await repo.finish(
                 conn,
                 deadline.correlation_id,
@@ -597,11 +597,10 @@ class Dispatcher:
 
     async def _first_sighting(
         self, conn: asyncpg.Connection, event_id: object, correlation_id: str, kind: str
-    ) -> bool:
+    ) -> tuple[bool, TaskStatus | None]:
+        """Lock the task, record the event; return whether it is new, and the task's state."""
         # Locking the task row makes a callback and a deadline for one task take turns.
-        await conn.execute(
-            "SELECT 1 FROM tasks WHERE correlation_id = $1 FOR UPDATE", correlation_id
-        )
+        before = await repo.lock_task(conn, correlation_id)
         first = await repo.record_history(
             conn,
             event_id=str(event_id),
@@ -611,7 +610,7 @@ class Dispatcher:
         )
         if not first:
             logger.info("event seen before; nothing to do", extra={"event_id": str(event_id)})
-        return first
+        return first, before
 
     async def _settle(
         self,
