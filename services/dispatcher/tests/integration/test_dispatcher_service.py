@@ -345,6 +345,26 @@ async def test_callbacks_racing_deadlines_end_each_task_exactly_once(
             assert [entry.outcome for entry in history].count("applied") == 1
 
 
+async def test_a_callback_the_database_refuses_fails_alone_and_its_batch_still_applies(
+    under_test: DispatcherUnderTest,
+) -> None:
+    tasks = [(await dispatched(under_test))[1] for _ in range(3)]
+    refused = callback(tasks[2].correlation_id, "error", error="bad\x00byte")
+
+    results = await asyncio.gather(
+        under_test.dispatcher.apply_callback(callback(tasks[0].correlation_id, "success")),
+        under_test.dispatcher.apply_callback(callback(tasks[1].correlation_id, "error")),
+        under_test.dispatcher.apply_callback(refused),
+        return_exceptions=True,
+    )
+
+    assert results[:2] == [None, None]
+    assert isinstance(results[2], Exception)
+    async with under_test.pool.acquire() as conn:
+        statuses = [(await repo.find_tasks(conn, task.task_id))[0].status for task in tasks]
+    assert [status.value for status in statuses] == ["completed", "failed", "initiated"]
+
+
 async def test_a_late_success_is_shown_once_without_a_second_outcome(
     under_test: DispatcherUnderTest,
 ) -> None:
