@@ -8,10 +8,9 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from typing import TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -57,7 +56,6 @@ from .signing import SigningKeys, webhook_id_of
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-EventT = TypeVar("EventT", CallbackReceived, DeadlineReached)
 
 
 class Dispatcher:
@@ -97,8 +95,6 @@ class Dispatcher:
         # Concurrent handlers share transactions: round trips per batch, not per task.
         self._claims = GroupCommit(self._record_claims)
         self._acceptances = GroupCommit(self._record_acceptances)
-        self._callbacks = GroupCommit(self._apply_callbacks)
-        self._deadlines = GroupCommit(self._apply_deadlines)
 
     async def dispatch(self, request: TaskRequested) -> None:
         """Record the task and send its request, once, whatever is redelivered."""
@@ -508,68 +504,46 @@ class Dispatcher:
 
     async def apply_callback(self, callback: CallbackReceived) -> None:
         """Apply a callback to its task if the task is still open; record it either way."""
-        await self._callbacks.submit(callback)
-
-    async def apply_deadline(self, deadline: DeadlineReached) -> None:
-        """Expire the task if it is still open and its deadline has not moved since."""
-        await self._deadlines.submit(deadline)
-
-    async def _apply_in_one_transaction(
-        self,
-        events: Sequence[EventT],
-        apply: Callable[[asyncpg.Connection, EventT], Awaitable[None]],
-    ) -> list[None]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            # Every batch locks its tasks in one order, so two batches never wait in a cycle.
-            for event in sorted(events, key=lambda event: event.correlation_id):
-                with correlation_context(event.correlation_id):
-                    await apply(conn, event)
-        # Only now is the transaction committed: the relay may publish what it queued.
-        self._after_commit()
-        return [None] * len(events)
-
-    async def _apply_callbacks(self, callbacks: Sequence[CallbackReceived]) -> list[None]:
-        return await self._apply_in_one_transaction(callbacks, self._apply_callback)
-
-    async def _apply_deadlines(self, deadlines: Sequence[DeadlineReached]) -> list[None]:
-        return await self._apply_in_one_transaction(deadlines, self._apply_deadline)
-
-    async def _apply_callback(self, conn: asyncpg.Connection, callback: CallbackReceived) -> None:
         now = self._clock()
         target = status_after_callback(callback.status)
         kind = f"callback:{callback.status}"
-        first, before = await self._first_sighting(
-            conn, callback.event_id, callback.correlation_id, kind
-        )
-        if not first:
-            return
-        if target is None:
-            row = await repo.record_progress(
-                conn,
-                callback.correlation_id,
-                now=now,
-                progress=callback.progress,
-                message=callback.message,
+        async with self._pool.acquire() as conn, conn.transaction():
+            first, before = await self._first_sighting(
+                conn, callback.event_id, callback.correlation_id, kind
             )
-            event: LifecycleEvent | None = _progressed(row, callback) if row is not None else None
-        else:
-            row = await repo.finish(
-                conn,
-                callback.correlation_id,
-                target,
-                now=now,
-                reason=callback.error if target is TaskStatus.FAILED else None,
-                result_url=callback.result_url,
-                result_metadata=callback.metadata if target is TaskStatus.COMPLETED else None,
-            )
-            event = _finished_by_callback(row, callback) if row is not None else None
-            if row is not None:
-                # Finished while a retry was still scheduled: that request must not go out.
-                await repo.forget_request(conn, callback.correlation_id)
-        if row is None and before is TaskStatus.EXPIRED and target is TaskStatus.COMPLETED:
-            await self._record_late_result(conn, callback)
-        else:
-            await self._settle(conn, callback.event_id, kind, before, row, event)
+            if not first:
+                return
+            if target is None:
+                row = await repo.record_progress(
+                    conn,
+                    callback.correlation_id,
+                    now=now,
+                    progress=callback.progress,
+                    message=callback.message,
+                )
+                event: LifecycleEvent | None = (
+                    _progressed(row, callback) if row is not None else None
+                )
+            else:
+                row = await repo.finish(
+                    conn,
+                    callback.correlation_id,
+                    target,
+                    now=now,
+                    reason=callback.error if target is TaskStatus.FAILED else None,
+                    result_url=callback.result_url,
+                    result_metadata=callback.metadata if target is TaskStatus.COMPLETED else None,
+                )
+                event = _finished_by_callback(row, callback) if row is not None else None
+                if row is not None:
+                    # Finished while a retry was still scheduled: that request must not go out.
+                    await repo.forget_request(conn, callback.correlation_id)
+            if row is None and before is TaskStatus.EXPIRED and target is TaskStatus.COMPLETED:
+                await self._record_late_result(conn, callback)
+            else:
+                await self._settle(conn, callback.event_id, kind, before, row, event)
+        # Only now is the transaction committed: the relay may publish what it queued.
+        self._after_commit()
 
     async def _record_late_result(
         self, conn: asyncpg.Connection, callback: CallbackReceived
@@ -599,23 +573,27 @@ class Dispatcher:
             await self._queue(conn, [_late_result(row, callback)])
         logger.info("late result recorded", extra={"shown": row is not None})
 
-    async def _apply_deadline(self, conn: asyncpg.Connection, deadline: DeadlineReached) -> None:
+    async def apply_deadline(self, deadline: DeadlineReached) -> None:
+        """Expire the task if it is still open and its deadline has not moved since."""
+        now = self._clock()
         kind = "deadline"
-        first, before = await self._first_sighting(
-            conn, deadline.event_id, deadline.correlation_id, kind
-        )
-        if not first:
-            return
-        row = await repo.finish(
-            conn,
-            deadline.correlation_id,
-            TaskStatus.EXPIRED,
-            now=self._clock(),
-            reason="no callback before the deadline",
-            only_if_deadline_not_after=deadline.deadline_at,
-        )
-        event = _expired(row) if row is not None else None
-        await self._settle(conn, deadline.event_id, kind, before, row, event)
+        async with self._pool.acquire() as conn, conn.transaction():
+            first, before = await self._first_sighting(
+                conn, deadline.event_id, deadline.correlation_id, kind
+            )
+            if not first:
+                return
+            row = await repo.finish(
+                conn,
+                deadline.correlation_id,
+                TaskStatus.EXPIRED,
+                now=now,
+                reason="no callback before the deadline",
+                only_if_deadline_not_after=deadline.deadline_at,
+            )
+            event = _expired(row) if row is not None else None
+            await self._settle(conn, deadline.event_id, kind, before, row, event)
+        self._after_commit()
 
     async def _first_sighting(
         self, conn: asyncpg.Connection, event_id: object, correlation_id: str, kind: str
