@@ -17,7 +17,6 @@ HdrHistogram does (an answer taking d held back sends that waited d - T, d - 2T,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import re
 import shutil
@@ -27,6 +26,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .generators import run_generator
 from .load import LoadResult, Tick
 from .stats import Summary
 
@@ -122,23 +122,11 @@ async def fixed_rate(
             str(log_file),
             url,
         ]
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            async with asyncio.timeout(duration + 60):
-                stdout, stderr = await process.communicate()
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-            raise
-        if process.returncode != 0:
+        async with asyncio.timeout(duration + 60):
+            returncode, stdout, stderr = await run_generator(command)
+        if returncode != 0:
             raise H2loadError(
-                f"h2load exited with {process.returncode}: {(stdout + stderr).decode()[-500:]}"
+                f"h2load exited with {returncode}: {(stdout + stderr).decode()[-500:]}"
             )
         total, started = parse_summary(stdout.decode())
         result = parse_log(

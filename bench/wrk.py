@@ -9,7 +9,6 @@ a file) and reports counts by status and latency percentiles as one JSON line.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import shutil
@@ -19,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .generators import run_generator
 from .load import LoadResult, Tick
 from .stats import Summary
 
@@ -84,22 +84,10 @@ async def closed_loop(
             "--",
             str(listing),
         ]
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            async with asyncio.timeout(seconds + 30):
-                stdout, stderr = await process.communicate()
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-            raise
-    if process.returncode != 0:
-        raise WrkError(f"wrk exited with {process.returncode}: {stderr.decode()[-500:]}")
+        async with asyncio.timeout(seconds + 30):
+            returncode, stdout, stderr = await run_generator(command)
+    if returncode != 0:
+        raise WrkError(f"wrk exited with {returncode}: {stderr.decode()[-500:]}")
     result = parse_result(stdout.decode())
     tick(result.ok)
     return result
