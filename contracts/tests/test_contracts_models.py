@@ -140,6 +140,8 @@ def test_the_product_summary_callbacks_parse() -> None:
         ('{"correlationId": "c", "status": "done"}', "status"),
         ('{"correlationId": "c", "status": "success", "resultUrl": "javascript:x"}', "resultUrl"),
         ('{"correlationId": "c", "status": "progress", "progress": 101}', "progress"),
+        ('{"correlationId": "c", "status": "error", "error": "bad \\u0000 byte"}', "error"),
+        ('{"correlationId": "c", "status": "success", "metadata": {"k": ["\\u0000"]}}', "metadata"),
         ("not json", "json"),
     ],
 )
@@ -201,3 +203,28 @@ def test_topics_are_prefixed_and_include_dead_letters() -> None:
     assert topics.task_requested == "acme.task-requested"
     assert topics.dead_letter(topics.task_lifecycle) == "acme.task-lifecycle.dead-letter"
     assert len(topics.all()) == 10
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"taskId": "t\x00"}, "taskId"),
+        ({"followers": ["u\x00"]}, "followers"),
+        ({"webhookParams": {"\x00": 1}}, "webhookParams"),
+        ({"webhookAuth": "Bearer \x00"}, "webhookAuth"),
+    ],
+)
+def test_a_task_event_with_a_nul_character_is_refused_naming_the_field(
+    change: dict[str, object], field: str
+) -> None:
+    metadata = dict(PRODUCT_SUMMARY_TASK["taskMetadata"])  # type: ignore[call-overload]
+    event = dict(PRODUCT_SUMMARY_TASK, taskMetadata=metadata)
+    for key, value in change.items():
+        (metadata if key.startswith("webhook") else event)[key] = value
+
+    with pytest.raises(ValidationError) as raised:
+        TaskRequested.model_validate(event)
+
+    assert field in str(raised.value)
+    assert "NUL" in str(raised.value)
+    assert "Bearer" not in str(raised.value)

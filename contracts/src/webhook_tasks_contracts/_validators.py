@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, SecretStr, StringConstraints, field_validator
 
 MAX_URL_LENGTH = 2048
 MAX_ERROR_LENGTH = 4000
@@ -31,3 +31,30 @@ HttpUrlString = Annotated[
 """An absolute http(s) URL kept exactly as given (pydantic's HttpUrl would normalise it)."""
 
 Progress = Annotated[float, Field(ge=0, le=100)]
+
+
+class StorableText(BaseModel):
+    """A model whose text PostgreSQL can store: no NUL character in any field, nested or not.
+
+    Refused here, such input is a clear 400 at the gateway and a dead letter on Kafka;
+    let through, it would fail the consumer's write again on every redelivery.
+    """
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _refuse_nul(cls, value: Any) -> Any:
+        if _holds_nul(value):
+            raise ValueError("must not contain the NUL character (\\u0000)")
+        return value
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, SecretStr):
+        return "\x00" in value.get_secret_value()
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds_nul(item) for item in value)
+    return False

@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from ._validators import HttpUrlString, Identifier, Progress
+from ._validators import HttpUrlString, Identifier, Progress, StorableText
 from .payloads import RESERVED_REQUEST_FIELDS
 
 SCHEMA_VERSION = 1
@@ -51,7 +51,7 @@ def derived_event_id(*parts: object) -> UUID:
     return uuid5(_EVENT_ID_NAMESPACE, "/".join(str(part) for part in parts))
 
 
-class Event(BaseModel):
+class Event(StorableText):
     """The envelope every event shares."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
@@ -61,11 +61,16 @@ class Event(BaseModel):
     occurred_at: AwareDatetime = Field(default_factory=utc_now)
 
 
-class TaskMetadata(BaseModel):
+class TaskMetadata(StorableText):
     """How a task is run as a webhook task (`taskMetadata` of the product summary)."""
 
+    # hide_input_in_errors: an error about webhookAuth must not quote it.
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore"
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        extra="ignore",
+        hide_input_in_errors=True,
     )
 
     is_webhook_task: bool = False
@@ -103,7 +108,9 @@ class TaskMetadata(BaseModel):
 class TaskRequested(Event):
     """An upstream system asks for a task to run. Keyed by `task_id`."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, hide_input_in_errors=True
+    )
 
     type: Literal["task.requested"] = "task.requested"
     task_id: Identifier
@@ -122,7 +129,7 @@ class TaskRequested(Event):
         return f"{self.task_id}/{self.request_id or self.event_id}"
 
 
-class TaskRef(BaseModel):
+class TaskRef(StorableText):
     """Who a task belongs to, carried on every lifecycle event so consumers need no lookup."""
 
     model_config = ConfigDict(frozen=True)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
 
-from ._validators import MAX_ERROR_LENGTH, HttpUrlString, Identifier, Progress
+from ._validators import MAX_ERROR_LENGTH, HttpUrlString, Identifier, Progress, StorableText
 
 RESERVED_REQUEST_FIELDS = frozenset(
     {"correlationId", "callbackUrl", "prompt", "taskId", "userId", "projectId"}
@@ -19,7 +19,7 @@ RESERVED_REQUEST_FIELDS = frozenset(
 """Fields of the webhook request that `webhookParams` may not override."""
 
 
-class _WireModel(BaseModel):
+class _WireModel(StorableText):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
     )

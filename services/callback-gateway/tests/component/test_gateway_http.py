@@ -275,6 +275,18 @@ class TestBadInput:
             "#/resultUrl",
         ]
 
+    async def test_text_the_database_could_not_store_is_400_naming_the_field(
+        self, client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str
+    ) -> None:
+        body = success_body(cid, metadata={"title": "bad \x00 byte"})
+
+        response = await client.post(tokens.callback_url("http://gateway", cid), json=body)
+
+        problem = assert_problem(response, 400)
+        assert [error["field"] for error in problem["errors"]] == ["metadata"]
+        assert "NUL" in problem["errors"][0]["detail"]
+        assert publisher.messages == []
+
     async def test_correlation_id_differing_from_the_url_is_400(
         self, client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str
     ) -> None:
