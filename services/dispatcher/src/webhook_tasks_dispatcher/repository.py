@@ -408,28 +408,19 @@ async def record_attempt(
 
 
 async def mark_initiated(
-    conn: asyncpg.Connection,
-    correlation_id: str,
-    *,
-    now: datetime,
-    deadline_at: datetime,
-    ack_status: str | None,
-    estimated_completion: str | None,
+    conn: asyncpg.Connection, correlation_id: str, *, now: datetime, deadline_at: datetime
 ) -> TaskRow | None:
-    """pending -> initiated; None if something (a fast callback) already moved the task."""
+    """pending -> initiated (one task; `settle_accepted` does many); None if already moved."""
     record = await conn.fetchrow(
         """
         UPDATE tasks SET status = 'initiated', deadline_at = $3, dispatched_at = $2,
-            updated_at = $2, ack_status = $4, estimated_completion = $5, claimed_until = NULL,
-            status_reason = NULL
+            updated_at = $2, claimed_until = NULL, status_reason = NULL
         WHERE correlation_id = $1 AND status = 'pending'
         RETURNING *
         """,
         correlation_id,
         now,
         deadline_at,
-        ack_status,
-        estimated_completion,
     )
     return TaskRow.from_record(record) if record else None
 

@@ -447,21 +447,14 @@ class Dispatcher:
         if result.outcome != "accepted":
             row = await repo.finish(conn, cid, TaskStatus.FAILED, now=now, reason=result.reason)
             return [_failed_dispatch(row, result)] if row is not None else []
-        ack = result.ack if pending.mode == "callback" else None
+        # Accepted in callback mode is settled in batches (_settle_acceptance): this is sync,
+        # whose answer is the result itself.
         row = await repo.mark_initiated(
-            conn,
-            cid,
-            now=now,
-            deadline_at=now + timedelta(seconds=pending.timeout_seconds),
-            ack_status=ack.status if ack else None,
-            estimated_completion=ack.estimated_completion if ack else None,
+            conn, cid, now=now, deadline_at=now + timedelta(seconds=pending.timeout_seconds)
         )
         if row is None:
             return []  # a callback got there first
-        events: list[LifecycleEvent] = [_dispatched(row)]
-        if pending.mode == "sync":
-            events += await self._finish_sync(conn, row, result, now)
-        return events
+        return [_dispatched(row), *await self._finish_sync(conn, row, result, now)]
 
     async def _finish_sync(
         self, conn: asyncpg.Connection, row: repo.TaskRow, result: DeliveryResult, now: datetime
@@ -491,15 +484,7 @@ class Dispatcher:
         )
         target = status_after_callback(callback.status)
         assert target is not None
-        done = await repo.finish(
-            conn,
-            row.correlation_id,
-            target,
-            now=now,
-            reason=callback.error if target is TaskStatus.FAILED else None,
-            result_url=callback.result_url,
-            result_metadata=callback.metadata if target is TaskStatus.COMPLETED else None,
-        )
+        done = await _finish_as_reported(conn, callback, target, now)
         return [_finished_by_callback(done, callback)] if done is not None else []
 
     async def apply_callback(self, callback: CallbackReceived) -> None:
@@ -525,15 +510,7 @@ class Dispatcher:
                     _progressed(row, callback) if row is not None else None
                 )
             else:
-                row = await repo.finish(
-                    conn,
-                    callback.correlation_id,
-                    target,
-                    now=now,
-                    reason=callback.error if target is TaskStatus.FAILED else None,
-                    result_url=callback.result_url,
-                    result_metadata=callback.metadata if target is TaskStatus.COMPLETED else None,
-                )
+                row = await _finish_as_reported(conn, callback, target, now)
                 event = _finished_by_callback(row, callback) if row is not None else None
                 if row is not None:
                     # Finished while a retry was still scheduled: that request must not go out.
@@ -678,6 +655,21 @@ def parse_sync_result(
     if isinstance(answer, ProgressCallback):
         return "the external service answered with progress instead of a result"
     return answer
+
+
+async def _finish_as_reported(
+    conn: asyncpg.Connection, callback: CallbackReceived, target: TaskStatus, now: datetime
+) -> repo.TaskRow | None:
+    """Move the task to `target`, keeping the result or error the callback reports."""
+    return await repo.finish(
+        conn,
+        callback.correlation_id,
+        target,
+        now=now,
+        reason=callback.error if target is TaskStatus.FAILED else None,
+        result_url=callback.result_url,
+        result_metadata=callback.metadata if target is TaskStatus.COMPLETED else None,
+    )
 
 
 def _forget(
