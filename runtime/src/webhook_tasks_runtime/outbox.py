@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
 import asyncpg
 
@@ -28,6 +29,28 @@ async def add_to_outbox(conn: asyncpg.Connection, messages: Sequence[OutgoingMes
     await conn.executemany(
         "INSERT INTO outbox (topic, key, payload) VALUES ($1, $2, $3)",
         [(message.topic, message.key, message.value) for message in messages],
+    )
+
+
+class KeyedEvent(Protocol):
+    """An event that names its task: its correlation id is its Kafka key."""
+
+    @property
+    def correlation_id(self) -> str: ...
+
+    def model_dump_json(self) -> str: ...
+
+
+async def add_events_to_outbox(
+    conn: asyncpg.Connection, topic: str, events: Sequence[KeyedEvent]
+) -> None:
+    """Queue `events` for `topic` in the caller's transaction, keyed by correlation id."""
+    await add_to_outbox(
+        conn,
+        [
+            OutgoingMessage(topic, event.correlation_id, event.model_dump_json().encode())
+            for event in events
+        ],
     )
 
 

@@ -39,9 +39,8 @@ from webhook_tasks_contracts import (
     derived_event_id,
     utc_now,
 )
-from webhook_tasks_runtime.kafka import message_for
 from webhook_tasks_runtime.logging import correlation_context
-from webhook_tasks_runtime.outbox import add_to_outbox
+from webhook_tasks_runtime.outbox import add_events_to_outbox
 from webhook_tasks_runtime.tracing import context_from_traceparent, trace_headers, traceparent_of
 
 from . import repository as repo
@@ -625,13 +624,7 @@ class Dispatcher:
         logger.info(f"{kind} ignored", extra={"reason": ignored.reason})
 
     async def _queue(self, conn: asyncpg.Connection, events: list[LifecycleEvent]) -> None:
-        await add_to_outbox(
-            conn,
-            [
-                message_for(self._topics.task_lifecycle, event, key=event.correlation_id)
-                for event in events
-            ],
-        )
+        await add_events_to_outbox(conn, self._topics.task_lifecycle, events)
 
 
 def parse_sync_result(

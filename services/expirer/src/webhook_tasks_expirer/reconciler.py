@@ -23,8 +23,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 from webhook_tasks_contracts import DeadlineReached, Topics, derived_event_id, utc_now
-from webhook_tasks_runtime.kafka import message_for
-from webhook_tasks_runtime.outbox import add_to_outbox
+from webhook_tasks_runtime.outbox import add_events_to_outbox
 
 from .repository import (
     WatchedTask,
@@ -130,13 +129,7 @@ class Reconciler:
                 )
                 for task in stuck
             ]
-            await add_to_outbox(
-                conn,
-                [
-                    message_for(self._topics.deadline_reached, event, key=event.correlation_id)
-                    for event in events
-                ],
-            )
+            await add_events_to_outbox(conn, self._topics.deadline_reached, events)
         if events:
             self._wake_relay()
         return events

@@ -21,8 +21,7 @@ from webhook_tasks_contracts import (
     derived_event_id,
     utc_now,
 )
-from webhook_tasks_runtime.kafka import message_for
-from webhook_tasks_runtime.outbox import OutboxRelay, add_to_outbox
+from webhook_tasks_runtime.outbox import OutboxRelay, add_events_to_outbox
 
 from . import repository
 from .comment_templates import CommentTemplates
@@ -89,13 +88,7 @@ class LifecycleHandler:
                 logger.info("nothing new to write", extra={"kind": rendered.kind})
                 return
             announcements = self._announcements(event.task, comment, notifications, event.event_id)
-            await add_to_outbox(
-                conn,
-                [
-                    message_for(self._topics.notifications, item, key=item.correlation_id)
-                    for item in announcements
-                ],
-            )
+            await add_events_to_outbox(conn, self._topics.notifications, announcements)
             if self._sink is not None:
                 await repository.queue_sink_deliveries(
                     conn,
