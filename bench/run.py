@@ -38,6 +38,7 @@ from .system import (
     Deployment,
     ServerProcess,
     cpu_count,
+    create_databases,
     create_topics,
 )
 
@@ -82,17 +83,22 @@ async def _phases(
 ) -> dict[str, PhaseResult]:
     infra = ctx.infra
     results: dict[str, PhaseResult] = {}
-    # The gateway is measured alone, on topics nobody consumes, so no other service
-    # competes with it for the CPUs; everything else runs in the whole system.
+    # The gateway and the dispatcher are each measured alone, on topics nobody else consumes
+    # (the dispatcher also in a database of its own), so no other service competes with them
+    # for the CPUs; the expirer, the end-to-end flow and the efficiency phase run in the whole
+    # system.
     lone_gateway = Deployment.create(infra, "gateway", log_dir, env)
+    lone_dispatcher = Deployment.create(infra, "dispatcher", log_dir, env, own_database=True)
     system = Deployment.create(infra, "system", log_dir, env)
-    await create_topics(ctx.bootstrap, [lone_gateway, system])
+    await create_topics(ctx.bootstrap, [lone_gateway, lone_dispatcher, system])
+    await create_databases(infra.database_url, [lone_dispatcher])
     noop = ServerProcess("noop", log_dir)
-    with _started(noop, lone_gateway, system):
+    with _started(noop, lone_gateway, lone_dispatcher, system):
         # Everything starts at once: the workers take seconds to join their consumer groups.
         # The quick run measures the gateway meanwhile; the full run waits, since starting
         # services would compete with the gateway for the CPUs.
         lone_gateway.start(["callback-gateway"])
+        lone_dispatcher.start(["dispatcher"])
         system.start(SERVICES)
         noop.wait_ready()
         ctx.sink.wait_ready()
@@ -102,23 +108,28 @@ async def _phases(
         meter.watch("no-op server", noop.pid)
         meter.watch("external service", ctx.sink.pid)
         meter.watch("gateway (alone)", lone_gateway.stack.pid("callback-gateway"))
+        meter.watch(dispatcher.ALONE, lone_dispatcher.stack.pid("dispatcher"))
         for service in SERVICES:
             meter.watch(service, system.stack.pid(service))
+        workers = (*SERVICES, dispatcher.ALONE)
         warm_up = asyncio.create_task(endtoend.warm_up(ctx, system))
+        warm_up_alone = asyncio.create_task(dispatcher.warm_up(ctx, lone_dispatcher))
         console.log("servers are up; the workers are joining their consumer groups")
         if not ctx.plan.overlap_start_up:
             await endtoend.wait_warm(ctx, warm_up)
-            await meter.settle(SERVICES, within=ctx.plan.settle_seconds)
-            console.log("the system is warm and idle")
+            await warm_up_alone
+            await meter.settle(workers, within=ctx.plan.settle_seconds)
+            console.log("the system and the lone dispatcher are warm and idle")
         results["gateway"] = await _metered(meter, gateway.run(ctx, lone_gateway, noop))
         lone_gateway.stop()
         # Not a service: the floor under the end-to-end latencies.
         hops = await endtoend.kafka_hops(ctx, system)
         if ctx.plan.overlap_start_up:
             await endtoend.wait_warm(ctx, warm_up)
-            console.log("the system is warm")
+            await warm_up_alone
+            console.log("the system and the lone dispatcher are warm")
         phases: list[tuple[str, Callable[[], Awaitable[PhaseResult]]]] = [
-            ("dispatcher", lambda: dispatcher.run(ctx, system)),
+            ("dispatcher", lambda: dispatcher.run(ctx, lone_dispatcher)),
             ("expirer", lambda: expirer.run(ctx, system)),
             (
                 "end to end",
@@ -129,8 +140,13 @@ async def _phases(
             ("efficiency", lambda: efficiency.run(ctx, system)),
         ]
         for name, phase in phases:
-            waited = await meter.settle(SERVICES, within=ctx.plan.settle_seconds)
+            # A stopped process counts as idle.
+            waited = await meter.settle(workers, within=ctx.plan.settle_seconds)
             results[name] = await _metered(meter, phase())
+            if name == "dispatcher":
+                # Stopped once metered (a stopped process drops out of the CPU readings):
+                # idle or not, it must not compete with the phases that follow.
+                lone_dispatcher.stop()
             results[name].facts["waited_for_idle_s"] = round(waited, 1)
             console.log(f"{name} measured")
     return results
