@@ -6,14 +6,15 @@ import asyncio
 import base64
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 from webhook_tasks_contracts import CallbackTokens, parse_callback_keys
 from webhook_tasks_gateway import GatewaySettings, create_app
-from webhook_tasks_runtime.kafka import MessagePublisher, OutgoingMessage
+from webhook_tasks_gateway.publishing import CallbackPublisher
+from webhook_tasks_runtime.kafka import OutgoingMessage
 
 
 class RecordingPublisher:
@@ -24,12 +25,12 @@ class RecordingPublisher:
         self.fail_with = fail_with
         self.hang = hang
 
-    async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+    async def publish(self, message: OutgoingMessage) -> None:
         if self.hang:
             await asyncio.Event().wait()
         if self.fail_with is not None:
             raise self.fail_with
-        self.messages.extend(messages)
+        self.messages.append(message)
 
 
 @pytest.fixture
@@ -90,7 +91,7 @@ def make_client(
     """Return a factory of in-process HTTP clients of a gateway on a given publisher."""
 
     def make(
-        publisher: MessagePublisher, *, gateway_settings: GatewaySettings | None = None, **app: Any
+        publisher: CallbackPublisher, *, gateway_settings: GatewaySettings | None = None, **app: Any
     ) -> httpx.AsyncClient:
         gateway = create_app(gateway_settings or settings, publisher, tokens, **app)
         return httpx.AsyncClient(

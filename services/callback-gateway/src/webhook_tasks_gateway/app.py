@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 from webhook_tasks_contracts import CallbackReceived, CallbackTokens
-from webhook_tasks_runtime.kafka import MessagePublisher, message_for
+from webhook_tasks_runtime.kafka import OutgoingMessage, message_for
 from webhook_tasks_runtime.logging import correlation_context
 
 from .callbacks import (
@@ -40,7 +40,7 @@ from .problems import (
     RateLimitedError,
     problem_response,
 )
-from .publishing import AlwaysReady, ReadinessProbe
+from .publishing import AlwaysReady, CallbackPublisher, ReadinessProbe
 from .ratelimit import TokenBuckets
 from .settings import GatewaySettings
 from .signatures import SignatureVerifier
@@ -55,7 +55,7 @@ _JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 
 def create_app(
     settings: GatewaySettings,
-    publisher: MessagePublisher,
+    publisher: CallbackPublisher,
     tokens: CallbackTokens,
     *,
     readiness: ReadinessProbe | None = None,
@@ -148,7 +148,7 @@ class _CallbackEndpoint:
     def __init__(
         self,
         settings: GatewaySettings,
-        publisher: MessagePublisher,
+        publisher: CallbackPublisher,
         tokens: CallbackTokens,
         signatures: SignatureVerifier,
     ) -> None:
@@ -235,8 +235,7 @@ class _CallbackEndpoint:
                 f"The callback exceeds {self._max_event_bytes} bytes once recorded."
             )
         try:
-            async with asyncio.timeout(self._publish_timeout):
-                await self._publisher.publish_many([message])
+            await self._publish_in_time(message)
         except MessageSizeTooLargeError:
             raise BodyTooLargeError("The callback is larger than Kafka accepts.") from None
         except Exception as error:
@@ -245,6 +244,30 @@ class _CallbackEndpoint:
                 extra={"error": str(error) or type(error).__name__},
             )
             raise CallbackNotStoredError(self._retry_after) from None
+
+    async def _publish_in_time(self, message: OutgoingMessage) -> None:
+        """Publish `message`; raise TimeoutError once the publish timeout has passed."""
+        # What asyncio.timeout does, for a third of its CPU: under load its context manager,
+        # its rescheduling and its timer were ~7% of the gateway's CPU per callback.
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(self._publish_timeout, expire)
+        try:
+            await self._publisher.publish(message)
+        except asyncio.CancelledError:
+            # Cancelled by someone else too (shutdown): that cancellation goes on.
+            if not expired or task.uncancel() > 0:
+                raise
+            raise TimeoutError(f"not acknowledged within {self._publish_timeout} s") from None
+        finally:
+            timer.cancel()
 
 
 class _Probes:

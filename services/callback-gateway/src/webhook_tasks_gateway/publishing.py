@@ -12,13 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, runtime_checkable
 
 from aiokafka.errors import MessageSizeTooLargeError
 from webhook_tasks_runtime.kafka import KafkaPublisher, OutgoingMessage
 
 logger = logging.getLogger(__name__)
+
+
+class CallbackPublisher(Protocol):
+    """Produce one message durably (acks=all); return only once it is acknowledged."""
+
+    async def publish(self, message: OutgoingMessage) -> None: ...
 
 
 @runtime_checkable
@@ -41,7 +47,7 @@ class KafkaUnavailableError(RuntimeError):
 
 
 class ReconnectingPublisher:
-    """A MessagePublisher and ReadinessProbe over a KafkaPublisher started in the background."""
+    """A CallbackPublisher and ReadinessProbe over a KafkaPublisher started in the background."""
 
     def __init__(
         self,
@@ -78,13 +84,13 @@ class ReconnectingPublisher:
         """Return whether Kafka is connected and the last publish (if any) succeeded."""
         return self._publisher is not None and self._healthy
 
-    async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+    async def publish(self, message: OutgoingMessage) -> None:
         """Publish through the connected producer; fail at once if there is none yet."""
         publisher = self._publisher
         if publisher is None:
             raise KafkaUnavailableError("not connected to Kafka yet")
         try:
-            await publisher.publish_many(messages)
+            await publisher.publish(message)
         except MessageSizeTooLargeError:
             raise
         except BaseException:

@@ -165,11 +165,11 @@ class TestDurability:
                 self.calls = 0
                 self.messages: list[Any] = []
 
-            async def publish_many(self, messages: Any) -> None:
+            async def publish(self, message: Any) -> None:
                 self.calls += 1
                 if self.calls % 2 == 0:
                     raise ConnectionError("broker away")
-                self.messages.extend(messages)
+                self.messages.append(message)
 
         publisher = Intermittent()
         answers: dict[str, int] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -442,6 +443,29 @@ class TestKafkaUnavailable:
 
         assert_problem(response, 503)
         assert response.headers["retry-after"] == "5"
+
+    async def test_a_request_cancelled_while_publishing_stays_cancelled(
+        self,
+        make_client: Callable[..., httpx.AsyncClient],
+        make_settings: Callable[..., GatewaySettings],
+        publisher_class: Any,
+        tokens: CallbackTokens,
+        cid: str,
+    ) -> None:
+        # Shutdown cancels in-flight requests: that is no publish timeout, and no 503.
+        hanging = publisher_class(hang=True)
+        gateway = make_settings(gateway_publish_timeout_seconds=30)
+
+        async with make_client(hanging, gateway_settings=gateway) as http:
+            request = asyncio.create_task(
+                http.post(tokens.callback_url("http://gateway", cid), json=success_body(cid))
+            )
+            await asyncio.sleep(0.05)
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+
+        assert hanging.messages == []
 
 
 class TestRouting:

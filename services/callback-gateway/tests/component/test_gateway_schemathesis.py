@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -40,8 +40,8 @@ class FlakyPublisher:
         self.taken = 0
         self.refused = 0
 
-    async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
-        if len(messages[0].value) % 5 == 0:
+    async def publish(self, message: OutgoingMessage) -> None:
+        if len(message.value) % 5 == 0:
             self.refused += 1
             raise ConnectionError("broker away")
         self.taken += 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pytest
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
@@ -44,12 +44,12 @@ class Producer:
     async def stop(self) -> None:
         self.stopped = True
 
-    async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+    async def publish(self, message: OutgoingMessage) -> None:
         if self.cluster.too_large:
             raise MessageSizeTooLargeError()
         if not self.cluster.up:
             raise KafkaTimeoutError()
-        self.published.extend(messages)
+        self.published.append(message)
 
 
 async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
@@ -80,11 +80,11 @@ async def test_starts_without_kafka_and_connects_when_it_comes(
 
     assert not publisher.is_ready()
     with pytest.raises(KafkaUnavailableError):
-        await publisher.publish_many([MESSAGE])
+        await publisher.publish(MESSAGE)
 
     cluster.up = True
     await eventually(publisher.is_ready)
-    await publisher.publish_many([MESSAGE])
+    await publisher.publish(MESSAGE)
     await publisher.stop()
 
     *failed, connected = cluster.producers
@@ -103,14 +103,14 @@ async def test_a_failed_publish_makes_it_not_ready_until_kafka_answers_again(
 
     cluster.up = False
     with pytest.raises(KafkaTimeoutError):
-        await publisher.publish_many([MESSAGE])
+        await publisher.publish(MESSAGE)
     assert not publisher.is_ready()
     await asyncio.sleep(0.05)
     assert not publisher.is_ready()
 
     cluster.up = True
     await eventually(publisher.is_ready)
-    await publisher.publish_many([MESSAGE])
+    await publisher.publish(MESSAGE)
     await publisher.stop()
 
     assert connected.published == [MESSAGE]
@@ -124,14 +124,14 @@ async def test_a_publish_cancelled_by_a_timeout_counts_as_a_failure(
     await publisher.start()
     await eventually(publisher.is_ready)
 
-    async def never(messages: Sequence[OutgoingMessage]) -> None:
+    async def never(message: OutgoingMessage) -> None:
         await asyncio.Event().wait()
 
-    cluster.producers[0].publish_many = never  # type: ignore[method-assign]
+    cluster.producers[0].publish = never  # type: ignore[method-assign]
     cluster.up = False
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.01):
-            await publisher.publish_many([MESSAGE])
+            await publisher.publish(MESSAGE)
 
     assert not publisher.is_ready()
     await publisher.stop()
@@ -146,7 +146,7 @@ async def test_a_message_too_large_says_nothing_about_kafka(
     cluster.too_large = True
 
     with pytest.raises(MessageSizeTooLargeError):
-        await publisher.publish_many([MESSAGE])
+        await publisher.publish(MESSAGE)
 
     assert publisher.is_ready()
     await publisher.stop()
