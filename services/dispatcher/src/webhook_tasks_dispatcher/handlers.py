@@ -20,7 +20,7 @@ def consumers(dispatcher: Dispatcher, topics: Topics) -> list[ConsumerSpec[Any]]
             topic=topics.task_requested,
             group_id=f"{group}.task-requested",
             adapter=TypeAdapter(TaskRequested),
-            handle=dispatcher.dispatch,
+            handle=dispatcher.consume,
             correlation_of=lambda event: None,
         ),
         ConsumerSpec(

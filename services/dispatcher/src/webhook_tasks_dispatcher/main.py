@@ -53,12 +53,13 @@ async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
             signing=settings.signing_keys(),
             sealer=settings.request_sealer(),
             tracer=tracing.get_tracer(__name__) if tracing is not None else None,
+            max_in_flight=settings.sender_max_in_flight,
         )
 
         async def send_due_requests() -> None:
             await dispatcher.run_sender(
                 poll_interval=settings.sender_poll_interval,
-                max_in_flight=settings.sender_max_in_flight,
+                shutdown_grace=settings.shutdown_grace_seconds,
             )
 
         return WorkerParts(

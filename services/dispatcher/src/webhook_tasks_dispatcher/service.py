@@ -76,6 +76,7 @@ class Dispatcher:
         signing: SigningKeys | None = None,
         sealer: RequestSealer,
         tracer: Tracer | None = None,
+        max_in_flight: int = 256,
     ) -> None:
         self._pool = pool
         self._webhooks = webhooks
@@ -91,27 +92,46 @@ class Dispatcher:
         self._tracer = tracer
         self._sealer = sealer
         self._due = asyncio.Event()
+        # Requests being sent, by consumers and the sender alike: at most `max_in_flight`.
+        self._max_in_flight = max_in_flight
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._slot_freed = asyncio.Event()
         # Concurrent handlers share transactions: round trips per batch, not per task.
         self._claims = GroupCommit(self._record_claims)
         self._acceptances = GroupCommit(self._record_acceptances)
 
     async def dispatch(self, request: TaskRequested) -> None:
         """Record the task and send its request, once, whatever is redelivered."""
+        sending = await self.accept(request)
+        if sending is not None:
+            await sending
+
+    async def accept(self, request: TaskRequested) -> asyncio.Task[None] | None:
+        """Record the task; return the sending of its request, begun, if it is sent now."""
         metadata = request.task_metadata
         if not metadata.is_webhook_task:
             logger.info("not a webhook task; ignored", extra={"task_id": request.task_id})
-            return
+            return None
         assert metadata.webhook_url is not None  # guaranteed by TaskMetadata's validation
         with self._span(
             "dispatch task",
             SpanKind.CONSUMER,
             attributes={"webhook_tasks.task_id": request.task_id},
         ) as span:
-            await self._dispatch(request, metadata.webhook_url, traceparent_of(span))
+            return await self._accept(request, metadata.webhook_url, traceparent_of(span))
 
-    async def _dispatch(
+    async def consume(self, request: TaskRequested) -> None:
+        """Handle a task event: once its task is recorded, its request is sent in the background.
+
+        The consumer's offsets are committed once every task of a batch is recorded, not once
+        every request is answered: a slow external service holds up only its own requests.
+        A request whose sending dies with the process is sent again when its lease runs out.
+        """
+        await self.accept(request)
+
+    async def _accept(
         self, request: TaskRequested, webhook_url: str, traceparent: str | None
-    ) -> None:
+    ) -> asyncio.Task[None] | None:
         metadata = request.task_metadata
         now = self._clock()
         # A sync request waits for the result, up to the task's timeout: that is no work
@@ -125,7 +145,7 @@ class Dispatcher:
                 "duplicate task request; not dispatched again",
                 extra={"task_id": request.task_id, "idempotency_key": request.idempotency_key},
             )
-            return
+            return None
         # One INFO line per task comes with its outcome; this one is for following a task closely.
         logger.debug(
             "dispatching task",
@@ -137,9 +157,9 @@ class Dispatcher:
             },
         )
         if inline:
-            await self._attempt(pending)
-        else:
-            self._due.set()
+            return await self._start_sending(pending)
+        self._due.set()
+        return None
 
     async def _claim(
         self,
@@ -228,13 +248,16 @@ class Dispatcher:
         return len(claimed)
 
     async def run_sender(
-        self, *, poll_interval: float = 1.0, max_in_flight: int = 256, batch_size: int = 100
+        self, *, poll_interval: float = 1.0, batch_size: int = 100, shutdown_grace: float = 0.0
     ) -> None:
-        """Send due requests (first sync requests and every retry) until cancelled."""
-        in_flight: dict[str, asyncio.Task[None]] = {}
+        """Send due requests (first sync requests and every retry) until cancelled.
+
+        Cancelled, it gives the requests being sent `shutdown_grace` seconds to finish, then
+        stops the rest and makes them due at once, for the next process.
+        """
         try:
             while True:
-                free = max_in_flight - len(in_flight)
+                free = self._max_in_flight - len(self._in_flight)
                 claimed: list[repo.PendingRequest] = []
                 if free > 0:
                     async with self._pool.acquire() as conn:
@@ -242,37 +265,64 @@ class Dispatcher:
                             conn, now=self._clock(), limit=min(free, batch_size)
                         )
                 for pending in claimed:
-                    task = asyncio.create_task(self._attempt_logged(pending))
-                    in_flight[pending.correlation_id] = task
-                    task.add_done_callback(functools.partial(_forget, in_flight, pending))
+                    self._send_in_background(pending)
                 if len(claimed) < min(max(free, 1), batch_size):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._due.wait(), poll_interval)
                     self._due.clear()
         finally:
-            await self._release(in_flight)
+            await self._release(shutdown_grace)
 
-    async def _release(self, in_flight: dict[str, asyncio.Task[None]]) -> None:
-        if not in_flight:
+    async def drain(self) -> None:
+        """Wait until no request is being sent."""
+        while self._in_flight:
+            await asyncio.wait(list(self._in_flight.values()))
+
+    async def _start_sending(self, pending: repo.PendingRequest) -> asyncio.Task[None]:
+        # Back-pressure: a consumer waits here while the dispatcher sends all it may.
+        while len(self._in_flight) >= self._max_in_flight:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+        return self._send_in_background(pending)
+
+    def _send_in_background(self, pending: repo.PendingRequest) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._attempt_logged(pending))
+        self._in_flight[pending.correlation_id] = task
+        task.add_done_callback(functools.partial(self._sent, pending))
+        return task
+
+    def _sent(self, pending: repo.PendingRequest, task: asyncio.Task[None]) -> None:
+        if self._in_flight.get(pending.correlation_id) is task:
+            del self._in_flight[pending.correlation_id]
+        self._slot_freed.set()
+        if not task.cancelled():
+            # Logged by the task; taken here so nobody has to await it.
+            task.exception()
+
+    async def _release(self, grace: float) -> None:
+        if not self._in_flight:
             return
-        ids = list(in_flight)
-        for task in list(in_flight.values()):
+        if grace > 0:
+            await asyncio.wait(list(self._in_flight.values()), timeout=grace)
+        unfinished = dict(self._in_flight)
+        if not unfinished:
+            return
+        for task in unfinished.values():
             task.cancel()
-        await asyncio.gather(*in_flight.values(), return_exceptions=True)
+        await asyncio.gather(*unfinished.values(), return_exceptions=True)
         # Unfinished requests are due again at once, for the next process, not after a lease.
         async with self._pool.acquire() as conn:
-            await repo.release_requests(conn, ids, now=self._clock())
-        logger.info("released unfinished requests", extra={"count": len(ids)})
+            await repo.release_requests(conn, list(unfinished), now=self._clock())
+        logger.info("released unfinished requests", extra={"count": len(unfinished)})
 
     async def _attempt_logged(self, pending: repo.PendingRequest) -> None:
         with correlation_context(pending.correlation_id):
             try:
                 await self._attempt(pending)
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 # The claim runs out and the request comes due again; nothing is lost.
                 logger.exception("sending a request failed; it will be tried again")
+                raise
 
     async def _attempt(self, pending: repo.PendingRequest) -> None:
         host = _host(pending.webhook_url)
@@ -663,12 +713,6 @@ async def _finish_as_reported(
         result_url=callback.result_url,
         result_metadata=callback.metadata if target is TaskStatus.COMPLETED else None,
     )
-
-
-def _forget(
-    in_flight: dict[str, asyncio.Task[None]], pending: repo.PendingRequest, _done: object
-) -> None:
-    in_flight.pop(pending.correlation_id, None)
 
 
 def _describe_span(span: Span, result: DeliveryResult) -> None:

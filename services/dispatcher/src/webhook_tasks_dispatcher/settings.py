@@ -44,6 +44,9 @@ class DispatcherSettings(DatabaseSettings, CallbackTokenSettings):
     circuit_cool_down_seconds: float = Field(default=30.0, gt=0)
     sender_poll_interval: float = Field(default=1.0, gt=0)
     sender_max_in_flight: int = Field(default=256, ge=1)
+    """Requests being sent at once: new tasks' and retries' together."""
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0)
+    """On SIGTERM, how long requests being sent may take to finish before they are handed back."""
 
     @field_validator("retry_schedule")
     @classmethod

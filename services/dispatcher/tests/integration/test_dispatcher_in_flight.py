@@ -1,0 +1,120 @@
+"""Requests sent in the background: the consumer's pace, back-pressure and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from webhook_tasks_dispatcher import repository as repo
+from webhook_tasks_dispatcher.client import WebhookClient
+from webhook_tasks_dispatcher.guard import UrlGuard
+from webhook_tasks_dispatcher.service import Dispatcher
+
+from .conftest import DispatcherUnderTest, resolve_publicly
+from .test_dispatcher_retries import the_task
+from .test_dispatcher_service import task_request
+
+pytestmark = pytest.mark.integration
+
+
+class HeldService:
+    """An external service that answers each request only once the test lets it."""
+
+    def __init__(self) -> None:
+        self.arrived: list[str] = []
+        self.answer = asyncio.Event()
+        self._arrivals = asyncio.Condition()
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        async with self._arrivals:
+            self.arrived.append(request.headers["webhook-id"])
+            self._arrivals.notify_all()
+        await self.answer.wait()
+        return httpx.Response(202, json={"status": "accepted"})
+
+    async def wait_for(self, count: int) -> None:
+        async with asyncio.timeout(10), self._arrivals:
+            await self._arrivals.wait_for(lambda: len(self.arrived) >= count)
+
+
+def with_service(
+    under_test: DispatcherUnderTest, service: HeldService, **overrides: object
+) -> Dispatcher:
+    http = httpx.MockTransport(service)
+    webhooks = WebhookClient(http, guard=UrlGuard(resolve=resolve_publicly))
+    return under_test.another(webhooks=webhooks, **overrides)
+
+
+async def test_a_consumed_task_is_recorded_before_its_request_is_answered(
+    under_test: DispatcherUnderTest,
+) -> None:
+    service = HeldService()
+    dispatcher = with_service(under_test, service)
+    request = task_request()
+
+    # Returns while the service still holds the request: the consumer moves on.
+    await asyncio.wait_for(dispatcher.consume(request), 10)
+    await service.wait_for(1)
+    assert (await the_task(under_test, request.task_id)).status.value == "pending"
+
+    service.answer.set()
+    await dispatcher.drain()
+    assert (await the_task(under_test, request.task_id)).status.value == "initiated"
+
+
+async def test_consuming_waits_while_every_slot_is_taken(
+    under_test: DispatcherUnderTest,
+) -> None:
+    service = HeldService()
+    dispatcher = with_service(under_test, service, max_in_flight=2)
+    first, second, third = task_request(), task_request(), task_request()
+    await dispatcher.consume(first)
+    await dispatcher.consume(second)
+    await service.wait_for(2)
+
+    waiting = asyncio.create_task(dispatcher.consume(third))
+    await asyncio.sleep(0.2)
+    assert not waiting.done(), "a third request went out with two in flight"
+    assert (await the_task(under_test, third.task_id)).status.value == "pending"
+
+    service.answer.set()
+    await asyncio.wait_for(waiting, 10)
+    await dispatcher.drain()
+    for request in (first, second, third):
+        assert (await the_task(under_test, request.task_id)).status.value == "initiated"
+
+
+async def test_stopping_lets_requests_finish_within_the_grace_then_hands_back_the_rest(
+    under_test: DispatcherUnderTest,
+) -> None:
+    service = HeldService()
+    dispatcher = with_service(under_test, service)
+    answered, held = task_request(), task_request()
+    await dispatcher.consume(answered)
+    await service.wait_for(1)
+    sender = asyncio.create_task(dispatcher.run_sender(poll_interval=0.05, shutdown_grace=0.5))
+    await asyncio.sleep(0.05)
+
+    sender.cancel()
+    await asyncio.sleep(0.1)
+    # Within the grace: the first request is answered and recorded as usual.
+    service.answer.set()
+    with pytest.raises(asyncio.CancelledError):
+        await sender
+    assert (await the_task(under_test, answered.task_id)).status.value == "initiated"
+
+    service.answer.clear()
+    await dispatcher.consume(held)
+    await service.wait_for(2)
+    sender = asyncio.create_task(dispatcher.run_sender(poll_interval=0.05, shutdown_grace=0.2))
+    await asyncio.sleep(0.05)
+    sender.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sender
+
+    # Past the grace: the request is stopped and due again at once, for another process.
+    task = await the_task(under_test, held.task_id)
+    assert task.status.value == "pending"
+    async with under_test.pool.acquire() as conn:
+        assert await repo.next_request_due(conn) == under_test.clock.now
