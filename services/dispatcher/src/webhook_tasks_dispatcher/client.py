@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import ssl
 import time
@@ -14,6 +13,7 @@ from typing import Literal, TypeVar
 import httpx
 from pydantic import SecretStr, ValidationError
 from webhook_tasks_contracts import WebhookAck
+from webhook_tasks_runtime.timeouts import within
 
 from .guard import UrlGuard, UrlRefusedError, guarded_resolver
 from .signing import signature_headers
@@ -142,22 +142,16 @@ class WebhookClient:
         if request.auth is not None:
             headers["authorization"] = request.auth.get_secret_value()
         timeout = request.timeout_seconds or self._timeout_seconds
+        outgoing = httpx.Request(
+            "POST",
+            _parsed_url(request.url),
+            content=request.body,
+            headers=headers,
+            extensions={"timeout": httpx.Timeout(timeout).as_dict()},
+        )
         try:
             # The total bound also stops a server that drips its answer byte by byte.
-            async with asyncio.timeout(timeout):
-                response = await self._transport.handle_async_request(
-                    httpx.Request(
-                        "POST",
-                        _parsed_url(request.url),
-                        content=request.body,
-                        headers=headers,
-                        extensions={"timeout": httpx.Timeout(timeout).as_dict()},
-                    )
-                )
-                try:
-                    raw, truncated = await self._read_capped(response)
-                finally:
-                    await response.aclose()
+            response, raw, truncated = await within(timeout, self._exchange(outgoing))
         except TimeoutError:
             return DeliveryResult(
                 "unreachable",
@@ -196,6 +190,14 @@ class WebhookClient:
             body=raw,
             truncated=truncated,
         )
+
+    async def _exchange(self, request: httpx.Request) -> tuple[httpx.Response, bytes, bool]:
+        response = await self._transport.handle_async_request(request)
+        try:
+            raw, truncated = await self._read_capped(response)
+        finally:
+            await response.aclose()
+        return response, raw, truncated
 
     async def _read_capped(self, response: httpx.Response) -> tuple[bytes, bool]:
         chunks: list[bytes] = []
