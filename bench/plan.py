@@ -33,8 +33,9 @@ class Plan:
     settle_seconds: float = 90.0
     """Longest wait for the services to go idle between phases."""
     gateway_concurrency: int = 32
-    dispatch_concurrency: int = 64
-    """The dispatcher's consumer handles up to 64 tasks at once; the bare client gets as many."""
+    dispatch_concurrency: int = 32
+    """The dispatcher sends at most 32 requests to one host at once (MAX_CONNECTIONS_PER_HOST's
+    default); the bare client gets as many."""
 
 
 FULL = Plan(
@@ -43,7 +44,7 @@ FULL = Plan(
     # Half of the 4,000 callbacks/s the gateway is meant to take on one process.
     gateway_rate=2000.0,
     dispatch_tasks=5000,
-    e2e_rate=200.0,
+    e2e_rate=100.0,
     e2e_seconds=30.0,
     hop_seconds=5.0,
     expiries=3000,
