@@ -121,12 +121,10 @@ class Dispatcher:
             return await self._accept(request, metadata.webhook_url, traceparent_of(span))
 
     async def consume(self, request: TaskRequested) -> None:
-        """Handle a task event: once its task is recorded, its request is sent in the background.
-
-        The consumer's offsets are committed once every task of a batch is recorded, not once
-        every request is answered: a slow external service holds up only its own requests.
-        A request whose sending dies with the process is sent again when its lease runs out.
-        """
+        """Record the task of a consumed event and leave its request sending in the background."""
+        # The consumer commits once a batch's tasks are recorded, not once every request is
+        # answered: a slow external service holds up only its own requests. A request whose
+        # sending dies with the process is sent again when its lease runs out.
         await self.accept(request)
 
     async def _accept(
@@ -250,11 +248,9 @@ class Dispatcher:
     async def run_sender(
         self, *, poll_interval: float = 1.0, batch_size: int = 100, shutdown_grace: float = 0.0
     ) -> None:
-        """Send due requests (first sync requests and every retry) until cancelled.
-
-        Cancelled, it gives the requests being sent `shutdown_grace` seconds to finish, then
-        stops the rest and makes them due at once, for the next process.
-        """
+        """Send due requests (first sync requests and every retry) until cancelled."""
+        # Cancelled, it gives the requests being sent `shutdown_grace` seconds to finish, then
+        # stops the rest and makes them due at once, for the next process.
         try:
             while True:
                 free = self._max_in_flight - len(self._in_flight)
