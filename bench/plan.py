@@ -28,8 +28,6 @@ class Plan:
     sync_tasks: int
     sync_delay: float
     """How long the pretend slow service takes; the comparison is stated for 20 s."""
-    overlap_start_up: bool = False
-    """Measure the gateway while the workers are still starting: quicker, and noisier."""
     settle_seconds: float = 90.0
     """Longest wait for the services to go idle between phases."""
     gateway_concurrency: int = 32
@@ -67,7 +65,6 @@ QUICK = Plan(
     expiry_spread=0.5,
     sync_tasks=5,
     sync_delay=0.5,
-    overlap_start_up=True,
     settle_seconds=5.0,
 )
 

@@ -83,53 +83,51 @@ async def _phases(
 ) -> dict[str, PhaseResult]:
     infra = ctx.infra
     results: dict[str, PhaseResult] = {}
-    # The gateway and the dispatcher are each measured alone, on topics nobody else consumes
-    # (the dispatcher also in a database of its own), so no other service competes with them
-    # for the CPUs; the expirer, the end-to-end flow and the efficiency phase run in the whole
-    # system.
+    # The gateway and the dispatcher are each measured alone, before anything else starts,
+    # on topics of their own (the dispatcher also in a database of its own), so no other
+    # service competes with them for the CPUs or the broker; the expirer, the end-to-end flow
+    # and the efficiency phase run in the whole system, started after them.
     lone_gateway = Deployment.create(infra, "gateway", log_dir, env)
     lone_dispatcher = Deployment.create(infra, "dispatcher", log_dir, env, own_database=True)
     system = Deployment.create(infra, "system", log_dir, env)
     await create_topics(ctx.bootstrap, [lone_gateway, lone_dispatcher, system])
     await create_databases(infra.database_url, [lone_dispatcher])
     noop = ServerProcess("noop", log_dir)
+    meter = ctx.meter
     with _started(noop, lone_gateway, lone_dispatcher, system):
-        # Everything starts at once: the workers take seconds to join their consumer groups.
-        # The quick run measures the gateway meanwhile; the full run waits, since starting
-        # services would compete with the gateway for the CPUs.
+        # One deployment at a time: idle consumers poll the broker many times a second, and
+        # that slowed its answers to the gateway (p99 at the fixed rate up to 8 times worse).
         lone_gateway.start(["callback-gateway"])
-        lone_dispatcher.start(["dispatcher"])
-        system.start(SERVICES)
         noop.wait_ready()
         ctx.sink.wait_ready()
         lone_gateway.stack.wait_for_gateway(timeout=90)
-        system.stack.wait_for_gateway(timeout=90)
-        meter = ctx.meter
         meter.watch("no-op server", noop.pid)
         meter.watch("external service", ctx.sink.pid)
         meter.watch("gateway (alone)", lone_gateway.stack.pid("callback-gateway"))
-        meter.watch(dispatcher.ALONE, lone_dispatcher.stack.pid("dispatcher"))
-        for service in SERVICES:
-            meter.watch(service, system.stack.pid(service))
-        workers = (*SERVICES, dispatcher.ALONE)
-        warm_up = asyncio.create_task(endtoend.warm_up(ctx, system))
-        warm_up_alone = asyncio.create_task(dispatcher.warm_up(ctx, lone_dispatcher))
-        console.log("servers are up; the workers are joining their consumer groups")
-        if not ctx.plan.overlap_start_up:
-            await endtoend.wait_warm(ctx, warm_up)
-            await warm_up_alone
-            await meter.settle(workers, within=ctx.plan.settle_seconds)
-            console.log("the system and the lone dispatcher are warm and idle")
+        console.log("the gateway and the no-op server are up")
         results["gateway"] = await _metered(meter, gateway.run(ctx, lone_gateway, noop))
         lone_gateway.stop()
+        noop.stop()
+
+        lone_dispatcher.start(["dispatcher"])
+        meter.watch(dispatcher.ALONE, lone_dispatcher.stack.pid("dispatcher"))
+        await dispatcher.warm_up(ctx, lone_dispatcher)
+        waited = await meter.settle([dispatcher.ALONE], within=ctx.plan.settle_seconds)
+        console.log("the lone dispatcher is warm")
+        results["dispatcher"] = await _metered(meter, dispatcher.run(ctx, lone_dispatcher))
+        results["dispatcher"].facts["waited_for_idle_s"] = round(waited, 1)
+        lone_dispatcher.stop()
+
+        system.start(SERVICES)
+        system.stack.wait_for_gateway(timeout=90)
+        for service in SERVICES:
+            meter.watch(service, system.stack.pid(service))
+        console.log("the system is up; its workers are joining their consumer groups")
+        await endtoend.wait_warm(ctx, asyncio.create_task(endtoend.warm_up(ctx, system)))
+        console.log("the system is warm")
         # Not a service: the floor under the end-to-end latencies.
         hops = await endtoend.kafka_hops(ctx, system)
-        if ctx.plan.overlap_start_up:
-            await endtoend.wait_warm(ctx, warm_up)
-            await warm_up_alone
-            console.log("the system and the lone dispatcher are warm")
         phases: list[tuple[str, Callable[[], Awaitable[PhaseResult]]]] = [
-            ("dispatcher", lambda: dispatcher.run(ctx, lone_dispatcher)),
             ("expirer", lambda: expirer.run(ctx, system)),
             (
                 "end to end",
@@ -140,13 +138,8 @@ async def _phases(
             ("efficiency", lambda: efficiency.run(ctx, system)),
         ]
         for name, phase in phases:
-            # A stopped process counts as idle.
-            waited = await meter.settle(workers, within=ctx.plan.settle_seconds)
+            waited = await meter.settle(SERVICES, within=ctx.plan.settle_seconds)
             results[name] = await _metered(meter, phase())
-            if name == "dispatcher":
-                # Stopped once metered (a stopped process drops out of the CPU readings):
-                # idle or not, it must not compete with the phases that follow.
-                lone_dispatcher.stop()
             results[name].facts["waited_for_idle_s"] = round(waited, 1)
             console.log(f"{name} measured")
     return results
