@@ -48,6 +48,7 @@ from .batching import GroupCommit
 from .breaker import CircuitBreakers
 from .client import DeliveryResult, OutboundRequest, WebhookClient
 from .domain import TaskStatus, status_after_callback, why_not_applied
+from .metrics import ATTEMPTS, REQUESTS_IN_FLIGHT
 from .retry import GiveUp, Retry, RetryPolicy, is_retryable, parse_retry_after
 from .sealing import RequestSealer, SealError
 from .signing import SigningKeys, webhook_id_of
@@ -284,12 +285,14 @@ class Dispatcher:
     def _send_in_background(self, pending: repo.PendingRequest) -> asyncio.Task[None]:
         task = asyncio.create_task(self._attempt_logged(pending))
         self._in_flight[pending.correlation_id] = task
+        REQUESTS_IN_FLIGHT.inc()
         task.add_done_callback(functools.partial(self._sent, pending))
         return task
 
     def _sent(self, pending: repo.PendingRequest, task: asyncio.Task[None]) -> None:
         if self._in_flight.get(pending.correlation_id) is task:
             del self._in_flight[pending.correlation_id]
+        REQUESTS_IN_FLIGHT.dec()
         self._slot_freed.set()
         if not task.cancelled():
             # Logged by the task; taken here so nobody has to await it.
@@ -330,6 +333,7 @@ class Dispatcher:
         try:
             auth = self._sealer.open(pending.correlation_id, pending.auth) if pending.auth else None
         except SealError as error:
+            ATTEMPTS.labels("refused").inc()
             await self._settle_dispatch(
                 pending, now, DeliveryResult("refused", 0.0, error=str(error))
             )
@@ -359,6 +363,7 @@ class Dispatcher:
                 now=now,
             )
             _describe_span(span, result)
+        ATTEMPTS.labels(result.outcome).inc()
         if result.outcome != "refused":
             # A refused URL never reached the host: it says nothing about the host's health.
             self._breakers.record(

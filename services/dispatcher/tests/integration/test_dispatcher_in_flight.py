@@ -6,6 +6,7 @@ import asyncio
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from webhook_tasks_dispatcher import repository as repo
 from webhook_tasks_dispatcher.client import WebhookClient
 from webhook_tasks_dispatcher.guard import UrlGuard
@@ -38,6 +39,10 @@ class HeldService:
             await self._arrivals.wait_for(lambda: len(self.arrived) >= count)
 
 
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def with_service(
     under_test: DispatcherUnderTest, service: HeldService, **overrides: object
 ) -> Dispatcher:
@@ -52,15 +57,22 @@ async def test_a_consumed_task_is_recorded_before_its_request_is_answered(
     service = HeldService()
     dispatcher = with_service(under_test, service)
     request = task_request()
+    in_flight_before = metric("webhook_tasks_dispatcher_requests_in_flight")
+    accepted_before = metric("webhook_tasks_dispatcher_attempts_total", outcome="accepted")
 
     # Returns while the service still holds the request: the consumer moves on.
     await asyncio.wait_for(dispatcher.consume(request), 10)
     await service.wait_for(1)
     assert (await the_task(under_test, request.task_id)).status.value == "pending"
+    assert metric("webhook_tasks_dispatcher_requests_in_flight") == in_flight_before + 1
 
     service.answer.set()
     await dispatcher.drain()
     assert (await the_task(under_test, request.task_id)).status.value == "initiated"
+    assert metric("webhook_tasks_dispatcher_requests_in_flight") == in_flight_before
+    assert (
+        metric("webhook_tasks_dispatcher_attempts_total", outcome="accepted") == accepted_before + 1
+    )
 
 
 async def test_consuming_waits_while_every_slot_is_taken(
