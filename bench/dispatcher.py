@@ -1,8 +1,9 @@
 """Measure dispatches per second beside a bare aiohttp client posting the same bodies.
 
-The dispatcher runs alone (`lone_dispatcher` in bench/run.py): on its own topics and its
-own database, with no expirer or notifier consuming the TaskDispatched events it writes, so
-the figure is the dispatcher's own throughput; the end-to-end phase measures the pipeline.
+The dispatcher runs alone (`lone_dispatcher` in bench/run.py): on its own topics, before
+the rest of the system starts, with no expirer or notifier consuming the TaskDispatched
+events it writes, so the figure is the dispatcher's own throughput; the end-to-end phase
+measures the pipeline.
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ from .system import (
     Deployment,
     ServerProcess,
     cpu_count,
-    create_databases,
     create_topics,
 )
 
@@ -83,15 +82,14 @@ async def _phases(
 ) -> dict[str, PhaseResult]:
     infra = ctx.infra
     results: dict[str, PhaseResult] = {}
-    # The gateway and the dispatcher are each measured alone, before anything else starts,
-    # on topics of their own (the dispatcher also in a database of its own), so no other
-    # service competes with them for the CPUs or the broker; the expirer, the end-to-end flow
-    # and the efficiency phase run in the whole system, started after them.
+    # The gateway and the dispatcher are each measured alone, on topics of their own and
+    # stopped before the next deployment starts, so no other service competes with them for
+    # the CPUs, the broker or the database; the expirer, the end-to-end flow and the
+    # efficiency phase run in the whole system, started after them.
     lone_gateway = Deployment.create(infra, "gateway", log_dir, env)
-    lone_dispatcher = Deployment.create(infra, "dispatcher", log_dir, env, own_database=True)
+    lone_dispatcher = Deployment.create(infra, "dispatcher", log_dir, env)
     system = Deployment.create(infra, "system", log_dir, env)
     await create_topics(ctx.bootstrap, [lone_gateway, lone_dispatcher, system])
-    await create_databases(infra.database_url, [lone_dispatcher])
     noop = ServerProcess("noop", log_dir)
     meter = ctx.meter
     with _started(noop, lone_gateway, lone_dispatcher, system):

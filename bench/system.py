@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -93,8 +92,6 @@ class Deployment:
     stack: Stack
     topics: Topics
     tokens: CallbackTokens
-    own_database: str | None = None
-    """The database this deployment has to itself (`create_databases` creates it), if any."""
 
     @classmethod
     def create(
@@ -103,24 +100,12 @@ class Deployment:
         label: str,
         log_dir: Path,
         extra_env: Mapping[str, str] | None = None,
-        *,
-        own_database: bool = False,
     ) -> Deployment:
-        """Describe a deployment; nothing starts until `start`.
-
-        With `own_database`, its services keep their schemas in a database of their own on
-        the run's PostgreSQL server, so they share no table (tasks, outbox) with the services
-        of another deployment, whose relays and senders would otherwise work on them too.
-        """
-        suffix = uuid.uuid4().hex[:6]
-        topics = Topics(f"bench-{label}-{suffix}")
+        """Describe a deployment; nothing starts until `start`."""
+        topics = Topics(f"bench-{label}-{uuid.uuid4().hex[:6]}")
         keys = f"bench:base64:{base64.b64encode(secrets.token_bytes(32)).decode()}"
-        database = f"bench_{label.replace('-', '_')}_{suffix}" if own_database else None
-        database_url = infra.database_url
-        if database is not None:
-            database_url = urlsplit(database_url)._replace(path=f"/{database}").geturl()
         options = StackOptions(
-            database_url=database_url,
+            database_url=infra.database_url,
             kafka_bootstrap_servers=infra.kafka_bootstrap_servers,
             kafka_enable_idempotence=infra.supports_idempotent_producer,
             callback_token_keys=keys,
@@ -131,7 +116,7 @@ class Deployment:
             kafka_fetch_max_wait_ms=infra.fetch_max_wait_ms,
             extra_env={**SERVICE_ENV, **(extra_env or {})},
         )
-        return cls(Stack(options), topics, CallbackTokens(parse_callback_keys(keys)), database)
+        return cls(Stack(options), topics, CallbackTokens(parse_callback_keys(keys)))
 
     @property
     def database_url(self) -> str:
@@ -158,18 +143,6 @@ async def create_topics(bootstrap: str, deployments: Sequence[Deployment]) -> No
     """Create every topic first, so no service waits on auto-creation."""
     names = [name for deployment in deployments for name in deployment.topics.all()]
     await ensure_topics(bootstrap, names)
-
-
-async def create_databases(database_url: str, deployments: Sequence[Deployment]) -> None:
-    """Create the database of each deployment that has one of its own, before it starts."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        for deployment in deployments:
-            if deployment.own_database is not None:
-                # The name is ours (label and hex digits), safe to quote into DDL.
-                await conn.execute(f'CREATE DATABASE "{deployment.own_database}"')
-    finally:
-        await conn.close()
 
 
 def producer(bootstrap: str, *, idempotence: bool) -> AIOKafkaProducer:
