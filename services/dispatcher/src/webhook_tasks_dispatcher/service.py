@@ -243,7 +243,7 @@ class Dispatcher:
         """Claim the requests that are due and send them; return how many were claimed."""
         async with self._pool.acquire() as conn:
             claimed = await repo.claim_due_requests(conn, now=self._clock(), limit=limit)
-        await asyncio.gather(*(self._attempt(pending) for pending in claimed))
+        await asyncio.gather(*(self._send_in_background(pending) for pending in claimed))
         return len(claimed)
 
     async def run_sender(
