@@ -20,6 +20,9 @@ class Plan:
     e2e_rate: float
     """Tasks per second end to end, lowered to a third of the dispatch rate measured in the run."""
     e2e_seconds: float
+    quiet_rate: float
+    """Tasks per second end to end through otherwise idle services, as a chat assistant sees."""
+    quiet_seconds: float
     hop_seconds: float
     expiries: int
     expiry_lead: float
@@ -44,6 +47,8 @@ FULL = Plan(
     dispatch_tasks=5000,
     e2e_rate=100.0,
     e2e_seconds=30.0,
+    quiet_rate=2.0,
+    quiet_seconds=20.0,
     hop_seconds=5.0,
     expiries=3000,
     expiry_lead=4.0,
@@ -59,6 +64,8 @@ QUICK = Plan(
     dispatch_tasks=300,
     e2e_rate=50.0,
     e2e_seconds=2.0,
+    quiet_rate=2.0,
+    quiet_seconds=2.0,
     hop_seconds=1.5,
     expiries=300,
     expiry_lead=1.0,

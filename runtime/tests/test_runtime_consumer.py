@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from opentelemetry import trace
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from webhook_tasks_contracts import DeadLetter, Topics
 from webhook_tasks_runtime.infra import Infrastructure
 from webhook_tasks_runtime.kafka import (
@@ -23,6 +23,7 @@ from webhook_tasks_runtime.kafka import (
     create_broker,
     register_consumer,
 )
+from webhook_tasks_runtime.settings import RuntimeSettings
 
 
 class Ping(BaseModel):
@@ -204,3 +205,33 @@ async def test_a_handler_runs_in_the_trace_its_producer_sent_in_the_message_head
             await producer.stop()
 
     assert seen == {1: upstream_trace, 2: None}
+
+
+def test_an_idle_consumer_looks_again_after_the_poll_interval() -> None:
+    # FastStream's batch consumer sleeps its batch timeout after a look that found nothing;
+    # that sleep is what an event reaching an idle service may wait.
+    topics = Topics(f"unit-{uuid.uuid4().hex[:8]}")
+
+    async def handle(event: Ping) -> None:
+        return None
+
+    broker = KafkaBroker()
+    spec = ConsumerSpec("test", topics.task_requested, "group", TypeAdapter(Ping), handle)
+    register_consumer(
+        broker, spec, dead_letters=RecordingPublisher(), topics=topics, poll_interval_ms=35
+    )
+    [subscriber] = broker.subscribers
+    assert getattr(subscriber, "batch_timeout_ms", None) == 35
+
+
+def test_the_poll_interval_defaults_to_20_ms_and_is_configurable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
+    monkeypatch.delenv("KAFKA_POLL_INTERVAL_MS", raising=False)
+    assert RuntimeSettings(_env_file=None).kafka_poll_interval_ms == 20  # type: ignore[call-arg]
+    monkeypatch.setenv("KAFKA_POLL_INTERVAL_MS", "50")
+    assert RuntimeSettings(_env_file=None).kafka_poll_interval_ms == 50  # type: ignore[call-arg]
+    monkeypatch.setenv("KAFKA_POLL_INTERVAL_MS", "0")
+    with pytest.raises(ValidationError, match="kafka_poll_interval_ms"):
+        RuntimeSettings(_env_file=None)  # type: ignore[call-arg]

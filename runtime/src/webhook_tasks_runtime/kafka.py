@@ -164,6 +164,7 @@ def register_consumer(
     topics: Topics,
     retry_delay: float = 1.0,
     fetch_max_wait_ms: int = 500,
+    poll_interval_ms: int = 20,
 ) -> None:
     """Subscribe `spec` with dead-lettering, per-key ordering and commit after effects."""
     semaphore = asyncio.Semaphore(spec.concurrency)
@@ -191,6 +192,11 @@ def register_consumer(
         batch=True,
         max_records=spec.max_records,
         fetch_max_wait_ms=fetch_max_wait_ms,
+        # FastStream's batch consumer sleeps this long after a look that found nothing, and
+        # an idle consumer mostly finds nothing: at its default (200 ms) an event reaching an
+        # idle service waited up to 200 ms more per hop (measured end to end at 3 tasks/s:
+        # task event -> request p50 90 ms, 19 ms at 20 ms).
+        batch_timeout_ms=poll_interval_ms,
         auto_offset_reset="earliest",
         decoder=_raw_bodies,
         ack_policy=AckPolicy.NACK_ON_ERROR,

@@ -33,6 +33,9 @@ class RuntimeSettings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(default=500, ge=1, le=10_000)
     """How long a fetch may wait for data. Kafka answers as soon as data arrives; the
     embedded broker always waits this long, so `up` and the tests shorten it."""
+    kafka_poll_interval_ms: int = Field(default=20, ge=1, le=1_000)
+    """How long an idle consumer waits before it looks again for fetched events: the most an
+    event arriving at an idle service waits beyond its fetch. Shorter costs idle CPU."""
     topic_prefix: str = Field(default=DEFAULT_TOPIC_PREFIX, pattern=r"^[A-Za-z0-9._-]{1,100}$")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"

@@ -80,6 +80,7 @@ async def serve_worker(
                 dead_letters=publisher,
                 topics=settings.topics,
                 fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+                poll_interval_ms=settings.kafka_poll_interval_ms,
             )
 
         tasks = [asyncio.create_task(relay.run(), name=f"{name}-outbox-relay")]
