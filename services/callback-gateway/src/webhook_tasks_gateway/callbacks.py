@@ -93,6 +93,8 @@ def delivery_id(value: str | None) -> str | None:
     """Return the sender's `webhook-id` header value, when it sent one."""
     if value is not None and len(value) > MAX_DELIVERY_ID_LENGTH:
         raise InvalidHeaderError(f"webhook-id is longer than {MAX_DELIVERY_ID_LENGTH} characters.")
+    if value is not None and "\x00" in value:
+        raise InvalidHeaderError("webhook-id must not contain the NUL character.")
     return value or None
 
 

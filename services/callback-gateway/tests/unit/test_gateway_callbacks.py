@@ -9,6 +9,7 @@ import pytest
 from webhook_tasks_contracts import ErrorCallback, ProgressCallback, SuccessCallback
 from webhook_tasks_gateway.callbacks import (
     callback_event,
+    delivery_id,
     header_value,
     parse_callback,
     read_body,
@@ -19,6 +20,7 @@ from webhook_tasks_gateway.problems import (
     CallbackNotStoredError,
     FieldError,
     InvalidBodyError,
+    InvalidHeaderError,
     UnsupportedMediaTypeError,
 )
 
@@ -91,6 +93,12 @@ def test_event_copies_each_kind_of_callback() -> None:
     assert (success.result_url, success.delivery_id) == ("https://r.example/x", "d-1")
     assert (error.status, error.error, error.result_url) == ("error", "no", None)
     assert (progress.progress, progress.message, progress.error) == (5, "m", None)
+
+
+@pytest.mark.parametrize("value", ["m" * 201, "msg\x00_1"])
+def test_unusable_webhook_id_is_refused(value: str) -> None:
+    with pytest.raises(InvalidHeaderError):
+        delivery_id(value)
 
 
 def test_field_error_pointer_escapes_json_pointer_characters() -> None:
