@@ -436,18 +436,27 @@ async def finish(
     result_metadata: dict[str, Any] | None = None,
     only_if_deadline_not_after: datetime | None = None,
 ) -> TaskRow | None:
-    """Move an open task to a terminal `status`; None if it was no longer open.
+    """Move an open task to a terminal `status`, dropping its kept request; None if not open.
 
     With `only_if_deadline_not_after`, a task whose deadline has since moved later
     (a progress heartbeat arrived) is left open.
     """
+    # A finished task is never sent again: its request (and sealed secret) goes in the same
+    # statement, a round trip fewer for every callback.
     record = await conn.fetchrow(
         """
-        UPDATE tasks SET status = $2, status_reason = $4, result_url = $5,
-            result_metadata = $6::jsonb, finished_at = $3, updated_at = $3, claimed_until = NULL
-        WHERE correlation_id = $1 AND status = ANY($7::text[])
-          AND ($8::timestamptz IS NULL OR deadline_at IS NULL OR deadline_at <= $8)
-        RETURNING *
+        WITH finished AS (
+            UPDATE tasks SET status = $2, status_reason = $4, result_url = $5,
+                result_metadata = $6::jsonb, finished_at = $3, updated_at = $3,
+                claimed_until = NULL
+            WHERE correlation_id = $1 AND status = ANY($7::text[])
+              AND ($8::timestamptz IS NULL OR deadline_at IS NULL OR deadline_at <= $8)
+            RETURNING *
+        ), forgotten AS (
+            DELETE FROM dispatch_requests
+            WHERE correlation_id = $1 AND EXISTS (SELECT FROM finished)
+        )
+        SELECT * FROM finished
         """,
         correlation_id,
         status.value,
@@ -513,36 +522,39 @@ async def record_late_result(
     return TaskRow.from_record(record) if record else None
 
 
-async def lock_task(conn: asyncpg.Connection, correlation_id: str) -> TaskStatus | None:
-    """Lock the task's row until the transaction ends; return its state (None: no such task)."""
-    status = await conn.fetchval(
-        "SELECT status FROM tasks WHERE correlation_id = $1 FOR UPDATE", correlation_id
-    )
-    return TaskStatus(status) if status is not None else None
-
-
-async def record_history(
+async def lock_and_record(
     conn: asyncpg.Connection,
     *,
     event_id: str,
     correlation_id: str,
     kind: str,
     now: datetime,
-) -> bool:
-    """Note that the event was seen; False if it was seen before (a redelivery)."""
-    inserted = await conn.fetchval(
+) -> tuple[bool, TaskStatus | None]:
+    """Lock the task's row until the transaction ends and note that the event was seen.
+
+    Return whether the event is new (False: a redelivery) and the task's state (None: no
+    such task). One statement, so one round trip, for what every consumed event does first.
+    """
+    record = await conn.fetchrow(
         """
-        INSERT INTO task_history (event_id, correlation_id, kind, outcome, recorded_at)
-        VALUES ($1, $2, $3, 'ignored', $4)
-        ON CONFLICT (event_id) DO NOTHING
-        RETURNING true
+        WITH task AS (
+            SELECT status FROM tasks WHERE correlation_id = $2 FOR UPDATE
+        ), seen AS (
+            INSERT INTO task_history (event_id, correlation_id, kind, outcome, recorded_at)
+            VALUES ($1, $2, $3, 'ignored', $4)
+            ON CONFLICT (event_id) DO NOTHING
+            RETURNING true AS first
+        )
+        SELECT (SELECT status FROM task) AS status,
+            coalesce((SELECT first FROM seen), false) AS first
         """,
         event_id,
         correlation_id,
         kind,
         now,
     )
-    return bool(inserted)
+    status = record["status"]
+    return bool(record["first"]), TaskStatus(status) if status is not None else None
 
 
 async def settle_history(

@@ -560,11 +560,9 @@ class Dispatcher:
                     _progressed(row, callback) if row is not None else None
                 )
             else:
+                # Finished while a retry was still scheduled, the request is dropped with it.
                 row = await _finish_as_reported(conn, callback, target, now)
                 event = _finished_by_callback(row, callback) if row is not None else None
-                if row is not None:
-                    # Finished while a retry was still scheduled: that request must not go out.
-                    await repo.forget_request(conn, callback.correlation_id)
             if row is None and before is TaskStatus.EXPIRED and target is TaskStatus.COMPLETED:
                 await self._record_late_result(conn, callback)
             else:
@@ -627,8 +625,7 @@ class Dispatcher:
     ) -> tuple[bool, TaskStatus | None]:
         """Lock the task, record the event; return whether it is new, and the task's state."""
         # Locking the task row makes a callback and a deadline for one task take turns.
-        before = await repo.lock_task(conn, correlation_id)
-        first = await repo.record_history(
+        first, before = await repo.lock_and_record(
             conn,
             event_id=str(event_id),
             correlation_id=correlation_id,

@@ -181,6 +181,10 @@ async def test_a_callback_during_a_retry_wait_finishes_the_task_and_cancels_the_
     assert await under_test.dispatcher.send_due() == 0
     assert len(under_test.service.received) == 1
     assert [type(event) for event in await lifecycle(under_test)] == [TaskCompleted]
+    async with under_test.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM dispatch_requests") == 0, (
+            "the kept request (and its secret) is gone with the finished task"
+        )
 
 
 @pytest.mark.parametrize(
