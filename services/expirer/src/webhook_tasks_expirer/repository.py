@@ -17,25 +17,39 @@ class DueDeadline:
     deadline_at: datetime
 
 
+# Each write below is one statement, so one round trip and atomic without a transaction:
+# the handlers run one per lifecycle event, and round trips were most of their cost.
+# `open` has a row while the task is not finished; `watched` remembers the latest
+# deadline even after the scanner deletes the deadline row.
+
+
 async def start_deadline(
     conn: asyncpg.Connection, correlation_id: str, task_id: str, deadline_at: datetime
 ) -> bool:
     """Store a task's first deadline unless it has one or is finished; return whether stored."""
     # An existing deadline is kept: it is either this same event again or a later move.
-    async with conn.transaction():
-        stored = await conn.fetchval(
-            """
+    stored = await conn.fetchval(
+        """
+        WITH open AS (
+            SELECT WHERE NOT EXISTS (SELECT 1 FROM finished_tasks WHERE correlation_id = $1)
+        ), stored AS (
             INSERT INTO deadlines (correlation_id, task_id, deadline_at)
-            SELECT $1, $2, $3
-            WHERE NOT EXISTS (SELECT 1 FROM finished_tasks WHERE correlation_id = $1)
+            SELECT $1, $2, $3 FROM open
             ON CONFLICT (correlation_id) DO NOTHING
             RETURNING true
-            """,
-            correlation_id,
-            task_id,
-            deadline_at,
+        ), watched AS (
+            INSERT INTO watched_tasks (correlation_id, task_id, deadline_at)
+            SELECT $1, $2, $3 FROM open
+            ON CONFLICT (correlation_id) DO UPDATE
+                SET deadline_at = EXCLUDED.deadline_at, updated_at = now()
+                WHERE watched_tasks.deadline_at < EXCLUDED.deadline_at
         )
-        await _watch(conn, correlation_id, task_id, deadline_at)
+        SELECT EXISTS (SELECT FROM stored)
+        """,
+        correlation_id,
+        task_id,
+        deadline_at,
+    )
     return bool(stored)
 
 
@@ -47,53 +61,46 @@ async def extend_deadline(
     # must not bring back a deadline that may already have passed.
     # An upsert, not an update: when the scanner already fired the old deadline, the
     # dispatcher may still be waiting on the task, so the new deadline must be kept.
-    async with conn.transaction():
-        stored = await conn.fetchval(
-            """
+    stored = await conn.fetchval(
+        """
+        WITH open AS (
+            SELECT WHERE NOT EXISTS (SELECT 1 FROM finished_tasks WHERE correlation_id = $1)
+        ), stored AS (
             INSERT INTO deadlines (correlation_id, task_id, deadline_at)
-            SELECT $1, $2, $3
-            WHERE NOT EXISTS (SELECT 1 FROM finished_tasks WHERE correlation_id = $1)
+            SELECT $1, $2, $3 FROM open
             ON CONFLICT (correlation_id) DO UPDATE
                 SET deadline_at = EXCLUDED.deadline_at, updated_at = now()
                 WHERE deadlines.deadline_at < EXCLUDED.deadline_at
             RETURNING true
-            """,
-            correlation_id,
-            task_id,
-            deadline_at,
+        ), watched AS (
+            INSERT INTO watched_tasks (correlation_id, task_id, deadline_at)
+            SELECT $1, $2, $3 FROM open
+            ON CONFLICT (correlation_id) DO UPDATE
+                SET deadline_at = EXCLUDED.deadline_at, updated_at = now()
+                WHERE watched_tasks.deadline_at < EXCLUDED.deadline_at
         )
-        await _watch(conn, correlation_id, task_id, deadline_at)
-    return bool(stored)
-
-
-async def _watch(
-    conn: asyncpg.Connection, correlation_id: str, task_id: str, deadline_at: datetime
-) -> None:
-    # Remembers the latest deadline even after the scanner deletes the deadline row.
-    await conn.execute(
-        """
-        INSERT INTO watched_tasks (correlation_id, task_id, deadline_at)
-        SELECT $1, $2, $3
-        WHERE NOT EXISTS (SELECT 1 FROM finished_tasks WHERE correlation_id = $1)
-        ON CONFLICT (correlation_id) DO UPDATE
-            SET deadline_at = EXCLUDED.deadline_at, updated_at = now()
-            WHERE watched_tasks.deadline_at < EXCLUDED.deadline_at
+        SELECT EXISTS (SELECT FROM stored)
         """,
         correlation_id,
         task_id,
         deadline_at,
     )
+    return bool(stored)
 
 
 async def finish_task(conn: asyncpg.Connection, correlation_id: str) -> None:
     """Forget a task's deadline and remember that the task is finished."""
-    async with conn.transaction():
-        await conn.execute(
-            "INSERT INTO finished_tasks (correlation_id) VALUES ($1) ON CONFLICT DO NOTHING",
-            correlation_id,
+    await conn.execute(
+        """
+        WITH finished AS (
+            INSERT INTO finished_tasks (correlation_id) VALUES ($1) ON CONFLICT DO NOTHING
+        ), dropped AS (
+            DELETE FROM deadlines WHERE correlation_id = $1
         )
-        await conn.execute("DELETE FROM deadlines WHERE correlation_id = $1", correlation_id)
-        await conn.execute("DELETE FROM watched_tasks WHERE correlation_id = $1", correlation_id)
+        DELETE FROM watched_tasks WHERE correlation_id = $1
+        """,
+        correlation_id,
+    )
 
 
 async def take_due_deadlines(
