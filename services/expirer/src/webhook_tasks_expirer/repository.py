@@ -19,8 +19,10 @@ class DueDeadline:
 
 # Each write below is one statement, so one round trip and atomic without a transaction:
 # the handlers run one per lifecycle event, and round trips were most of their cost.
-# `open` has a row while the task is not finished; `watched` remembers the latest
-# deadline even after the scanner deletes the deadline row.
+
+_KEEP_EXISTING = "DO NOTHING"
+_MOVE_LATER = """DO UPDATE SET deadline_at = EXCLUDED.deadline_at, updated_at = now()
+                WHERE deadlines.deadline_at < EXCLUDED.deadline_at"""
 
 
 async def start_deadline(
@@ -28,29 +30,7 @@ async def start_deadline(
 ) -> bool:
     """Store a task's first deadline unless it has one or is finished; return whether stored."""
     # An existing deadline is kept: it is either this same event again or a later move.
-    stored = await conn.fetchval(
-        """
-        WITH open AS (
-            SELECT WHERE NOT EXISTS (SELECT 1 FROM finished_tasks WHERE correlation_id = $1)
-        ), stored AS (
-            INSERT INTO deadlines (correlation_id, task_id, deadline_at)
-            SELECT $1, $2, $3 FROM open
-            ON CONFLICT (correlation_id) DO NOTHING
-            RETURNING true
-        ), watched AS (
-            INSERT INTO watched_tasks (correlation_id, task_id, deadline_at)
-            SELECT $1, $2, $3 FROM open
-            ON CONFLICT (correlation_id) DO UPDATE
-                SET deadline_at = EXCLUDED.deadline_at, updated_at = now()
-                WHERE watched_tasks.deadline_at < EXCLUDED.deadline_at
-        )
-        SELECT EXISTS (SELECT FROM stored)
-        """,
-        correlation_id,
-        task_id,
-        deadline_at,
-    )
-    return bool(stored)
+    return await _store_deadline(conn, correlation_id, task_id, deadline_at, _KEEP_EXISTING)
 
 
 async def extend_deadline(
@@ -61,16 +41,26 @@ async def extend_deadline(
     # must not bring back a deadline that may already have passed.
     # An upsert, not an update: when the scanner already fired the old deadline, the
     # dispatcher may still be waiting on the task, so the new deadline must be kept.
+    return await _store_deadline(conn, correlation_id, task_id, deadline_at, _MOVE_LATER)
+
+
+async def _store_deadline(
+    conn: asyncpg.Connection,
+    correlation_id: str,
+    task_id: str,
+    deadline_at: datetime,
+    on_conflict: str,
+) -> bool:
+    # `open` has a row while the task is not finished; `watched` remembers the latest
+    # deadline even after the scanner deletes the deadline row.
     stored = await conn.fetchval(
-        """
+        f"""
         WITH open AS (
             SELECT WHERE NOT EXISTS (SELECT 1 FROM finished_tasks WHERE correlation_id = $1)
         ), stored AS (
             INSERT INTO deadlines (correlation_id, task_id, deadline_at)
             SELECT $1, $2, $3 FROM open
-            ON CONFLICT (correlation_id) DO UPDATE
-                SET deadline_at = EXCLUDED.deadline_at, updated_at = now()
-                WHERE deadlines.deadline_at < EXCLUDED.deadline_at
+            ON CONFLICT (correlation_id) {on_conflict}
             RETURNING true
         ), watched AS (
             INSERT INTO watched_tasks (correlation_id, task_id, deadline_at)
@@ -80,7 +70,7 @@ async def extend_deadline(
                 WHERE watched_tasks.deadline_at < EXCLUDED.deadline_at
         )
         SELECT EXISTS (SELECT FROM stored)
-        """,
+        """,  # noqa: S608 - only the fixed conflict clauses above are interpolated
         correlation_id,
         task_id,
         deadline_at,
