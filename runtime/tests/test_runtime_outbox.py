@@ -74,3 +74,21 @@ async def test_a_failed_publish_keeps_the_rows_for_the_next_flush(
 
     await relay.flush()
     assert [message.value for message in publisher.sent] == [b"a", b"b"]
+
+
+async def test_each_message_keeps_its_topic_key_and_bytes(
+    pool: asyncpg.Pool, unique_schema: str
+) -> None:
+    publisher = Publisher()
+    relay = OutboxRelay(pool, publisher, schema=unique_schema)
+    queued = [
+        OutgoingMessage("lifecycle", "c-1", b'{"n": 1}'),
+        OutgoingMessage("notifications", None, b"\x00\xff binary"),
+        OutgoingMessage("lifecycle", "c-2", b""),
+    ]
+    async with pool.acquire() as conn, conn.transaction():
+        await add_to_outbox(conn, queued)
+
+    await relay.flush()
+
+    assert publisher.sent == queued
