@@ -188,21 +188,20 @@ async def test_a_handler_runs_in_the_trace_its_producer_sent_in_the_message_head
         if len(seen) == 2:
             done.set()
 
-    producer = AIOKafkaProducer(bootstrap_servers=infrastructure.kafka_bootstrap_servers)
-    async with subscribed(infrastructure, unique_topics, "traced", topic, handle) as (_, broker):
-        await producer.start()
-        try:
-            await producer.send_and_wait(
-                topic,
-                b'{"number": 1}',
-                key=b"a",
-                headers=[("traceparent", f"00-{upstream_trace}-00f067aa0ba902b7-01".encode())],
-            )
-            await producer.send_and_wait(topic, b'{"number": 2}', key=b"b")
-            await broker.start()
-            await asyncio.wait_for(done.wait(), 60)
-        finally:
-            await producer.stop()
+    traceparent = f"00-{upstream_trace}-00f067aa0ba902b7-01"
+    async with subscribed(infrastructure, unique_topics, "traced", topic, handle) as (
+        publisher,
+        broker,
+    ):
+        # Our publisher sends a message's trace as its header, as the outbox relay does.
+        await publisher.publish_many(
+            [
+                OutgoingMessage(topic, "a", b'{"number": 1}', traceparent=traceparent),
+                OutgoingMessage(topic, "b", b'{"number": 2}'),
+            ]
+        )
+        await broker.start()
+        await asyncio.wait_for(done.wait(), 60)
 
     assert seen == {1: upstream_trace, 2: None}
 

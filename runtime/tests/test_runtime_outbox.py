@@ -76,7 +76,7 @@ async def test_a_failed_publish_keeps_the_rows_for_the_next_flush(
     assert [message.value for message in publisher.sent] == [b"a", b"b"]
 
 
-async def test_each_message_keeps_its_topic_key_and_bytes(
+async def test_each_message_keeps_its_topic_key_bytes_and_trace(
     pool: asyncpg.Pool, unique_schema: str
 ) -> None:
     publisher = Publisher()
@@ -84,7 +84,12 @@ async def test_each_message_keeps_its_topic_key_and_bytes(
     queued = [
         OutgoingMessage("lifecycle", "c-1", b'{"n": 1}'),
         OutgoingMessage("notifications", None, b"\x00\xff binary"),
-        OutgoingMessage("lifecycle", "c-2", b""),
+        OutgoingMessage(
+            "lifecycle",
+            "c-2",
+            b"",
+            traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
     ]
     async with pool.acquire() as conn, conn.transaction():
         await add_to_outbox(conn, queued)

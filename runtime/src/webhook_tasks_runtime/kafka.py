@@ -40,6 +40,15 @@ class OutgoingMessage:
     topic: str
     key: str | None
     value: bytes
+    traceparent: str | None = None
+    """The W3C trace context the message continues, sent as its `traceparent` header."""
+
+    @property
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        """Return the Kafka headers to send with the message, if any."""
+        if self.traceparent is None:
+            return None
+        return [("traceparent", self.traceparent.encode())]
 
 
 def message_for(topic: str, event: BaseModel, *, key: str | None) -> OutgoingMessage:
@@ -89,6 +98,7 @@ class KafkaPublisher:
                 message.topic,
                 message.value,
                 key=message.key.encode() if message.key is not None else None,
+                headers=message.headers,
             )
             for message in messages
         ]
@@ -102,6 +112,7 @@ class KafkaPublisher:
             message.topic,
             message.value,
             key=message.key.encode() if message.key is not None else None,
+            headers=message.headers,
         )
         await delivery
 
@@ -119,6 +130,11 @@ class BrokerPublisher:
                 message.value,
                 message.topic,
                 key=message.key.encode() if message.key is not None else None,
+                headers=(
+                    {"traceparent": message.traceparent}
+                    if message.traceparent is not None
+                    else None
+                ),
             )
 
 

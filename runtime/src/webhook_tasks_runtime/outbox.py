@@ -27,8 +27,8 @@ async def add_to_outbox(conn: asyncpg.Connection, messages: Sequence[OutgoingMes
     if not messages:
         return
     await conn.executemany(
-        "INSERT INTO outbox (topic, key, payload) VALUES ($1, $2, $3)",
-        [(message.topic, message.key, message.value) for message in messages],
+        "INSERT INTO outbox (topic, key, payload, traceparent) VALUES ($1, $2, $3, $4)",
+        [(message.topic, message.key, message.value, message.traceparent) for message in messages],
     )
 
 
@@ -42,14 +42,25 @@ class KeyedEvent(Protocol):
 
 
 async def add_events_to_outbox(
-    conn: asyncpg.Connection, topic: str, events: Sequence[KeyedEvent]
+    conn: asyncpg.Connection,
+    topic: str,
+    events: Sequence[KeyedEvent],
+    *,
+    traceparents: Sequence[str | None] | None = None,
 ) -> None:
-    """Queue `events` for `topic` in the caller's transaction, keyed by correlation id."""
+    """Queue `events` for `topic` in the caller's transaction, keyed by correlation id.
+
+    `traceparents`, one per event, name the trace each event continues (None: no trace).
+    """
+    if traceparents is None:
+        traceparents = [None] * len(events)
     await add_to_outbox(
         conn,
         [
-            OutgoingMessage(topic, event.correlation_id, event.model_dump_json().encode())
-            for event in events
+            OutgoingMessage(
+                topic, event.correlation_id, event.model_dump_json().encode(), traceparent
+            )
+            for event, traceparent in zip(events, traceparents, strict=True)
         ],
     )
 
@@ -96,13 +107,18 @@ class OutboxRelay:
             # so each task's events leave in the order they were written.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
             rows = await conn.fetch(
-                "SELECT id, topic, key, payload FROM outbox ORDER BY id LIMIT $1",
+                "SELECT id, topic, key, payload, traceparent FROM outbox ORDER BY id LIMIT $1",
                 self._batch_size,
             )
             if not rows:
                 return 0
             await self._publisher.publish_many(
-                [OutgoingMessage(row["topic"], row["key"], bytes(row["payload"])) for row in rows]
+                [
+                    OutgoingMessage(
+                        row["topic"], row["key"], bytes(row["payload"]), row["traceparent"]
+                    )
+                    for row in rows
+                ]
             )
             await conn.execute(
                 "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows]
