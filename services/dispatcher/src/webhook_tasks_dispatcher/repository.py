@@ -60,6 +60,8 @@ class TaskRow:
     dispatched_at: datetime | None
     finished_at: datetime | None
     late_result_at: datetime | None = None
+    traceparent: str | None = None
+    """The trace of the task's dispatch (tracing on only); its events continue it."""
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> TaskRow:
@@ -89,6 +91,7 @@ class TaskRow:
             dispatched_at=record["dispatched_at"],
             finished_at=record["finished_at"],
             late_result_at=record["late_result_at"],
+            traceparent=record["traceparent"],
         )
 
 
@@ -201,11 +204,11 @@ async def insert_tasks(conn: asyncpg.Connection, claims: Sequence[Claim]) -> set
             INSERT INTO tasks (
                 correlation_id, idempotency_key, task_id, user_id, project_id, assistant_id,
                 followers, webhook_url, mode, timeout_seconds, status, claimed_until,
-                created_at, updated_at
+                created_at, updated_at, traceparent
             )
             SELECT correlation_id, idempotency_key, task_id, user_id, project_id, assistant_id,
                 ARRAY(SELECT jsonb_array_elements_text(followers::jsonb)), webhook_url, mode,
-                timeout_seconds, 'pending', lease_until, created_at, created_at
+                timeout_seconds, 'pending', lease_until, created_at, created_at, traceparent
             FROM input
             ON CONFLICT (idempotency_key) DO NOTHING
             RETURNING correlation_id

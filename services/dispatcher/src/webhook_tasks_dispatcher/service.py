@@ -235,7 +235,7 @@ class Dispatcher:
     ) -> list[repo.TaskRow | None]:
         async with self._pool.acquire() as conn, conn.transaction():
             rows = {row.correlation_id: row for row in await repo.settle_accepted(conn, accepted)}
-            await self._queue(conn, [_dispatched(row) for row in rows.values()])
+            await self._queue(conn, [(_dispatched(row), row.traceparent) for row in rows.values()])
         self._after_commit()
         return [rows.get(item.correlation_id) for item in accepted]
 
@@ -438,7 +438,7 @@ class Dispatcher:
             else:
                 await repo.forget_request(conn, pending.correlation_id)
                 events = await self._conclude(conn, pending, result, now)
-            await self._queue(conn, events)
+            await self._queue(conn, [(event, pending.traceparent) for event in events])
         self._after_commit()
         if isinstance(decision, Retry):
             self._due.set()
@@ -595,7 +595,7 @@ class Dispatcher:
             to_status=TaskStatus.EXPIRED.value,
         )
         if row is not None:
-            await self._queue(conn, [_late_result(row, callback)])
+            await self._queue(conn, [(_late_result(row, callback), row.traceparent)])
         logger.info("late result recorded", extra={"shown": row is not None})
 
     async def apply_deadline(self, deadline: DeadlineReached) -> None:
@@ -654,7 +654,7 @@ class Dispatcher:
                 from_status=before.value if before else None,
                 to_status=row.status.value,
             )
-            await self._queue(conn, [event])
+            await self._queue(conn, [(event, row.traceparent)])
             logger.info(
                 f"{kind} applied", extra={"from_status": before, "to_status": row.status.value}
             )
@@ -671,8 +671,16 @@ class Dispatcher:
         )
         logger.info(f"{kind} ignored", extra={"reason": ignored.reason})
 
-    async def _queue(self, conn: asyncpg.Connection, events: list[LifecycleEvent]) -> None:
-        await add_events_to_outbox(conn, self._topics.task_lifecycle, events)
+    async def _queue(
+        self, conn: asyncpg.Connection, events: Sequence[tuple[LifecycleEvent, str | None]]
+    ) -> None:
+        # Each event continues the trace of its task's dispatch, when tracing is on.
+        await add_events_to_outbox(
+            conn,
+            self._topics.task_lifecycle,
+            [event for event, _ in events],
+            traceparents=[traceparent for _, traceparent in events],
+        )
 
 
 def parse_sync_result(

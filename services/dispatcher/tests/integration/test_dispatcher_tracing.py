@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from opentelemetry import baggage, context
@@ -10,6 +12,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from webhook_tasks_contracts import CallbackReceived
+from webhook_tasks_dispatcher import repository as repo
 
 from .conftest import DispatcherUnderTest
 from .test_dispatcher_service import SECRET, task_request
@@ -78,3 +82,62 @@ async def test_no_trace_context_is_sent_when_tracing_is_off(
 
     (request,) = under_test.service.received
     assert "traceparent" not in request.headers
+
+
+async def repo_tasks(under_test: DispatcherUnderTest, task_id: str) -> list[repo.TaskRow]:
+    async with under_test.pool.acquire() as conn:
+        return await repo.find_tasks(conn, task_id)
+
+
+async def event_traces(under_test: DispatcherUnderTest) -> list[tuple[str, str | None]]:
+    rows = await under_test.pool.fetch("SELECT payload, traceparent FROM outbox ORDER BY id")
+    return [(json.loads(row["payload"])["type"], row["traceparent"]) for row in rows]
+
+
+async def test_the_events_about_a_task_continue_its_dispatch_trace(
+    under_test: DispatcherUnderTest,
+) -> None:
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    dispatcher = under_test.another(tracer=provider.get_tracer("test"))
+    upstream = TraceContextTextMapPropagator().extract(
+        {"traceparent": f"00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01"}
+    )
+    token = context.attach(upstream)
+    try:
+        request = task_request()
+        await dispatcher.dispatch(request)
+    finally:
+        context.detach(token)
+    (task,) = await repo_tasks(under_test, request.task_id)
+
+    # The callback arrives without a trace of its own (from the gateway, on another replica).
+    await dispatcher.apply_callback(
+        CallbackReceived(correlation_id=task.correlation_id, status="success")
+    )
+
+    (dispatch,) = [span for span in spans.get_finished_spans() if span.name == "dispatch task"]
+    dispatch_trace = f"00-{UPSTREAM_TRACE}-{format(dispatch.context.span_id, '016x')}-01"
+    assert await event_traces(under_test) == [
+        ("task.dispatched", dispatch_trace),
+        ("task.completed", dispatch_trace),
+    ]
+
+
+async def test_events_name_no_trace_when_tracing_is_off(under_test: DispatcherUnderTest) -> None:
+    upstream = TraceContextTextMapPropagator().extract(
+        {"traceparent": f"00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01"}
+    )
+    token = context.attach(upstream)
+    try:
+        request = task_request()
+        await under_test.dispatcher.dispatch(request)
+    finally:
+        context.detach(token)
+    (task,) = await repo_tasks(under_test, request.task_id)
+    await under_test.dispatcher.apply_callback(
+        CallbackReceived(correlation_id=task.correlation_id, status="success")
+    )
+
+    assert await event_traces(under_test) == [("task.dispatched", None), ("task.completed", None)]
