@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from typing import Any
 
 from aiokafka.errors import MessageSizeTooLargeError
@@ -31,6 +32,7 @@ from .callbacks import (
     read_body,
     require_json,
 )
+from .metrics import ACCEPTED, CALLBACKS, PUBLISH_SECONDS
 from .openapi import CALLBACK_PATH, OPENAPI_PATH, build_openapi
 from .problems import (
     BodyTooLargeError,
@@ -183,6 +185,7 @@ class _CallbackEndpoint:
                 event = await self._event_from(scope, receive, correlation_id, params["token"])
                 await self._publish(event)
             except ProblemError as problem:
+                CALLBACKS.labels(problem.slug).inc()
                 level = logging.WARNING if problem.status >= 500 else logging.INFO
                 logger.log(
                     level,
@@ -190,6 +193,7 @@ class _CallbackEndpoint:
                     extra={"http_status": problem.status, "problem": problem.slug},
                 )
                 return problem.response()
+            ACCEPTED.inc()
             # Kafka now holds the callback with its event id: that is the record. A line per
             # accepted callback at INFO cost ~10% of the gateway's CPU under load; refusals,
             # which leave no other trace, stay at INFO and above.
@@ -232,6 +236,7 @@ class _CallbackEndpoint:
             raise BodyTooLargeError(
                 f"The callback exceeds {self._max_event_bytes} bytes once recorded."
             )
+        started = time.perf_counter()
         try:
             await within(self._publish_timeout, self._publisher.publish(message))
         except MessageSizeTooLargeError:
@@ -242,6 +247,8 @@ class _CallbackEndpoint:
                 extra={"error": str(error) or type(error).__name__},
             )
             raise CallbackNotStoredError(self._retry_after) from None
+        finally:
+            PUBLISH_SECONDS.observe(time.perf_counter() - started)
 
 
 class _Probes:

@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from webhook_tasks_contracts import CALLBACK_PATH_PREFIX
 from webhook_tasks_runtime.kafka import KafkaPublisher
 from webhook_tasks_runtime.logging import configure_logging
+from webhook_tasks_runtime.observability import HealthServer
 from webhook_tasks_runtime.worker import run_until_signalled
 
 from .app import create_app
@@ -51,14 +52,24 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
         max_retry_delay=settings.gateway_kafka_retry_max_seconds,
     )
 
+    async def publisher_ready() -> bool:
+        return publisher.is_ready()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # Connecting happens in the background: the gateway serves (503) while Kafka is away.
-        await publisher.start()
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            # Connecting happens in the background: the gateway serves (503) while Kafka is away.
+            await publisher.start()
+            stack.push_async_callback(publisher.stop)
+            if settings.gateway_metrics_port is not None:
+                metrics = HealthServer(
+                    host=settings.gateway_metrics_host,
+                    port=settings.gateway_metrics_port,
+                    ready=publisher_ready,
+                )
+                await metrics.start()
+                stack.push_async_callback(metrics.stop)
             yield
-        finally:
-            await publisher.stop()
 
     app = create_app(
         settings, publisher, settings.callback_tokens(), readiness=publisher, lifespan=lifespan

@@ -38,6 +38,10 @@ class GatewaySettings(RuntimeSettings, CallbackTokenSettings):
     """Longest pause between attempts to connect to an unreachable Kafka."""
     gateway_shutdown_timeout_seconds: int = Field(default=10, ge=1, le=600)
     """How long in-flight callbacks may run after SIGTERM."""
+    gateway_metrics_host: str = "0.0.0.0"
+    gateway_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Where Prometheus /metrics (and /healthz, /readyz) are served, apart from callbacks so
+    they are never public; unset serves none."""
     gateway_rate_limit_per_client: float = Field(default=0, ge=0)
     """Callbacks per second from one client address (each replica); 0 turns the limit off."""
     gateway_rate_limit_per_client_burst: int = Field(default=200, ge=1)

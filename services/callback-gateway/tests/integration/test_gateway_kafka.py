@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
+from prometheus_client import REGISTRY
 from webhook_tasks_contracts import CallbackReceived, Topics
 from webhook_tasks_gateway import GatewaySettings, serve
 from webhook_tasks_runtime.embedded import EmbeddedKafka, free_port
@@ -166,6 +167,45 @@ async def test_accepted_callback_is_on_kafka_keyed_by_correlation_id(
     assert event.result_url == "https://cdn.example.com/video.mp4"
     assert event.metadata == {"seconds": 20}
     assert event.delivery_id == "msg_it_1"
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_metrics_count_callbacks_by_outcome_on_their_own_port(
+    infrastructure: Infrastructure, unique_topics: Topics
+) -> None:
+    bootstrap = infrastructure.kafka_bootstrap_servers
+    await ensure_topics(bootstrap, [unique_topics.callback_received])
+    metrics_port = free_port()
+    settings = gateway_settings(
+        bootstrap,
+        unique_topics,
+        gateway_metrics_host="127.0.0.1",
+        gateway_metrics_port=metrics_port,
+    )
+    correlation_id = f"it-{uuid.uuid4()}"
+    url = settings.callback_tokens().callback_url("", correlation_id)
+    accepted = sample("webhook_tasks_gateway_callbacks_total", outcome="accepted")
+    forged = sample("webhook_tasks_gateway_callbacks_total", outcome="invalid-callback-token")
+    published = sample("webhook_tasks_gateway_publish_seconds_count")
+
+    async with running(settings) as http:
+        await wait_for_status(http, "/readyz", 200)
+        assert (await http.post(url, json=success_body(correlation_id))).status_code == 202
+        forgery = url.rsplit("/", 1)[0] + "/k.forged"
+        assert (await http.post(forgery, json=success_body(correlation_id))).status_code == 401
+        public = await http.get("/metrics")
+        async with httpx.AsyncClient(trust_env=False) as internal:
+            scraped = await internal.get(f"http://127.0.0.1:{metrics_port}/metrics")
+
+    assert public.status_code == 404, "metrics are never served on the public port"
+    assert scraped.status_code == 200
+    assert "webhook_tasks_gateway_callbacks_total" in scraped.text
+    assert sample("webhook_tasks_gateway_callbacks_total", outcome="accepted") == accepted + 1
+    assert sample("webhook_tasks_gateway_callbacks_total", outcome="invalid-callback-token") == forged + 1
+    assert sample("webhook_tasks_gateway_publish_seconds_count") == published + 1
 
 
 async def test_gateway_started_without_kafka_answers_503_then_recovers_without_restart(
