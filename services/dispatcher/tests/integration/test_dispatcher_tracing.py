@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 
 import httpx
 import pytest
 from opentelemetry import baggage, context
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -14,6 +17,7 @@ from opentelemetry.trace import StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from webhook_tasks_contracts import CallbackReceived
 from webhook_tasks_dispatcher import repository as repo
+from webhook_tasks_dispatcher.service import Dispatcher
 
 from .conftest import DispatcherUnderTest
 from .test_dispatcher_service import SECRET, task_request
@@ -24,13 +28,33 @@ UPSTREAM_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 UPSTREAM_SPAN = "00f067aa0ba902b7"
 
 
-async def test_each_attempt_carries_a_traceparent_in_the_upstream_trace(
-    under_test: DispatcherUnderTest,
-) -> None:
+def traced(under_test: DispatcherUnderTest) -> tuple[Dispatcher, InMemorySpanExporter]:
+    """Return a dispatcher with tracing on, and where its finished spans go."""
     spans = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
-    dispatcher = under_test.another(tracer=provider.get_tracer("test"))
+    return under_test.another(tracer=provider.get_tracer("test")), spans
+
+
+@contextlib.contextmanager
+def in_upstream_trace(upstream: Context | None = None) -> Iterator[None]:
+    """Run the block in the upstream system's trace, as a consumed task event's header sets it."""
+    token = context.attach(
+        upstream
+        or TraceContextTextMapPropagator().extract(
+            {"traceparent": f"00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01"}
+        )
+    )
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
+async def test_each_attempt_carries_a_traceparent_in_the_upstream_trace(
+    under_test: DispatcherUnderTest,
+) -> None:
+    dispatcher, spans = traced(under_test)
     statuses = iter([503, 200])
     under_test.service.answer = lambda request: httpx.Response(
         next(statuses), json={"status": "accepted"}
@@ -40,11 +64,8 @@ async def test_each_attempt_carries_a_traceparent_in_the_upstream_trace(
     )
     upstream = baggage.set_baggage("user.email", "someone@example.com", upstream)
 
-    token = context.attach(upstream)
-    try:
+    with in_upstream_trace(upstream):
         await dispatcher.dispatch(task_request())
-    finally:
-        context.detach(token)
     under_test.clock.advance(3600)
     assert await dispatcher.send_due() == 1
 
@@ -71,14 +92,8 @@ async def test_each_attempt_carries_a_traceparent_in_the_upstream_trace(
 async def test_no_trace_context_is_sent_when_tracing_is_off(
     under_test: DispatcherUnderTest,
 ) -> None:
-    upstream = TraceContextTextMapPropagator().extract(
-        {"traceparent": f"00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01"}
-    )
-    token = context.attach(upstream)
-    try:
+    with in_upstream_trace():
         await under_test.dispatcher.dispatch(task_request())
-    finally:
-        context.detach(token)
 
     (request,) = under_test.service.received
     assert "traceparent" not in request.headers
@@ -97,19 +112,10 @@ async def event_traces(under_test: DispatcherUnderTest) -> list[tuple[str, str |
 async def test_the_events_about_a_task_continue_its_dispatch_trace(
     under_test: DispatcherUnderTest,
 ) -> None:
-    spans = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    dispatcher = under_test.another(tracer=provider.get_tracer("test"))
-    upstream = TraceContextTextMapPropagator().extract(
-        {"traceparent": f"00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01"}
-    )
-    token = context.attach(upstream)
-    try:
-        request = task_request()
+    dispatcher, spans = traced(under_test)
+    request = task_request()
+    with in_upstream_trace():
         await dispatcher.dispatch(request)
-    finally:
-        context.detach(token)
     (task,) = await repo_tasks(under_test, request.task_id)
 
     # The callback arrives without a trace of its own (from the gateway, on another replica).
@@ -126,15 +132,9 @@ async def test_the_events_about_a_task_continue_its_dispatch_trace(
 
 
 async def test_events_name_no_trace_when_tracing_is_off(under_test: DispatcherUnderTest) -> None:
-    upstream = TraceContextTextMapPropagator().extract(
-        {"traceparent": f"00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01"}
-    )
-    token = context.attach(upstream)
-    try:
-        request = task_request()
+    request = task_request()
+    with in_upstream_trace():
         await under_test.dispatcher.dispatch(request)
-    finally:
-        context.detach(token)
     (task,) = await repo_tasks(under_test, request.task_id)
     await under_test.dispatcher.apply_callback(
         CallbackReceived(correlation_id=task.correlation_id, status="success")
