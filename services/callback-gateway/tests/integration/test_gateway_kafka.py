@@ -187,9 +187,13 @@ async def test_metrics_count_callbacks_by_outcome_on_their_own_port(
     )
     correlation_id = f"it-{uuid.uuid4()}"
     url = settings.callback_tokens().callback_url("", correlation_id)
-    accepted = sample("webhook_tasks_gateway_callbacks_total", outcome="accepted")
-    forged = sample("webhook_tasks_gateway_callbacks_total", outcome="invalid-callback-token")
-    published = sample("webhook_tasks_gateway_publish_seconds_count")
+    callbacks, publishes = (
+        "webhook_tasks_gateway_callbacks_total",
+        "webhook_tasks_gateway_publish_seconds_count",
+    )
+    accepted = sample(callbacks, outcome="accepted")
+    forged = sample(callbacks, outcome="invalid-callback-token")
+    published = sample(publishes)
 
     async with running(settings) as http:
         await wait_for_status(http, "/readyz", 200)
@@ -203,9 +207,9 @@ async def test_metrics_count_callbacks_by_outcome_on_their_own_port(
     assert public.status_code == 404, "metrics are never served on the public port"
     assert scraped.status_code == 200
     assert "webhook_tasks_gateway_callbacks_total" in scraped.text
-    assert sample("webhook_tasks_gateway_callbacks_total", outcome="accepted") == accepted + 1
-    assert sample("webhook_tasks_gateway_callbacks_total", outcome="invalid-callback-token") == forged + 1
-    assert sample("webhook_tasks_gateway_publish_seconds_count") == published + 1
+    assert sample(callbacks, outcome="accepted") == accepted + 1
+    assert sample(callbacks, outcome="invalid-callback-token") == forged + 1
+    assert sample(publishes) == published + 1
 
 
 async def test_gateway_started_without_kafka_answers_503_then_recovers_without_restart(
