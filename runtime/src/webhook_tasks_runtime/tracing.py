@@ -68,6 +68,12 @@ def traceparent_of(span: trace.Span) -> str | None:
     return trace_headers(span).get("traceparent")
 
 
+def current_traceparent() -> str | None:
+    """Return the `traceparent` of the trace the caller runs in (a consumed message's), if any."""
+    span = trace.get_current_span()
+    return traceparent_of(span) if span.get_span_context().is_valid else None
+
+
 def context_from_traceparent(traceparent: str | None) -> Context | None:
     """Return the trace context a stored `traceparent` names, if any."""
     if not traceparent:

@@ -22,6 +22,7 @@ from webhook_tasks_contracts import (
     utc_now,
 )
 from webhook_tasks_runtime.outbox import OutboxRelay, add_events_to_outbox
+from webhook_tasks_runtime.tracing import current_traceparent
 
 from . import repository
 from .comment_templates import CommentTemplates
@@ -88,7 +89,14 @@ class LifecycleHandler:
                 logger.info("nothing new to write", extra={"kind": rendered.kind})
                 return
             announcements = self._announcements(event.task, comment, notifications, event.event_id)
-            await add_events_to_outbox(conn, self._topics.notifications, announcements)
+            # They continue the trace the lifecycle event came in (the task's dispatch), if any.
+            traceparent = current_traceparent()
+            await add_events_to_outbox(
+                conn,
+                self._topics.notifications,
+                announcements,
+                traceparents=[traceparent] * len(announcements),
+            )
             if self._sink is not None:
                 await repository.queue_sink_deliveries(
                     conn,

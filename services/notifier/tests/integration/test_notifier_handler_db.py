@@ -5,6 +5,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from opentelemetry import context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from webhook_tasks_contracts import (
     ChatCommentPosted,
     TaskCompleted,
@@ -233,3 +235,21 @@ async def test_a_late_result_gets_its_own_comment_marked_late_once(
     events = [event for _, _, event in await outbox(pool)]
     assert len(events) == 8
     assert len({event.event_id for event in events}) == 8
+
+
+async def test_announcements_continue_the_trace_their_lifecycle_event_came_in(
+    handler: LifecycleHandler, pool: asyncpg.Pool
+) -> None:
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    # As the consumer runs a handler: in the trace its message's header names.
+    token = context.attach(TraceContextTextMapPropagator().extract({"traceparent": traceparent}))
+    try:
+        await handler.handle(completed("corr-traced"))
+    finally:
+        context.detach(token)
+    await handler.handle(completed("corr-untraced"))
+
+    rows = await pool.fetch("SELECT key, traceparent FROM outbox ORDER BY id")
+    traces = {(row["key"], row["traceparent"]) for row in rows}
+    # Every announcement of a task (its comment, each user told) names the same trace.
+    assert traces == {("corr-traced", traceparent), ("corr-untraced", None)}
