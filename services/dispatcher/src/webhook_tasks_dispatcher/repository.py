@@ -525,6 +525,18 @@ async def record_late_result(
     return TaskRow.from_record(record) if record else None
 
 
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """What a consumed event found: whether it is new, and the task it is about."""
+
+    first: bool
+    """False for an event seen before (a redelivery)."""
+    status: TaskStatus | None
+    """The task's state, locked until the transaction ends (None: no such task)."""
+    traceparent: str | None
+    """The trace of the task's dispatch, when it was traced."""
+
+
 async def lock_and_record(
     conn: asyncpg.Connection,
     *,
@@ -532,16 +544,15 @@ async def lock_and_record(
     correlation_id: str,
     kind: str,
     now: datetime,
-) -> tuple[bool, TaskStatus | None]:
+) -> Sighting:
     """Lock the task's row until the transaction ends and note that the event was seen.
 
-    Return whether the event is new (False: a redelivery) and the task's state (None: no
-    such task). One statement, so one round trip, for what every consumed event does first.
+    One statement, so one round trip, for what every consumed event does first.
     """
     record = await conn.fetchrow(
         """
         WITH task AS (
-            SELECT status FROM tasks WHERE correlation_id = $2 FOR UPDATE
+            SELECT status, traceparent FROM tasks WHERE correlation_id = $2 FOR UPDATE
         ), seen AS (
             INSERT INTO task_history (event_id, correlation_id, kind, outcome, recorded_at)
             VALUES ($1, $2, $3, 'ignored', $4)
@@ -549,6 +560,7 @@ async def lock_and_record(
             RETURNING true AS first
         )
         SELECT (SELECT status FROM task) AS status,
+            (SELECT traceparent FROM task) AS traceparent,
             coalesce((SELECT first FROM seen), false) AS first
         """,
         event_id,
@@ -557,7 +569,11 @@ async def lock_and_record(
         now,
     )
     status = record["status"]
-    return bool(record["first"]), TaskStatus(status) if status is not None else None
+    return Sighting(
+        first=bool(record["first"]),
+        status=TaskStatus(status) if status is not None else None,
+        traceparent=record["traceparent"],
+    )
 
 
 async def settle_history(

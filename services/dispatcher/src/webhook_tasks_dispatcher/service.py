@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -539,15 +540,17 @@ class Dispatcher:
 
     async def apply_callback(self, callback: CallbackReceived) -> None:
         """Apply a callback to its task if the task is still open; record it either way."""
+        started = time.time_ns()
         now = self._clock()
         target = status_after_callback(callback.status)
         kind = f"callback:{callback.status}"
         async with self._pool.acquire() as conn, conn.transaction():
-            first, before = await self._first_sighting(
+            sighting = await self._first_sighting(
                 conn, callback.event_id, callback.correlation_id, kind
             )
-            if not first:
+            if not sighting.first:
                 return
+            before = sighting.status
             if target is None:
                 row = await repo.record_progress(
                     conn,
@@ -569,6 +572,7 @@ class Dispatcher:
                 await self._settle(conn, callback.event_id, kind, before, row, event)
         # Only now is the transaction committed: the relay may publish what it queued.
         self._after_commit()
+        self._trace_application(kind, callback.correlation_id, sighting, row, started)
 
     async def _record_late_result(
         self, conn: asyncpg.Connection, callback: CallbackReceived
@@ -600,13 +604,14 @@ class Dispatcher:
 
     async def apply_deadline(self, deadline: DeadlineReached) -> None:
         """Expire the task if it is still open and its deadline has not moved since."""
+        started = time.time_ns()
         now = self._clock()
         kind = "deadline"
         async with self._pool.acquire() as conn, conn.transaction():
-            first, before = await self._first_sighting(
+            sighting = await self._first_sighting(
                 conn, deadline.event_id, deadline.correlation_id, kind
             )
-            if not first:
+            if not sighting.first:
                 return
             row = await repo.finish(
                 conn,
@@ -617,24 +622,52 @@ class Dispatcher:
                 only_if_deadline_not_after=deadline.deadline_at,
             )
             event = _expired(row) if row is not None else None
-            await self._settle(conn, deadline.event_id, kind, before, row, event)
+            await self._settle(conn, deadline.event_id, kind, sighting.status, row, event)
         self._after_commit()
+        self._trace_application(kind, deadline.correlation_id, sighting, row, started)
 
     async def _first_sighting(
         self, conn: asyncpg.Connection, event_id: object, correlation_id: str, kind: str
-    ) -> tuple[bool, TaskStatus | None]:
+    ) -> repo.Sighting:
         """Lock the task, record the event; return whether it is new, and the task's state."""
         # Locking the task row makes a callback and a deadline for one task take turns.
-        first, before = await repo.lock_and_record(
+        sighting = await repo.lock_and_record(
             conn,
             event_id=str(event_id),
             correlation_id=correlation_id,
             kind=kind,
             now=self._clock(),
         )
-        if not first:
+        if not sighting.first:
             logger.info("event seen before; nothing to do", extra={"event_id": str(event_id)})
-        return first, before
+        return sighting
+
+    def _trace_application(
+        self,
+        kind: str,
+        correlation_id: str,
+        sighting: repo.Sighting,
+        row: repo.TaskRow | None,
+        started_ns: int,
+    ) -> None:
+        # A span in the task's dispatch trace, so the trace shows how the task ended; made
+        # after the commit, and only for a task whose dispatch was traced.
+        if self._tracer is None or sighting.traceparent is None:
+            return
+        before = sighting.status.value if sighting.status else "unknown"
+        span = self._tracer.start_span(
+            f"apply {kind.partition(':')[0]}",
+            context=context_from_traceparent(sighting.traceparent),
+            kind=SpanKind.CONSUMER,
+            start_time=started_ns,
+            attributes={
+                "webhook_tasks.correlation_id": correlation_id,
+                "webhook_tasks.event": kind,
+                "webhook_tasks.status.before": before,
+                "webhook_tasks.status.after": row.status.value if row is not None else before,
+            },
+        )
+        span.end()
 
     async def _settle(
         self,

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from webhook_tasks_contracts import CallbackReceived
+from webhook_tasks_contracts import CallbackReceived, DeadlineReached
 from webhook_tasks_dispatcher import repository as repo
 from webhook_tasks_dispatcher.service import Dispatcher
 
@@ -128,6 +128,41 @@ async def test_the_events_about_a_task_continue_its_dispatch_trace(
     assert await event_traces(under_test) == [
         ("task.dispatched", dispatch_trace),
         ("task.completed", dispatch_trace),
+    ]
+    # The trace also shows how the task ended.
+    (applied,) = [span for span in spans.get_finished_spans() if span.name == "apply callback"]
+    assert applied.parent is not None
+    assert applied.parent.span_id == dispatch.context.span_id
+    assert applied.context.trace_id == dispatch.context.trace_id
+    assert dict(applied.attributes or {}) == {
+        "webhook_tasks.correlation_id": task.correlation_id,
+        "webhook_tasks.event": "callback:success",
+        "webhook_tasks.status.before": "initiated",
+        "webhook_tasks.status.after": "completed",
+    }
+
+
+async def test_an_expiry_is_a_span_of_the_tasks_trace(under_test: DispatcherUnderTest) -> None:
+    dispatcher, spans = traced(under_test)
+    request = task_request()
+    with in_upstream_trace():
+        await dispatcher.dispatch(request)
+    (task,) = await repo_tasks(under_test, request.task_id)
+    assert task.deadline_at is not None
+
+    await dispatcher.apply_deadline(
+        DeadlineReached(correlation_id=task.correlation_id, deadline_at=task.deadline_at)
+    )
+
+    finished = spans.get_finished_spans()
+    (dispatch,) = [span for span in finished if span.name == "dispatch task"]
+    (expiry,) = [span for span in finished if span.name == "apply deadline"]
+    assert expiry.parent is not None
+    assert expiry.parent.span_id == dispatch.context.span_id
+    assert (expiry.attributes or {})["webhook_tasks.status.after"] == "expired"
+    assert [kind for kind, _ in await event_traces(under_test)] == [
+        "task.dispatched",
+        "task.expired",
     ]
 
 
