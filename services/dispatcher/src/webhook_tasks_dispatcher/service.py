@@ -629,7 +629,7 @@ class Dispatcher:
     async def _first_sighting(
         self, conn: asyncpg.Connection, event_id: object, correlation_id: str, kind: str
     ) -> repo.Sighting:
-        """Lock the task, record the event; return whether it is new, and the task's state."""
+        """Lock the task, record the event; return whether it is new, the task's state and trace."""
         # Locking the task row makes a callback and a deadline for one task take turns.
         sighting = await repo.lock_and_record(
             conn,
