@@ -15,6 +15,7 @@ from .plan import Tick
 from .stats import PhaseResult, Row, Summary
 from .system import (
     Context,
+    CpuMeter,
     Deployment,
     encode_task,
     fetch,
@@ -197,6 +198,8 @@ async def _stream(
     prefix = f"bench-{ctx.run_id}-{label}-"
     total = max(int(rate * seconds), 1)
     ids = [f"{prefix}{index}" for index in range(total)]
+    # The phase's CPU shares mix both streams; each stream's own go with its facts.
+    cpu_before, started = ctx.meter.read(), time.monotonic()
     published = await publish_stream(
         ctx,
         deployment,
@@ -208,6 +211,7 @@ async def _stream(
     comments = await wait_comments(
         ctx, prefix, total, within=120, tick=ctx.report("end to end: waiting for comments", total)
     )
+    cpu_after, seconds = ctx.meter.read(), time.monotonic() - started
     records = await sink_records(ctx.sink.url)
     received: dict[str, float] = records["received"]
     called_back: dict[str, float] = records["called_back"]
@@ -288,5 +292,11 @@ async def _stream(
         "terminal_comments": len(comments),
         "kafka_hop_ms": {"one": asdict(hop1), "two": asdict(hop2)},
         "consumer_fetch_max_wait_ms": ctx.fetch_max_wait_ms,
+        "cpu_percent_of_one_core": CpuMeter.percent(cpu_before, cpu_after, seconds),
+        "cpu_ms_per_task": {
+            name: round((cpu_after[name] - cpu_before[name]) * 1000 / total, 2)
+            for name in cpu_after
+            if name in cpu_before
+        },
     }
     return result

@@ -52,5 +52,7 @@ def test_quick_benchmark_prints_the_table_and_writes_json_and_chart(tmp_path: Pa
     for stream in ("quiet", "busy"):
         end_to_end = document["facts"]["end to end"][stream]
         assert end_to_end["terminal_comments"] == end_to_end["tasks"], end_to_end
+        # Each stream's own CPU per task, service by service.
+        assert end_to_end["cpu_ms_per_task"]["dispatcher"] > 0, end_to_end
     chart = results.with_suffix(".png")
     assert chart.read_bytes().startswith(b"\x89PNG")
