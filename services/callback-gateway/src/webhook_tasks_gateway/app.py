@@ -190,7 +190,11 @@ class _CallbackEndpoint:
                 logger.log(
                     level,
                     "callback refused",
-                    extra={"http_status": problem.status, "problem": problem.slug},
+                    extra={
+                        "http_status": problem.status,
+                        "problem": problem.slug,
+                        "client": _client_address(scope),
+                    },
                 )
                 return problem.response()
             ACCEPTED.inc()
@@ -208,8 +212,7 @@ class _CallbackEndpoint:
     ) -> CallbackReceived:
         headers = scope["headers"]
         if self._per_client is not None:
-            client = scope.get("client")
-            _spend(self._per_client, client[0] if client else "", "from this client")
+            _spend(self._per_client, _client_address(scope), "from this client")
         # Cheapest refusal first: a forged URL costs one HMAC and never reads the body.
         endpoint = self._tokens.verified_endpoint(correlation_id, token)
         if endpoint is None:
@@ -324,6 +327,12 @@ def _spend(buckets: TokenBuckets, key: str, scope: str) -> None:
     wait = buckets.take(key)
     if wait > 0:
         raise RateLimitedError(scope, max(1, math.ceil(wait)))
+
+
+def _client_address(scope: Scope) -> str:
+    # The peer's address, or the one a trusted proxy forwarded (uvicorn's proxy headers).
+    client = scope.get("client")
+    return client[0] if client else ""
 
 
 def _loggable(correlation_id: str) -> str:

@@ -81,6 +81,11 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
             port=settings.gateway_port,
             lifespan="on",
             access_log=False,  # the access log would print callback URLs, tokens included
+            # The client's address (per-client rate limit, refusal logs) is the peer's unless
+            # the peer is a trusted proxy. Always explicit: uvicorn would otherwise read
+            # FORWARDED_ALLOW_IPS and trust loopback peers.
+            proxy_headers=bool(settings.gateway_trusted_proxies),
+            forwarded_allow_ips=list(settings.gateway_trusted_proxies),
             log_config=None,
             server_header=False,
             timeout_graceful_shutdown=settings.gateway_shutdown_timeout_seconds,

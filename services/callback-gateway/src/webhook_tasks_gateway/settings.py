@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated
 
@@ -31,6 +32,9 @@ class GatewaySettings(RuntimeSettings, CallbackTokenSettings):
     """Largest event published; Kafka refuses messages over 1 MiB unless configured otherwise."""
     gateway_cors_allow_origins: Annotated[tuple[str, ...], NoDecode] = ()
     """Comma-separated origins allowed to POST from a browser; "*" allows any; none by default."""
+    gateway_trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    """Comma-separated addresses and networks of proxies whose X-Forwarded-For names the client;
+    "*" trusts any peer; none by default, so the peer's own address is the client."""
     gateway_publish_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     gateway_retry_after_seconds: int = Field(default=5, ge=1, le=3600)
     """Retry-After sent with a 503 when Kafka did not take a callback."""
@@ -69,9 +73,9 @@ class GatewaySettings(RuntimeSettings, CallbackTokenSettings):
             tolerance_seconds=self.gateway_signature_tolerance_seconds,
         )
 
-    @field_validator("gateway_cors_allow_origins", mode="before")
+    @field_validator("gateway_cors_allow_origins", "gateway_trusted_proxies", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(origin.strip() for origin in value.split(",") if origin.strip())
         return value
@@ -84,3 +88,21 @@ class GatewaySettings(RuntimeSettings, CallbackTokenSettings):
             if origin != "*" and not _ORIGIN.match(origin):
                 raise ValueError(f"{origin!r} is not an origin like https://example.com or '*'")
         return origins
+
+    @field_validator("gateway_trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, proxies: tuple[str, ...]) -> tuple[str, ...]:
+        if "*" in proxies:
+            if len(proxies) > 1:
+                raise ValueError("'*' trusts every peer; list nothing else with it")
+            return proxies
+        networks = []
+        for proxy in proxies:
+            try:
+                networks.append(str(ipaddress.ip_network(proxy, strict=False)))
+            except ValueError:
+                # uvicorn would keep such an entry as a literal that no peer ever matches.
+                raise ValueError(
+                    f"{proxy!r} is not an IP address or network like 10.0.0.0/8 or '*'"
+                ) from None
+        return tuple(networks)

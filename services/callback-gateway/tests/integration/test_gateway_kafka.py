@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import signal
 import sys
@@ -210,6 +211,67 @@ async def test_metrics_count_callbacks_by_outcome_on_their_own_port(
     assert sample(callbacks, outcome="accepted") == accepted + 1
     assert sample(callbacks, outcome="invalid-callback-token") == forged + 1
     assert sample(publishes) == published + 1
+
+
+async def statuses_by_forwarded_client(
+    settings: GatewaySettings, forwarded_for: list[str]
+) -> list[int]:
+    """POST one callback per X-Forwarded-For value from 127.0.0.1; return the statuses."""
+    correlation_id = f"it-{uuid.uuid4()}"
+    url = settings.callback_tokens().callback_url("", correlation_id)
+    statuses = []
+    async with running(settings) as http:
+        await wait_for_status(http, "/readyz", 200)
+        for client in forwarded_for:
+            answer = await http.post(
+                url, json=success_body(correlation_id), headers={"x-forwarded-for": client}
+            )
+            statuses.append(answer.status_code)
+    return statuses
+
+
+def limited_per_client(bootstrap: str, topics: Topics, **overrides: Any) -> GatewaySettings:
+    return gateway_settings(
+        bootstrap,
+        topics,
+        gateway_rate_limit_per_client=0.01,
+        gateway_rate_limit_per_client_burst=1,
+        **overrides,
+    )
+
+
+async def test_a_forwarded_address_from_an_untrusted_peer_does_not_evade_the_client_limit(
+    infrastructure: Infrastructure, unique_topics: Topics, caplog: pytest.LogCaptureFixture
+) -> None:
+    bootstrap = infrastructure.kafka_bootstrap_servers
+    await ensure_topics(bootstrap, [unique_topics.callback_received])
+    settings = limited_per_client(bootstrap, unique_topics)
+
+    with caplog.at_level(logging.INFO, logger="webhook_tasks_gateway"):
+        statuses = await statuses_by_forwarded_client(settings, ["203.0.113.7", "198.51.100.9"])
+
+    assert statuses == [202, 429], "by default no peer may name another client"
+    refusals = [record for record in caplog.records if record.getMessage() == "callback refused"]
+    assert [getattr(record, "client", None) for record in refusals] == ["127.0.0.1"]
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit(
+    infrastructure: Infrastructure, unique_topics: Topics, caplog: pytest.LogCaptureFixture
+) -> None:
+    bootstrap = infrastructure.kafka_bootstrap_servers
+    await ensure_topics(bootstrap, [unique_topics.callback_received])
+    settings = limited_per_client(bootstrap, unique_topics, gateway_trusted_proxies="127.0.0.0/8")
+
+    with caplog.at_level(logging.INFO, logger="webhook_tasks_gateway"):
+        statuses = await statuses_by_forwarded_client(
+            settings,
+            # The proxy appends the address it saw; a client may send anything before it.
+            ["203.0.113.7", "198.51.100.9", "10.9.9.9, 203.0.113.7"],
+        )
+
+    assert statuses == [202, 202, 429]
+    refusals = [record for record in caplog.records if record.getMessage() == "callback refused"]
+    assert [getattr(record, "client", None) for record in refusals] == ["203.0.113.7"]
 
 
 async def test_gateway_started_without_kafka_answers_503_then_recovers_without_restart(

@@ -28,6 +28,7 @@ def test_defaults(environment: pytest.MonkeyPatch) -> None:
     assert (settings.gateway_host, settings.gateway_port) == ("127.0.0.1", 8080)
     assert settings.gateway_max_body_bytes == 1024 * 1024
     assert settings.gateway_cors_allow_origins == ()
+    assert settings.gateway_trusted_proxies == ()
     assert settings.gateway_publish_timeout_seconds == 10
     assert settings.kafka_bootstrap_servers == "kafka-0:9092"
     assert settings.callback_tokens().verify("c-1", settings.callback_tokens().mint("c-1"))
@@ -63,6 +64,36 @@ def test_what_is_not_an_origin_is_refused(environment: pytest.MonkeyPatch, origi
     environment.setenv("GATEWAY_CORS_ALLOW_ORIGINS", origin)
 
     with pytest.raises(ValidationError, match="is not an origin"):
+        GatewaySettings()
+
+
+def test_trusted_proxies_are_addresses_and_networks(environment: pytest.MonkeyPatch) -> None:
+    environment.setenv("GATEWAY_TRUSTED_PROXIES", "10.0.0.5, 10.1.2.3/16,fd00::/8, ::1")
+
+    assert GatewaySettings().gateway_trusted_proxies == (
+        "10.0.0.5/32",
+        "10.1.0.0/16",
+        "fd00::/8",
+        "::1/128",
+    )
+
+
+def test_any_peer_may_be_trusted_but_only_alone(environment: pytest.MonkeyPatch) -> None:
+    environment.setenv("GATEWAY_TRUSTED_PROXIES", "*")
+    assert GatewaySettings().gateway_trusted_proxies == ("*",)
+
+    environment.setenv("GATEWAY_TRUSTED_PROXIES", "*,10.0.0.1")
+    with pytest.raises(ValidationError, match="trusts every peer"):
+        GatewaySettings()
+
+
+@pytest.mark.parametrize("proxy", ["ingress.local", "10.0.0.256", "10.0.0.0/33"])
+def test_what_is_not_an_address_or_network_is_refused(
+    environment: pytest.MonkeyPatch, proxy: str
+) -> None:
+    environment.setenv("GATEWAY_TRUSTED_PROXIES", proxy)
+
+    with pytest.raises(ValidationError, match="is not an IP address or network"):
         GatewaySettings()
 
 
