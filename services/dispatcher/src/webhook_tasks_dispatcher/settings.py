@@ -39,7 +39,7 @@ class DispatcherSettings(DatabaseSettings, CallbackTokenSettings):
     """Comma-separated CIDRs and host names the SSRF guard lets through (e.g. 127.0.0.1/32)."""
     dns_cache_seconds: float = Field(default=10.0, ge=0)
     webhook_signing_secrets: SecretStr = SecretStr("{}")
-    """JSON object: URL prefix, host or "*" -> "whsec_..." secret that signs requests there."""
+    """JSON object: base URL (scheme, host, port; path by segments), host or "*" -> "whsec_..."."""
     circuit_failure_threshold: int = Field(default=5, ge=1)
     circuit_cool_down_seconds: float = Field(default=30.0, gt=0)
     sender_poll_interval: float = Field(default=1.0, gt=0)

@@ -12,6 +12,10 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 _PREFIX = "whsec_"
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+_Origin = tuple[str, str, int | None]
+"""Scheme, host (lower case, no trailing dot) and port (the scheme's default when absent)."""
 
 
 class SigningKeyError(ValueError):
@@ -53,7 +57,7 @@ class SigningKeys:
     """Which secret signs a request to which URL: longest URL prefix, else host, else `*`."""
 
     def __init__(self, secrets: Mapping[str, SecretStr]) -> None:
-        self._prefixes: list[tuple[str, bytes]] = []
+        self._prefixes: list[tuple[_Origin, str, bytes]] = []
         self._hosts: dict[str, bytes] = {}
         self._default: bytes | None = None
         for target, secret in secrets.items():
@@ -61,18 +65,45 @@ class SigningKeys:
             if target == "*":
                 self._default = key
             elif "://" in target:
-                self._prefixes.append((target, key))
+                split = _split(target)
+                if split is None:
+                    # Not quoted: a URL may carry credentials.
+                    raise ValueError("a signing target URL has no host or an invalid port")
+                origin, path = split
+                self._prefixes.append((origin, path, key))
             else:
                 self._hosts[target.lower().rstrip(".")] = key
-        self._prefixes.sort(key=lambda item: len(item[0]), reverse=True)
+        self._prefixes.sort(key=lambda item: len(item[1]), reverse=True)
 
     def __repr__(self) -> str:
         return f"SigningKeys({len(self._prefixes) + len(self._hosts)} endpoints)"
 
     def key_for(self, url: str) -> bytes | None:
         """Return the key that signs requests to `url`; None means unsigned."""
-        for prefix, key in self._prefixes:
-            if url.startswith(prefix):
+        split = _split(url)
+        if split is None:
+            return self._default
+        origin, path = split
+        for prefix_origin, prefix_path, key in self._prefixes:
+            if origin == prefix_origin and _within(path, prefix_path):
                 return key
-        host = (urlsplit(url).hostname or "").rstrip(".")
-        return self._hosts.get(host, self._default)
+        return self._hosts.get(origin[1], self._default)
+
+
+def _split(url: str) -> tuple[_Origin, str] | None:
+    # Parsed, not compared as text: "https://a.com" is a prefix of "https://a.com.evil.net".
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    if port is None:
+        port = _DEFAULT_PORTS.get(parts.scheme)
+    return (parts.scheme, parts.hostname.rstrip("."), port), parts.path or "/"
+
+
+def _within(path: str, prefix: str) -> bool:
+    # At a segment boundary: "/v1" covers "/v1/x" but not "/v10".
+    return path == prefix or path.startswith(prefix if prefix.endswith("/") else prefix + "/")

@@ -90,3 +90,62 @@ def test_a_bad_secret_is_refused_without_quoting_it() -> None:
     with pytest.raises(SigningKeyError, match="16 bytes"):
         decode_secret("whsec_" + base64.b64encode(b"short").decode())
     assert "whsec" not in repr(SigningKeys({"*": SecretStr(new_secret())}))
+
+
+@pytest.mark.parametrize(
+    ("prefix", "url"),
+    [
+        ("https://api.partner.com", "https://api.partner.com.evil.net/x"),
+        ("https://api.partner.com", "https://api.partner.com@evil.net/x"),
+        ("https://api.partner.com", "https://api.partner.com:secret@evil.net/x"),
+        ("https://api.partner.com", "https://api.partner.comevil.net/x"),
+        ("https://api.partner.com", "https://api.partner.com:8443/x"),
+        ("https://api.partner.com", "http://api.partner.com/x"),
+        ("https://api.partner.com:8443", "https://api.partner.com:84430/x"),
+        ("https://api.partner.com/v1", "https://api.partner.com/v10"),
+        ("https://api.partner.com/v1", "https://api.partner.com/"),
+        ("https://api.partner.com/v1", "https://api.partner.com/x/v1/y"),
+    ],
+)
+def test_a_prefix_does_not_sign_for_another_host_port_scheme_or_path(prefix: str, url: str) -> None:
+    keys = SigningKeys({prefix: SecretStr(new_secret())})
+
+    assert keys.key_for(url) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.partner.com/v1",
+        "https://api.partner.com/v1/",
+        "https://api.partner.com/v1/run?x=1",
+        "https://API.Partner.COM/v1/run",
+        "https://api.partner.com./v1/run",
+        "https://api.partner.com:443/v1/run",
+        "https://user@api.partner.com/v1/run",
+    ],
+)
+def test_a_prefix_signs_its_own_origin_at_a_path_segment_boundary(url: str) -> None:
+    secret = SecretStr(new_secret())
+    keys = SigningKeys({"https://api.partner.com/v1": secret})
+
+    assert keys.key_for(url) == decode_secret(secret.get_secret_value())
+
+
+def test_a_prefix_is_compared_parsed_and_the_longest_path_wins() -> None:
+    whole, v1 = SecretStr(new_secret()), SecretStr(new_secret())
+    keys = SigningKeys(
+        {"HTTPS://Api.Partner.Com.:443": whole, "https://api.partner.com/v1/": v1},
+    )
+
+    assert keys.key_for("https://api.partner.com/v1/run") == decode_secret(v1.get_secret_value())
+    assert keys.key_for("https://api.partner.com/v10") == decode_secret(whole.get_secret_value())
+    assert keys.key_for("https://api.partner.com") == decode_secret(whole.get_secret_value())
+    assert keys.key_for("http://api.partner.com:80/") is None
+    assert keys.key_for("http://localhost:99999/") is None
+
+
+def test_a_prefix_with_an_invalid_port_is_refused_without_quoting_it() -> None:
+    with pytest.raises(ValueError, match="invalid port") as error:
+        SigningKeys({"https://user:hunter2@api.partner.com:99999/": SecretStr(new_secret())})
+    assert "hunter2" not in str(error.value)
