@@ -35,8 +35,16 @@ _SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")
 _UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
 
 
+# The resolver's definite "no such host" answers; not every platform defines EAI_NODATA.
+_NO_SUCH_HOST = frozenset({socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)})
+
+
 class UrlRefusedError(OSError):
     """The guard will not let the dispatcher send to this URL; the message says why."""
+
+
+class TransientResolutionError(OSError):
+    """The URL's host could not be resolved this time, though it may exist; try again later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +93,16 @@ def why_forbidden(address: IPAddress) -> str | None:
         if address in _NAT64:
             # A NAT64 gateway would forward to the embedded IPv4 address.
             return why_forbidden(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        # 6to4 and Teredo relays would also forward to their embedded IPv4 addresses.
+        if address.sixtofour is not None:
+            why = why_forbidden(address.sixtofour)
+            if why is not None:
+                return f"a 6to4 address embedding {why} ({address.sixtofour})"
+        if address.teredo is not None:
+            for embedded in address.teredo:
+                why = why_forbidden(embedded)
+                if why is not None:
+                    return f"a Teredo address embedding {why} ({embedded})"
     if address in _METADATA_ADDRESSES:
         return "a cloud metadata address"
     checks = (
@@ -146,7 +164,7 @@ class UrlGuard:
         self._cache: dict[tuple[str, int], tuple[float, _Resolution]] = {}
 
     async def check(self, url: str) -> None:
-        """Raise UrlRefusedError unless `url` may be requested."""
+        """Raise UrlRefusedError unless `url` may be requested; TransientResolutionError: retry."""
         parts = urlsplit(url)
         host = parts.hostname
         if parts.scheme not in ("http", "https") or not host:
@@ -194,7 +212,15 @@ class UrlGuard:
         try:
             found = await self._resolve(host, port)
         except OSError as error:
-            raise UrlRefusedError(f"the webhook host {host} could not be resolved") from error
+            if isinstance(error, socket.gaierror) and error.errno in _NO_SUCH_HOST:
+                raise UrlRefusedError(
+                    f"the webhook host {host} could not be resolved: no such host"
+                ) from error
+            # Anything else (a DNS server down or timing out) may pass: the task is retried.
+            raise TransientResolutionError(
+                f"the webhook host {host} could not be resolved for now"
+                f" ({str(error) or type(error).__name__})"
+            ) from error
         addresses = [ipaddress.ip_address(address.split("%", 1)[0]) for address in found]
         if not addresses:
             raise UrlRefusedError(f"the webhook host {host} has no address")

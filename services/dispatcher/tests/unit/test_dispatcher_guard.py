@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 import pytest
-from webhook_tasks_dispatcher.guard import Allowlist, UrlGuard, UrlRefusedError, why_forbidden
+from webhook_tasks_dispatcher.guard import (
+    Allowlist,
+    TransientResolutionError,
+    UrlGuard,
+    UrlRefusedError,
+    why_forbidden,
+)
 
 
 @pytest.mark.parametrize(
@@ -44,6 +51,16 @@ from webhook_tasks_dispatcher.guard import Allowlist, UrlGuard, UrlRefusedError,
         ("::ffff:169.254.169.254", "cloud metadata"),
         ("64:ff9b::7f00:1", "loopback"),
         ("64:ff9b::a9fe:a9fe", "cloud metadata"),
+        # 6to4 and Teredo relays reach the embedded IPv4 addresses too.
+        ("2002:7f00:1::1", "6to4 address embedding a loopback address (127.0.0.1)"),
+        ("2002:a9fe:a9fe::1", "6to4 address embedding a cloud metadata address"),
+        ("2002:a00:1::1", "6to4 address embedding a private address (10.0.0.1)"),
+        # Teredo: server 127.0.0.1, client 93.184.216.34 (stored as its complement).
+        ("2001:0:7f00:1:0:0:a247:27dd", "Teredo address embedding a loopback address"),
+        # Teredo: server 65.54.227.120, client 169.254.169.254.
+        ("2001:0:4136:e378:8000:0:5601:5601", "Teredo address embedding a cloud metadata"),
+        # Teredo is not global even when both its addresses are.
+        ("2001:0:4136:e378:8000:63bf:a247:27dd", "private"),
     ],
 )
 def test_non_public_addresses_are_forbidden(address: str, why: str) -> None:
@@ -54,7 +71,14 @@ def test_non_public_addresses_are_forbidden(address: str, why: str) -> None:
 
 @pytest.mark.parametrize(
     "address",
-    ["93.184.216.34", "8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"],
+    [
+        "93.184.216.34",
+        "8.8.8.8",
+        "1.1.1.1",
+        "2606:4700:4700::1111",
+        "::ffff:8.8.8.8",
+        "2002:808:808::1",  # 6to4 of 8.8.8.8
+    ],
 )
 def test_public_addresses_pass(address: str) -> None:
     assert why_forbidden(ipaddress.ip_address(address)) is None
@@ -66,7 +90,7 @@ def resolver(table: dict[str, list[str]]) -> object:
     async def resolve(host: str, port: int) -> list[str]:
         calls.append(host)
         if host not in table:
-            raise OSError("no such host")
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return table[host]
 
     resolve.calls = calls  # type: ignore[attr-defined]
@@ -106,7 +130,7 @@ DNS = {
         ("https://[::ffff:127.0.0.1]/x", [], True, "loopback"),
         ("https://169.254.169.254/latest", [], True, "cloud metadata"),
         ("https://[fd00:ec2::254]/latest", [], True, "cloud metadata"),
-        ("https://nowhere.example.com/x", [], True, "could not be resolved"),
+        ("https://nowhere.example.com/x", [], True, "could not be resolved: no such host"),
         ("ftp://public.example.com/x", [], True, "not an http(s) URL"),
         ("https://public.example.com:99999/x", [], True, "invalid port"),
     ],
@@ -163,6 +187,76 @@ async def test_the_connector_resolver_only_returns_checked_addresses() -> None:
         await connector_resolver.resolve("mixed.example.com", 443)
     with pytest.raises(OSError, match="private"):  # aiohttp wraps OSError as a connect error
         await connector_resolver.resolve("internal.corp", 443)
+
+
+def failing_resolver(error: OSError) -> object:
+    async def resolve(host: str, port: int) -> list[str]:
+        raise error
+
+    return resolve
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+        socket.gaierror(socket.EAI_NODATA, "No address associated with hostname"),
+    ],
+)
+async def test_a_host_that_does_not_exist_is_refused(error: OSError) -> None:
+    guard = UrlGuard(resolve=failing_resolver(error))  # type: ignore[arg-type]
+
+    with pytest.raises(UrlRefusedError, match="could not be resolved: no such host"):
+        await guard.check("https://nowhere.example.com/x")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"),
+        socket.gaierror(socket.EAI_FAIL, "Non-recoverable failure in name resolution"),
+        socket.gaierror(socket.EAI_SYSTEM, "System error"),
+        TimeoutError(),
+        OSError("network is unreachable"),
+    ],
+)
+async def test_a_resolver_failure_that_may_pass_is_transient_not_a_refusal(error: OSError) -> None:
+    guard = UrlGuard(resolve=failing_resolver(error))  # type: ignore[arg-type]
+
+    with pytest.raises(TransientResolutionError, match="could not be resolved for now") as raised:
+        await guard.check("https://flaky.example.com/x")
+    assert not isinstance(raised.value, UrlRefusedError)
+    # Callers that treat OSError as a failed connection keep doing so.
+    assert isinstance(raised.value, OSError)
+    assert raised.value.__cause__ is error
+
+
+async def test_a_transient_failure_is_not_cached() -> None:
+    calls: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        calls.append(host)
+        if len(calls) == 1:
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return ["93.184.216.34"]
+
+    guard = UrlGuard(resolve=resolve)
+    with pytest.raises(TransientResolutionError):
+        await guard.check("https://flaky.example.com/x")
+
+    await guard.check("https://flaky.example.com/x")
+    assert calls == ["flaky.example.com", "flaky.example.com"]
+
+
+async def test_the_connector_resolver_raises_a_transient_failure_as_an_os_error() -> None:
+    from webhook_tasks_dispatcher.guard import guarded_resolver
+
+    error = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+    connector_resolver = guarded_resolver(UrlGuard(resolve=failing_resolver(error)))  # type: ignore[arg-type]
+
+    # aiohttp wraps an OSError from its resolver as a connect error: the request is retried.
+    with pytest.raises(TransientResolutionError):
+        await connector_resolver.resolve("flaky.example.com", 443)
 
 
 def test_allowlist_entries_are_cidrs_addresses_or_names() -> None:
