@@ -71,11 +71,28 @@ def test_webhook_auth_is_masked_unless_the_publisher_asks_to_reveal_it() -> None
             "reserved fields: callbackUrl",
         ),
         ({"isWebhookTask": True, "webhookUrl": "https://x/", "timeoutSeconds": 0}, "greater than"),
+        ({"isWebhookTask": True, "webhookUrl": "https://x/a b"}, "spaces or control"),
+        ({"isWebhookTask": True, "webhookUrl": "https://x/\x7f"}, "spaces or control"),
+        ({"isWebhookTask": True, "webhookUrl": "https://u:p@x/"}, "credentials"),
+        ({"isWebhookTask": True, "webhookUrl": "https://u@x/"}, "credentials"),
     ],
 )
 def test_invalid_task_metadata_is_refused_with_the_reason(metadata: dict, problem: str) -> None:
     with pytest.raises(ValidationError, match=problem):
         TaskMetadata.model_validate(metadata)
+
+
+@pytest.mark.parametrize("auth", ["Bearer t\u00f6k\u00e9n", "Bearer a\r\nX-Injected: 1"])
+def test_webhook_auth_must_be_a_header_value_and_is_never_quoted(auth: str) -> None:
+    with pytest.raises(ValidationError, match="printable ASCII") as raised:
+        TaskMetadata.model_validate({"webhookAuth": auth})
+
+    assert auth not in str(raised.value)
+
+
+def test_an_empty_webhook_auth_sends_no_header() -> None:
+    assert TaskMetadata.model_validate({"webhookAuth": ""}).webhook_auth is None
+    assert TaskMetadata.model_validate({"webhookAuth": "Bearer x"}).webhook_auth is not None
 
 
 def test_a_task_without_the_webhook_flag_needs_no_url() -> None:
@@ -140,6 +157,8 @@ def test_the_product_summary_callbacks_parse() -> None:
         ('{"correlationId": "c", "status": "done"}', "status"),
         ('{"correlationId": "c", "status": "success", "resultUrl": "javascript:x"}', "resultUrl"),
         ('{"correlationId": "c", "status": "progress", "progress": 101}', "progress"),
+        ('{"correlationId": "c", "status": "progress", "progress": true}', "progress"),
+        ('{"correlationId": "c", "status": "progress", "progress": "50"}', "progress"),
         ('{"correlationId": "c", "status": "error", "error": "bad \\u0000 byte"}', "error"),
         ('{"correlationId": "c", "status": "success", "metadata": {"k": ["\\u0000"]}}', "metadata"),
         ("not json", "json"),

@@ -17,9 +17,15 @@ Identifier = Annotated[
 
 
 def _require_http_url(value: str) -> str:
+    # HTTP clients refuse such URLs only when the request is built, long after validation.
+    if any(char <= " " or char == "\x7f" for char in value):
+        raise ValueError("must not contain spaces or control characters")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an absolute http or https URL")
+    # Credentials in a URL end up wherever the URL is stored, logged or shown.
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials (user:password@)")
     return value
 
 
@@ -30,7 +36,8 @@ HttpUrlString = Annotated[
 ]
 """An absolute http(s) URL kept exactly as given (pydantic's HttpUrl would normalise it)."""
 
-Progress = Annotated[float, Field(ge=0, le=100)]
+Progress = Annotated[float, Field(ge=0, le=100, strict=True)]
+"""A percentage: a JSON number (not text, not a boolean) from 0 to 100."""
 
 
 class StorableText(BaseModel):

@@ -11,6 +11,7 @@ to the dispatcher; no event the services publish carries one.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
@@ -39,6 +40,7 @@ REVEAL_SECRETS = "reveal_secrets"
 """Serialization context key that lets the upstream publisher send `webhookAuth` in clear."""
 
 _EVENT_ID_NAMESPACE = uuid5(NAMESPACE_URL, "urn:webhook-tasks:event")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
 def utc_now() -> datetime:
@@ -82,6 +84,16 @@ class TaskMetadata(StorableText):
     callback_endpoint: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     """Bind the callback URL to this endpoint name; the gateway then requires callbacks
     signed with the endpoint's Standard Webhooks secret (GATEWAY_SIGNING_SECRETS)."""
+
+    @field_validator("webhook_auth")
+    @classmethod
+    def _auth_is_a_header_value(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None  # an empty value authenticates nothing: send no header
+        # Sent as the Authorization header: anything else fails when the request is built.
+        if not _HEADER_VALUE.fullmatch(value.get_secret_value()):
+            raise ValueError("webhookAuth must be printable ASCII (an HTTP header value)")
+        return value
 
     @field_validator("webhook_params")
     @classmethod

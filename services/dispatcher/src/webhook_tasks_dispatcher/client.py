@@ -15,15 +15,18 @@ from pydantic import SecretStr, ValidationError
 from webhook_tasks_contracts import WebhookAck
 from webhook_tasks_runtime.timeouts import within
 
-from .guard import UrlGuard, UrlRefusedError, guarded_resolver
+from .guard import TransientResolutionError, UrlGuard, UrlRefusedError, guarded_resolver
 from .signing import signature_headers
 
 MAX_STORED_BODY_CHARS = 2000
 """Response bodies are kept for diagnosis only; a page of text is enough and bounds the row."""
 
 _E = TypeVar("_E", bound=BaseException)
+_REDACTED = "**********"
 
-Outcome = Literal["accepted", "rejected", "unreachable", "refused"]
+Outcome = Literal["accepted", "rejected", "unreachable", "refused", "failed"]
+"""`refused`: never sent (the guard, or a request that cannot be built); `failed`: the
+dispatcher itself failed while sending or recording the attempt."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +44,20 @@ class DeliveryResult:
     """The answer's bytes, up to the size cap (a sync task's result is read from them)."""
     truncated: bool = False
     timed_out: bool = False
+    unsendable: bool = False
+    """Refused because the request itself cannot be built (its URL or headers), not its host."""
 
     @property
     def reason(self) -> str:
         """Return a one-line explanation fit for the user's comment (never a secret)."""
         if self.outcome == "accepted":
             return "accepted"
+        if self.outcome == "refused" and self.unsendable:
+            return f"the request could not be sent: {self.error}"
         if self.outcome == "refused":
             return f"the webhook URL was refused: {self.error}"
+        if self.outcome == "failed":
+            return f"the dispatcher could not send the request ({self.error})"
         if self.status_code is not None:
             return f"the external service answered HTTP {self.status_code}"
         if self.timed_out:
@@ -128,7 +137,13 @@ class WebhookClient:
             await self._guard.check(request.url)
         except UrlRefusedError as refusal:
             return DeliveryResult("refused", _elapsed_ms(started), error=str(refusal))
-        headers = {"content-type": "application/json", "user-agent": "webhook-tasks/0.1"}
+        except TransientResolutionError as failure:
+            return DeliveryResult("unreachable", _elapsed_ms(started), error=str(failure))
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "webhook-tasks/0.1",
+            "accept-encoding": "identity",
+        }
         if request.signing_key is not None:
             headers |= signature_headers(
                 request.signing_key,
@@ -142,16 +157,24 @@ class WebhookClient:
         if request.auth is not None:
             headers["authorization"] = request.auth.get_secret_value()
         timeout = request.timeout_seconds or self._timeout_seconds
-        outgoing = httpx.Request(
-            "POST",
-            _parsed_url(request.url),
-            content=request.body,
-            headers=headers,
-            extensions={"timeout": httpx.Timeout(timeout).as_dict()},
-        )
         try:
+            outgoing = httpx.Request(
+                "POST",
+                _parsed_url(request.url),
+                content=request.body,
+                headers=headers,
+                extensions={"timeout": httpx.Timeout(timeout).as_dict()},
+            )
             # The total bound also stops a server that drips its answer byte by byte.
             response, raw, truncated = await within(timeout, self._exchange(outgoing))
+        except (httpx.InvalidURL, UnicodeError, ValueError) as error:
+            # The same request would fail the same way on every attempt: it is never sent.
+            return DeliveryResult(
+                "refused",
+                _elapsed_ms(started),
+                error=_describe(error, request.auth),
+                unsendable=True,
+            )
         except TimeoutError:
             return DeliveryResult(
                 "unreachable",
@@ -171,7 +194,11 @@ class WebhookClient:
                 timed_out=_in_chain(error, TimeoutError) is not None,
             )
         latency = _elapsed_ms(started)
-        text = raw.decode(errors="replace")[:MAX_STORED_BODY_CHARS]
+        if request.auth is not None:
+            # A service that echoes the request must not put webhookAuth in our records.
+            raw = raw.replace(request.auth.get_secret_value().encode(), _REDACTED.encode())
+        # PostgreSQL text cannot hold NUL; a binary answer is still worth a look.
+        text = raw.decode(errors="replace").replace("\x00", "\ufffd")[:MAX_STORED_BODY_CHARS]
         if not response.is_success:
             return DeliveryResult(
                 "rejected",
@@ -200,9 +227,15 @@ class WebhookClient:
         return response, raw, truncated
 
     async def _read_capped(self, response: httpx.Response) -> tuple[bytes, bool]:
+        if response.is_stream_consumed:
+            # A transport that read the answer itself (httpx's MockTransport) left it whole.
+            whole = response.content
+            return whole[: self._max_response_bytes], len(whole) > self._max_response_bytes
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_bytes():
+        # Raw, as sent: the cap must bound the bytes held, and a small compressed answer
+        # would inflate to gigabytes before any cap saw it (the transport leaves it as sent).
+        async for chunk in response.aiter_raw():
             chunks.append(chunk)
             size += len(chunk)
             if size > self._max_response_bytes:
@@ -238,11 +271,11 @@ def _in_chain(error: BaseException, kind: type[_E]) -> _E | None:
     return None
 
 
-def _describe(error: httpx.HTTPError, auth: SecretStr | None) -> str:
+def _describe(error: Exception, auth: SecretStr | None) -> str:
     text = f"{type(error).__name__}: {error}".strip().rstrip(":")
     if auth is not None:
         # Defence in depth: no transport error should echo a header, but never risk it.
-        text = text.replace(auth.get_secret_value(), "**********")
+        text = text.replace(auth.get_secret_value(), _REDACTED)
     return text[:500]
 
 

@@ -317,12 +317,23 @@ class Dispatcher:
 
     async def _attempt_logged(self, pending: repo.PendingRequest) -> None:
         with correlation_context(pending.correlation_id):
+            started = self._clock()
             try:
                 await self._attempt(pending)
-            except Exception:
-                # The claim runs out and the request comes due again; nothing is lost.
-                logger.exception("sending a request failed; it will be tried again")
-                raise
+            except Exception as error:
+                logger.exception("sending a request failed in the dispatcher")
+                # Recorded as an attempt, so a failure that recurs every time meets the
+                # attempt limit rather than resending the request each time a lease runs out.
+                failed = DeliveryResult(
+                    "failed", 0.0, error=f"internal error: {type(error).__name__}"
+                )
+                ATTEMPTS.labels(failed.outcome).inc()
+                try:
+                    await self._settle_dispatch(pending, started, failed)
+                except Exception:
+                    # The claim runs out and the request comes due again; nothing is lost.
+                    logger.exception("recording the failure failed; the request will be retried")
+                    raise
 
     async def _attempt(self, pending: repo.PendingRequest) -> None:
         host = _host(pending.webhook_url)

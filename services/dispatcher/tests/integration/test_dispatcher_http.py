@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import os
 import ssl
 import subprocess
@@ -97,6 +98,28 @@ async def test_a_streamed_oversized_error_body_is_cut_too(server: LocalServer) -
         await http.aclose()
 
     assert (result.outcome, result.status_code, result.truncated) == ("rejected", 502, True)
+
+
+async def test_a_compressed_answer_is_held_as_sent_not_inflated(server: LocalServer) -> None:
+    bomb = gzip.compress(b"0" * 20_000_000)
+    asked: list[str] = []
+
+    async def compressed(request: web.Request) -> web.StreamResponse:
+        # As a server that compresses whatever it is asked: the bomb needs no consent.
+        asked.append(request.headers.get("accept-encoding", ""))
+        return web.Response(body=bomb, headers={"content-encoding": "gzip"})
+
+    server.routes["/bomb"] = compressed
+    webhooks, http = client(max_response_bytes=64 * 1024)
+    try:
+        result = await post(webhooks, f"{server.url}/bomb")
+    finally:
+        await http.aclose()
+
+    assert asked == ["identity"]
+    assert result.outcome == "accepted"
+    assert result.body == bomb
+    assert not result.truncated
 
 
 async def test_a_server_that_never_answers_times_out(server: LocalServer) -> None:

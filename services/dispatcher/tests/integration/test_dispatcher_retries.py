@@ -21,7 +21,7 @@ from webhook_tasks_contracts import (
 )
 from webhook_tasks_dispatcher import repository as repo
 from webhook_tasks_dispatcher.breaker import CircuitBreakers
-from webhook_tasks_dispatcher.client import WebhookClient
+from webhook_tasks_dispatcher.client import DeliveryResult, WebhookClient
 from webhook_tasks_dispatcher.guard import UrlGuard
 from webhook_tasks_dispatcher.signing import SigningKeys
 
@@ -456,3 +456,42 @@ async def test_a_stopping_sender_hands_its_unfinished_requests_back_at_once(
     async with under_test.pool.acquire() as conn:
         assert await repo.next_request_due(conn) == under_test.clock.now
     assert (await the_task(under_test, request.task_id)).status.value == "pending"
+
+
+class FailingClient(WebhookClient):
+    """A client that fails inside the dispatcher, the same way on every attempt."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def send(self, request: object, *, now: object) -> DeliveryResult:  # type: ignore[override]
+        self.calls += 1
+        raise RuntimeError("a failure that recurs on every attempt")
+
+
+async def test_a_failure_inside_the_dispatcher_is_an_attempt_and_meets_the_attempt_limit(
+    under_test: DispatcherUnderTest,
+) -> None:
+    failing = FailingClient()
+    dispatcher = under_test.another(webhooks=failing)
+    request = task_request()
+
+    await dispatcher.dispatch(request)
+    for _ in range(10):
+        async with under_test.pool.acquire() as conn:
+            due = await repo.next_request_due(conn)
+        if due is None:
+            break
+        under_test.clock.now = max(under_test.clock.now, due)
+        await dispatcher.send_due()
+
+    task = await the_task(under_test, request.task_id)
+    assert task.status.value == "failed"
+    history = await attempts(under_test, task)
+    assert [a.outcome for a in history] == ["failed"] * 6
+    assert failing.calls == 6
+    (event,) = await lifecycle(under_test)
+    assert isinstance(event, TaskFailed)
+    assert (
+        event.reason == "the dispatcher could not send the request (internal error: RuntimeError)"
+    )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import socket
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -36,7 +39,7 @@ class Client:
         return await self._client.send(request, now=utc_now())
 
 
-def client_for(handler: object, **options: int) -> Client:
+def client_for(handler: Callable[[httpx.Request], object], **options: int) -> Client:
     transport = httpx.MockTransport(handler)  # type: ignore[arg-type]
     guard = UrlGuard(resolve=resolve_publicly)
     return Client(WebhookClient(transport, guard=guard, **options))
@@ -121,3 +124,87 @@ async def test_a_2xx_with_an_unparseable_body_is_still_accepted() -> None:
 
     assert result.outcome == "accepted"
     assert result.ack is None
+
+
+async def test_an_auth_value_that_is_no_header_is_refused_unsent_and_unquoted() -> None:
+    sent: list[httpx.Request] = []
+    auth = "Bearer t\u00f6k\u00e9n-very-secret"
+
+    result = await client_for(lambda request: sent.append(request)).send(
+        "https://svc.example.com/run", {}, auth=SecretStr(auth)
+    )
+
+    assert result.outcome == "refused"
+    assert result.reason.startswith("the request could not be sent: ")
+    assert auth not in result.reason
+    assert sent == []
+
+
+async def test_a_url_no_client_can_send_to_is_refused_unsent() -> None:
+    sent: list[httpx.Request] = []
+
+    result = await client_for(lambda request: sent.append(request)).send(
+        "https://svc.example.com/\x7f", {}, auth=None
+    )
+
+    assert result.outcome == "refused"
+    assert result.unsendable
+    assert sent == []
+
+
+async def test_a_binary_answer_is_stored_without_nul_characters() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(502, content=b"\x00\x01gateway\x00down")
+
+    result = await client_for(handler).send("https://svc/", {}, auth=None)
+
+    assert result.outcome == "rejected"
+    assert result.response_body is not None
+    assert "\x00" not in result.response_body
+    assert "gateway" in result.response_body
+
+
+async def test_an_answer_echoing_the_auth_value_is_kept_redacted() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=f"you sent {request.headers['authorization']}")
+
+    result = await client_for(handler).send("https://svc/", {}, auth=SecretStr(SECRET))
+
+    assert result.outcome == "accepted"
+    assert result.response_body is not None
+    assert SECRET not in result.response_body
+    assert SECRET.encode() not in result.body
+
+
+async def test_a_compressed_answer_is_not_inflated_past_the_cap() -> None:
+    seen: list[httpx.Request] = []
+    bomb = gzip.compress(b"0" * 10_000_000)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        headers = {"content-encoding": "gzip"}
+        return httpx.Response(200, headers=headers, stream=httpx.ByteStream(bomb))
+
+    result = await client_for(handler, max_response_bytes=64 * 1024).send(
+        "https://svc/", {}, auth=None
+    )
+
+    assert seen[0].headers["accept-encoding"] == "identity"
+    assert result.outcome == "accepted"
+    assert len(result.body) == len(bomb) < 64 * 1024
+    assert not result.truncated
+
+
+async def test_a_temporary_dns_failure_is_unreachable_and_so_retried() -> None:
+    async def resolver_down(host: str, port: int) -> list[str]:
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    sent: list[httpx.Request] = []
+    transport = httpx.MockTransport(lambda request: sent.append(request))  # type: ignore[arg-type,func-returns-value]
+    client = Client(WebhookClient(transport, guard=UrlGuard(resolve=resolver_down)))
+
+    result = await client.send("https://svc.example.com/run", {}, auth=None)
+
+    assert result.outcome == "unreachable"
+    assert "could not be resolved for now" in result.reason
+    assert sent == []
