@@ -9,7 +9,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -97,6 +97,7 @@ class Dispatcher:
         # Requests being sent, by consumers and the sender alike: at most `max_in_flight`.
         self._max_in_flight = max_in_flight
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._reserved = 0  # slots held by consumers between waiting and sending
         self._slot_freed = asyncio.Event()
         # Concurrent handlers share transactions: round trips per batch, not per task.
         self._claims = GroupCommit(self._record_claims)
@@ -132,13 +133,23 @@ class Dispatcher:
     async def _accept(
         self, request: TaskRequested, webhook_url: str, traceparent: str | None
     ) -> asyncio.Task[None] | None:
-        metadata = request.task_metadata
-        now = self._clock()
         # A sync request waits for the result, up to the task's timeout: that is no work
         # for a consumer, so the background sender takes it at once.
-        inline = metadata.mode == "callback"
+        if request.task_metadata.mode == "sync":
+            await self._record(request, webhook_url, inline=False, traceparent=traceparent)
+            self._due.set()
+            return None
+        # Back-pressure comes before the claim: a claim's lease starts at once, and one that
+        # ran out while waiting for a slot would be sent by another replica as well.
+        async with self._sending_slot():
+            pending = await self._record(request, webhook_url, inline=True, traceparent=traceparent)
+            return self._send_in_background(pending) if pending is not None else None
+
+    async def _record(
+        self, request: TaskRequested, webhook_url: str, *, inline: bool, traceparent: str | None
+    ) -> repo.PendingRequest | None:
         pending = await self._claim(
-            request, webhook_url, now=now, inline=inline, traceparent=traceparent
+            request, webhook_url, now=self._clock(), inline=inline, traceparent=traceparent
         )
         if pending is None:
             logger.info(
@@ -156,10 +167,7 @@ class Dispatcher:
                 "mode": pending.mode,
             },
         )
-        if inline:
-            return await self._start_sending(pending)
-        self._due.set()
-        return None
+        return pending
 
     async def _claim(
         self,
@@ -255,7 +263,7 @@ class Dispatcher:
         # stops the rest and makes them due at once, for the next process.
         try:
             while True:
-                free = self._max_in_flight - len(self._in_flight)
+                free = self._max_in_flight - len(self._in_flight) - self._reserved
                 claimed: list[repo.PendingRequest] = []
                 if free > 0:
                     async with self._pool.acquire() as conn:
@@ -276,12 +284,18 @@ class Dispatcher:
         while self._in_flight:
             await asyncio.wait(list(self._in_flight.values()))
 
-    async def _start_sending(self, pending: repo.PendingRequest) -> asyncio.Task[None]:
-        # Back-pressure: a consumer waits here while the dispatcher sends all it may.
-        while len(self._in_flight) >= self._max_in_flight:
+    @contextlib.asynccontextmanager
+    async def _sending_slot(self) -> AsyncIterator[None]:
+        """Wait for a free sending slot and hold it until a request takes it or none does."""
+        while len(self._in_flight) + self._reserved >= self._max_in_flight:
             self._slot_freed.clear()
             await self._slot_freed.wait()
-        return self._send_in_background(pending)
+        self._reserved += 1
+        try:
+            yield
+        finally:
+            self._reserved -= 1
+            self._slot_freed.set()
 
     def _send_in_background(self, pending: repo.PendingRequest) -> asyncio.Task[None]:
         task = asyncio.create_task(self._attempt_logged(pending))

@@ -88,13 +88,41 @@ async def test_consuming_waits_while_every_slot_is_taken(
     waiting = asyncio.create_task(dispatcher.consume(third))
     await asyncio.sleep(0.2)
     assert not waiting.done(), "a third request went out with two in flight"
-    assert (await the_task(under_test, third.task_id)).status.value == "pending"
+    async with under_test.pool.acquire() as conn:
+        # Not claimed while it waits: a lease running out meanwhile would let another send it.
+        assert await repo.find_tasks(conn, third.task_id) == []
 
     service.answer.set()
     await asyncio.wait_for(waiting, 10)
     await dispatcher.drain()
     for request in (first, second, third):
         assert (await the_task(under_test, request.task_id)).status.value == "initiated"
+
+
+async def test_a_task_waiting_for_a_slot_longer_than_a_lease_is_sent_once(
+    under_test: DispatcherUnderTest,
+) -> None:
+    held = HeldService()
+    busy = with_service(under_test, held, max_in_flight=1)
+    other = under_test.another()
+    await busy.consume(task_request())
+    await held.wait_for(1)
+    waiting_request = task_request()
+    waiting = asyncio.create_task(busy.consume(waiting_request))
+    await asyncio.sleep(0.2)
+
+    # Far past any lease, another replica's sender looks for requests to send.
+    under_test.clock.advance(seconds=3600)
+    await other.send_due()
+    held.answer.set()
+    await asyncio.wait_for(waiting, 10)
+    await busy.drain()
+
+    task = await the_task(under_test, waiting_request.task_id)
+    assert task.status.value == "initiated"
+    expected_id = f"msg_{task.correlation_id}"
+    sent = [r.headers["webhook-id"] for r in under_test.service.received] + held.arrived
+    assert sent.count(expected_id) == 1, sent
 
 
 async def test_stopping_lets_requests_finish_within_the_grace_then_hands_back_the_rest(
