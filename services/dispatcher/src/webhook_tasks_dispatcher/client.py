@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import SecretStr, ValidationError
@@ -24,9 +27,10 @@ MAX_STORED_BODY_CHARS = 2000
 _E = TypeVar("_E", bound=BaseException)
 _REDACTED = "**********"
 
-Outcome = Literal["accepted", "rejected", "unreachable", "refused", "failed"]
+Outcome = Literal["accepted", "rejected", "unreachable", "refused", "failed", "busy"]
 """`refused`: never sent (the guard, or a request that cannot be built); `failed`: the
-dispatcher itself failed while sending or recording the attempt."""
+dispatcher itself failed while sending or recording the attempt; `busy`: not sent, as the
+host already had all the requests it may have in flight (no attempt: the host did nothing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,37 @@ def create_transport(
     return AiohttpTransport(limits=limits, trust_env=False, client=session)
 
 
+class HostSlots:
+    """At most `per_host` requests in flight to each host; the wait for one is bounded."""
+
+    def __init__(self, per_host: int) -> None:
+        self._per_host = per_host
+        # Each host's semaphore and how many hold or wait for it; idle hosts are forgotten.
+        self._hosts: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, host: str, *, wait: float) -> AsyncIterator[bool]:
+        """Hold a slot for `host`, waiting up to `wait` seconds; yield False if none came."""
+        semaphore, users = self._hosts.get(host, (None, 0))
+        if semaphore is None:
+            semaphore = asyncio.Semaphore(self._per_host)
+        self._hosts[host] = (semaphore, users + 1)
+        acquired = False
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    acquired = await semaphore.acquire()
+            yield acquired
+        finally:
+            if acquired:
+                semaphore.release()
+            semaphore, users = self._hosts[host]
+            if users == 1:
+                del self._hosts[host]
+            else:
+                self._hosts[host] = (semaphore, users - 1)
+
+
 class WebhookClient:
     """Send the product summary's request to an external service, through the SSRF guard.
 
@@ -124,14 +159,29 @@ class WebhookClient:
         guard: UrlGuard,
         max_response_bytes: int = 64 * 1024,
         timeout_seconds: float = 30.0,
+        max_requests_per_host: int | None = None,
     ) -> None:
         self._transport = transport
         self._guard = guard
         self._max_response_bytes = max_response_bytes
         self._timeout_seconds = timeout_seconds
+        self._hosts = HostSlots(max_requests_per_host) if max_requests_per_host else None
 
     async def send(self, request: OutboundRequest, *, now: datetime) -> DeliveryResult:
         """POST the request; classify the answer. Never raises for what the far end does."""
+        if self._hosts is None:
+            return await self._send(request, now=now)
+        host = (urlsplit(request.url).hostname or "").rstrip(".")
+        # Waiting behind the host's other requests is not the host's time to answer: it is
+        # neither timed as the request nor, when it runs long, a failure of the host.
+        async with self._hosts.slot(host, wait=self._timeout_seconds) as free:
+            if not free:
+                return DeliveryResult(
+                    "busy", 0.0, error="every request this host may have is in flight"
+                )
+            return await self._send(request, now=now)
+
+    async def _send(self, request: OutboundRequest, *, now: datetime) -> DeliveryResult:
         started = time.perf_counter()
         try:
             await self._guard.check(request.url)

@@ -42,6 +42,7 @@ async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
                 guard=guard,
                 max_response_bytes=settings.max_response_bytes,
                 timeout_seconds=settings.request_timeout_seconds,
+                max_requests_per_host=settings.max_connections_per_host,
             ),
             tokens=settings.callback_tokens(),
             callback_base_url=settings.public_callback_base_url,

@@ -389,6 +389,11 @@ class Dispatcher:
                 now=now,
             )
             _describe_span(span, result)
+        if result.outcome == "busy":
+            # Not an attempt: the host is answering others. Queued in the database, not here.
+            delay = timedelta(seconds=self._retry.rng.uniform(1.0, 5.0))
+            await self._hold(pending, self._clock() + delay, f"waiting: {host} {result.error}")
+            return
         ATTEMPTS.labels(result.outcome).inc()
         if result.outcome != "refused":
             # A refused URL never reached the host: it says nothing about the host's health.

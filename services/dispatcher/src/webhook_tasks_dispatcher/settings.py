@@ -65,8 +65,12 @@ class DispatcherSettings(DatabaseSettings, CallbackTokenSettings):
 
     @model_validator(mode="after")
     def _lease_outlasts_a_request(self) -> DispatcherSettings:
-        if self.dispatch_lease_seconds <= self.request_timeout_seconds:
-            raise ValueError("dispatch_lease_seconds must be longer than request_timeout_seconds")
+        # An attempt may wait up to the request timeout for a slot at its host, then as long
+        # again for the answer: its claim must outlast both.
+        if self.dispatch_lease_seconds <= 2 * self.request_timeout_seconds:
+            raise ValueError(
+                "dispatch_lease_seconds must be longer than twice request_timeout_seconds"
+            )
         return self
 
     def retry_policy(self) -> RetryPolicy:

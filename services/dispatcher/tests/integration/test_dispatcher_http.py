@@ -39,6 +39,7 @@ def client(
     timeout: float = 5.0,
     per_host: int = 32,
     ssl_context: ssl.SSLContext | None = None,
+    max_requests_per_host: int | None = None,
 ) -> tuple[WebhookClient, httpx.AsyncBaseTransport]:
     guard = UrlGuard(
         allow=Allowlist.parse(["127.0.0.1/32"] if allow is None else allow),
@@ -54,7 +55,11 @@ def client(
     )
     return (
         WebhookClient(
-            http, guard=guard, max_response_bytes=max_response_bytes, timeout_seconds=timeout
+            http,
+            guard=guard,
+            max_response_bytes=max_response_bytes,
+            timeout_seconds=timeout,
+            max_requests_per_host=max_requests_per_host,
         ),
         http,
     )
@@ -325,3 +330,24 @@ async def test_https_to_a_checked_address_keeps_the_name_for_sni_and_the_certifi
     # The certificate names svc.internal, not the address: verification is still on.
     assert by_address.outcome == "unreachable"
     assert "certificate" in (by_address.error or "").lower(), by_address.error
+
+
+async def test_waiting_behind_a_hosts_other_requests_is_not_the_hosts_time(
+    server: LocalServer,
+) -> None:
+    async def slowish(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.6)
+        return web.Response(status=202)
+
+    server.routes["/slowish"] = slowish
+    webhooks, http = client(per_host=1, timeout=1.0, max_requests_per_host=1)
+    try:
+        results = await asyncio.gather(*(post(webhooks, f"{server.url}/slowish") for _ in range(3)))
+    finally:
+        await http.aclose()
+
+    # Each answer takes 0.6 s of its own 1 s: the second waits 0.6 s for the slot and is
+    # answered; the third would wait 1.2 s, longer than it may, and is not sent at all.
+    assert [result.outcome for result in results] == ["accepted", "accepted", "busy"]
+    assert server.most_in_flight == 1
+    assert len(server.received) == 2

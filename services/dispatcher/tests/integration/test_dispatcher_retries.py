@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
@@ -21,7 +21,7 @@ from webhook_tasks_contracts import (
 )
 from webhook_tasks_dispatcher import repository as repo
 from webhook_tasks_dispatcher.breaker import CircuitBreakers
-from webhook_tasks_dispatcher.client import DeliveryResult, WebhookClient
+from webhook_tasks_dispatcher.client import DeliveryResult, OutboundRequest, WebhookClient
 from webhook_tasks_dispatcher.guard import UrlGuard
 from webhook_tasks_dispatcher.signing import SigningKeys
 
@@ -495,3 +495,43 @@ async def test_a_failure_inside_the_dispatcher_is_an_attempt_and_meets_the_attem
     assert (
         event.reason == "the dispatcher could not send the request (internal error: RuntimeError)"
     )
+
+
+class BusyOnceClient(WebhookClient):
+    """A client whose host has no free slot the first time, then answers as usual."""
+
+    def __init__(self, inner: WebhookClient) -> None:
+        self._inner = inner
+        self.busy_answers = 0
+
+    async def send(self, request: OutboundRequest, *, now: datetime) -> DeliveryResult:
+        if self.busy_answers == 0:
+            self.busy_answers += 1
+            return DeliveryResult(
+                "busy", 0.0, error="every request this host may have is in flight"
+            )
+        return await self._inner.send(request, now=now)
+
+
+async def test_a_busy_host_holds_the_task_without_counting_an_attempt_or_a_failure(
+    under_test: DispatcherUnderTest,
+) -> None:
+    breakers = CircuitBreakers(cool_down=timedelta(seconds=30), failure_threshold=1)
+    dispatcher = under_test.another(webhooks=BusyOnceClient(under_test.webhooks), breakers=breakers)
+    request = task_request()
+
+    await dispatcher.dispatch(request)
+
+    task = await the_task(under_test, request.task_id)
+    assert task.status.value == "pending"
+    assert await attempts(under_test, task) == []
+    assert "every request this host may have is in flight" in (task.status_reason or "")
+    async with under_test.pool.acquire() as conn:
+        due = await repo.next_request_due(conn)
+    assert due is not None
+    assert 1 <= (due - under_test.clock.now).total_seconds() <= 5
+    under_test.clock.now = due
+    await dispatcher.send_due()
+    task = await the_task(under_test, request.task_id)
+    assert task.status.value == "initiated", "a busy host is no failure: its breaker stays shut"
+    assert [a.outcome for a in await attempts(under_test, task)] == ["accepted"]

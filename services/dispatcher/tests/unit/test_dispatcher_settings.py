@@ -68,3 +68,5 @@ def test_signing_secrets_are_a_json_object_and_errors_quote_none() -> None:
 def test_the_lease_must_outlast_a_request() -> None:
     with pytest.raises(ValidationError, match="dispatch_lease_seconds"):
         settings(request_timeout_seconds=60, dispatch_lease_seconds=30)
+    with pytest.raises(ValidationError, match="twice request_timeout_seconds"):
+        settings(request_timeout_seconds=60, dispatch_lease_seconds=120)
