@@ -183,12 +183,22 @@ class WebhookClient:
 
     async def _send(self, request: OutboundRequest, *, now: datetime) -> DeliveryResult:
         started = time.perf_counter()
+        timeout = request.timeout_seconds or self._timeout_seconds
         try:
-            await self._guard.check(request.url)
+            # Resolving counts against the timeout: a resolver that hangs holds no claim for ever.
+            await within(timeout, self._guard.check(request.url))
         except UrlRefusedError as refusal:
             return DeliveryResult("refused", _elapsed_ms(started), error=str(refusal))
         except TransientResolutionError as failure:
             return DeliveryResult("unreachable", _elapsed_ms(started), error=str(failure))
+        except TimeoutError:
+            return DeliveryResult(
+                "unreachable",
+                _elapsed_ms(started),
+                error=f"the host was not resolved within {timeout:g}s",
+                timed_out=True,
+            )
+        remaining = max(timeout - (time.perf_counter() - started), 0.001)
         headers = {
             "content-type": "application/json",
             "user-agent": "webhook-tasks/0.1",
@@ -206,7 +216,6 @@ class WebhookClient:
         headers |= request.trace_headers
         if request.auth is not None:
             headers["authorization"] = request.auth.get_secret_value()
-        timeout = request.timeout_seconds or self._timeout_seconds
         try:
             outgoing = httpx.Request(
                 "POST",
@@ -216,7 +225,7 @@ class WebhookClient:
                 extensions={"timeout": httpx.Timeout(timeout).as_dict()},
             )
             # The total bound also stops a server that drips its answer byte by byte.
-            response, raw, truncated = await within(timeout, self._exchange(outgoing))
+            response, raw, truncated = await within(remaining, self._exchange(outgoing))
         except (httpx.InvalidURL, UnicodeError, ValueError) as error:
             # The same request would fail the same way on every attempt: it is never sent.
             return DeliveryResult(

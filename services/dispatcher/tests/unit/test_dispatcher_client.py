@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import socket
@@ -208,3 +209,19 @@ async def test_a_temporary_dns_failure_is_unreachable_and_so_retried() -> None:
     assert result.outcome == "unreachable"
     assert "could not be resolved for now" in result.reason
     assert sent == []
+
+
+async def test_a_resolver_that_hangs_is_bounded_by_the_request_timeout() -> None:
+    async def hanging(host: str, port: int) -> list[str]:
+        await asyncio.sleep(3600)
+        return []
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(202))
+    guard = UrlGuard(resolve=hanging)
+    client = Client(WebhookClient(transport, guard=guard, timeout_seconds=0.2))
+
+    result = await asyncio.wait_for(client.send("https://svc.example.com/", {}, auth=None), 5)
+
+    assert result.outcome == "unreachable"
+    assert result.timed_out
+    assert "not resolved within 0.2s" in result.reason
