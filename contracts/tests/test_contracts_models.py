@@ -178,6 +178,46 @@ def test_an_ack_without_known_fields_is_still_an_ack() -> None:
     assert WebhookAck.model_validate_json("{}").status is None
 
 
+@pytest.mark.parametrize(
+    ("estimated_completion", "kept"),
+    [
+        ('"2026-01-01T12:00:00Z"', "2026-01-01T12:00:00Z"),
+        ("30", "30"),
+        ("30.5", "30.5"),
+        ("null", None),
+    ],
+)
+def test_an_ack_keeps_its_estimated_completion_as_text(
+    estimated_completion: str, kept: str | None
+) -> None:
+    ack = WebhookAck.model_validate_json(
+        f'{{"status": "accepted", "estimatedCompletion": {estimated_completion}}}'
+    )
+
+    assert ack == WebhookAck(status="accepted", estimated_completion=kept)
+
+
+@pytest.mark.parametrize(
+    "odd_value",
+    ["true", "[30]", '{"seconds": 30}', '"x\\u0000y"', '"' + "x" * 101 + '"', "9" * 101],
+)
+def test_one_odd_ack_field_drops_only_itself(odd_value: str) -> None:
+    odd_eta = WebhookAck.model_validate_json(
+        f'{{"status": "accepted", "estimatedCompletion": {odd_value}}}'
+    )
+    odd_status = WebhookAck.model_validate_json(
+        f'{{"status": {odd_value}, "estimatedCompletion": "20s"}}'
+    )
+
+    assert odd_eta == WebhookAck(status="accepted", estimated_completion=None)
+    assert odd_status == WebhookAck(status=None, estimated_completion="20s")
+
+
+def test_an_ack_that_is_not_an_object_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        WebhookAck.model_validate_json('["accepted"]')
+
+
 def test_lifecycle_events_round_trip_through_the_union() -> None:
     event = TaskCompleted(
         correlation_id="cid",

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from .operations import TaskReport
+
+MAX_SHOWN_BODY_CHARS = 200
+"""How much of a stored response body `show` prints, escapes included."""
 
 
 def render_reports(console: Console, reports: list[TaskReport]) -> None:
@@ -40,19 +46,7 @@ def render_reports(console: Console, reports: list[TaskReport]) -> None:
         console.print(summary)
 
         if report.attempts:
-            attempts = Table(title="dispatch attempts", title_justify="left")
-            for column in ("#", "started", "outcome", "HTTP", "latency", "error"):
-                attempts.add_column(column)
-            for attempt in report.attempts:
-                attempts.add_row(
-                    str(attempt.attempt),
-                    _time(attempt.started_at),
-                    attempt.outcome,
-                    str(attempt.status_code or "-"),
-                    f"{attempt.latency_ms:.0f} ms",
-                    attempt.error or "",
-                )
-            console.print(attempts)
+            _render_attempts(console, report.attempts)
 
         if report.history:
             history = Table(title="callbacks and deadlines", title_justify="left")
@@ -76,6 +70,37 @@ def render_reports(console: Console, reports: list[TaskReport]) -> None:
             users = ", ".join(sorted({item.user_id for item in report.notifications}))
             console.print(f"[bold]notified:[/] {users}")
         console.print()
+
+
+def _render_attempts(console: Console, attempts: list[Any]) -> None:
+    # A line per attempt with its details indented under it: a table has no room for a body.
+    console.print(Text("dispatch attempts", style="table.title"))
+    for attempt in attempts:
+        summary = (
+            f"#{attempt.attempt}  {_time(attempt.started_at)}  {attempt.outcome}"
+            f"  HTTP {attempt.status_code or '-'}  {attempt.latency_ms:.0f} ms"
+        )
+        details = []
+        if attempt.retry_at:
+            details.append(f"retry at {_time(attempt.retry_at)}")
+        if attempt.error:
+            details.append(f"error: {_printable(attempt.error)}")
+        if attempt.response_body:
+            body = _shortened(_printable(attempt.response_body), MAX_SHOWN_BODY_CHARS)
+            details.append(f"body: {body}")
+        console.print(Padding(Text(summary), (0, 0, 0, 2), expand=False))
+        for detail in details:
+            console.print(Padding(Text(detail), (0, 0, 0, 6), expand=False))
+
+
+def _printable(text: str) -> str:
+    # Bodies and errors come from outside: escape what would move the cursor or recolour the
+    # terminal (ESC, newlines, bidi overrides); printed as Text, they are not markup either.
+    return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
+
+
+def _shortened(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _state(status: str, reason: str | None) -> str:

@@ -17,12 +17,12 @@ Identifier = Annotated[
 
 
 def _require_http_url(value: str) -> str:
-    # HTTP clients refuse such URLs only when the request is built, long after validation.
-    if any(char <= " " or char == "\x7f" for char in value):
-        raise ValueError("must not contain spaces or control characters")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an absolute http or https URL")
+    # HTTP clients refuse such URLs only when the request is built, long after validation.
+    if any(char <= " " or char == "\x7f" for char in value):
+        raise ValueError("must not contain spaces or control characters")
     # Credentials in a URL end up wherever the URL is stored, logged or shown.
     if parts.username is not None or parts.password is not None:
         raise ValueError("must not carry credentials (user:password@)")

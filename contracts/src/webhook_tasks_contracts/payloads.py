@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, TypeAdapter
+from pydantic import (
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from ._validators import MAX_ERROR_LENGTH, HttpUrlString, Identifier, Progress, StorableText
@@ -65,7 +72,20 @@ class WebhookAck(_WireModel):
     """The external service's immediate answer, such as `{"status": "accepted"}`."""
 
     status: str | None = Field(default=None, max_length=100)
-    estimated_completion: str | None = Field(default=None, max_length=100)
+    # The product summary shows a timestamp, yet services also send seconds; kept as text.
+    estimated_completion: str | None = Field(
+        default=None, max_length=100, coerce_numbers_to_str=True
+    )
+
+    @field_validator("*", mode="wrap")
+    @classmethod
+    def _none_if_unusable(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # One odd field must not cost the others; this wraps the base class's NUL check too,
+        # so a NUL still never gets through but drops only its own field.
+        try:
+            return handler(value)
+        except ValidationError:
+            return None
 
 
 class SuccessCallback(_WireModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 DEFAULT_SCHEDULE: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
@@ -73,16 +73,18 @@ class RetryPolicy:
 
 
 def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
-    """Return a Retry-After header (seconds or an HTTP date) as seconds from `now`."""
+    """Return a Retry-After header (seconds or an HTTP date) as seconds from `now`, else None."""
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    # RFC 9110 delay-seconds is 1*DIGIT: ASCII only, as str.isdigit() also takes "²" and "٣".
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
-        return None
+        # Every HTTP-date form is UTC, and the asctime form carries no zone to say so.
+        when = when.replace(tzinfo=UTC)
     return max((when - now).total_seconds(), 0.0)

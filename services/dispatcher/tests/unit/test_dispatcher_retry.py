@@ -6,6 +6,8 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from webhook_tasks_dispatcher.retry import (
     GiveUp,
     Retry,
@@ -109,10 +111,78 @@ def test_retry_after_is_honoured_and_capped() -> None:
         ("soon", None),
         ("-5", None),
         (None, None),
+        # The three HTTP-date forms of RFC 9110, all UTC.
+        ("Thu, 01 Jan 2026 12:01:00 GMT", 60.0),
+        ("Thursday, 01-Jan-26 12:01:00 GMT", 60.0),
+        ("Thu Jan  1 12:01:00 2026", 60.0),
+        ("Thu Jan  1 11:00:00 2026", 0.0),
+        ("Thu, 01 Jan 2026 12:01:00 -0000", 60.0),
+        ("0", 0.0),
+        ("007", 7.0),
     ],
 )
 def test_retry_after_header_forms(header: str | None, seconds: float | None) -> None:
     assert parse_retry_after(header, now=NOW) == seconds
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "²",  # superscript two
+        "١٢٠",  # Arabic-Indic digits
+        "\uff11\uff12",  # fullwidth digits
+        "5²",
+        "+5",
+        "-0",
+        "1.5",
+        "1e3",
+        "inf",
+        "nan",
+        "1_000",
+        "",
+        "   ",
+        "\t\n",
+        "\x00",
+        "garbage",
+        "Thu, 32 Jan 2026 12:00:00 GMT",
+        "Thu, 01 Jan 2026 25:00:00 GMT",
+        "Thu, 01 Jan 99999 12:00:00 GMT",
+        "Thu, 01 Jan 2026 12:00:00 +99999999999999999999",
+    ],
+)
+def test_an_unusable_retry_after_header_means_none(header: str) -> None:
+    assert parse_retry_after(header, now=NOW) is None
+
+
+def test_a_huge_retry_after_is_capped_by_the_policy() -> None:
+    seconds = parse_retry_after("9" * 400, now=NOW)
+    assert seconds is not None
+    decision = RetryPolicy(retry_after_cap_seconds=60.0).after_failure(
+        attempts_made=1, status_code=503, retry_after_seconds=seconds, now=NOW
+    )
+    assert decision == Retry(NOW + timedelta(seconds=60), 60)
+
+
+_DATE_PIECES = st.sampled_from(
+    [
+        *("Thu,", "Thursday,", "Jan", "Feb", "01-Jan-26", "1", "29", "31", "2026", "99999"),
+        *("12:00:00", "24:60:60", "GMT", "+0100", "-0000", "+99999999999"),
+        *("-", ":", "²", "٣", "\x00"),
+    ]
+)
+
+
+@settings(max_examples=500)
+@given(
+    st.one_of(
+        st.text(),
+        st.from_regex(r"\s*[0-9]+\s*", fullmatch=True),
+        st.lists(_DATE_PIECES, max_size=8).map(" ".join),
+    )
+)
+def test_retry_after_never_raises(header: str) -> None:
+    seconds = parse_retry_after(header, now=NOW)
+    assert seconds is None or seconds >= 0
 
 
 def test_a_bad_schedule_is_refused() -> None:

@@ -1,0 +1,115 @@
+"""What `show` prints about dispatch attempts: every field, and nothing a hostile body can abuse."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+
+from rich.console import Console
+from webhook_tasks_cli.operations import TaskReport
+from webhook_tasks_cli.render import MAX_SHOWN_BODY_CHARS, render_reports
+from webhook_tasks_dispatcher.domain import TaskStatus
+from webhook_tasks_dispatcher.repository import AttemptRow, TaskRow
+
+STARTED = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+RETRY_AT = datetime(2026, 1, 1, 12, 0, 5, tzinfo=UTC)
+TASK = TaskRow(
+    correlation_id="c1",
+    task_id="t1",
+    user_id="u",
+    project_id="p",
+    assistant_id=None,
+    followers=[],
+    webhook_url="https://svc.example/hook",
+    mode="callback",
+    timeout_seconds=60,
+    status=TaskStatus.INITIATED,
+    status_reason=None,
+    result_url=None,
+    result_metadata=None,
+    ack_status="accepted",
+    estimated_completion="30",
+    progress=None,
+    progress_message=None,
+    deadline_at=None,
+    created_at=STARTED,
+    updated_at=STARTED,
+    dispatched_at=STARTED,
+    finished_at=None,
+)
+
+
+def attempt(
+    number: int,
+    *,
+    status_code: int | None = 503,
+    outcome: str = "rejected",
+    error: str | None = None,
+    body: str | None = None,
+    retry_at: datetime | None = None,
+) -> AttemptRow:
+    return AttemptRow("c1", number, STARTED, 12.3, status_code, outcome, error, body, retry_at)
+
+
+def printed(*attempts: AttemptRow, terminal: bool = False) -> str:
+    """Return what `show` prints, wide enough that no line wraps."""
+    out = io.StringIO()
+    console = Console(
+        file=out,
+        width=1000,
+        force_terminal=terminal,
+        color_system="truecolor" if terminal else None,
+    )
+    render_reports(console, [TaskReport(TASK, list(attempts), [], None, [], [])])
+    return out.getvalue()
+
+
+def shown(*attempts: AttemptRow) -> list[str]:
+    """Return the attempt lines `show` prints; not to a terminal, so free of escape codes."""
+    lines = [line.rstrip() for line in printed(*attempts).splitlines()]
+    start = lines.index("dispatch attempts") + 1
+    return lines[start : start + lines[start:].index("")]
+
+
+def test_each_attempt_lists_its_retry_time_error_and_body_under_it() -> None:
+    lines = shown(
+        attempt(1, body='{"error": "busy"}', retry_at=RETRY_AT),
+        attempt(2, status_code=None, outcome="unreachable", error="ConnectError: refused"),
+        attempt(3, status_code=202, outcome="accepted", body='{"status": "accepted"}'),
+    )
+
+    assert lines == [
+        "  #1  2026-01-01T12:00:00.000+00:00  rejected  HTTP 503  12 ms",
+        "      retry at 2026-01-01T12:00:05.000+00:00",
+        '      body: {"error": "busy"}',
+        "  #2  2026-01-01T12:00:00.000+00:00  unreachable  HTTP -  12 ms",
+        "      error: ConnectError: refused",
+        "  #3  2026-01-01T12:00:00.000+00:00  accepted  HTTP 202  12 ms",
+        '      body: {"status": "accepted"}',
+    ]
+
+
+def test_a_long_body_is_shortened_with_an_ellipsis() -> None:
+    lines = shown(attempt(1, body="x" * 5000))
+
+    assert lines[1] == "      body: " + "x" * (MAX_SHOWN_BODY_CHARS - 1) + "…"
+
+
+def test_a_hostile_body_cannot_reach_the_terminal() -> None:
+    hostile = "\x1b]0;owned\x07\x1b[2J\x1b[31mred\r\nfake line\u202eevil [bold]not markup[/] :fire:"
+
+    lines = shown(attempt(1, body=hostile, error="Boom\x1b[1A"))
+    on_a_terminal = printed(attempt(1, body=hostile, error="Boom\x1b[1A"), terminal=True)
+
+    assert lines[1:] == [
+        "      error: Boom\\x1b[1A",
+        "      body: \\x1b]0;owned\\x07\\x1b[2J\\x1b[31mred\\r\\nfake line\\u202eevil"
+        " [bold]not markup[/] :fire:",
+    ]
+    assert not any(code in on_a_terminal for code in ("\x1b]0", "\x1b[2J", "\x1b[1A", "\u202e"))
+
+
+def test_printable_text_of_any_script_is_kept() -> None:
+    lines = shown(attempt(1, body="Готово ✓ 完成 café"))
+
+    assert lines[1] == "      body: Готово ✓ 完成 café"
