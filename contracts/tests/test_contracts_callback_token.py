@@ -95,6 +95,33 @@ def test_unusable_keys_are_refused_without_quoting_the_secret(spec: str, message
     assert "s" * 32 not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "ThisIsMySuperSecretKeyValue12345:current",
+        "ThisIsMySuperSecretKeyValue12345:base64:" + base64.b64encode(b"x" * 8).decode(),
+        "ThisIsMySuperSecretKeyValue12345:base64:current!",
+    ],
+)
+def test_an_entry_with_id_and_secret_swapped_is_named_by_position_only(spec: str) -> None:
+    with pytest.raises(CallbackKeyError) as raised:
+        parse_callback_keys(f"ok:{'s' * 32},{spec}")
+
+    assert "callback key #2" in str(raised.value)
+    assert "ThisIsMySuperSecretKeyValue12345" not in str(raised.value)
+
+
+@pytest.mark.parametrize("tail", ["\udc80", "caf\u00e9", "\u0661\u0662", "\x00"])
+def test_a_token_with_text_no_mac_holds_is_not_ours(tail: str) -> None:
+    tokens = CallbackTokens([KEY_A])
+    mac = tokens.mint("cid").partition(".")[2]
+
+    assert tokens.verified_endpoint("cid", f"a.{tail}") is None
+    assert tokens.verified_endpoint("cid", f"a.{mac[:-1]}{tail}") is None
+    assert tokens.verified_endpoint("cid", f"a.video-gen.{tail}") is None
+    assert not tokens.verify("cid", f"a.{mac}{tail}")
+
+
 def test_a_key_never_shows_its_secret() -> None:
     assert "a" * 32 not in repr(KEY_A)
 

@@ -13,6 +13,7 @@ import uuid
 
 from rich.console import Console
 from webhook_tasks_contracts import TaskMetadata, TaskRequested, Topics
+from webhook_tasks_gateway import CALLBACK_TOPIC_MAX_MESSAGE_BYTES
 from webhook_tasks_runtime.embedded import free_port
 from webhook_tasks_runtime.infra import Infrastructure, start_infrastructure
 from webhook_tasks_runtime.kafka import ensure_topics
@@ -48,7 +49,14 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
     keys = os.environ.get("CALLBACK_TOKEN_KEYS") or _development_key()
     # An explicit setting wins: a Kafka-protocol broker given by URL may lack idempotence too.
     idempotence = env_flag("KAFKA_ENABLE_IDEMPOTENCE", default=infra.supports_idempotent_producer)
-    await ensure_topics(infra.kafka_bootstrap_servers, topics.all())
+    others = [name for name in topics.all() if name != topics.callback_received]
+    await ensure_topics(infra.kafka_bootstrap_servers, others)
+    # A broker's 1 MiB default would refuse callbacks near the gateway's body limit.
+    await ensure_topics(
+        infra.kafka_bootstrap_servers,
+        [topics.callback_received],
+        configs={"max.message.bytes": str(CALLBACK_TOPIC_MAX_MESSAGE_BYTES)},
+    )
     options = StackOptions(
         database_url=infra.database_url,
         kafka_bootstrap_servers=infra.kafka_bootstrap_servers,

@@ -48,12 +48,11 @@ class CallbackKey:
     secret: bytes
 
     def __post_init__(self) -> None:
+        # Neither part is quoted: swapped by mistake, the id would be the secret.
         if not _KEY_ID.match(self.key_id):
-            raise CallbackKeyError("a callback key id must be 1-32 letters, digits, '-' or '_'")
+            raise CallbackKeyError("the key id must be 1-32 letters, digits, '-' or '_'")
         if len(self.secret) < MIN_KEY_BYTES:
-            raise CallbackKeyError(
-                f"callback key {self.key_id!r} is too short: use at least {MIN_KEY_BYTES} bytes"
-            )
+            raise CallbackKeyError(f"the secret is too short: use at least {MIN_KEY_BYTES} bytes")
 
     def __repr__(self) -> str:
         return f"CallbackKey(key_id={self.key_id!r}, secret=<hidden>)"
@@ -62,23 +61,28 @@ class CallbackKey:
 def parse_callback_keys(spec: str) -> list[CallbackKey]:
     """Parse "id:secret,id:secret" (newest first); a secret may be given as "base64:...".
 
-    Errors never quote a secret.
+    Errors name an entry by its position, never by its text: with the parts swapped by
+    mistake, the id would be the secret.
     """
     keys: list[CallbackKey] = []
     for index, item in enumerate(part.strip() for part in spec.split(",")):
         if not item:
             continue
+        entry = f"callback key #{index + 1}"
         key_id, sep, secret = item.partition(":")
         if not sep or not secret:
-            raise CallbackKeyError(f"callback key #{index + 1} must look like 'id:secret'")
+            raise CallbackKeyError(f"{entry} must look like 'id:secret'")
         if secret.startswith("base64:"):
             try:
                 raw = base64.b64decode(secret.removeprefix("base64:"), validate=True)
-            except ValueError as error:
-                raise CallbackKeyError(f"callback key {key_id!r} is not valid base64") from error
+            except ValueError:
+                raise CallbackKeyError(f"{entry} is not valid base64") from None
         else:
             raw = secret.encode()
-        keys.append(CallbackKey(key_id.strip(), raw))
+        try:
+            keys.append(CallbackKey(key_id.strip(), raw))
+        except CallbackKeyError as error:
+            raise CallbackKeyError(f"{entry}: {error}") from None
     if not keys:
         raise CallbackKeyError("at least one callback key is required")
     if len({key.key_id for key in keys}) != len(keys):
@@ -123,7 +127,9 @@ class CallbackTokens:
             expected = _endpoint_mac(secret, endpoint, correlation_id)
         else:
             return None
-        if not hmac.compare_digest(mac.encode(), expected.encode()):
+        # A MAC we minted is base64url: anything else (a lone surrogate would not even encode,
+        # and compare_digest takes no other text) is not ours.
+        if not mac.isascii() or not hmac.compare_digest(mac, expected):
             return None
         return endpoint
 

@@ -13,7 +13,7 @@ import asyncio
 import base64
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -90,6 +90,11 @@ class KafkaPublisher:
     async def stop(self) -> None:
         """Flush and disconnect."""
         await self._producer.stop()
+
+    async def check(self) -> None:
+        """Ask the cluster for its metadata; raise unless a broker answers."""
+        # One request on a connection the producer keeps: cheap enough for a readiness probe.
+        await self._producer.client.fetch_all_metadata()
 
     async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
         """Send every message, then wait for all acknowledgements."""
@@ -311,9 +316,14 @@ def create_broker(
 
 
 async def ensure_topics(
-    bootstrap_servers: str, names: Sequence[str], *, partitions: int = 3, replication: int = 1
+    bootstrap_servers: str,
+    names: Sequence[str],
+    *,
+    partitions: int = 3,
+    replication: int = 1,
+    configs: Mapping[str, str] | None = None,
 ) -> None:
-    """Create the topics that do not exist yet; existing ones are left as they are."""
+    """Create the topics that do not exist yet, with `configs`; existing ones are left as is."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
@@ -324,7 +334,12 @@ async def ensure_topics(
         if missing:
             await admin.create_topics(
                 [
-                    NewTopic(name, num_partitions=partitions, replication_factor=replication)
+                    NewTopic(
+                        name,
+                        num_partitions=partitions,
+                        replication_factor=replication,
+                        topic_configs=dict(configs or {}),
+                    )
                     for name in missing
                 ]
             )

@@ -88,6 +88,8 @@ def create_app(
                 allow_origins=settings.gateway_cors_allow_origins,
                 allow_methods=["POST"],
                 allow_headers=_SIGNATURE_HEADERS,
+                # Else a browser hides, on a 429 or 503, when the callback may be sent again.
+                expose_headers=["Retry-After"],
             )
         ],
         exception_handlers={HTTPException: _http_problem, 500: _server_error},
@@ -100,6 +102,9 @@ class _GatewayApp(Starlette):
 
     def __init__(self, callbacks: _CallbackEndpoint, callback_route: Route, **options: Any) -> None:
         super().__init__(**options)
+        # A redirect to the path without its trailing slash would echo the callback token in
+        # Location; such a path is a plain 404, which never quotes it.
+        self.router.redirect_slashes = False
         self._callbacks = callbacks
         self._callback_path = callback_route.path_regex
 
@@ -157,7 +162,7 @@ class _CallbackEndpoint:
         self._signatures = signatures
         self._topic = settings.topics.callback_received
         self._max_body_bytes = settings.gateway_max_body_bytes
-        self._max_event_bytes = settings.gateway_max_event_bytes
+        self._max_event_bytes = settings.max_event_bytes
         self._publish_timeout = settings.gateway_publish_timeout_seconds
         self._retry_after = settings.gateway_retry_after_seconds
         self._per_client = _buckets(
@@ -264,7 +269,7 @@ class _Probes:
 
     async def readyz(self, request: Request) -> Response:
         """Answer 200 only while callbacks can be published."""
-        if self._readiness.is_ready():
+        if await self._readiness.is_ready():
             return JSONResponse({"status": "ready"})
         return problem_response(503, slug="not-ready", detail="Not connected to Kafka.")
 

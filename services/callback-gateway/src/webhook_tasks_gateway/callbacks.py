@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from uuid import UUID
 
 from pydantic import ValidationError
@@ -31,6 +32,7 @@ Callback = SuccessCallback | ErrorCallback | ProgressCallback
 MAX_DELIVERY_ID_LENGTH = 200
 _MAX_REPORTED_ERRORS = 20
 _STATUSES = "success, error, progress"
+_NOT_FINITE = "must be a finite number; NaN, Infinity and numbers beyond 1.8e308 are refused"
 
 
 def require_json(content_type: str | None) -> None:
@@ -53,8 +55,11 @@ def header_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | N
 
 async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
     """Return the body (`declared`: its Content-Length), refused once known to exceed `limit`."""
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLargeError(f"The body is {declared} bytes; the limit is {limit} bytes.")
+    if declared is not None and declared.isascii() and declared.isdigit():
+        digits = declared.lstrip("0")
+        # Longer than the limit's digits is larger: int() would refuse thousands of them.
+        if len(digits) > len(str(limit)) or int(digits or "0") > limit:
+            raise BodyTooLargeError(f"The declared body exceeds the limit of {limit} bytes.")
     chunks: list[bytes] = []
     size = 0
     # Content-Length may be absent (chunked) or wrong, so count what actually arrives.
@@ -86,6 +91,12 @@ def parse_callback(body: bytes, correlation_id: str) -> Callback:
         raise InvalidBodyError(
             [FieldError(("correlationId",), "does not match the correlation id in the URL")]
         )
+    # pydantic's parser takes NaN, Infinity and 1e999, which would be published as null.
+    # Only metadata can carry one to Kafka: progress, the one number field, is 0 to 100.
+    if isinstance(callback, SuccessCallback):
+        location = _non_finite_number(callback.metadata)
+        if location is not None:
+            raise InvalidBodyError([FieldError(("metadata", *location), _NOT_FINITE)])
     return callback
 
 
@@ -140,6 +151,23 @@ def callback_event(
                 message=callback.message,
                 delivery_id=delivery,
             )
+
+
+def _non_finite_number(value: object) -> tuple[str | int, ...] | None:
+    # The location of the first NaN or infinity in parsed JSON; built only once one is found.
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ()
+    if isinstance(value, dict):
+        items: Iterable[tuple[str | int, object]] = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        location = _non_finite_number(item)
+        if location is not None:
+            return (key, *location)
+    return None
 
 
 def _field_error(item: ErrorDetails) -> FieldError:

@@ -48,12 +48,11 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
             settings.kafka_bootstrap_servers,
             enable_idempotence=settings.kafka_enable_idempotence,
             client_id=CLIENT_ID,
+            # aiokafka's default (1 MiB) would refuse a callback at the body limit.
+            max_request_size=settings.kafka_max_request_bytes,
         ),
         max_retry_delay=settings.gateway_kafka_retry_max_seconds,
     )
-
-    async def publisher_ready() -> bool:
-        return publisher.is_ready()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -65,7 +64,7 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
                 metrics = HealthServer(
                     host=settings.gateway_metrics_host,
                     port=settings.gateway_metrics_port,
-                    ready=publisher_ready,
+                    ready=publisher.is_ready,
                 )
                 await metrics.start()
                 stack.push_async_callback(metrics.stop)

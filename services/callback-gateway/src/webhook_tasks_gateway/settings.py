@@ -13,6 +13,13 @@ from webhook_tasks_runtime.settings import CallbackTokenSettings, RuntimeSetting
 from .signatures import SignatureVerifier, parse_signing_secrets
 
 MIB = 1024 * 1024
+EVENT_ENVELOPE_BYTES = 64 * 1024
+"""Room an event needs beyond its callback's body (ids, status, time), with a wide margin."""
+KAFKA_RECORD_OVERHEAD_BYTES = 16 * 1024
+"""Room a Kafka record needs beyond its value (key, headers, batch header), with a margin."""
+CALLBACK_TOPIC_MAX_MESSAGE_BYTES = 1_179_648
+"""The callback-received topic's max.message.bytes that the default limits need (1.125 MiB,
+as deploy/kubernetes/topics.yaml sets it); a broker's default is 1 MiB."""
 _ORIGIN = re.compile(r"^https?://[^/\s,]+$")
 
 
@@ -28,13 +35,14 @@ class GatewaySettings(RuntimeSettings, CallbackTokenSettings):
     gateway_port: int = Field(default=8080, ge=0, le=65535)
     """0 lets the operating system choose a free port."""
     gateway_max_body_bytes: int = Field(default=MIB, ge=1, le=64 * MIB)
-    gateway_max_event_bytes: int = Field(default=1_000_000, ge=1024, le=64 * MIB)
-    """Largest event published; Kafka refuses messages over 1 MiB unless configured otherwise."""
+    gateway_max_event_bytes: int | None = Field(default=None, ge=1024, le=64 * MIB)
+    """Largest event published; unset, a body at its limit plus EVENT_ENVELOPE_BYTES. The
+    callback-received topic's max.message.bytes must take it plus KAFKA_RECORD_OVERHEAD_BYTES."""
     gateway_cors_allow_origins: Annotated[tuple[str, ...], NoDecode] = ()
     """Comma-separated origins allowed to POST from a browser; "*" allows any; none by default."""
     gateway_trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
     """Comma-separated addresses and networks of proxies whose X-Forwarded-For names the client;
-    "*" trusts any peer; none by default, so the peer's own address is the client."""
+    none by default, so the peer's own address is the client."""
     gateway_publish_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     gateway_retry_after_seconds: int = Field(default=5, ge=1, le=3600)
     """Retry-After sent with a 503 when Kafka did not take a callback."""
@@ -58,6 +66,18 @@ class GatewaySettings(RuntimeSettings, CallbackTokenSettings):
     """"endpoint:whsec_...,…": URLs bound to a listed endpoint must be signed; repeat to rotate."""
     gateway_signature_tolerance_seconds: int = Field(default=300, ge=1, le=86_400)
     """How far webhook-timestamp may be from the gateway's clock, either way."""
+
+    @property
+    def max_event_bytes(self) -> int:
+        """Return the largest event to publish: as set, else room for a body at its limit."""
+        if self.gateway_max_event_bytes is not None:
+            return self.gateway_max_event_bytes
+        return self.gateway_max_body_bytes + EVENT_ENVELOPE_BYTES
+
+    @property
+    def kafka_max_request_bytes(self) -> int:
+        """Return the producer's max_request_size: room for the largest event as a record."""
+        return self.max_event_bytes + KAFKA_RECORD_OVERHEAD_BYTES
 
     @field_validator("gateway_signing_secrets")
     @classmethod
@@ -93,9 +113,12 @@ class GatewaySettings(RuntimeSettings, CallbackTokenSettings):
     @classmethod
     def _proxies_are_networks(cls, proxies: tuple[str, ...]) -> tuple[str, ...]:
         if "*" in proxies:
-            if len(proxies) > 1:
-                raise ValueError("'*' trusts every peer; list nothing else with it")
-            return proxies
+            # uvicorn would then take the leftmost X-Forwarded-For address, which the client
+            # wrote: a client could pick a new rate-limit key for every request.
+            raise ValueError(
+                "'*' would let any client choose its own address; "
+                "list the networks of the proxies in front of the gateway, like 10.0.0.0/8"
+            )
         networks = []
         for proxy in proxies:
             try:
@@ -103,6 +126,6 @@ class GatewaySettings(RuntimeSettings, CallbackTokenSettings):
             except ValueError:
                 # uvicorn would keep such an entry as a literal that no peer ever matches.
                 raise ValueError(
-                    f"{proxy!r} is not an IP address or network like 10.0.0.0/8 or '*'"
+                    f"{proxy!r} is not an IP address or network like 10.0.0.0/8"
                 ) from None
         return tuple(networks)

@@ -39,39 +39,35 @@ class SigningSecretError(ValueError):
 def parse_signing_secrets(spec: str) -> dict[str, tuple[bytes, ...]]:
     """Parse "endpoint:whsec_...,endpoint:whsec_..."; an endpoint repeated has several secrets.
 
-    Errors never quote a secret.
+    Errors name an entry by its position, never by its text: with the parts swapped by
+    mistake, the endpoint would be the secret.
     """
     secrets: dict[str, list[bytes]] = {}
     for index, item in enumerate(part.strip() for part in spec.split(",")):
         if not item:
             continue
+        entry = f"signing secret #{index + 1}"
         endpoint, sep, secret = item.partition(":")
         endpoint = endpoint.strip()
         if not sep or not secret.strip():
-            raise SigningSecretError(
-                f"signing secret #{index + 1} must look like 'endpoint:whsec_...'"
-            )
+            raise SigningSecretError(f"{entry} must look like 'endpoint:whsec_...'")
         if not ENDPOINT_NAME.match(endpoint):
             raise SigningSecretError(
-                f"signing secret #{index + 1}: an endpoint name is 1-64 letters, digits, '-' or '_'"
+                f"{entry}: an endpoint name is 1-64 letters, digits, '-' or '_'"
             )
-        secrets.setdefault(endpoint, []).append(_decoded(endpoint, secret.strip()))
+        secrets.setdefault(endpoint, []).append(_decoded(entry, secret.strip()))
     return {endpoint: tuple(values) for endpoint, values in secrets.items()}
 
 
-def _decoded(endpoint: str, secret: str) -> bytes:
+def _decoded(entry: str, secret: str) -> bytes:
     encoded = secret.removeprefix(SECRET_PREFIX)
     try:
         # Unpadded base64 is common in the wild; the official libraries accept it too.
         raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):
-        raise SigningSecretError(
-            f"a signing secret of {endpoint!r} is not whsec_<base64>"
-        ) from None
+        raise SigningSecretError(f"{entry} is not whsec_<base64>") from None
     if len(raw) < MIN_SECRET_BYTES:
-        raise SigningSecretError(
-            f"a signing secret of {endpoint!r} is too short: use at least {MIN_SECRET_BYTES} bytes"
-        )
+        raise SigningSecretError(f"{entry} is too short: use at least {MIN_SECRET_BYTES} bytes")
     return raw
 
 

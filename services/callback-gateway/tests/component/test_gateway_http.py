@@ -288,6 +288,27 @@ class TestBadInput:
         assert "NUL" in problem["errors"][0]["detail"]
         assert publisher.messages == []
 
+    @pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+    async def test_a_number_json_cannot_hold_is_400_naming_the_field(
+        self,
+        client: httpx.AsyncClient,
+        publisher: Any,
+        tokens: CallbackTokens,
+        cid: str,
+        number: bytes,
+    ) -> None:
+        body = json.dumps(success_body(cid, metadata={"score": 0})).encode()
+
+        response = await client.post(
+            tokens.callback_url("http://gateway", cid),
+            content=body.replace(b'"score": 0', b'"score": ' + number),
+            headers={"content-type": "application/json"},
+        )
+
+        problem = assert_problem(response, 400)
+        assert [error["field"] for error in problem["errors"]] == ["metadata.score"]
+        assert publisher.messages == []
+
     async def test_correlation_id_differing_from_the_url_is_400(
         self, client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str
     ) -> None:
@@ -369,6 +390,23 @@ class TestTooLarge:
 
         assert len(raw) == 300
         assert response.status_code == 202
+
+    async def test_body_at_the_default_limit_is_accepted(
+        self, client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str
+    ) -> None:
+        raw = json.dumps(success_body(cid, metadata={"padding": ""})).encode()
+        raw = raw.replace(b'"padding": ""', b'"padding": "%s"' % (b"x" * (1024 * 1024 - len(raw))))
+
+        response = await client.post(
+            tokens.callback_url("http://gateway", cid),
+            content=raw,
+            headers={"content-type": "application/json"},
+        )
+
+        assert len(raw) == 1024 * 1024
+        assert response.status_code == 202, response.text
+        [message] = publisher.messages
+        assert len(message.value) > 1024 * 1024
 
     async def test_event_over_the_event_limit_is_413(
         self,
@@ -479,6 +517,19 @@ class TestRouting:
         assert problem["type"] == "about:blank"
         assert problem["title"] == "Not Found"
 
+    async def test_a_trailing_slash_is_404_never_a_redirect_echoing_the_token(
+        self, client: httpx.AsyncClient, tokens: CallbackTokens, cid: str
+    ) -> None:
+        url = tokens.callback_url("http://gateway", cid) + "/"
+
+        callback = await client.post(url, json=success_body(cid))
+        probe = await client.get("/healthz/")
+
+        assert_problem(callback, 404)
+        assert_problem(probe, 404)
+        assert "location" not in callback.headers
+        assert tokens.mint(cid).partition(".")[2] not in callback.text
+
     @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
     async def test_other_methods_on_the_callback_path_are_405(
         self, client: httpx.AsyncClient, tokens: CallbackTokens, cid: str, method: str
@@ -577,6 +628,58 @@ class TestCors:
         assert post.status_code == 202
         assert post.headers["access-control-allow-origin"] == "*"
 
+    async def test_a_browser_may_read_the_retry_after_of_a_503(
+        self,
+        make_client: Callable[..., httpx.AsyncClient],
+        make_settings: Callable[..., GatewaySettings],
+        publisher_class: Any,
+        tokens: CallbackTokens,
+        cid: str,
+    ) -> None:
+        gateway = make_settings(gateway_cors_allow_origins="https://app.example")
+        failing = publisher_class(fail_with=RuntimeError("Kafka is down"))
+
+        async with make_client(failing, gateway_settings=gateway) as http:
+            response = await http.post(
+                tokens.callback_url("http://gateway", cid),
+                json=success_body(cid),
+                headers={"origin": "https://app.example"},
+            )
+
+        assert_problem(response, 503)
+        assert_retry_after_exposed(response)
+
+    async def test_a_browser_may_read_the_retry_after_of_a_429(
+        self,
+        make_client: Callable[..., httpx.AsyncClient],
+        make_settings: Callable[..., GatewaySettings],
+        publisher: Any,
+        tokens: CallbackTokens,
+        cid: str,
+    ) -> None:
+        gateway = make_settings(
+            gateway_cors_allow_origins="https://app.example",
+            gateway_rate_limit_per_client=0.01,
+            gateway_rate_limit_per_client_burst=1,
+        )
+
+        async with make_client(publisher, gateway_settings=gateway) as http:
+            for _ in range(2):
+                response = await http.post(
+                    tokens.callback_url("http://gateway", cid),
+                    json=success_body(cid),
+                    headers={"origin": "https://app.example"},
+                )
+
+        assert_problem(response, 429)
+        assert_retry_after_exposed(response)
+
+
+def assert_retry_after_exposed(response: httpx.Response) -> None:
+    assert response.headers["retry-after"]
+    assert response.headers["access-control-allow-origin"] == "https://app.example"
+    assert response.headers["access-control-expose-headers"].lower() == "retry-after"
+
 
 class TestProbes:
     async def test_healthz_answers_while_the_process_lives(self, client: httpx.AsyncClient) -> None:
@@ -593,7 +696,7 @@ class TestProbes:
         status: int,
     ) -> None:
         class Probe:
-            def is_ready(self) -> bool:
+            async def is_ready(self) -> bool:
                 return ready
 
         async with make_client(publisher, readiness=Probe()) as http:
@@ -605,7 +708,7 @@ class TestProbes:
         self, make_client: Callable[..., httpx.AsyncClient], publisher_class: Any
     ) -> None:
         class NotReadyPublisher(publisher_class):  # type: ignore[misc, valid-type]
-            def is_ready(self) -> bool:
+            async def is_ready(self) -> bool:
                 return False
 
         async with make_client(NotReadyPublisher()) as http:

@@ -20,7 +20,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import REGISTRY
 from webhook_tasks_contracts import CallbackReceived, Topics
-from webhook_tasks_gateway import GatewaySettings, serve
+from webhook_tasks_gateway import CALLBACK_TOPIC_MAX_MESSAGE_BYTES, GatewaySettings, serve
 from webhook_tasks_runtime.embedded import EmbeddedKafka, free_port
 from webhook_tasks_runtime.infra import Infrastructure
 from webhook_tasks_runtime.kafka import ensure_topics
@@ -62,15 +62,17 @@ async def running(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]
         await asyncio.wait_for(server, 30)
 
 
-async def wait_for_status(http: httpx.AsyncClient, path: str, status: int) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
+async def wait_for_status(
+    http: httpx.AsyncClient, path: str, status: int, *, within: float = WAIT_SECONDS
+) -> None:
+    deadline = time.monotonic() + within
     while True:
         try:
             if (await http.get(path)).status_code == status:
                 return
         except httpx.TransportError:
             pass
-        assert time.monotonic() < deadline, f"{path} never answered {status}"
+        assert time.monotonic() < deadline, f"{path} never answered {status} within {within}s"
         await asyncio.sleep(0.1)
 
 
@@ -168,6 +170,38 @@ async def test_accepted_callback_is_on_kafka_keyed_by_correlation_id(
     assert event.result_url == "https://cdn.example.com/video.mp4"
     assert event.metadata == {"seconds": 20}
     assert event.delivery_id == "msg_it_1"
+
+
+async def test_a_body_just_under_the_default_limit_is_accepted_and_on_kafka(
+    infrastructure: Infrastructure, unique_topics: Topics
+) -> None:
+    bootstrap = infrastructure.kafka_bootstrap_servers
+    topic = unique_topics.callback_received
+    # As deploy/kubernetes/topics.yaml configures it: a broker's default is 1 MiB per message.
+    max_message = str(CALLBACK_TOPIC_MAX_MESSAGE_BYTES)
+    await ensure_topics(bootstrap, [topic], configs={"max.message.bytes": max_message})
+    settings = gateway_settings(
+        bootstrap,
+        unique_topics,
+        kafka_enable_idempotence=infrastructure.supports_idempotent_producer,
+    )
+    correlation_id = f"it-{uuid.uuid4()}"
+    body = success_body(correlation_id)
+    body["metadata"] = {"padding": ""}
+    padding = settings.gateway_max_body_bytes - 100 - len(json.dumps(body).encode())
+    body["metadata"]["padding"] = "x" * padding
+    raw = json.dumps(body).encode()
+    url = settings.callback_tokens().callback_url("", correlation_id)
+
+    async with running(settings) as http:
+        await wait_for_status(http, "/readyz", 200)
+        response = await http.post(url, content=raw, headers={"content-type": "application/json"})
+
+    assert len(raw) == settings.gateway_max_body_bytes - 100
+    assert response.status_code == 202, response.text
+    _, value = await consume_one(bootstrap, topic, correlation_id)
+    assert len(value) > 1024 * 1024, "the event is larger than Kafka's default limit"
+    assert CallbackReceived.model_validate_json(value).metadata == {"padding": "x" * padding}
 
 
 def sample(name: str, **labels: str) -> float:
@@ -309,6 +343,26 @@ async def test_gateway_started_without_kafka_answers_503_then_recovers_without_r
             lambda event: event.delivery_id == "accepted",
         )
         assert [event.delivery_id for event in on_kafka] == ["accepted"]
+    finally:
+        await asyncio.to_thread(kafka.stop)
+
+
+async def test_readyz_turns_503_soon_after_kafka_goes_away_though_no_callback_came(
+    unique_topics: Topics,
+) -> None:
+    # A broker of its own: the session's shared one must stay up for the other tests.
+    kafka = EmbeddedKafka(port=free_port())
+    bootstrap = await asyncio.to_thread(kafka.start)
+    settings = gateway_settings(bootstrap, unique_topics, gateway_kafka_retry_max_seconds=0.5)
+    try:
+        async with running(settings) as http:
+            await wait_for_status(http, "/readyz", 200)
+
+            await asyncio.to_thread(kafka.stop)
+            await wait_for_status(http, "/readyz", 503, within=10)
+
+            await asyncio.to_thread(kafka.start)
+            await wait_for_status(http, "/readyz", 200, within=10)
     finally:
         await asyncio.to_thread(kafka.stop)
 

@@ -169,6 +169,25 @@ async def test_body_growing_past_the_limit_is_refused_without_reading_on() -> No
         await read_body(receive, "10", 100)
 
 
+@pytest.mark.parametrize("declared", ["101", "0" * 10 + "101", "9" * 5000])
+async def test_a_declared_length_over_the_limit_is_refused_before_reading(declared: str) -> None:
+    receive = receiving()  # nothing to read: the header alone decides
+
+    with pytest.raises(BodyTooLargeError) as refused:
+        await read_body(receive, declared, 100)
+
+    assert "9" * 10 not in refused.value.response().body.decode()
+
+
+@pytest.mark.parametrize("declared", ["7", "0" * 5000 + "7", "1" + "0" * 5000 + "x", "\u0661"])
+async def test_a_declared_length_within_the_limit_or_unreadable_leaves_it_to_the_count(
+    declared: str,
+) -> None:
+    receive = receiving({"type": "http.request", "body": b'{"a":1}', "more_body": False})
+
+    assert await read_body(receive, declared, 100) == b'{"a":1}'
+
+
 async def test_client_gone_before_the_body_is_a_body_problem() -> None:
     receive = receiving(
         {"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}
@@ -176,3 +195,43 @@ async def test_client_gone_before_the_body_is_a_body_problem() -> None:
 
     with pytest.raises(InvalidBodyError, match="disconnected"):
         await read_body(receive, None, 100)
+
+
+@pytest.mark.parametrize(
+    ("number", "where"),
+    [
+        (b"NaN", "metadata.score"),
+        (b"Infinity", "metadata.score"),
+        (b"-Infinity", "metadata.score"),
+        (b"1e999", "metadata.score"),
+        (b'[1, {"deep": -1e999}]', "metadata.score.1.deep"),
+    ],
+)
+def test_a_number_that_is_not_finite_is_refused_naming_the_field(number: bytes, where: str) -> None:
+    body = b'{"correlationId": "c-1", "status": "success", "metadata": {"ok": 1.5, "score": %s}}'
+
+    with pytest.raises(InvalidBodyError) as refused:
+        parse_callback(body % number, "c-1")
+
+    [error] = refused.value.errors
+    assert ".".join(map(str, error.location)) == where
+    assert "finite" in error.detail
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"1e999"])
+def test_a_progress_that_is_not_finite_is_refused(number: bytes) -> None:
+    body = b'{"correlationId": "c-1", "status": "progress", "progress": %s}' % number
+
+    with pytest.raises(InvalidBodyError) as refused:
+        parse_callback(body, "c-1")
+
+    assert [error.location for error in refused.value.errors] == [("progress",)]
+
+
+def test_finite_numbers_pass_untouched() -> None:
+    body = b'{"correlationId": "c-1", "status": "success", "metadata": {"n": [1e308, -0.0, 7]}}'
+
+    callback = parse_callback(body, "c-1")
+
+    assert isinstance(callback, SuccessCallback)
+    assert callback.metadata == {"n": [1e308, -0.0, 7]}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
@@ -19,6 +20,8 @@ class Cluster:
     def __init__(self) -> None:
         self.up = False
         self.too_large = False
+        self.hangs = False
+        self.checks = 0
         self.producers: list[Producer] = []
 
     def connect(self) -> Producer:
@@ -37,12 +40,21 @@ class Producer:
         self.published: list[OutgoingMessage] = []
 
     async def start(self) -> None:
+        if self.cluster.hangs:
+            await asyncio.Event().wait()
         if not self.cluster.up:
             raise KafkaConnectionError("Unable to bootstrap from [('kafka', 9092)]")
         self.started = True
 
     async def stop(self) -> None:
         self.stopped = True
+
+    async def check(self) -> None:
+        self.cluster.checks += 1
+        if self.cluster.hangs:
+            await asyncio.Event().wait()
+        if not self.cluster.up:
+            raise KafkaConnectionError("Unable to get cluster metadata over all known brokers")
 
     async def publish(self, message: OutgoingMessage) -> None:
         if self.cluster.too_large:
@@ -52,10 +64,15 @@ class Producer:
         self.published.append(message)
 
 
-async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
+async def eventually(condition: Callable[[], bool | Awaitable[bool]], within: float = 5.0) -> None:
     async with asyncio.timeout(within):
-        while not condition():
+        while not await holds(condition):
             await asyncio.sleep(0.005)
+
+
+async def holds(condition: Callable[[], bool | Awaitable[bool]]) -> bool:
+    answer = condition()
+    return await answer if inspect.isawaitable(answer) else answer
 
 
 @pytest.fixture
@@ -69,6 +86,8 @@ def publisher(cluster: Cluster) -> ReconnectingPublisher:
         cluster.connect,  # type: ignore[arg-type]
         first_retry_delay=0.01,
         max_retry_delay=0.02,
+        confirm_after=0.05,
+        confirm_timeout=0.1,
     )
 
 
@@ -78,7 +97,7 @@ async def test_starts_without_kafka_and_connects_when_it_comes(
     await publisher.start()
     await eventually(lambda: len(cluster.producers) >= 3)
 
-    assert not publisher.is_ready()
+    assert not await publisher.is_ready()
     with pytest.raises(KafkaUnavailableError):
         await publisher.publish(MESSAGE)
 
@@ -104,9 +123,9 @@ async def test_a_failed_publish_makes_it_not_ready_until_kafka_answers_again(
     cluster.up = False
     with pytest.raises(KafkaTimeoutError):
         await publisher.publish(MESSAGE)
-    assert not publisher.is_ready()
+    assert not await publisher.is_ready()
     await asyncio.sleep(0.05)
-    assert not publisher.is_ready()
+    assert not await publisher.is_ready()
 
     cluster.up = True
     await eventually(publisher.is_ready)
@@ -133,7 +152,7 @@ async def test_a_publish_cancelled_by_a_timeout_counts_as_a_failure(
         async with asyncio.timeout(0.01):
             await publisher.publish(MESSAGE)
 
-    assert not publisher.is_ready()
+    assert not await publisher.is_ready()
     await publisher.stop()
 
 
@@ -148,7 +167,7 @@ async def test_a_message_too_large_says_nothing_about_kafka(
     with pytest.raises(MessageSizeTooLargeError):
         await publisher.publish(MESSAGE)
 
-    assert publisher.is_ready()
+    assert await publisher.is_ready()
     await publisher.stop()
 
 
@@ -165,4 +184,85 @@ async def test_stop_while_connecting_leaves_no_producer_open(
 
     assert len(cluster.producers) == count
     assert all(producer.stopped for producer in cluster.producers)
-    assert not publisher.is_ready()
+    assert not await publisher.is_ready()
+
+
+async def test_kafka_gone_while_idle_is_noticed_by_the_probe_and_recovered_from(
+    cluster: Cluster, publisher: ReconnectingPublisher
+) -> None:
+    cluster.up = True
+    await publisher.start()
+    await eventually(publisher.is_ready)
+    connecting = len(cluster.producers)
+
+    cluster.up = False
+    await eventually(lambda: not_ready(publisher))
+    await asyncio.sleep(0.05)
+    retried = len(cluster.producers) > connecting
+
+    cluster.up = True
+    await eventually(publisher.is_ready)
+    await publisher.stop()
+
+    assert retried, "a failed check starts the recovery"
+
+
+async def not_ready(publisher: ReconnectingPublisher) -> bool:
+    return not await publisher.is_ready()
+
+
+async def test_probes_ask_kafka_only_once_contact_is_not_recent(
+    cluster: Cluster, publisher: ReconnectingPublisher
+) -> None:
+    cluster.up = True
+    await publisher.start()
+    await eventually(publisher.is_ready)
+    await asyncio.sleep(0.06)
+
+    answers = [await publisher.is_ready() for _ in range(5)]
+    checked_once = cluster.checks
+    await publisher.publish(MESSAGE)
+    after_publish = await publisher.is_ready()
+    await publisher.stop()
+
+    assert answers == [True] * 5
+    assert checked_once == 1, "one check is good for a while"
+    assert after_publish
+    assert cluster.checks == 1, "a successful publish is contact enough"
+
+
+async def test_concurrent_probes_share_one_check_and_a_hung_one_is_bounded(
+    cluster: Cluster, publisher: ReconnectingPublisher
+) -> None:
+    cluster.up = True
+    await publisher.start()
+    await eventually(publisher.is_ready)
+    await asyncio.sleep(0.06)
+    cluster.hangs = True
+
+    async with asyncio.timeout(1):
+        answers = await asyncio.gather(*(publisher.is_ready() for _ in range(3)))
+    await publisher.stop()
+
+    assert answers == [False] * 3
+    assert cluster.checks == 1
+
+
+async def test_a_probe_that_gives_up_leaves_the_check_to_finish(
+    cluster: Cluster, publisher: ReconnectingPublisher
+) -> None:
+    cluster.up = True
+    await publisher.start()
+    await eventually(publisher.is_ready)
+    await asyncio.sleep(0.06)
+    cluster.up = False
+
+    probe = asyncio.create_task(publisher.is_ready())
+    await asyncio.sleep(0)
+    probe.cancel()
+    await asyncio.gather(probe, return_exceptions=True)
+    answer = await publisher.is_ready()
+    await publisher.stop()
+
+    assert not answer
+    assert cluster.checks == 1, "the next probe got the first check's answer"

@@ -34,6 +34,25 @@ def test_defaults(environment: pytest.MonkeyPatch) -> None:
     assert settings.callback_tokens().verify("c-1", settings.callback_tokens().mint("c-1"))
 
 
+def test_an_event_may_hold_a_body_at_the_limit_and_kafka_may_take_it(
+    environment: pytest.MonkeyPatch,
+) -> None:
+    default = GatewaySettings()
+    environment.setenv("GATEWAY_MAX_BODY_BYTES", str(4 * 1024 * 1024))
+    larger = GatewaySettings()
+    environment.setenv("GATEWAY_MAX_EVENT_BYTES", "5000000")
+    explicit = GatewaySettings()
+
+    for settings in (default, larger):
+        assert settings.max_event_bytes >= settings.gateway_max_body_bytes + 16 * 1024
+    assert explicit.max_event_bytes == 5_000_000
+    for settings in (default, larger, explicit):
+        # The record adds a key (a correlation id: up to 200 characters) and a batch header.
+        assert settings.kafka_max_request_bytes >= settings.max_event_bytes + 1024
+    # Within deploy/kubernetes/topics.yaml's max.message.bytes for callback-received.
+    assert default.kafka_max_request_bytes <= 1179648
+
+
 def test_environment_variables_are_read(environment: pytest.MonkeyPatch) -> None:
     environment.setenv("GATEWAY_HOST", "0.0.0.0")
     environment.setenv("GATEWAY_PORT", "9000")
@@ -78,12 +97,13 @@ def test_trusted_proxies_are_addresses_and_networks(environment: pytest.MonkeyPa
     )
 
 
-def test_any_peer_may_be_trusted_but_only_alone(environment: pytest.MonkeyPatch) -> None:
-    environment.setenv("GATEWAY_TRUSTED_PROXIES", "*")
-    assert GatewaySettings().gateway_trusted_proxies == ("*",)
+@pytest.mark.parametrize("proxies", ["*", "*,10.0.0.1", "10.0.0.1, *"])
+def test_trusting_every_peer_is_refused(environment: pytest.MonkeyPatch, proxies: str) -> None:
+    # Trusted, any peer's leftmost X-Forwarded-For address (the client's own words) would be
+    # the client: a new rate-limit key for every request.
+    environment.setenv("GATEWAY_TRUSTED_PROXIES", proxies)
 
-    environment.setenv("GATEWAY_TRUSTED_PROXIES", "*,10.0.0.1")
-    with pytest.raises(ValidationError, match="trusts every peer"):
+    with pytest.raises(ValidationError, match="list the networks of the proxies"):
         GatewaySettings()
 
 
@@ -106,6 +126,40 @@ def test_a_bad_key_is_refused_without_quoting_it(environment: pytest.MonkeyPatch
 
     assert "too short" in str(refused.value)
     assert secret not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "entry", "secret"),
+    [
+        # The parts swapped by mistake: what stands where the name belongs is the secret.
+        (
+            "CALLBACK_TOKEN_KEYS",
+            "current:base64:"
+            + base64.b64encode(b"k" * 32).decode()
+            + ",ThisIsMySuperSecretKeyValue12345:current",
+            "callback key #2",
+            "ThisIsMySuperSecretKeyValue12345",
+        ),
+        (
+            "GATEWAY_SIGNING_SECRETS",
+            "whsec_c2VjcmV0c2VjcmV0c2VjcmV0:svc",
+            "signing secret #1",
+            "c2VjcmV0c2VjcmV0c2VjcmV0",
+        ),
+    ],
+)
+def test_an_entry_with_its_parts_swapped_is_refused_by_position_not_by_its_text(
+    environment: pytest.MonkeyPatch, name: str, value: str, entry: str, secret: str
+) -> None:
+    environment.setenv(name, value)
+
+    with pytest.raises(ValidationError) as refused:
+        GatewaySettings()
+
+    message = str(refused.value)
+    assert entry in message
+    assert "too short" in message
+    assert secret not in message
 
 
 def test_key_ring_is_not_shown_in_the_settings_repr(environment: pytest.MonkeyPatch) -> None:

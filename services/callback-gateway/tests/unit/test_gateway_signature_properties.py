@@ -205,3 +205,19 @@ def test_unusable_secrets_are_refused_without_quoting_them(spec: str, message: s
 
     secret = spec.partition(":")[2]
     assert not secret or secret not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "whsec_c2VjcmV0c2VjcmV0c2VjcmV0:video",  # a name-like secret: too short a "secret"
+        "whsec_c2VjcmV0c2VjcmV0c2VjcmV0:%%%%",  # not base64
+        "whsec_c2VjcmV0c2VjcmV0c2VjcmV0",  # no colon at all
+    ],
+)
+def test_an_entry_with_its_parts_swapped_is_named_by_position_only(spec: str) -> None:
+    with pytest.raises(SigningSecretError) as refused:
+        parse_signing_secrets(f"asr:whsec_{'A' * 32},{spec}")
+
+    assert "signing secret #2" in str(refused.value)
+    assert "c2VjcmV0c2VjcmV0c2VjcmV0" not in str(refused.value)
