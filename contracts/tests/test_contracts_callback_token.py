@@ -161,7 +161,7 @@ def test_an_unbound_token_verifies_as_bound_to_no_endpoint() -> None:
     )
 
 
-@pytest.mark.parametrize("endpoint", ["", "a.b", "a:b", "x" * 65, "é"])
+@pytest.mark.parametrize("endpoint", ["", "a.b", "a:b", "x" * 65, "é", "svc\n"])
 def test_an_endpoint_name_that_cannot_be_parsed_back_is_refused(endpoint: str) -> None:
     with pytest.raises(ValueError, match="endpoint name"):
         CallbackTokens([KEY_A]).mint("cid", endpoint=endpoint)

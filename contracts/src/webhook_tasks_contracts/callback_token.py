@@ -29,8 +29,9 @@ _MESSAGE_PREFIX = b"webhook-tasks/callback/v1:"
 # Differs from _MESSAGE_PREFIX before any variable part, so the two kinds never share a message.
 _ENDPOINT_MESSAGE_PREFIX = b"webhook-tasks/callback/v1/endpoint:"
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-"""What an endpoint name may be: no '.', which separates the parts of a token, nor ':'."""
+ENDPOINT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What an endpoint name may be: no '.', which separates the parts of a token, nor ':'.
+Match it with `fullmatch`: `$` would let a trailing newline through."""
 NO_ENDPOINT = ""
 """What `CallbackTokens.verified_endpoint` returns for a valid token bound to no endpoint."""
 MIN_KEY_BYTES = 32
@@ -104,7 +105,7 @@ class CallbackTokens:
         key_id, secret = self._current.key_id, self._current.secret
         if endpoint is None:
             return f"{key_id}.{_mac(secret, correlation_id)}"
-        if not ENDPOINT_NAME.match(endpoint):
+        if not ENDPOINT_NAME.fullmatch(endpoint):
             raise ValueError("an endpoint name must be 1-64 letters, digits, '-' or '_'")
         return f"{key_id}.{endpoint}.{_endpoint_mac(secret, endpoint, correlation_id)}"
 
@@ -123,7 +124,7 @@ class CallbackTokens:
         endpoint, dot, mac = rest.rpartition(".")
         if not dot:
             expected = _mac(secret, correlation_id)
-        elif ENDPOINT_NAME.match(endpoint):
+        elif ENDPOINT_NAME.fullmatch(endpoint):
             expected = _endpoint_mac(secret, endpoint, correlation_id)
         else:
             return None

@@ -51,7 +51,7 @@ def parse_signing_secrets(spec: str) -> dict[str, tuple[bytes, ...]]:
         endpoint = endpoint.strip()
         if not sep or not secret.strip():
             raise SigningSecretError(f"{entry} must look like 'endpoint:whsec_...'")
-        if not ENDPOINT_NAME.match(endpoint):
+        if not ENDPOINT_NAME.fullmatch(endpoint):
             raise SigningSecretError(
                 f"{entry}: an endpoint name is 1-64 letters, digits, '-' or '_'"
             )
