@@ -3,7 +3,8 @@
 aiokafka's `producer.start()` raises when no broker answers, so the producer is
 started in the background, retried with backoff, and replaced by nothing until
 then: publishing fails fast (the gateway answers 503) and the readiness probe
-says not ready. Once connected, the probe asks Kafka for its metadata (briefly
+says not ready; so it does again once a publish or a check has failed, until
+Kafka answers. Once connected, the probe asks Kafka for its metadata (briefly
 cached) when nothing has confirmed contact for a few seconds, so a cluster that
 went away while no callback came is noticed all the same. After a failed publish
 or check the probe says not ready until a publish succeeds or a throwaway
@@ -108,6 +109,10 @@ class ReconnectingPublisher:
         publisher = self._publisher
         if publisher is None:
             raise KafkaUnavailableError("not connected to Kafka yet")
+        if not self._healthy:
+            # Until the recovery sees Kafka answer, fail at once: a callback held for the whole
+            # publish timeout would tie up its connection and its body for nothing.
+            raise KafkaUnavailableError("Kafka did not answer lately")
         try:
             await publisher.publish(message)
         except MessageSizeTooLargeError:
