@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from webhook_tasks_contracts import (
+    CALLBACK_PATH_PREFIX,
     CommentKind,
     FailureCause,
     LifecycleEvent,
@@ -51,12 +52,31 @@ CAUSES: Mapping[FailureCause, str] = {
 _INLINE_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 # Block syntax only counts at the start of a line, where a value may land in a template.
 _BLOCK_START = re.compile(r"^(?:([#+=-])|(\d{1,9})([.)]))")
-_BEARER = re.compile(r"\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{16,}", re.IGNORECASE)
+# Bearer tokens of any length; Basic only when it looks like base64, as "basic" is a word.
+_BEARER = re.compile(
+    r"\b(bearer)\s+[A-Za-z0-9._~+/=-]+|\b(basic)\s+[A-Za-z0-9._~+/=-]{16,}", re.IGNORECASE
+)
+# `token=x`, `api key: x` and JSON's `"authorization": "x"` (a quote before the colon); an
+# API or access key also when only a space comes before it ("invalid api key sk_...").
 _SECRET_ASSIGNMENT = re.compile(
-    r"\b(password|passwd|secret|token|api[_-]?key|authorization)(\s*[=:]\s*)"
+    r"\b(password|passwd|secret|token|api[_ -]?key|access[_ -]?key|authorization)"
+    r"([\"']?\s*[=:]\s*|(?<=key)\s+)"
     r"(\"[^\"]*\"|'[^']*'|[^\s,;&]+)",
     re.IGNORECASE,
 )
+# Shapes of well-known credentials, wherever they appear: provider API keys (sk-..., sk_live_...),
+# GitHub and Slack tokens, AWS access key ids, JWTs.
+_KNOWN_TOKEN = re.compile(
+    r"\b(?:[sprk]k[-_](?:live|test|proj)?[-_]?[A-Za-z0-9]{12,}|gh[pousr]_[A-Za-z0-9]{20,}"
+    r"|xox[abposr]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}"
+    r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"
+)
+# A callback URL's token lets anyone who reads it decide the task's outcome.
+_CALLBACK_TOKEN = re.compile(re.escape(CALLBACK_PATH_PREFIX) + r"/([^/\s?#]+)/[^\s/?#\"'<>]+")
+_BARE_TOKEN = re.compile(r"\b[A-Za-z0-9_-]{1,32}(?:\.[A-Za-z0-9_-]{1,64})?\.[A-Za-z0-9_-]{43}\b")
+# What a chat's Markdown would turn into a link by itself (GitHub's autolink extension).
+_AUTOLINK = re.compile(r"(?:\b[a-z][a-z0-9+.-]*://|\bwww\.)[^\s<>`()\[\]]+", re.IGNORECASE)
+_URL_TRAILER = ".,:;!?*_~'\""
 _URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
 _SECRET_WORDS = frozenset(
     {"password", "passwd", "secret", "token", "apikey", "auth", "authorization", "credential"}
@@ -177,8 +197,21 @@ def humanise_seconds(seconds: int) -> str:
 
 def escape_markdown(text: str) -> str:
     """Return `text` so that a Markdown renderer shows it literally, on one line."""
-    escaped = _INLINE_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
-    return _BLOCK_START.sub(_escape_block_start, escaped)
+    # A URL in the text becomes code: renderers autolink bare URLs, but never inside code.
+    parts = []
+    shown = 0
+    for match in _AUTOLINK.finditer(text):
+        # As renderers do, punctuation ending a sentence is not part of the URL.
+        url = match.group().rstrip(_URL_TRAILER)
+        parts.append(_escape_inline(text[shown : match.start()]))
+        parts.append(f"`{url}`")
+        shown = match.start() + len(url)
+    parts.append(_escape_inline(text[shown:]))
+    return _BLOCK_START.sub(_escape_block_start, "".join(parts))
+
+
+def _escape_inline(text: str) -> str:
+    return _INLINE_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
 
 
 def _escape_block_start(match: re.Match[str]) -> str:
@@ -203,8 +236,13 @@ def safe_link_target(url: str) -> str | None:
 
 def redact_secrets(text: str) -> str:
     """Replace credentials an external service may echo back (`Bearer ...`, `token=...`)."""
-    text = _BEARER.sub(lambda match: f"{match.group(1)} {REDACTED}", text)
+    text = _CALLBACK_TOKEN.sub(
+        lambda match: f"{CALLBACK_PATH_PREFIX}/{match.group(1)}/{REDACTED}", text
+    )
+    text = _BARE_TOKEN.sub(REDACTED, text)
+    text = _BEARER.sub(lambda match: f"{match.group(1) or match.group(2)} {REDACTED}", text)
     text = _SECRET_ASSIGNMENT.sub(lambda match: f"{match.group(1)}{match.group(2)}{REDACTED}", text)
+    text = _KNOWN_TOKEN.sub(REDACTED, text)
     return _URL_CREDENTIALS.sub(lambda match: f"{match.group(1)}{REDACTED}@", text)
 
 
@@ -230,7 +268,19 @@ def _as_text(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, int | float):
         return f"{value:g}" if isinstance(value, float) else str(value)
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return json.dumps(_without_secrets(value), ensure_ascii=False, default=str)
+
+
+def _without_secrets(value: Any) -> Any:
+    # Nested as deep as it goes: an echoed request's headers may hold its Authorization.
+    if isinstance(value, dict):
+        return {
+            key: REDACTED if _looks_secret(humanise_key(str(key))) else _without_secrets(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_without_secrets(item) for item in value]
+    return value
 
 
 def _looks_secret(label: str) -> bool:

@@ -96,7 +96,7 @@ def test_hostile_metadata_cannot_add_links_images_or_html() -> None:
 
     text = render_comment(event, TEMPLATES).text
 
-    assert "**\\[Click me\\](https://evil.example)**" in text
+    assert "**\\[Click me\\](`https://evil.example`)**" in text
     assert "!\\[pixel\\]" in text
     assert "<" not in text
     assert "&lt;script&gt;" in text
@@ -128,7 +128,7 @@ def test_error_reason_is_truncated_with_an_ellipsis() -> None:
 def test_error_reason_cannot_break_out_of_the_quote() -> None:
     text = render_comment(failed("bad\n\n# Injected [link](https://evil.example)"), TEMPLATES).text
 
-    assert text.endswith("> bad # Injected \\[link\\](https://evil.example)")
+    assert text.endswith("> bad # Injected \\[link\\](`https://evil.example`)")
 
 
 def test_error_reason_never_shows_an_echoed_credential() -> None:
@@ -139,6 +139,63 @@ def test_error_reason_never_shows_an_echoed_credential() -> None:
     assert "sk_live_abcdefghijklmnop0123" not in text
     assert "abc123" not in text
     assert "401 for" in text
+
+
+TOKEN = "dev." + "mmKQ" * 10 + "abc"
+
+
+@pytest.mark.parametrize(
+    ("reason", "secret"),
+    [
+        (f"callback was http://gw:8080/v1/callbacks/corr-1/{TOKEN} (retry)", TOKEN),
+        (f"use token {TOKEN} to call back", TOKEN),
+        ("credentials Bearer short-tok were rejected", "short-tok"),
+        ("invalid api key sk_live_abcdefghijklmnop", "sk_live_abcdefghijklmnop"),
+        ("credentials ApiKey sk-proj-AbC123xyz456789 were rejected", "sk-proj-AbC123xyz456789"),
+        ('echo {"Authorization": "Basic dXNlcjpwYXNzd29yZA=="}', "dXNlcjpwYXNzd29yZA=="),
+        ("github said ghp_" + "a1" * 12, "ghp_" + "a1" * 12),
+        ("key AKIAABCDEFGHIJKLMNOP leaked", "AKIAABCDEFGHIJKLMNOP"),
+        ("jwt eyJhbGciOiJI.eyJzdWIiOiIx.SflKxwRJSMeK", "eyJhbGciOiJI.eyJzdWIiOiIx.SflKxwRJSMeK"),
+    ],
+)
+def test_error_reason_never_shows_a_token_or_credential(reason: str, secret: str) -> None:
+    text = render_comment(failed(reason), TEMPLATES).text
+
+    assert secret not in text
+    assert "[redacted]" in text.replace("\\", "")
+
+
+def test_nested_metadata_never_shows_secret_keys() -> None:
+    event = completed(echo={"headers": {"Authorization": "xyz-123", "Accept": "json"}})
+
+    text = render_comment(event, TEMPLATES).text
+
+    assert "xyz-123" not in text
+    assert "Accept" in text
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["see https://evil.example/phish now", "go to www.evil.example.", "ftp://x.example/a"],
+)
+def test_a_bare_url_from_outside_is_shown_as_code_never_as_a_link(message: str) -> None:
+    event = TaskProgressed(
+        correlation_id="corr-1", task=TASK, progress=5, message=message, deadline_at=DEADLINE
+    )
+
+    text = render_comment(event, TEMPLATES).text
+
+    url = next(word for word in message.split() if "." in word and word[0] not in "s")
+    url = url.rstrip(".")
+    assert f"`{url}`" in text
+
+
+def test_plain_words_are_not_taken_for_secrets() -> None:
+    reason = "basic information about the token was missing; the password is wrong"
+
+    text = render_comment(failed(reason), TEMPLATES).text
+
+    assert reason in text
 
 
 def test_expiry_names_the_timeout_in_words() -> None:
