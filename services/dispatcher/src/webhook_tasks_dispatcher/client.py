@@ -114,6 +114,19 @@ def create_transport(
     return AiohttpTransport(limits=limits, trust_env=False, client=session)
 
 
+def origin_of(url: str) -> str:
+    """Return `host:port` of `url` (the scheme's port if none is given): one server's address."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "unknown").rstrip(".")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        port = 443 if parts.scheme.lower() == "https" else 80
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class HostSlots:
     """At most `per_host` requests in flight to each host; the wait for one is bounded."""
 
@@ -171,10 +184,9 @@ class WebhookClient:
         """POST the request; classify the answer. Never raises for what the far end does."""
         if self._hosts is None:
             return await self._send(request, now=now)
-        host = (urlsplit(request.url).hostname or "").rstrip(".")
         # Waiting behind the host's other requests is not the host's time to answer: it is
         # neither timed as the request nor, when it runs long, a failure of the host.
-        async with self._hosts.slot(host, wait=self._timeout_seconds) as free:
+        async with self._hosts.slot(origin_of(request.url), wait=self._timeout_seconds) as free:
             if not free:
                 return DeliveryResult(
                     "busy", 0.0, error="every request this host may have is in flight"

@@ -47,7 +47,7 @@ from webhook_tasks_runtime.tracing import context_from_traceparent, trace_header
 from . import repository as repo
 from .batching import GroupCommit
 from .breaker import CircuitBreakers
-from .client import DeliveryResult, OutboundRequest, WebhookClient
+from .client import DeliveryResult, OutboundRequest, WebhookClient, origin_of
 from .domain import TaskStatus, status_after_callback, why_not_applied
 from .metrics import ATTEMPTS, REQUESTS_IN_FLIGHT
 from .retry import GiveUp, Retry, RetryPolicy, is_retryable, parse_retry_after
@@ -350,11 +350,12 @@ class Dispatcher:
                     raise
 
     async def _attempt(self, pending: repo.PendingRequest) -> None:
-        host = _host(pending.webhook_url)
+        # One breaker per server: two services on one host name but other ports fail apart.
+        origin = origin_of(pending.webhook_url)
         now = self._clock()
-        wait_until = self._breakers.permit(host, now)
+        wait_until = self._breakers.permit(origin, now)
         if wait_until is not None:
-            await self._hold(pending, wait_until, f"waiting: circuit open for {host}")
+            await self._hold(pending, wait_until, f"waiting: circuit open for {origin}")
             return
         try:
             auth = self._sealer.open(pending.correlation_id, pending.auth) if pending.auth else None
@@ -371,7 +372,7 @@ class Dispatcher:
             context=context_from_traceparent(pending.traceparent),
             attributes={
                 "http.request.method": "POST",
-                "server.address": host,
+                "server.address": _host(pending.webhook_url),
                 "webhook_tasks.correlation_id": pending.correlation_id,
                 "webhook_tasks.attempt": pending.attempts + 1,
             },
@@ -392,13 +393,13 @@ class Dispatcher:
         if result.outcome == "busy":
             # Not an attempt: the host is answering others. Queued in the database, not here.
             delay = timedelta(seconds=self._retry.rng.uniform(1.0, 5.0))
-            await self._hold(pending, self._clock() + delay, f"waiting: {host} {result.error}")
+            await self._hold(pending, self._clock() + delay, f"waiting: {origin} {result.error}")
             return
         ATTEMPTS.labels(result.outcome).inc()
         if result.outcome != "refused":
             # A refused URL never reached the host: it says nothing about the host's health.
             self._breakers.record(
-                host,
+                origin,
                 failed=result.outcome == "unreachable"
                 or (result.outcome == "rejected" and is_retryable(result.status_code)),
                 now=self._clock(),

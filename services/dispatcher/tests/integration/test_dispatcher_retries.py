@@ -311,7 +311,7 @@ async def test_an_open_circuit_holds_a_hosts_tasks_then_probes_and_resumes(
     assert len(under_test.service.received) == 2, "the third task is held, not sent"
     held = await the_task(under_test, third.task_id)
     assert held.status.value == "pending"
-    assert "circuit open for svc.example.com" in (held.status_reason or "")
+    assert "circuit open for svc.example.com:443" in (held.status_reason or "")
     assert await attempts(under_test, held) == []
 
     under_test.service.answer = lambda request: httpx.Response(202)
@@ -329,6 +329,28 @@ async def test_an_open_circuit_holds_a_hosts_tasks_then_probes_and_resumes(
     assert len(under_test.service.received) == 5
     bodies = [json.loads(request.content)["taskId"] for request in under_test.service.received]
     assert sorted(set(bodies)) == sorted({first.task_id, second.task_id, third.task_id})
+
+
+async def test_a_failing_server_opens_no_circuit_for_another_port_of_its_host(
+    under_test: DispatcherUnderTest,
+) -> None:
+    dispatcher = under_test.another(
+        breakers=CircuitBreakers(failure_threshold=1, cool_down=timedelta(seconds=30))
+    )
+    under_test.service.answer = lambda request: httpx.Response(  # type: ignore[assignment]
+        503 if request.url.port == 8443 else 202
+    )
+    failing = task_request(webhookUrl="https://svc.example.com:8443/generate")
+    healthy = task_request(webhookUrl="https://svc.example.com/generate")
+
+    await dispatcher.dispatch(failing)
+    await dispatcher.dispatch(healthy)
+
+    assert (await the_task(under_test, healthy.task_id)).status.value == "initiated"
+    held = task_request(webhookUrl="https://svc.example.com:8443/generate")
+    await dispatcher.dispatch(held)
+    reason = (await the_task(under_test, held.task_id)).status_reason or ""
+    assert "circuit open for svc.example.com:8443" in reason
 
 
 async def test_signing_is_per_endpoint_and_the_webhook_id_is_stable(

@@ -17,6 +17,7 @@ from webhook_tasks_dispatcher.client import (
     DeliveryResult,
     OutboundRequest,
     WebhookClient,
+    origin_of,
 )
 from webhook_tasks_dispatcher.guard import UrlGuard
 
@@ -225,3 +226,16 @@ async def test_a_resolver_that_hangs_is_bounded_by_the_request_timeout() -> None
     assert result.outcome == "unreachable"
     assert result.timed_out
     assert "not resolved within 0.2s" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("https://Svc.Example.com/run", "svc.example.com:443"),
+        ("http://svc.example.com./run", "svc.example.com:80"),
+        ("https://svc.example.com:8443/run", "svc.example.com:8443"),
+        ("https://[2001:db8::1]/run", "[2001:db8::1]:443"),
+    ],
+)
+def test_an_origin_is_one_server_host_and_port(url: str, origin: str) -> None:
+    assert origin_of(url) == origin
