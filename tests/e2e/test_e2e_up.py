@@ -88,6 +88,23 @@ def test_up_runs_the_demo_task_and_stops_cleanly(tmp_path: Path) -> None:
         if embedded:
             data_dir = database_of(descendants)
             assert postgres_serving(data_dir), "up should run its own embedded PostgreSQL"
+
+        # A service that dies is reported and started again, as Kubernetes would.
+        (dispatcher,) = [p for p in descendants if "dispatcher" in " ".join(p.cmdline())]
+        dispatcher.kill()
+        deadline = time.monotonic() + 30
+        while "dispatcher exited with code -9" not in "".join(output):
+            assert time.monotonic() < deadline, "".join(output)
+            with contextlib.suppress(queue.Empty):
+                output.append(lines.get(timeout=1))
+        while not [
+            p
+            for p in psutil.Process(up.pid).children()
+            if "dispatcher" in " ".join(p.cmdline()) and p.pid != dispatcher.pid
+        ]:
+            assert time.monotonic() < deadline, "the dispatcher was not started again"
+            time.sleep(0.2)
+        descendants = psutil.Process(up.pid).children(recursive=True)
     finally:
         up.send_signal(signal.SIGINT)
         exit_code = up.wait(timeout=90)

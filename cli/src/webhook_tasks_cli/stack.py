@@ -107,6 +107,14 @@ class Stack:
         finally:
             log.close()
 
+    def exited(self) -> dict[str, int]:
+        """Return the services that have exited since they were started, with their exit codes."""
+        return {
+            service: process.returncode
+            for service, process in self._processes.items()
+            if process.poll() is not None
+        }
+
     def pid(self, service: str) -> int:
         """Return the process id of a running service."""
         return self._processes[service].pid

@@ -9,6 +9,7 @@ import os
 import secrets
 import signal
 import socket
+import time
 import uuid
 
 from rich.console import Console
@@ -22,6 +23,11 @@ from .config import StackConfig, env_flag, remove_stack_file, stack_file, write_
 from .operations import OperationError, publish_task
 from .stack import Stack, StackOptions
 from .watch import EventWatcher
+
+RESTART_DELAYS = (0.0, 1.0, 5.0, 15.0, 30.0)
+"""Waits before starting an exited service again, by how often it exited in a row."""
+RAN_A_WHILE_SECONDS = 60.0
+"""A service that ran this long before it exited is not crashing in a loop."""
 
 DEMO_DELAY_SECONDS = 3
 
@@ -101,7 +107,7 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
             "webhook-tasks callback ...\n"
             "Ctrl-C stops everything."
         )
-        await stop.wait()
+        await _supervise(stack, stop, console)
     finally:
         console.print("stopping...")
         if watching is not None:
@@ -111,6 +117,33 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
         await watcher.stop()
         await asyncio.to_thread(stack.stop)
         remove_stack_file(os.getpid())
+
+
+async def _supervise(stack: Stack, stop: asyncio.Event, console: Console) -> None:
+    """Until `stop` is set, start again any service that exits, as Kubernetes would, saying so."""
+    crashes: dict[str, int] = {}
+    started: dict[str, float] = {}
+    while not await _stopped_within(stop, 1.0):
+        for service, code in stack.exited().items():
+            # One that ran a while starts again at once; one that keeps exiting, ever later.
+            recently = time.monotonic() - started.get(service, 0.0) < RAN_A_WHILE_SECONDS
+            crashes[service] = crashes.get(service, 0) + 1 if recently else 1
+            delay = RESTART_DELAYS[min(crashes[service], len(RESTART_DELAYS)) - 1]
+            console.print(
+                f"[red]{service} exited with code {code}[/]; starting it again in {delay:g}s "
+                f"(log: {stack.log_file(service)})"
+            )
+            if await _stopped_within(stop, delay):
+                return
+            stack.start_service(service)
+            started[service] = time.monotonic()
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    return stop.is_set()
 
 
 async def _submit_demo_task(config: StackConfig, webhook_url: str, console: Console) -> None:
