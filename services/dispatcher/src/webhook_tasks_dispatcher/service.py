@@ -56,6 +56,9 @@ from .signing import SigningKeys, webhook_id_of
 
 logger = logging.getLogger(__name__)
 
+MAX_SAID_CHARS = 300
+"""How much of an ignored callback's content its history line keeps."""
+
 Clock = Callable[[], datetime]
 
 
@@ -600,7 +603,9 @@ class Dispatcher:
             if row is None and before is TaskStatus.EXPIRED and target is TaskStatus.COMPLETED:
                 await self._record_late_result(conn, callback)
             else:
-                await self._settle(conn, callback.event_id, kind, before, row, event)
+                await self._settle(
+                    conn, callback.event_id, kind, before, row, event, said=_what_it_said(callback)
+                )
         # Only now is the transaction committed: the relay may publish what it queued.
         self._after_commit()
         self._trace_application(kind, callback.correlation_id, sighting, row, started)
@@ -620,6 +625,7 @@ class Dispatcher:
             "success arrived after the task expired; shown to its users as a late result"
             if row is not None
             else "another success arrived after the task expired; a late result is already shown"
+            f"; it said: {_what_it_said(callback)}"
         )
         await repo.settle_history(
             conn,
@@ -708,6 +714,8 @@ class Dispatcher:
         before: TaskStatus | None,
         row: repo.TaskRow | None,
         event: LifecycleEvent | None,
+        *,
+        said: str | None = None,
     ) -> None:
         if row is not None and event is not None:
             await repo.settle_history(
@@ -725,11 +733,12 @@ class Dispatcher:
             return
         # The task row is locked, so `before` is still its state: that is why nothing applied.
         ignored = why_not_applied(before, kind)
+        # What an ignored callback said is kept nowhere else: the history shows it.
         await repo.settle_history(
             conn,
             str(event_id),
             applied=False,
-            detail=ignored.reason,
+            detail=f"{ignored.reason}; it said: {said}" if said else ignored.reason,
             from_status=before.value if before else None,
             to_status=before.value if before else None,
         )
@@ -810,6 +819,17 @@ def _ref(row: repo.TaskRow) -> TaskRef:
 
 def _host(url: str) -> str:
     return urlsplit(url).hostname or "unknown"
+
+
+def _what_it_said(callback: CallbackReceived) -> str:
+    if callback.status == "success":
+        said = f"result {callback.result_url}" if callback.result_url else "success, no result URL"
+    elif callback.status == "error":
+        said = f"error {callback.error!r}"
+    else:
+        progress = "" if callback.progress is None else f" {callback.progress:g}%"
+        said = f"progress{progress}" + (f" {callback.message!r}" if callback.message else "")
+    return said if len(said) <= MAX_SAID_CHARS else said[: MAX_SAID_CHARS - 1] + "…"
 
 
 def _dispatched(row: repo.TaskRow) -> TaskDispatched:

@@ -244,6 +244,7 @@ async def test_success_callback_completes_once_and_later_inputs_are_recorded_not
         (row,) = await repo.find_tasks(conn, task.correlation_id)
     assert [entry.outcome for entry in history] == ["applied", "ignored", "ignored"]
     assert "already completed" in (history[1].detail or "")
+    assert (history[1].detail or "").endswith("it said: error 'late'"), "kept for the operator"
     assert row.status.value == "completed"
 
 
@@ -399,4 +400,5 @@ async def test_a_late_success_is_shown_once_without_a_second_outcome(
     assert [entry.outcome for entry in history] == ["applied", "ignored", "ignored", "ignored"]
     assert "late result" in (history[1].detail or "")
     assert "already shown" in (history[2].detail or "")
+    assert "result https://cdn/later.mp4" in (history[2].detail or "")
     assert "already expired" in (history[3].detail or "")
