@@ -269,6 +269,9 @@ class ChatCommentPosted(Event):
     comment_id: int
     kind: CommentKind
     text: str
+    edited: bool = False
+    """A new text for a comment announced before (the same `comment_id`): a progress comment
+    is kept up to date in place, so show this text instead of the earlier one, not beside it."""
 
 
 class UserNotified(Event):

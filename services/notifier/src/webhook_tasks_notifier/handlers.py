@@ -134,6 +134,7 @@ class LifecycleHandler:
             comment_id=comment.id,
             kind=comment.kind,
             text=comment.text,
+            edited=comment.updated_at > comment.created_at,
         )
         told = [
             UserNotified(

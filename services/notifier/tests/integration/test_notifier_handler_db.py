@@ -172,6 +172,11 @@ async def test_progress_keeps_one_comment_up_to_date_and_ignores_replays(
     queued = [event for _, _, event in await outbox(pool)]
     assert [(type(e).__name__, e.kind) for e in queued] == [("ChatCommentPosted", "progress")] * 2
     assert len({e.event_id for e in queued}) == 2
+    # One comment: the second announcement replaces the first's text in the chat.
+    assert [(e.comment_id, e.edited) for e in queued] == [  # type: ignore[union-attr]
+        (comments[0].id, False),
+        (comments[0].id, True),
+    ]
     assert await pool.fetchval("SELECT count(*) FROM notifications") == 0
 
 
