@@ -23,6 +23,7 @@ from webhook_tasks_dispatcher import repository as repo
 from webhook_tasks_dispatcher.breaker import CircuitBreakers
 from webhook_tasks_dispatcher.client import DeliveryResult, OutboundRequest, WebhookClient
 from webhook_tasks_dispatcher.guard import UrlGuard
+from webhook_tasks_dispatcher.service import Dispatcher
 from webhook_tasks_dispatcher.signing import SigningKeys
 
 from .conftest import DispatcherUnderTest, resolve_publicly
@@ -62,7 +63,9 @@ def answers(*responses: httpx.Response | Exception) -> object:
     return answer
 
 
-async def run_retries(under_test: DispatcherUnderTest) -> None:
+async def run_retries(
+    under_test: DispatcherUnderTest, dispatcher: Dispatcher | None = None
+) -> None:
     """Move the clock to each scheduled retry and let the sender send it, until none is due."""
     for _ in range(50):
         async with under_test.pool.acquire() as conn:
@@ -70,7 +73,7 @@ async def run_retries(under_test: DispatcherUnderTest) -> None:
         if due is None:
             return
         under_test.clock.now = max(under_test.clock.now, due)
-        await under_test.dispatcher.send_due()
+        await (dispatcher or under_test.dispatcher).send_due()
     pytest.fail("retries never ended")
 
 
@@ -499,13 +502,7 @@ async def test_a_failure_inside_the_dispatcher_is_an_attempt_and_meets_the_attem
     request = task_request()
 
     await dispatcher.dispatch(request)
-    for _ in range(10):
-        async with under_test.pool.acquire() as conn:
-            due = await repo.next_request_due(conn)
-        if due is None:
-            break
-        under_test.clock.now = max(under_test.clock.now, due)
-        await dispatcher.send_due()
+    await run_retries(under_test, dispatcher)
 
     task = await the_task(under_test, request.task_id)
     assert task.status.value == "failed"
