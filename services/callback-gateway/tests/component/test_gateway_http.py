@@ -640,11 +640,7 @@ class TestCors:
         failing = publisher_class(fail_with=RuntimeError("Kafka is down"))
 
         async with make_client(failing, gateway_settings=gateway) as http:
-            response = await http.post(
-                tokens.callback_url("http://gateway", cid),
-                json=success_body(cid),
-                headers={"origin": "https://app.example"},
-            )
+            response = await post_from_the_app(http, tokens, cid)
 
         assert_problem(response, 503)
         assert_retry_after_exposed(response)
@@ -665,14 +661,21 @@ class TestCors:
 
         async with make_client(publisher, gateway_settings=gateway) as http:
             for _ in range(2):
-                response = await http.post(
-                    tokens.callback_url("http://gateway", cid),
-                    json=success_body(cid),
-                    headers={"origin": "https://app.example"},
-                )
+                response = await post_from_the_app(http, tokens, cid)
 
         assert_problem(response, 429)
         assert_retry_after_exposed(response)
+
+
+async def post_from_the_app(
+    http: httpx.AsyncClient, tokens: CallbackTokens, cid: str
+) -> httpx.Response:
+    """POST a success callback as a browser on the allowed origin would."""
+    return await http.post(
+        tokens.callback_url("http://gateway", cid),
+        json=success_body(cid),
+        headers={"origin": "https://app.example"},
+    )
 
 
 def assert_retry_after_exposed(response: httpx.Response) -> None:

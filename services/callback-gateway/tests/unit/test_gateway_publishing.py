@@ -75,6 +75,13 @@ async def holds(condition: Callable[[], bool | Awaitable[bool]]) -> bool:
     return await answer if inspect.isawaitable(answer) else answer
 
 
+async def connect(cluster: Cluster, publisher: ReconnectingPublisher) -> None:
+    """Start the publisher with Kafka up, and wait until it is ready."""
+    cluster.up = True
+    await publisher.start()
+    await eventually(publisher.is_ready)
+
+
 @pytest.fixture
 def cluster() -> Cluster:
     return Cluster()
@@ -115,9 +122,7 @@ async def test_starts_without_kafka_and_connects_when_it_comes(
 async def test_a_failed_publish_makes_it_not_ready_until_kafka_answers_again(
     cluster: Cluster, publisher: ReconnectingPublisher
 ) -> None:
-    cluster.up = True
-    await publisher.start()
-    await eventually(publisher.is_ready)
+    await connect(cluster, publisher)
     connected = cluster.producers[0]
 
     cluster.up = False
@@ -142,9 +147,7 @@ async def test_a_failed_publish_makes_it_not_ready_until_kafka_answers_again(
 async def test_a_publish_cancelled_by_a_timeout_counts_as_a_failure(
     cluster: Cluster, publisher: ReconnectingPublisher
 ) -> None:
-    cluster.up = True
-    await publisher.start()
-    await eventually(publisher.is_ready)
+    await connect(cluster, publisher)
 
     async def never(message: OutgoingMessage) -> None:
         await asyncio.Event().wait()
@@ -162,9 +165,7 @@ async def test_a_publish_cancelled_by_a_timeout_counts_as_a_failure(
 async def test_a_message_too_large_says_nothing_about_kafka(
     cluster: Cluster, publisher: ReconnectingPublisher
 ) -> None:
-    cluster.up = True
-    await publisher.start()
-    await eventually(publisher.is_ready)
+    await connect(cluster, publisher)
     cluster.too_large = True
 
     with pytest.raises(MessageSizeTooLargeError):
@@ -193,9 +194,7 @@ async def test_stop_while_connecting_leaves_no_producer_open(
 async def test_kafka_gone_while_idle_is_noticed_by_the_probe_and_recovered_from(
     cluster: Cluster, publisher: ReconnectingPublisher
 ) -> None:
-    cluster.up = True
-    await publisher.start()
-    await eventually(publisher.is_ready)
+    await connect(cluster, publisher)
     connecting = len(cluster.producers)
 
     cluster.up = False
@@ -217,9 +216,7 @@ async def not_ready(publisher: ReconnectingPublisher) -> bool:
 async def test_probes_ask_kafka_only_once_contact_is_not_recent(
     cluster: Cluster, publisher: ReconnectingPublisher
 ) -> None:
-    cluster.up = True
-    await publisher.start()
-    await eventually(publisher.is_ready)
+    await connect(cluster, publisher)
     await asyncio.sleep(0.06)
 
     answers = [await publisher.is_ready() for _ in range(5)]
@@ -237,9 +234,7 @@ async def test_probes_ask_kafka_only_once_contact_is_not_recent(
 async def test_concurrent_probes_share_one_check_and_a_hung_one_is_bounded(
     cluster: Cluster, publisher: ReconnectingPublisher
 ) -> None:
-    cluster.up = True
-    await publisher.start()
-    await eventually(publisher.is_ready)
+    await connect(cluster, publisher)
     await asyncio.sleep(0.06)
     cluster.hangs = True
 
@@ -254,9 +249,7 @@ async def test_concurrent_probes_share_one_check_and_a_hung_one_is_bounded(
 async def test_a_probe_that_gives_up_leaves_the_check_to_finish(
     cluster: Cluster, publisher: ReconnectingPublisher
 ) -> None:
-    cluster.up = True
-    await publisher.start()
-    await eventually(publisher.is_ready)
+    await connect(cluster, publisher)
     await asyncio.sleep(0.06)
     cluster.up = False
 
