@@ -145,3 +145,27 @@ def test_every_service_is_probed_on_its_health_endpoints(service: str) -> None:
     probed = ports[container["readinessProbe"]["httpGet"]["port"]]
     served = env.get("HEALTH_PORT") or env.get("GATEWAY_PORT")
     assert str(probed) == served
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS))
+def test_every_pod_meets_the_restricted_pod_security_standard(service: str) -> None:
+    pod = deployment(service)["spec"]["template"]["spec"]
+    container = pod["containers"][0]["securityContext"]
+
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["capabilities"]["drop"] == ["ALL"]
+
+
+def test_a_deployment_an_autoscaler_scales_fixes_no_replica_count() -> None:
+    scaled = [
+        (name, doc["spec"]["scaleTargetRef"]["name"])
+        for name in MANIFESTS.glob("*.yaml")
+        for doc in documents(name.name)
+        if doc.get("kind") == "HorizontalPodAutoscaler"
+    ]
+
+    assert scaled, "the gateway is autoscaled"
+    for _, target in scaled:
+        assert "replicas" not in deployment(target)["spec"], target
