@@ -257,12 +257,15 @@ class WebhookClient:
             refused = _in_chain(error, UrlRefusedError)
             if refused is not None:
                 return DeliveryResult("refused", _elapsed_ms(started), error=str(refused))
+            # Not the exception type: the transport reports a refused connect as a timeout.
+            closed = _in_chain(error, ConnectionRefusedError)
             return DeliveryResult(
                 "unreachable",
                 _elapsed_ms(started),
-                error=_describe(error, request.auth),
-                # Not the exception type: the transport reports a refused connect as a timeout.
-                timed_out=_in_chain(error, TimeoutError) is not None,
+                error=f"connection refused ({closed})"
+                if closed is not None
+                else _describe(error, request.auth),
+                timed_out=closed is None and _in_chain(error, TimeoutError) is not None,
             )
         latency = _elapsed_ms(started)
         if request.auth is not None:

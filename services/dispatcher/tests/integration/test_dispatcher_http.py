@@ -182,6 +182,8 @@ async def test_a_closed_port_is_unreachable() -> None:
 
     assert result.outcome == "unreachable"
     assert not result.timed_out
+    assert (result.error or "").startswith("connection refused"), "not a timeout: say so"
+    assert "Timeout" not in (result.error or "")
 
 
 async def test_loopback_is_refused_unless_allow_listed(server: LocalServer) -> None:
