@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from webhook_tasks_contracts import TaskMetadata, TaskRequested
+from webhook_tasks_runtime.entry import describe_settings_error
 
 from .config import ConfigurationError, load_config
 from .operations import (
@@ -210,11 +211,11 @@ _OPTION_OF_FIELD = {
 }
 
 
-def _describe_validation(error: ValidationError, *, settings: bool = False) -> str:
+def _describe_validation(error: ValidationError) -> str:
     problems = []
     for item in error.errors(include_url=False, include_input=False):
         field = str(item["loc"][0]) if item["loc"] else ""
-        name = field.upper() if settings else _OPTION_OF_FIELD.get(field, field)
+        name = _OPTION_OF_FIELD.get(field, field)
         message = item["msg"].removeprefix("Value error, ")
         problems.append(f"{name}: {message}" if name else message)
     return "; ".join(problems)
@@ -228,9 +229,7 @@ def main() -> None:
         errors.print(f"error: {error}", markup=False)
         sys.exit(1)
     except ValidationError as error:
-        errors.print(
-            f"error: invalid settings: {_describe_validation(error, settings=True)}", markup=False
-        )
+        errors.print(f"error: invalid settings: {describe_settings_error(error)}", markup=False)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -46,6 +46,12 @@ async def publish_task(config: StackConfig, request: TaskRequested) -> None:
         raise OperationError(
             f"cannot reach Kafka at {config.kafka_bootstrap_servers}: {type(error).__name__}"
         ) from None
+    except ValueError:
+        await producer.stop()
+        raise OperationError(
+            f"KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port], not "
+            f"{config.kafka_bootstrap_servers!r}"
+        ) from None
     try:
         await asyncio.wait_for(
             producer.send_and_wait(
@@ -183,6 +189,12 @@ async def _connect(database_url: str) -> asyncpg.Connection:
         return await asyncpg.connect(database_url, timeout=CONNECT_TIMEOUT_SECONDS)
     except (OSError, asyncpg.PostgresError, TimeoutError) as error:
         raise OperationError(f"cannot reach PostgreSQL: {type(error).__name__}") from None
+    except ValueError:
+        # asyncpg's message may quote part of the URL, password included.
+        raise OperationError(
+            "DATABASE_URL is not a PostgreSQL URL (percent-encode special characters in the "
+            "password)"
+        ) from None
 
 
 def parse_pairs(pairs: list[str], *, option: str) -> dict[str, Any]:

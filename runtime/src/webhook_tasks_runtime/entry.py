@@ -1,0 +1,29 @@
+"""The entry point of a service run as a program: a bad setting is one line, not a traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """Return what is wrong with the settings, a variable at a time, quoting no value."""
+    problems = []
+    for item in error.errors(include_url=False, include_input=False):
+        name = str(item["loc"][0]).upper() if item["loc"] else ""
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{name}: {message}" if name else message)
+    return "; ".join(problems)
+
+
+def run_program(run: Callable[[], None]) -> None:
+    """Call a service's `run`; invalid settings print one line on stderr and exit 1."""
+    try:
+        run()
+    except ValidationError as error:
+        print(f"error: invalid settings: {describe_settings_error(error)}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
