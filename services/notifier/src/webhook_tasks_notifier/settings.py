@@ -13,7 +13,8 @@ class NotifierSettings(DatabaseSettings):
 
     database_schema: str = Field(default="notifier", pattern=SCHEMA_NAME_PATTERN)
     notifier_templates_dir: DirectoryPath | None = None
-    """A folder whose `result.md`, `error.md`, `expired.md`, `progress.md` replace the defaults."""
+    """A folder whose `result.md`, `error.md`, `expired.md`, `progress.md`, `late_result.md`
+    replace the defaults."""
 
     @property
     def consumer_group(self) -> str:
