@@ -80,14 +80,16 @@ async def _store_deadline(
 
 async def finish_task(conn: asyncpg.Connection, correlation_id: str) -> None:
     """Forget a task's deadline and remember that the task is finished."""
+    # The deadline first, then the watched task, as the scanner locks them: the main statement
+    # runs before the others, and locking in the other order deadlocked with a firing deadline.
     await conn.execute(
         """
         WITH finished AS (
             INSERT INTO finished_tasks (correlation_id) VALUES ($1) ON CONFLICT DO NOTHING
-        ), dropped AS (
-            DELETE FROM deadlines WHERE correlation_id = $1
+        ), unwatched AS (
+            DELETE FROM watched_tasks WHERE correlation_id = $1
         )
-        DELETE FROM watched_tasks WHERE correlation_id = $1
+        DELETE FROM deadlines WHERE correlation_id = $1
         """,
         correlation_id,
     )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 from webhook_tasks_contracts import DeadlineReached, Topics, derived_event_id
+from webhook_tasks_expirer import repository
 from webhook_tasks_expirer.repository import deadline_for, start_deadline
 from webhook_tasks_expirer.scanner import DeadlineScanner
 
@@ -232,3 +233,33 @@ async def test_a_later_deadline_does_not_wake_the_loop_early(
         await asyncio.gather(loop, return_exceptions=True)
 
     assert await outbox_events(expirer_pool) == []
+
+
+async def test_a_task_finishing_while_its_deadline_fires_waits_rather_than_deadlocks(
+    expirer_pool: asyncpg.Pool,
+) -> None:
+    now = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    async with expirer_pool.acquire() as conn:
+        await repository.start_deadline(conn, "cid-race", "task-race", now - timedelta(seconds=1))
+    firing = asyncio.Event()
+
+    async def fire() -> None:
+        async with expirer_pool.acquire() as conn, conn.transaction():
+            # take_due_deadlines, held open between its two statements
+            await conn.execute("DELETE FROM deadlines WHERE correlation_id = 'cid-race'")
+            firing.set()
+            await asyncio.sleep(0.5)
+            await conn.execute(
+                "UPDATE watched_tasks SET announced_at = $1 WHERE correlation_id = 'cid-race'", now
+            )
+
+    async def finish() -> None:
+        await firing.wait()
+        async with expirer_pool.acquire() as conn:
+            await repository.finish_task(conn, "cid-race")
+
+    await asyncio.wait_for(asyncio.gather(fire(), finish()), 15)
+
+    async with expirer_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM watched_tasks") == 0
+        assert await conn.fetchval("SELECT count(*) FROM finished_tasks") == 1
