@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from webhook_tasks_contracts import TaskMetadata, TaskRequested
+from webhook_tasks_runtime.embedded import EmbeddedInfrastructureError
 from webhook_tasks_runtime.entry import describe_settings_error
 
 from .config import ConfigurationError, load_config
@@ -225,7 +226,7 @@ def main() -> None:
     """Run the command line; errors become one line on stderr and a non-zero exit."""
     try:
         app()
-    except (OperationError, ConfigurationError) as error:
+    except (OperationError, ConfigurationError, EmbeddedInfrastructureError) as error:
         errors.print(f"error: {error}", markup=False)
         sys.exit(1)
     except ValidationError as error:

