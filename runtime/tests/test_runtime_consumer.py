@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import itertools
 import json
+import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from opentelemetry import trace
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from webhook_tasks_contracts import DeadLetter, Topics
+from webhook_tasks_contracts import DeadLetter, TaskRequested, Topics
 from webhook_tasks_runtime.infra import Infrastructure
 from webhook_tasks_runtime.kafka import (
+    KEPT_VALUE_BYTES,
     ConsumerSpec,
     KafkaPublisher,
     OutgoingMessage,
@@ -234,3 +239,296 @@ def test_the_poll_interval_defaults_to_20_ms_and_is_configurable(
     monkeypatch.setenv("KAFKA_POLL_INTERVAL_MS", "0")
     with pytest.raises(ValidationError, match="kafka_poll_interval_ms"):
         RuntimeSettings(_env_file=None)  # type: ignore[call-arg]
+
+
+async def records_in(
+    infrastructure: Infrastructure, topic: str, *, quiet: float = 1.0, within: float = 10.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Return what `topic` holds: what comes until `quiet` seconds pass without a record."""
+    reader = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=infrastructure.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+    )
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    deadline = time.monotonic() + within
+    await reader.start()
+    try:
+        while time.monotonic() < deadline:
+            batch = await reader.getmany(timeout_ms=int(quiet * 1000))
+            if not batch and records:
+                break
+            records += [record for partition in batch.values() for record in partition]
+    finally:
+        await reader.stop()
+    return records
+
+
+async def wait_until(condition: Callable[[], bool], within: float) -> None:
+    """Return once `condition` holds; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_secrets_of_a_rejected_task_request_are_masked_in_its_dead_letter() -> None:
+    topics = Topics(f"unit-{uuid.uuid4().hex[:8]}")
+    topic = topics.task_requested
+    dead = RecordingPublisher()
+
+    async def never(event: TaskRequested) -> None:
+        raise AssertionError("an invalid event must not reach the handler")
+
+    request = {
+        "taskId": "task-1",
+        "userId": "user-1",
+        "projectId": "project-1",
+        "prompt": "make a video",
+        "followers": "not a list",
+        "taskMetadata": {
+            "isWebhookTask": True,
+            "webhookUrl": "https://service.example/generate",
+            "webhookAuth": "Bearer sk-live-1234",
+            "webhookParams": {"headers": [{"AUTHORIZATION": "Basic c2VjcmV0"}]},
+        },
+        "WEBHOOK_AUTH": {"token": "tok-5678"},
+    }
+    original = json.dumps(request).encode()
+    not_json = b'{"webhookAuth": "Bearer cut-short-9999"'
+    clean = b'{"taskId": "task-2",  "prompt": 3}'
+    broker = KafkaBroker()
+    register_consumer(
+        broker,
+        ConsumerSpec("test", topic, "group", TypeAdapter(TaskRequested), never),
+        dead_letters=dead,
+        topics=topics,
+    )
+    async with TestKafkaBroker(broker) as test_broker:
+        for value in (original, not_json, clean):
+            await test_broker.publish(value, topic)
+
+    masked, kept_as_is, untouched = (
+        DeadLetter.model_validate_json(message.value) for message in dead.messages
+    )
+    for secret in (b"sk-live-1234", b"c2VjcmV0", b"tok-5678"):
+        assert secret not in dead.messages[0].value
+        assert secret not in base64.b64decode(masked.value_base64)
+    assert masked.redacted
+    document = json.loads(base64.b64decode(masked.value_base64))
+    assert document["taskMetadata"]["webhookAuth"] == "**********"
+    assert document["taskMetadata"]["webhookParams"]["headers"] == [{"AUTHORIZATION": "**********"}]
+    assert document["WEBHOOK_AUTH"] == "**********"
+    assert document["followers"] == "not a list"
+    # The size describes the message as received; no digest of it, which would let a weak
+    # secret be guessed offline.
+    assert masked.value_size == len(original)
+    assert masked.value_sha256 is None
+    assert not masked.truncated
+    assert "followers" in masked.reason
+    # Not JSON: nothing to mask, the bytes are kept as they came.
+    assert base64.b64decode(kept_as_is.value_base64) == not_json
+    assert not kept_as_is.redacted
+    assert base64.b64decode(untouched.value_base64) == clean
+    assert not untouched.redacted
+
+
+@pytest.mark.integration
+async def test_a_large_rejected_message_is_dead_lettered_in_part_and_the_next_one_handled(
+    infrastructure: Infrastructure, unique_topics: Topics
+) -> None:
+    topic = unique_topics.task_requested
+    original = json.dumps({"number": "9" * 800_000}).encode()
+    handled: list[Ping] = []
+
+    async def handle(event: Ping) -> None:
+        handled.append(event)
+
+    async with subscribed(
+        infrastructure,
+        unique_topics,
+        "large",
+        topic,
+        handle,
+        retry_delay=0.1,
+        fetch_max_wait_ms=infrastructure.fetch_max_wait_ms,
+    ) as (publisher, broker):
+        await publisher.publish_many(
+            [OutgoingMessage(topic, "k", original), OutgoingMessage(topic, "k", b'{"number": 2}')]
+        )
+        await broker.start()
+        await wait_until(lambda: bool(handled), 10)
+
+    [record] = await records_in(infrastructure, unique_topics.dead_letter(topic))
+    assert len(record.value) < 400_000
+    letter = DeadLetter.model_validate_json(record.value)
+    assert base64.b64decode(letter.value_base64) == original[:KEPT_VALUE_BYTES]
+    assert letter.truncated
+    assert letter.value_size == len(original)
+    assert letter.value_sha256 == hashlib.sha256(original).hexdigest()
+    # The whole original is where the dead letter says, while the topic retains it.
+    source = AIOKafkaConsumer(bootstrap_servers=infrastructure.kafka_bootstrap_servers)
+    await source.start()
+    try:
+        position = TopicPartition(topic, letter.partition)
+        source.assign([position])
+        source.seek(position, letter.offset)
+        fetched = await asyncio.wait_for(source.getone(), 10)
+    finally:
+        await source.stop()
+    assert hashlib.sha256(fetched.value or b"").hexdigest() == letter.value_sha256
+    assert handled == [Ping(number=2)]
+
+
+@pytest.mark.integration
+async def test_a_batch_that_keeps_failing_backs_off_and_dead_letters_its_rejects_once(
+    infrastructure: Infrastructure, unique_topics: Topics
+) -> None:
+    topic = unique_topics.task_requested
+    attempts: list[float] = []
+
+    async def database_down(event: Ping) -> None:
+        attempts.append(time.monotonic())
+        raise ConnectionError("database down")
+
+    async with subscribed(
+        infrastructure,
+        unique_topics,
+        "down",
+        topic,
+        database_down,
+        retry_delay=0.05,
+        max_retry_delay=0.8,
+        fetch_max_wait_ms=infrastructure.fetch_max_wait_ms,
+    ) as (publisher, broker):
+        await publisher.publish_many(
+            [
+                OutgoingMessage(topic, "k", b"not json"),
+                OutgoingMessage(topic, "k", b'{"number": 1}'),
+            ]
+        )
+        await broker.start()
+        await wait_until(lambda: len(attempts) >= 6, 10)
+
+    # Pauses of 0.05, 0.1, 0.2, 0.4 and 0.8 s, each plus a fetch.
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    assert gaps[4] > 0.7
+    assert gaps[4] > 3 * gaps[0]
+    letters = await records_in(infrastructure, unique_topics.dead_letter(topic))
+    assert len(letters) == 1
+
+
+@pytest.mark.integration
+async def test_the_retry_delay_starts_over_after_a_batch_succeeds(
+    infrastructure: Infrastructure, unique_topics: Topics
+) -> None:
+    topic = unique_topics.task_requested
+    attempts: dict[int, list[float]] = {1: [], 2: []}
+    failures_before_success = {1: 4, 2: 1}
+
+    async def flaky(event: Ping) -> None:
+        attempts[event.number].append(time.monotonic())
+        if len(attempts[event.number]) <= failures_before_success[event.number]:
+            raise ConnectionError("database briefly unavailable")
+
+    async with subscribed(
+        infrastructure,
+        unique_topics,
+        "recovers",
+        topic,
+        flaky,
+        retry_delay=0.05,
+        max_retry_delay=1.6,
+        fetch_max_wait_ms=infrastructure.fetch_max_wait_ms,
+    ) as (publisher, broker):
+        await publisher.publish(OutgoingMessage(topic, "k", b'{"number": 1}'))
+        await broker.start()
+        await wait_until(lambda: len(attempts[1]) == 5, 10)
+        await publisher.publish(OutgoingMessage(topic, "k", b'{"number": 2}'))
+        await wait_until(lambda: len(attempts[2]) == 2, 10)
+
+    # Without the reset, event 2 would wait 0.8 s (the delay after event 1's 0.4 s).
+    first, second = attempts[2]
+    assert second - first < 0.5
+
+
+@pytest.mark.integration
+async def test_stopping_does_not_wait_out_a_long_retry_delay(
+    infrastructure: Infrastructure, unique_topics: Topics
+) -> None:
+    topic = unique_topics.task_requested
+    attempted = asyncio.Event()
+
+    async def database_down(event: Ping) -> None:
+        attempted.set()
+        raise ConnectionError("database down")
+
+    async with subscribed(
+        infrastructure,
+        unique_topics,
+        "stops",
+        topic,
+        database_down,
+        retry_delay=30,
+        fetch_max_wait_ms=infrastructure.fetch_max_wait_ms,
+    ) as (publisher, broker):
+        await publisher.publish(OutgoingMessage(topic, "k", b'{"number": 1}'))
+        await broker.start()
+        await asyncio.wait_for(attempted.wait(), 10)
+        await asyncio.sleep(0.2)  # into the 30 s pause
+        started = time.monotonic()
+        await broker.stop()
+        assert time.monotonic() - started < 3
+
+
+@pytest.mark.integration
+async def test_when_one_key_fails_the_other_keys_of_its_batch_stop_before_it_comes_again(
+    infrastructure: Infrastructure, unique_topics: Topics, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = unique_topics.task_requested
+    failures: list[int] = []
+    slow = {"running": 0, "most": 0, "cancelled": 0, "finished": 0}
+
+    async def handle(event: Ping) -> None:
+        if event.number == 1:
+            if not failures:
+                failures.append(1)
+                await asyncio.sleep(0.1)
+                raise ConnectionError("database briefly unavailable")
+            return
+        slow["running"] += 1
+        slow["most"] = max(slow["most"], slow["running"])
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            slow["cancelled"] += 1
+            raise
+        finally:
+            slow["running"] -= 1
+        slow["finished"] += 1
+
+    producer = AIOKafkaProducer(bootstrap_servers=infrastructure.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        # One partition, so both keys come in one batch.
+        await producer.send_and_wait(topic, b'{"number": 1}', key=b"a", partition=0)
+        await producer.send_and_wait(topic, b'{"number": 2}', key=b"b", partition=0)
+    finally:
+        await producer.stop()
+    caplog.set_level(logging.ERROR, logger="webhook_tasks_runtime.kafka")
+    async with subscribed(
+        infrastructure,
+        unique_topics,
+        "cancels",
+        topic,
+        handle,
+        retry_delay=0.05,
+        fetch_max_wait_ms=infrastructure.fetch_max_wait_ms,
+    ) as (_, broker):
+        await broker.start()
+        await wait_until(lambda: slow["finished"] == 1, 10)
+
+    assert slow == {"running": 0, "most": 1, "cancelled": 1, "finished": 1}
+    [failure] = [record for record in caplog.records if record.message.startswith("batch failed")]
+    assert failure.exc_info is not None
+    assert failure.exc_info[0] is ConnectionError

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaConsumer
+from webhook_tasks_contracts import Topics
 from webhook_tasks_runtime.db import create_pool, migrate, runtime_migrations
 from webhook_tasks_runtime.infra import Infrastructure
-from webhook_tasks_runtime.kafka import OutgoingMessage
+from webhook_tasks_runtime.kafka import KafkaPublisher, OutgoingMessage, ensure_topics
 from webhook_tasks_runtime.outbox import OutboxRelay, add_to_outbox
 
 pytestmark = pytest.mark.integration
@@ -97,3 +101,66 @@ async def test_each_message_keeps_its_topic_key_bytes_and_trace(
     await relay.flush()
 
     assert publisher.sent == queued
+
+
+async def values_on(bootstrap: str, topic: str, *, count: int) -> list[bytes]:
+    """Read `topic` from the start until `count` messages came, then a second more for extras."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(values) < count and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            values += [record.value for records in batches.values() for record in records]
+        batches = await consumer.getmany(timeout_ms=1000)
+        values += [record.value for records in batches.values() for record in records]
+    finally:
+        await consumer.stop()
+    return values
+
+
+async def test_a_row_too_large_for_kafka_is_set_aside_and_the_rows_around_it_go_once(
+    infrastructure: Infrastructure,
+    pool: asyncpg.Pool,
+    unique_schema: str,
+    unique_topics: Topics,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bootstrap = infrastructure.kafka_bootstrap_servers
+    topic = unique_topics.task_lifecycle
+    await ensure_topics(bootstrap, [topic])
+    publisher = KafkaPublisher.create(
+        bootstrap,
+        enable_idempotence=infrastructure.supports_idempotent_producer,
+        client_id="outbox-test",
+        max_request_size=64 * 1024,
+    )
+    oversized = b"x" * (128 * 1024)
+    async with pool.acquire() as conn:
+        await add_to_outbox(
+            conn,
+            [
+                OutgoingMessage(topic, "c-1", b"before"),
+                OutgoingMessage(topic, "c-2", oversized),
+                OutgoingMessage(topic, "c-1", b"after"),
+            ],
+        )
+    await publisher.start()
+    try:
+        relay = OutboxRelay(pool, publisher, schema=unique_schema)
+        with caplog.at_level(logging.ERROR, logger="webhook_tasks_runtime.outbox"):
+            assert await relay.flush() == 3
+    finally:
+        await publisher.stop()
+
+    assert await values_on(bootstrap, topic, count=2) == [b"before", b"after"]
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    rejected = await pool.fetch("SELECT topic, key, payload, reason FROM outbox_rejected")
+    assert [(row["topic"], row["key"], row["payload"]) for row in rejected] == [
+        (topic, "c-2", oversized)
+    ]
+    assert "max_request_size" in rejected[0]["reason"]
+    (logged,) = caplog.records
+    assert logged.levelno == logging.ERROR
+    assert (logged.topic, logged.key, logged.size_bytes) == (topic, "c-2", len(oversized))  # type: ignore[attr-defined]

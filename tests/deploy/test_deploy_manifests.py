@@ -13,8 +13,9 @@ from webhook_tasks_cli.main import app
 from webhook_tasks_contracts import Topics
 from webhook_tasks_dispatcher.settings import DispatcherSettings
 from webhook_tasks_expirer.settings import ExpirerSettings
-from webhook_tasks_gateway.settings import GatewaySettings
+from webhook_tasks_gateway.settings import CALLBACK_TOPIC_MAX_MESSAGE_BYTES, GatewaySettings
 from webhook_tasks_notifier.settings import NotifierSettings
+from webhook_tasks_runtime.settings import KAFKA_MAX_MESSAGE_BYTES
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 SETTINGS: dict[str, type[BaseSettings]] = {
@@ -132,6 +133,22 @@ def test_kafka_topics_match_the_contract() -> None:
     names = {doc["metadata"]["name"] for doc in documents("topics.yaml")}
 
     assert names == set(Topics("webhook-tasks").all())
+
+
+def test_topics_a_callback_is_carried_on_take_the_largest_message_the_services_send() -> None:
+    topics = Topics("webhook-tasks")
+    limits = {
+        doc["metadata"]["name"]: int(doc["spec"]["config"].get("max.message.bytes", 0))
+        for doc in documents("topics.yaml")
+    }
+    carried_on = [topics.task_lifecycle, topics.notifications]
+    carried_on += [name for name in topics.all() if name.endswith(".dead-letter")]
+
+    # The services' producers take an event built from a callback the gateway accepted.
+    assert KAFKA_MAX_MESSAGE_BYTES == CALLBACK_TOPIC_MAX_MESSAGE_BYTES
+    assert limits[topics.callback_received] == CALLBACK_TOPIC_MAX_MESSAGE_BYTES
+    for name in carried_on:
+        assert limits[name] >= KAFKA_MAX_MESSAGE_BYTES, name
 
 
 @pytest.mark.parametrize("service", sorted(SETTINGS))

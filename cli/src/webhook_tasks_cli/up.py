@@ -14,10 +14,11 @@ import uuid
 
 from rich.console import Console
 from webhook_tasks_contracts import TaskMetadata, TaskRequested, Topics
-from webhook_tasks_gateway import CALLBACK_TOPIC_MAX_MESSAGE_BYTES
+from webhook_tasks_contracts.topics import DEAD_LETTER_SUFFIX
 from webhook_tasks_runtime.embedded import free_port
 from webhook_tasks_runtime.infra import Infrastructure, start_infrastructure
 from webhook_tasks_runtime.kafka import ensure_topics
+from webhook_tasks_runtime.settings import KAFKA_MAX_MESSAGE_BYTES
 
 from .config import StackConfig, env_flag, remove_stack_file, stack_file, write_stack_file
 from .operations import OperationError, publish_task
@@ -55,13 +56,18 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
     keys = os.environ.get("CALLBACK_TOKEN_KEYS") or _development_key()
     # An explicit setting wins: a Kafka-protocol broker given by URL may lack idempotence too.
     idempotence = env_flag("KAFKA_ENABLE_IDEMPOTENCE", default=infra.supports_idempotent_producer)
-    others = [name for name in topics.all() if name != topics.callback_received]
-    await ensure_topics(infra.kafka_bootstrap_servers, others)
-    # A broker's 1 MiB default would refuse callbacks near the gateway's body limit.
+    # A broker's 1 MiB default would refuse callbacks near the gateway's body limit, and the
+    # events and dead letters that carry them on; the services' producers send as much.
+    large = {topics.callback_received, topics.task_lifecycle, topics.notifications}
+    large |= {name for name in topics.all() if name.endswith(DEAD_LETTER_SUFFIX)}
+    max_message_bytes = os.environ.get("KAFKA_MAX_MESSAGE_BYTES") or str(KAFKA_MAX_MESSAGE_BYTES)
+    await ensure_topics(
+        infra.kafka_bootstrap_servers, [name for name in topics.all() if name not in large]
+    )
     await ensure_topics(
         infra.kafka_bootstrap_servers,
-        [topics.callback_received],
-        configs={"max.message.bytes": str(CALLBACK_TOPIC_MAX_MESSAGE_BYTES)},
+        sorted(large),
+        configs={"max.message.bytes": max_message_bytes},
     )
     options = StackOptions(
         database_url=infra.database_url,

@@ -292,7 +292,12 @@ notification_event_adapter: TypeAdapter[ChatCommentPosted | UserNotified] = Type
 
 
 class DeadLetter(BaseModel):
-    """A message a consumer could not accept, with the reason and the original bytes."""
+    """A message a consumer could not accept, with the reason and what is safe to keep of it.
+
+    The whole original stays at `partition` and `offset` of `source_topic` while the topic
+    retains it; `value_size` and `value_sha256` tell whether a fetched copy is that original.
+    Fields after `value_base64` are absent from dead letters written before they existed.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -303,4 +308,14 @@ class DeadLetter(BaseModel):
     reason: str
     key: str | None
     value_base64: str
+    """The original bytes, or a prefix of them (`truncated`), secrets masked (`redacted`)."""
+    value_size: int | None = None
+    """The size in bytes of the original as received."""
+    value_sha256: str | None = None
+    """The SHA-256 (hex) of the original as received; none when it was `redacted`."""
+    truncated: bool = False
+    """`value_base64` holds only the first part of the (redacted) original."""
+    redacted: bool = False
+    """The original was JSON with secrets (webhookAuth, authorization): their values are
+    masked in `value_base64`, which is then the document re-serialised, not the bytes received."""
     rejected_at: AwareDatetime = Field(default_factory=utc_now)

@@ -2,22 +2,28 @@
 
 A consumer commits its offsets only after its handler has returned for every
 message of a batch; a handler that raises makes the batch come again (after a
-pause), so effects must be idempotent. Messages that can never be accepted
-(not JSON, wrong schema, unknown version) go to `<topic>.dead-letter` with the
-reason and the original bytes, and the consumer moves on.
+pause that doubles while the batch keeps failing), so effects must be idempotent.
+Messages that can never be accepted (not JSON, wrong schema, unknown version) go
+to `<topic>.dead-letter` with the reason and the original bytes (secrets masked,
+at most 256 KiB of them), and the consumer moves on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import json
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from opentelemetry.context import Context, attach, detach
@@ -31,6 +37,19 @@ from .tracing import context_from_headers
 logger = logging.getLogger(__name__)
 
 EventT = TypeVar("EventT", bound=BaseModel)
+HashableT = TypeVar("HashableT", bound=Hashable)
+
+KEPT_VALUE_BYTES = 256 * 1024
+"""A dead letter keeps at most this much of the original: base64 in JSON, it stays far below
+the producer's request limit (1 MiB by default) however large the original was."""
+_KEPT_TEXT_CHARS = 1024
+"""A dead letter keeps at most this much of the original's key and of the reason."""
+_SECRET_KEYS = frozenset({"webhookauth", "webhook_auth", "authorization"})
+"""JSON keys (compared case-insensitively) whose values a dead letter masks."""
+_MASK = "**********"
+_REMEMBERED_DEAD_LETTERS = 10_000
+"""Positions a consumer remembers having dead-lettered: far more than a batch that comes
+again can hold."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,23 +84,35 @@ class MessagePublisher(Protocol):
 class KafkaPublisher:
     """A MessagePublisher on one aiokafka producer, pipelining each batch."""
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+    def __init__(self, producer: AIOKafkaProducer, *, max_request_size: int) -> None:
         self._producer = producer
+        self._max_request_size = max_request_size
 
     @classmethod
     def create(
-        cls, bootstrap_servers: str, *, enable_idempotence: bool, client_id: str, **options: Any
+        cls,
+        bootstrap_servers: str,
+        *,
+        enable_idempotence: bool,
+        client_id: str,
+        max_request_size: int = 1024 * 1024,
+        **options: Any,
     ) -> KafkaPublisher:
-        """Build an unstarted publisher with durable settings; call it inside a running loop."""
+        """Build an unstarted publisher with durable settings; call it inside a running loop.
+
+        `max_request_size` caps each record (aiokafka's default: 1 MiB); the topics written
+        to must allow as much in their max.message.bytes.
+        """
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
             client_id=client_id,
             acks="all",
             enable_idempotence=enable_idempotence,
             linger_ms=options.pop("linger_ms", 2),
+            max_request_size=max_request_size,
             **options,
         )
-        return cls(producer)
+        return cls(producer, max_request_size=max_request_size)
 
     async def start(self) -> None:
         """Connect to the cluster."""
@@ -97,7 +128,14 @@ class KafkaPublisher:
         await self._producer.client.fetch_all_metadata()
 
     async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
-        """Send every message, then wait for all acknowledgements."""
+        """Send every message, then wait for all acknowledgements.
+
+        Raises MessageSizeTooLargeError, having sent none, when one is larger than a record may be.
+        """
+        # aiokafka checks each record as it is sent, after the ones before it are on their way;
+        # checking all first lets a caller retry the rest without sending anything twice.
+        for message in messages:
+            self._check_size(message)
         pending = [
             await self._producer.send(
                 message.topic,
@@ -120,6 +158,19 @@ class KafkaPublisher:
             headers=message.headers,
         )
         await delivery
+
+    def _check_size(self, message: OutgoingMessage) -> None:
+        # The estimate aiokafka's send() compares with max_request_size.
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+            message.key.encode() if message.key is not None else None,
+            message.value,
+            message.headers or [],
+        )
+        if size > self._max_request_size:
+            raise MessageSizeTooLargeError(
+                f"the record is {size} bytes; the producer's max_request_size is "
+                f"{self._max_request_size}"
+            )
 
 
 class BrokerPublisher:
@@ -184,11 +235,17 @@ def register_consumer(
     dead_letters: MessagePublisher,
     topics: Topics,
     retry_delay: float = 1.0,
+    max_retry_delay: float = 30.0,
     fetch_max_wait_ms: int = 500,
     poll_interval_ms: int = 20,
 ) -> None:
     """Subscribe `spec` with dead-lettering, per-key ordering and commit after effects."""
     semaphore = asyncio.Semaphore(spec.concurrency)
+    backoff = _Backoff(retry_delay, max_retry_delay)
+    # A failing batch comes again with the messages it rejected: each goes out once.
+    already_dead_lettered: _Recent[tuple[str, int, int, str | None]] = _Recent(
+        _REMEMBERED_DEAD_LETTERS
+    )
 
     async def handle_in_order(events: list[tuple[Any, Context | None]]) -> None:
         async with semaphore:
@@ -207,7 +264,7 @@ def register_consumer(
     failed = BATCHES_FAILED.labels(spec.name)
     duration = BATCH_SECONDS.labels(spec.name)
 
-    @broker.subscriber(
+    subscriber = broker.subscriber(
         spec.topic,
         group_id=spec.group_id,
         batch=True,
@@ -223,6 +280,8 @@ def register_consumer(
         ack_policy=AckPolicy.NACK_ON_ERROR,
         title=spec.name,
     )
+
+    @subscriber
     async def consume(bodies: list[bytes], message: KafkaMessage) -> None:
         with duration.time():
             await consume_batch(bodies, message)
@@ -230,33 +289,93 @@ def register_consumer(
     async def consume_batch(bodies: list[bytes], message: KafkaMessage) -> None:
         records: Sequence[_Record] = _records_of(message, bodies, spec.topic)
         by_key: dict[bytes | None, list[tuple[Any, Context | None]]] = defaultdict(list)
-        rejected: list[OutgoingMessage] = []
+        rejected: list[DeadLetter] = []
         for record in records:
             try:
                 event = spec.adapter.validate_json(record.value or b"")
             except ValidationError as error:
-                rejected.append(_dead_letter(record, spec.name, _reason(error), topics))
+                rejected.append(_dead_letter(record, spec.name, _reason(error)))
                 continue
             by_key[record.key].append((event, context_from_headers(record.headers)))
+        unsent = [letter for letter in rejected if _position(letter) not in already_dead_lettered]
         try:
-            if rejected:
-                await dead_letters.publish_many(rejected)
+            if unsent:
+                await dead_letters.publish_many([_message_of(letter, topics) for letter in unsent])
+                already_dead_lettered.update(_position(letter) for letter in unsent)
                 logger.warning(
                     "dead-lettered events",
-                    extra={"consumer": spec.name, "count": len(rejected)},
+                    extra={"consumer": spec.name, "count": len(unsent)},
                 )
             # One task's events keep their order; different tasks run concurrently.
-            await asyncio.gather(*(handle_in_order(events) for events in by_key.values()))
+            await _run_all(handle_in_order(events) for events in by_key.values())
             dead_lettered.inc(len(rejected))
             handled.inc(len(records) - len(rejected))
         except Exception:
             failed.inc()
+            delay = backoff.next_delay()
             logger.exception(
                 "batch failed; it will be delivered again",
-                extra={"consumer": spec.name, "records": len(records)},
+                extra={"consumer": spec.name, "records": len(records), "retry_in_seconds": delay},
             )
-            await asyncio.sleep(retry_delay)
+            await pause(delay)
             raise
+        backoff.reset()
+
+    async def pause(seconds: float) -> None:
+        # Stopping waits for the batch in hand: a long back-off must not hold it up, and
+        # nothing but `running` tells that the subscriber is stopping.
+        deadline = time.monotonic() + seconds
+        while subscriber.running and (left := deadline - time.monotonic()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(min(left, 0.1))
+
+
+async def _run_all(calls: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run `calls` concurrently; when one fails, cancel and await the rest, then raise its error."""
+    # Not gather: the others would run on while the failed batch comes again, so one event
+    # would run twice at once and a key's later events could overtake its earlier ones.
+    try:
+        async with asyncio.TaskGroup() as group:
+            for call in calls:
+                group.create_task(call)
+    except BaseExceptionGroup as errors:
+        raise errors.exceptions[0] from None
+
+
+class _Backoff:
+    """Delays that double from `first` up to `longest`, and start over after a success."""
+
+    def __init__(self, first: float, longest: float) -> None:
+        self._first = first
+        self._longest = max(first, longest)
+        self._next = first
+
+    def next_delay(self) -> float:
+        """Return the delay to wait now, and double the next one."""
+        delay = self._next
+        self._next = min(delay * 2, self._longest)
+        return delay
+
+    def reset(self) -> None:
+        """Start over from the first delay."""
+        self._next = self._first
+
+
+class _Recent(Generic[HashableT]):
+    """The last `capacity` items added, for membership tests."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: dict[HashableT, None] = {}
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def update(self, items: Iterable[HashableT]) -> None:
+        """Add `items`, forgetting the oldest beyond the capacity."""
+        for item in items:
+            self._items[item] = None
+        while len(self._items) > self._capacity:
+            del self._items[next(iter(self._items))]
 
 
 def _records_of(message: KafkaMessage, bodies: list[bytes], topic: str) -> Sequence[_Record]:
@@ -289,18 +408,74 @@ def _reason(error: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def _dead_letter(record: _Record, consumer: str, reason: str, topics: Topics) -> OutgoingMessage:
-    key = record.key.decode(errors="replace") if record.key is not None else None
-    letter = DeadLetter(
+def _dead_letter(record: _Record, consumer: str, reason: str) -> DeadLetter:
+    original = record.value or b""
+    kept, redacted = _without_secrets(original)
+    return DeadLetter(
         source_topic=record.topic,
         partition=record.partition,
         offset=record.offset,
         consumer=consumer,
-        reason=reason,
-        key=key,
-        value_base64=base64.b64encode(record.value or b"").decode(),
+        reason=reason[:_KEPT_TEXT_CHARS],
+        key=(
+            record.key.decode(errors="replace")[:_KEPT_TEXT_CHARS]
+            if record.key is not None
+            else None
+        ),
+        value_base64=base64.b64encode(kept[:KEPT_VALUE_BYTES]).decode(),
+        value_size=len(original),
+        # Not of a redacted original: beside the masked copy, it would let a weak secret be
+        # guessed offline.
+        value_sha256=None if redacted else hashlib.sha256(original).hexdigest(),
+        truncated=len(kept) > KEPT_VALUE_BYTES,
+        redacted=redacted,
     )
-    return message_for(topics.dead_letter(record.topic), letter, key=key)
+
+
+def _message_of(letter: DeadLetter, topics: Topics) -> OutgoingMessage:
+    return message_for(topics.dead_letter(letter.source_topic), letter, key=letter.key)
+
+
+def _position(letter: DeadLetter) -> tuple[str, int, int, str]:
+    # With the digest: the in-memory test broker numbers every message 0, and a topic
+    # deleted and created again starts its offsets over.
+    digest = letter.value_sha256 or hashlib.sha256(letter.value_base64.encode()).hexdigest()
+    return (letter.source_topic, letter.partition, letter.offset, digest)
+
+
+def _without_secrets(value: bytes) -> tuple[bytes, bool]:
+    """Return `value` with the values of secret-named JSON keys masked, and whether it had any."""
+    try:
+        document = json.loads(value)
+    except (ValueError, RecursionError):
+        # Not JSON to Python (not JSON at all, cut short, nested too deep, or an integer over
+        # 4300 digits): without keys there is nothing to mask, so the bytes are kept as they
+        # are, secrets included. Searching the raw bytes would not do: a secret can be escaped
+        # or split in ways no pattern reliably finds.
+        return value, False
+    if not _mask_secrets(document):
+        return value, False
+    # ASCII: a string may hold a lone surrogate (valid as a JSON escape), which UTF-8 cannot.
+    return json.dumps(document, separators=(",", ":")).encode(), True
+
+
+def _mask_secrets(document: Any) -> bool:
+    """Mask in place the values of secret-named keys at any depth; return whether there were any."""
+    masked = False
+    # A stack, not recursion: a document json.loads could nest is not too deep to walk.
+    pending = [document]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key.casefold() in _SECRET_KEYS:
+                    node[key] = _MASK
+                    masked = True
+                else:
+                    pending.append(value)
+        elif isinstance(node, list):
+            pending.extend(node)
+    return masked
 
 
 def create_broker(

@@ -3,6 +3,8 @@
 A service adds its events to `outbox` inside the transaction that changes its
 state; the relay publishes committed rows in order and deletes them. A crash
 between commit and publish loses nothing: the rows wait for the next flush.
+A row Kafka will never take (larger than a record may be) is moved to
+`outbox_rejected`, with the reason, so that it does not hold back the rows behind it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import asyncpg
+from aiokafka.errors import MessageSizeTooLargeError
 
 from .kafka import MessagePublisher, OutgoingMessage
 from .observability import OUTBOX_PUBLISHED
@@ -93,13 +96,18 @@ class OutboxRelay:
         self._wakeup.set()
 
     async def flush(self) -> int:
-        """Publish and delete waiting rows until none are left; return how many were sent."""
-        sent = 0
+        """Publish and delete waiting rows until none are left; return how many left the outbox."""
+        done = 0
         while True:
             count = await self._flush_batch()
-            sent += count
+            done += count
             if count < self._batch_size:
-                return sent
+                return done
+
+    async def waiting(self) -> int:
+        """Return how many rows wait to be published."""
+        count: int = await self._pool.fetchval("SELECT count(*) FROM outbox")
+        return count
 
     async def _flush_batch(self) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -112,19 +120,31 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            await self._publisher.publish_many(
-                [
-                    OutgoingMessage(
-                        row["topic"], row["key"], bytes(row["payload"]), row["traceparent"]
-                    )
-                    for row in rows
-                ]
-            )
+            try:
+                await self._publisher.publish_many([_message_of(row) for row in rows])
+                published = len(rows)
+            except MessageSizeTooLargeError:
+                # A row is too large for Kafka, and every attempt would fail the same way: find
+                # it by sending one row at a time. KafkaPublisher checks sizes before it sends
+                # any of a batch, so none goes twice (unless the broker itself refused one).
+                published = await self._publish_singly(conn, rows)
             await conn.execute(
                 "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows]
             )
-        self._published.inc(len(rows))
+        self._published.inc(published)
         return len(rows)
+
+    async def _publish_singly(self, conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> int:
+        """Publish `rows` one at a time, setting aside those too large; return how many went."""
+        published = 0
+        for row in rows:
+            try:
+                await self._publisher.publish_many([_message_of(row)])
+            except MessageSizeTooLargeError as error:
+                await _set_aside(conn, row, str(error))
+            else:
+                published += 1
+        return published
 
     async def run(self) -> None:
         """Flush whenever woken, and every `idle_interval` in case another process wrote rows."""
@@ -140,3 +160,27 @@ class OutboxRelay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._idle_interval)
             self._wakeup.clear()
+
+
+def _message_of(row: asyncpg.Record) -> OutgoingMessage:
+    return OutgoingMessage(row["topic"], row["key"], bytes(row["payload"]), row["traceparent"])
+
+
+async def _set_aside(conn: asyncpg.Connection, row: asyncpg.Record, reason: str) -> None:
+    # Kept for people to look at (and publish by hand once the limits allow it).
+    await conn.execute(
+        "INSERT INTO outbox_rejected (id, topic, key, payload, traceparent, reason, created_at)"
+        " SELECT id, topic, key, payload, traceparent, $2, created_at FROM outbox WHERE id = $1",
+        row["id"],
+        reason,
+    )
+    logger.error(
+        "Kafka refused an outbox row as too large; it is set aside in outbox_rejected",
+        extra={
+            "topic": row["topic"],
+            "key": row["key"],
+            "size_bytes": len(row["payload"]),
+            "outbox_id": row["id"],
+            "reason": reason,
+        },
+    )

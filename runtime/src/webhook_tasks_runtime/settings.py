@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -16,6 +18,18 @@ from webhook_tasks_contracts import (
 from .db import SCHEMA_NAME_PATTERN
 
 Environment = Literal["dev", "test", "production"]
+
+KAFKA_MAX_MESSAGE_BYTES = 1_179_648
+"""The default largest record a service's producer sends (1.125 MiB): the limit of the
+callback-received topic (the gateway's CALLBACK_TOPIC_MAX_MESSAGE_BYTES), so an event carrying a
+callback at the gateway's limits fits. deploy/kubernetes/topics.yaml and `webhook-tasks up` give
+the topics the services publish to the same max.message.bytes; Kafka's default is 1 MiB."""
+
+_DATABASE_URL_ERROR = (
+    "DATABASE_URL cannot be read as postgresql://user:password@host:5432/database; "
+    "percent-encode the characters / ? # @ : % in the user name and password (/ as %2F, # as %23)"
+)
+_HOST_AND_PORT = re.compile(r"(\[[^\]]+\]|[^\[\]:,]+)(:[0-9]*)?")
 
 
 class RuntimeSettings(BaseSettings):
@@ -58,9 +72,43 @@ class DatabaseSettings(RuntimeSettings):
     database_schema: str = Field(pattern=SCHEMA_NAME_PATTERN)
     """The PostgreSQL schema this service owns; each service sets its own default."""
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    kafka_max_message_bytes: int = Field(default=KAFKA_MAX_MESSAGE_BYTES, ge=1024, le=64 * 2**20)
+    """The largest record the producer sends (its max_request_size); the topics it publishes to
+    must allow as much in their max.message.bytes."""
     health_host: str = "0.0.0.0"
     health_port: int | None = Field(default=None, ge=0, le=65535)
     """Where /healthz, /readyz and /metrics are served; unset serves none (local runs, tests)."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _url_parses(cls, value: SecretStr) -> SecretStr:
+        # asyncpg's own errors quote the part of the URL it could not read, often the password.
+        check_database_url(value.get_secret_value())
+        return value
+
+
+def check_database_url(url: str) -> None:
+    """Raise ValueError, quoting nothing of `url`, unless asyncpg reads it as it was meant."""
+    try:
+        # urlparse, as asyncpg does: it splits ";params" off the path too.
+        parts = urllib.parse.urlparse(url)
+        if parts.query:
+            urllib.parse.parse_qs(parts.query, strict_parsing=True)
+    except ValueError:
+        raise ValueError(_DATABASE_URL_ERROR) from None
+    hosts = parts.netloc.rpartition("@")[2]
+    well_formed = (
+        parts.scheme in ("postgresql", "postgres")
+        # A second "@", an "@" past the host or a fragment: an unencoded @ / ? or # in the
+        # password ended it early, and asyncpg would take the rest for a host, port or database.
+        and parts.netloc.count("@") <= 1
+        and "@" not in parts.path + parts.params + parts.query
+        and not parts.fragment
+        # No host means the local server (or ?host=/socket/dir); else host[:port],... as asyncpg.
+        and (not hosts or all(_HOST_AND_PORT.fullmatch(spec) for spec in hosts.split(",")))
+    )
+    if not well_formed:
+        raise ValueError(_DATABASE_URL_ERROR)
 
 
 class CallbackTokenSettings(BaseSettings):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -20,6 +21,12 @@ from .outbox import OutboxRelay
 from .settings import DatabaseSettings
 
 logger = logging.getLogger(__name__)
+
+FINAL_FLUSH_SECONDS = 5.0
+"""How long shutdown may spend publishing what is left in the outbox."""
+KAFKA_REQUEST_TIMEOUT_MS = 10_000
+"""Longest wait for Kafka to acknowledge a record (aiokafka's default: 40 s). While Kafka is away
+records wait this long in the producer, and stopping the producer waits for them."""
 
 
 @dataclass(slots=True)
@@ -49,12 +56,13 @@ async def serve_worker(
     build: Callable[[WorkerResources], Awaitable[WorkerParts]],
     stop: asyncio.Event,
 ) -> None:
-    """Open resources, migrate, consume until `stop` is set, then shut down in order."""
+    """Open resources, migrate, consume until `stop` is set, then shut down in order.
+
+    Whatever was started is stopped, also when a later step of the start fails.
+    """
     schema = settings.database_schema
     async with AsyncExitStack() as stack:
-        pool = await create_pool(
-            settings.database_url.get_secret_value(), schema, max_size=settings.database_pool_size
-        )
+        pool = await _open_pool(settings)
         stack.push_async_callback(pool.close)
         await migrate(pool, schema, runtime_migrations() + migrations)
 
@@ -62,6 +70,8 @@ async def serve_worker(
             settings.kafka_bootstrap_servers,
             enable_idempotence=settings.kafka_enable_idempotence,
             client_id=f"webhook-tasks-{name}",
+            max_request_size=settings.kafka_max_message_bytes,
+            request_timeout_ms=KAFKA_REQUEST_TIMEOUT_MS,
         )
         await publisher.start()
         stack.push_async_callback(publisher.stop)
@@ -82,30 +92,82 @@ async def serve_worker(
                 fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
                 poll_interval_ms=settings.kafka_poll_interval_ms,
             )
-
-        tasks = [asyncio.create_task(relay.run(), name=f"{name}-outbox-relay")]
-        tasks += [
-            asyncio.create_task(loop(), name=f"{name}-{loop.__name__}") for loop in parts.background
-        ]
-        await broker.start()
+        health = None
         if settings.health_port is not None:
             health = HealthServer(
                 host=settings.health_host, port=settings.health_port, ready=_database_answers(pool)
             )
-            await health.start()
+            # Registered before the shutdown below, so it runs after it: probes answer till the end.
             stack.push_async_callback(health.stop)
+        tasks: list[asyncio.Task[None]] = []
+        # Run last to first, each even if one before failed: stop consuming (in-flight batches
+        # finish), stop the relay and the loops, then publish what the outbox still holds.
+        stack.push_async_callback(_drain_outbox, relay)
+        stack.push_async_callback(_cancel, tasks)
+        stack.push_async_callback(broker.stop)
+        stack.callback(logger.info, "service stopping")
+
+        tasks.append(asyncio.create_task(relay.run(), name=f"{name}-outbox-relay"))
+        tasks += [
+            asyncio.create_task(loop(), name=f"{name}-{loop.__name__}") for loop in parts.background
+        ]
+        await broker.start()
+        if health is not None:
+            await health.start()
         logger.info("service started", extra={"schema": schema})
-        try:
-            await _wait_for_stop_or_failure(stop, tasks)
-        finally:
-            logger.info("service stopping")
-            # Stop consuming first (in-flight batches finish), then let the relay drain.
-            await broker.stop()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await relay.flush()
+        await _wait_for_stop_or_failure(stop, tasks)
     logger.info("service stopped")
+
+
+async def _open_pool(settings: DatabaseSettings) -> asyncpg.Pool:
+    url = settings.database_url.get_secret_value()
+    try:
+        return await create_pool(
+            url, settings.database_schema, max_size=settings.database_pool_size
+        )
+    except Exception as error:
+        if not _may_quote_password(error, url):
+            raise
+        # from None: the original, traceback and all, would print what this hides.
+        raise RuntimeError(
+            f"could not connect to PostgreSQL ({type(error).__name__}); the error's text is "
+            "withheld as it may quote DATABASE_URL's password"
+        ) from None
+
+
+def _may_quote_password(error: Exception, url: str) -> bool:
+    if isinstance(error, ValueError):
+        return True  # asyncpg could not read the URL, and quotes the part it could not
+    password = urllib.parse.urlparse(url).password or ""
+    text = str(error)
+    return bool(password) and (password in text or urllib.parse.unquote(password) in text)
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _drain_outbox(relay: OutboxRelay) -> None:
+    try:
+        # Kubernetes kills the pod 30 s after SIGTERM, and Kafka may be away: rows that do not
+        # go now stay in the outbox and are published after the next start.
+        async with asyncio.timeout(FINAL_FLUSH_SECONDS):
+            await relay.flush()
+    except Exception as error:
+        logger.warning(
+            "outbox not drained at shutdown; its rows are published after the next start",
+            extra={"rows": await _rows_waiting(relay), "error": str(error) or type(error).__name__},
+        )
+
+
+async def _rows_waiting(relay: OutboxRelay) -> int | None:
+    try:
+        async with asyncio.timeout(2):
+            return await relay.waiting()
+    except Exception:
+        return None  # PostgreSQL is away too: the count is unknown, the rows are still there
 
 
 async def _wait_for_stop_or_failure(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
