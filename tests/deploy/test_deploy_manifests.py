@@ -13,7 +13,7 @@ from webhook_tasks_cli.main import app
 from webhook_tasks_contracts import Topics
 from webhook_tasks_dispatcher.settings import DispatcherSettings
 from webhook_tasks_expirer.settings import ExpirerSettings
-from webhook_tasks_gateway.settings import CALLBACK_TOPIC_MAX_MESSAGE_BYTES, GatewaySettings
+from webhook_tasks_gateway.settings import GatewaySettings
 from webhook_tasks_notifier.settings import NotifierSettings
 from webhook_tasks_runtime.settings import KAFKA_MAX_MESSAGE_BYTES
 
@@ -144,9 +144,13 @@ def test_topics_a_callback_is_carried_on_take_the_largest_message_the_services_s
     carried_on = [topics.task_lifecycle, topics.notifications]
     carried_on += [name for name in topics.all() if name.endswith(".dead-letter")]
 
-    # The services' producers take an event built from a callback the gateway accepted.
-    assert KAFKA_MAX_MESSAGE_BYTES == CALLBACK_TOPIC_MAX_MESSAGE_BYTES
-    assert limits[topics.callback_received] == CALLBACK_TOPIC_MAX_MESSAGE_BYTES
+    # The gateway's producer sends a callback at its default limits, and the services' producers
+    # an event built from it.
+    gateway = GatewaySettings(
+        kafka_bootstrap_servers="kafka:9092", callback_token_keys="k:" + "x" * 32
+    )
+    assert gateway.kafka_max_request_bytes <= limits[topics.callback_received]
+    assert limits[topics.callback_received] == KAFKA_MAX_MESSAGE_BYTES
     for name in carried_on:
         assert limits[name] >= KAFKA_MAX_MESSAGE_BYTES, name
 

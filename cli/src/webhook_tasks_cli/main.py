@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from webhook_tasks_contracts import TaskMetadata, TaskRequested
 from webhook_tasks_runtime.embedded import EmbeddedInfrastructureError
-from webhook_tasks_runtime.entry import describe_settings_error
+from webhook_tasks_runtime.entry import describe_validation_error
 
 from .config import ConfigurationError, load_config
 from .operations import (
@@ -213,13 +213,7 @@ _OPTION_OF_FIELD = {
 
 
 def _describe_validation(error: ValidationError) -> str:
-    problems = []
-    for item in error.errors(include_url=False, include_input=False):
-        field = str(item["loc"][0]) if item["loc"] else ""
-        name = _OPTION_OF_FIELD.get(field, field)
-        message = item["msg"].removeprefix("Value error, ")
-        problems.append(f"{name}: {message}" if name else message)
-    return "; ".join(problems)
+    return describe_validation_error(error, lambda field: _OPTION_OF_FIELD.get(field, field))
 
 
 def main() -> None:
@@ -230,7 +224,7 @@ def main() -> None:
         errors.print(f"error: {error}", markup=False)
         sys.exit(1)
     except ValidationError as error:
-        errors.print(f"error: invalid settings: {describe_settings_error(error)}", markup=False)
+        errors.print(f"error: invalid settings: {describe_validation_error(error)}", markup=False)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -8,11 +8,13 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 
-def describe_settings_error(error: ValidationError) -> str:
-    """Return what is wrong with the settings, a variable at a time, quoting no value."""
+def describe_validation_error(
+    error: ValidationError, name_of: Callable[[str], str] = str.upper
+) -> str:
+    """Return what is wrong, a field at a time (named by `name_of`), quoting no value."""
     problems = []
     for item in error.errors(include_url=False, include_input=False):
-        name = str(item["loc"][0]).upper() if item["loc"] else ""
+        name = name_of(str(item["loc"][0])) if item["loc"] else ""
         message = item["msg"].removeprefix("Value error, ")
         problems.append(f"{name}: {message}" if name else message)
     return "; ".join(problems)
@@ -23,7 +25,7 @@ def run_program(run: Callable[[], None]) -> None:
     try:
         run()
     except ValidationError as error:
-        print(f"error: invalid settings: {describe_settings_error(error)}", file=sys.stderr)
+        print(f"error: invalid settings: {describe_validation_error(error)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

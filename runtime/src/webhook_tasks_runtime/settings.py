@@ -20,10 +20,10 @@ from .db import SCHEMA_NAME_PATTERN
 Environment = Literal["dev", "test", "production"]
 
 KAFKA_MAX_MESSAGE_BYTES = 1_179_648
-"""The default largest record a service's producer sends (1.125 MiB): the limit of the
-callback-received topic (the gateway's CALLBACK_TOPIC_MAX_MESSAGE_BYTES), so an event carrying a
-callback at the gateway's limits fits. deploy/kubernetes/topics.yaml and `webhook-tasks up` give
-the topics the services publish to the same max.message.bytes; Kafka's default is 1 MiB."""
+"""The default largest record a service's producer sends (1.125 MiB), and the limit of the
+callback-received topic, so an event carrying a callback at the gateway's default limits fits.
+deploy/kubernetes/topics.yaml and `webhook-tasks up` give the topics the services publish to
+the same max.message.bytes; Kafka's default is 1 MiB."""
 
 _DATABASE_URL_ERROR = (
     "DATABASE_URL cannot be read as postgresql://user:password@host:5432/database; "

@@ -2,6 +2,6 @@
 
 from .app import create_app
 from .main import run, serve
-from .settings import CALLBACK_TOPIC_MAX_MESSAGE_BYTES, GatewaySettings
+from .settings import GatewaySettings
 
-__all__ = ["CALLBACK_TOPIC_MAX_MESSAGE_BYTES", "GatewaySettings", "create_app", "run", "serve"]
+__all__ = ["GatewaySettings", "create_app", "run", "serve"]

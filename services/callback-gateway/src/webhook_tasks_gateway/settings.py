@@ -17,9 +17,6 @@ EVENT_ENVELOPE_BYTES = 64 * 1024
 """Room an event needs beyond its callback's body (ids, status, time), with a wide margin."""
 KAFKA_RECORD_OVERHEAD_BYTES = 16 * 1024
 """Room a Kafka record needs beyond its value (key, headers, batch header), with a margin."""
-CALLBACK_TOPIC_MAX_MESSAGE_BYTES = 1_179_648
-"""The callback-received topic's max.message.bytes that the default limits need (1.125 MiB,
-as deploy/kubernetes/topics.yaml sets it); a broker's default is 1 MiB."""
 _ORIGIN = re.compile(r"^https?://[^/\s,]+$")
 
 

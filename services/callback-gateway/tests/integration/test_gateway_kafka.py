@@ -20,10 +20,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import REGISTRY
 from webhook_tasks_contracts import CallbackReceived, Topics
-from webhook_tasks_gateway import CALLBACK_TOPIC_MAX_MESSAGE_BYTES, GatewaySettings, serve
+from webhook_tasks_gateway import GatewaySettings, serve
 from webhook_tasks_runtime.embedded import EmbeddedKafka, free_port
 from webhook_tasks_runtime.infra import Infrastructure
 from webhook_tasks_runtime.kafka import ensure_topics
+from webhook_tasks_runtime.settings import KAFKA_MAX_MESSAGE_BYTES
 
 pytestmark = pytest.mark.integration
 
@@ -178,7 +179,7 @@ async def test_a_body_just_under_the_default_limit_is_accepted_and_on_kafka(
     bootstrap = infrastructure.kafka_bootstrap_servers
     topic = unique_topics.callback_received
     # As deploy/kubernetes/topics.yaml configures it: a broker's default is 1 MiB per message.
-    max_message = str(CALLBACK_TOPIC_MAX_MESSAGE_BYTES)
+    max_message = str(KAFKA_MAX_MESSAGE_BYTES)
     await ensure_topics(bootstrap, [topic], configs={"max.message.bytes": max_message})
     settings = gateway_settings(
         bootstrap,
