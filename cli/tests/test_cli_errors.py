@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
+from .conftest import run
+
 PASSWORD = "Zk3/q9#Lm"
-
-
-def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {
-        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
-    }
-    return subprocess.run(
-        [sys.executable, *args],
-        env={**clean, "XDG_STATE_HOME": "/nonexistent-state", **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.mark.parametrize("url", [f"postgresql://u:{PASSWORD}@db.internal:5432/tasks", "notaurl"])

@@ -6,8 +6,19 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from webhook_tasks_runtime.settings import DatabaseSettings
 
 STACK_FILE_ENV = "WEBHOOK_TASKS_STACK_FILE"
+SCHEMA_ENV_VARS = {
+    "dispatcher": "DISPATCHER_DATABASE_SCHEMA",
+    "expirer": "EXPIRER_DATABASE_SCHEMA",
+    "notifier": "NOTIFIER_DATABASE_SCHEMA",
+}
+"""Each service reads its schema from DATABASE_SCHEMA in its own environment; the CLI reads
+all three services' tables, so it takes each one under the service's name."""
 
 
 class ConfigurationError(RuntimeError):
@@ -25,6 +36,35 @@ class StackConfig:
     topic_prefix: str = "webhook-tasks"
     kafka_enable_idempotence: bool = True
     pid: int | None = None
+
+
+@dataclass(frozen=True)
+class ServiceSchemas:
+    """The PostgreSQL schema each service that owns tables keeps them in."""
+
+    dispatcher: str
+    expirer: str
+    notifier: str
+
+
+def service_schemas(
+    *, dispatcher: str | None = None, expirer: str | None = None, notifier: str | None = None
+) -> ServiceSchemas:
+    """Return each service's schema: as given, else the default that service itself uses."""
+    # Imported here: only `show` and `callback` need them, and every command loads this module.
+    from webhook_tasks_dispatcher.settings import DispatcherSettings
+    from webhook_tasks_expirer.settings import ExpirerSettings
+    from webhook_tasks_notifier.settings import NotifierSettings
+
+    return ServiceSchemas(
+        dispatcher=dispatcher or _default_schema(DispatcherSettings),
+        expirer=expirer or _default_schema(ExpirerSettings),
+        notifier=notifier or _default_schema(NotifierSettings),
+    )
+
+
+def _default_schema(settings: type[DatabaseSettings]) -> str:
+    return str(settings.model_fields["database_schema"].default)
 
 
 def env_flag(name: str, *, default: bool) -> bool:

@@ -15,7 +15,7 @@ from webhook_tasks_contracts import TaskMetadata, TaskRequested
 from webhook_tasks_runtime.embedded import EmbeddedInfrastructureError
 from webhook_tasks_runtime.entry import describe_validation_error
 
-from .config import ConfigurationError, load_config
+from .config import SCHEMA_ENV_VARS, ConfigurationError, load_config, service_schemas
 from .operations import (
     OperationError,
     inspect_tasks,
@@ -33,6 +33,29 @@ app = typer.Typer(
 )
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+DispatcherSchema = Annotated[
+    str | None,
+    typer.Option(
+        envvar=SCHEMA_ENV_VARS["dispatcher"],
+        help="The dispatcher's DATABASE_SCHEMA, where it is not the default.",
+    ),
+]
+ExpirerSchema = Annotated[
+    str | None,
+    typer.Option(
+        envvar=SCHEMA_ENV_VARS["expirer"],
+        help="The expirer's DATABASE_SCHEMA, where it is not the default.",
+    ),
+]
+NotifierSchema = Annotated[
+    str | None,
+    typer.Option(
+        envvar=SCHEMA_ENV_VARS["notifier"],
+        help="The notifier's DATABASE_SCHEMA, where it is not the default.",
+    ),
+]
 
 
 class CallbackStatus(StrEnum):
@@ -164,6 +187,7 @@ def callback(
     callback_url: Annotated[
         str | None, typer.Option(help="Post here instead of minting a URL.")
     ] = None,
+    dispatcher_schema: DispatcherSchema = None,
 ) -> None:
     """Call the gateway back as the external service would."""
     body: dict[str, object] = {"correlationId": correlation_id, "status": status.value}
@@ -179,7 +203,10 @@ def callback(
         if message:
             body["message"] = message
     config = None if callback_url else load_config()
-    answer = asyncio.run(send_callback(config, correlation_id, body, callback_url=callback_url))
+    schemas = service_schemas(dispatcher=dispatcher_schema)
+    answer = asyncio.run(
+        send_callback(config, correlation_id, body, callback_url=callback_url, schemas=schemas)
+    )
     if not answer.accepted:
         raise OperationError(f"gateway answered {answer.status_code}: {answer.explanation}")
     console.print(f"{answer.status_code} accepted")
@@ -188,12 +215,18 @@ def callback(
 @app.command()
 def show(
     task_or_correlation_id: Annotated[str, typer.Argument(help="A task id or a correlation id.")],
+    dispatcher_schema: DispatcherSchema = None,
+    expirer_schema: ExpirerSchema = None,
+    notifier_schema: NotifierSchema = None,
 ) -> None:
     """Print state, timestamps, attempts and chat comments of a task."""
     config = load_config()
     if not config.database_url:
         raise OperationError("show needs DATABASE_URL (or a running `webhook-tasks up`)")
-    reports = asyncio.run(inspect_tasks(config.database_url, task_or_correlation_id))
+    schemas = service_schemas(
+        dispatcher=dispatcher_schema, expirer=expirer_schema, notifier=notifier_schema
+    )
+    reports = asyncio.run(inspect_tasks(config.database_url, task_or_correlation_id, schemas))
     if not reports:
         raise OperationError(f"no task with id or correlation id {task_or_correlation_id!r}")
     render_reports(console, reports)

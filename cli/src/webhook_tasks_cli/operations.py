@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +21,7 @@ from webhook_tasks_contracts import (
     parse_callback_keys,
 )
 
-from .config import StackConfig
+from .config import SCHEMA_ENV_VARS, ServiceSchemas, StackConfig, service_schemas
 
 CONNECT_TIMEOUT_SECONDS = 15.0
 
@@ -94,10 +94,12 @@ async def send_callback(
     body: dict[str, Any],
     *,
     callback_url: str | None = None,
+    schemas: ServiceSchemas | None = None,
 ) -> GatewayAnswer:
     """POST a callback as the external service would: to `callback_url` or a freshly minted one."""
     if callback_url is None:
-        callback_url = await _mint_callback_url(config, correlation_id)
+        dispatcher_schema = (schemas or service_schemas()).dispatcher
+        callback_url = await _mint_callback_url(config, correlation_id, dispatcher_schema)
     try:
         async with httpx.AsyncClient(timeout=CONNECT_TIMEOUT_SECONDS, trust_env=False) as http:
             response = await http.post(callback_url, json=body)
@@ -110,7 +112,9 @@ async def send_callback(
     return GatewayAnswer(response.status_code, parsed)
 
 
-async def _mint_callback_url(config: StackConfig | None, correlation_id: str) -> str:
+async def _mint_callback_url(
+    config: StackConfig | None, correlation_id: str, dispatcher_schema: str
+) -> str:
     if config is None or not config.gateway_url or not config.callback_token_keys:
         raise OperationError(
             "to call back without --callback-url, set PUBLIC_CALLBACK_BASE_URL and "
@@ -118,10 +122,8 @@ async def _mint_callback_url(config: StackConfig | None, correlation_id: str) ->
         )
     if config.database_url:
         # Holding the key, we could mint a URL for any id; say so plainly when it is unknown.
-        known = await _fetch(
-            config.database_url,
-            "SELECT 1 FROM dispatcher.tasks WHERE correlation_id = $1",
-            correlation_id,
+        known = await _is_known_correlation_id(
+            config.database_url, dispatcher_schema, correlation_id
         )
         if not known:
             raise OperationError(f"unknown correlation id {correlation_id!r}")
@@ -144,24 +146,28 @@ class TaskReport:
     notifications: list[Any]
 
 
-async def inspect_tasks(database_url: str, task_or_correlation_id: str) -> list[TaskReport]:
+async def inspect_tasks(
+    database_url: str, task_or_correlation_id: str, schemas: ServiceSchemas | None = None
+) -> list[TaskReport]:
     """Return state, timestamps, attempts, history and comments of matching tasks."""
     from webhook_tasks_dispatcher import repository as dispatcher_repository
     from webhook_tasks_expirer import repository as expirer_repository
     from webhook_tasks_notifier import repository as notifier_repository
 
+    schemas = schemas or service_schemas()
     conn = await _connect(database_url)
     try:
-        await conn.execute("SET search_path TO dispatcher")
+        await _require_schemas(conn, asdict(schemas))
+        await _use_schema(conn, schemas.dispatcher)
         tasks = await dispatcher_repository.find_tasks(conn, task_or_correlation_id)
         reports = []
         for task in tasks:
-            await conn.execute("SET search_path TO dispatcher")
+            await _use_schema(conn, schemas.dispatcher)
             attempts = await dispatcher_repository.attempts_for(conn, task.correlation_id)
             history = await dispatcher_repository.history_for(conn, task.correlation_id)
-            await conn.execute("SET search_path TO expirer")
+            await _use_schema(conn, schemas.expirer)
             deadline = await expirer_repository.deadline_for(conn, task.correlation_id)
-            await conn.execute("SET search_path TO notifier")
+            await _use_schema(conn, schemas.notifier)
             comments = await notifier_repository.comments_for(conn, [task.correlation_id])
             notifications = await notifier_repository.notifications_for(conn, [task.correlation_id])
             reports.append(TaskReport(task, attempts, history, deadline, comments, notifications))
@@ -174,14 +180,47 @@ async def inspect_tasks(database_url: str, task_or_correlation_id: str) -> list[
         await conn.close()
 
 
-async def _fetch(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+async def _is_known_correlation_id(
+    database_url: str, dispatcher_schema: str, correlation_id: str
+) -> bool:
     conn = await _connect(database_url)
     try:
-        return list(await conn.fetch(query, *args))
+        await _require_schemas(conn, {"dispatcher": dispatcher_schema})
+        await _use_schema(conn, dispatcher_schema)
+        return bool(
+            await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM tasks WHERE correlation_id = $1)", correlation_id
+            )
+        )
     except asyncpg.UndefinedTableError:
-        return []
+        return False
     finally:
         await conn.close()
+
+
+async def _require_schemas(conn: asyncpg.Connection, schema_of_service: dict[str, str]) -> None:
+    """Refuse a schema the database lacks, naming the setting that chose it."""
+    # Without this, a mistyped schema reads as "no such task" or "no tables yet".
+    present = {
+        row["nspname"]
+        for row in await conn.fetch(
+            "SELECT nspname FROM pg_namespace WHERE nspname = ANY($1::text[])",
+            list(schema_of_service.values()),
+        )
+    }
+    for service, schema in schema_of_service.items():
+        if schema not in present:
+            raise OperationError(
+                f"the database has no schema {schema!r} for the {service}: start the services "
+                f"first, or set --{service}-schema ({SCHEMA_ENV_VARS[service]}) to the "
+                f"{service}'s DATABASE_SCHEMA"
+            )
+
+
+async def _use_schema(conn: asyncpg.Connection, schema: str) -> None:
+    """Make unqualified table names refer to `schema`."""
+    # An identifier cannot be a bound parameter: the server's quote_ident quotes it instead.
+    await conn.execute("SELECT set_config('search_path', quote_ident($1), false)", schema)
 
 
 async def _connect(database_url: str) -> asyncpg.Connection:
