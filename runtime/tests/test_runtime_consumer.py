@@ -308,7 +308,7 @@ async def test_secrets_of_a_rejected_task_request_are_masked_in_its_dead_letter(
         for value in (original, not_json, clean):
             await test_broker.publish(value, topic)
 
-    masked, kept_as_is, untouched = (
+    masked, left_out, untouched = (
         DeadLetter.model_validate_json(message.value) for message in dead.messages
     )
     for secret in (b"sk-live-1234", b"c2VjcmV0", b"tok-5678"):
@@ -326,11 +326,109 @@ async def test_secrets_of_a_rejected_task_request_are_masked_in_its_dead_letter(
     assert masked.value_sha256 is None
     assert not masked.truncated
     assert "followers" in masked.reason
-    # Not JSON: nothing to mask, the bytes are kept as they came.
-    assert base64.b64decode(kept_as_is.value_base64) == not_json
-    assert not kept_as_is.redacted
+    # Not JSON, so nothing to mask: the bytes are left out, their size kept.
+    assert b"cut-short-9999" not in dead.messages[1].value
+    assert left_out.value_base64 == ""
+    assert left_out.redacted
+    assert left_out.value_size == len(not_json)
     assert base64.b64decode(untouched.value_base64) == clean
     assert not untouched.redacted
+
+
+async def dead_letters_of(*values: bytes) -> list[tuple[bytes, DeadLetter]]:
+    """Reject `values` as task requests in memory; return each dead letter, as sent and parsed."""
+    topics = Topics(f"unit-{uuid.uuid4().hex[:8]}")
+    dead = RecordingPublisher()
+
+    async def never(event: TaskRequested) -> None:
+        raise AssertionError("an invalid event must not reach the handler")
+
+    broker = KafkaBroker()
+    register_consumer(
+        broker,
+        ConsumerSpec("test", topics.task_requested, "group", TypeAdapter(TaskRequested), never),
+        dead_letters=dead,
+        topics=topics,
+    )
+    async with TestKafkaBroker(broker) as test_broker:
+        for value in values:
+            await test_broker.publish(value, topics.task_requested)
+    return [
+        (message.value, DeadLetter.model_validate_json(message.value)) for message in dead.messages
+    ]
+
+
+TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
+TOO_LONG_AN_INTEGER = b"1" * 5000
+
+
+@pytest.mark.parametrize(
+    "original",
+    [
+        pytest.param(
+            b'{"taskId": "t-1", "webhookAuth": "tok-secret", "prompt": "a vid', id="cut-short"
+        ),
+        pytest.param(b'{"taskMetadata": {"webhook\\u0041uth": "tok-secret"', id="escaped-letter"),
+        pytest.param(b'{"\\u0061\\u0055THORIZATION": "tok-secret", "p', id="all-escaped-any-case"),
+        pytest.param(b'{"WEBHOOK\\u005fAUTH": "tok-secret", "p', id="escaped-underscore"),
+        pytest.param(
+            b'{"authorization": "tok-secret", "nested": ' + TOO_DEEP + b"}", id="nested-too-deep"
+        ),
+        pytest.param(
+            b'{"number": ' + TOO_LONG_AN_INTEGER + b', "Authorization": "tok-secret"}',
+            id="integer-too-long",
+        ),
+        pytest.param(b'{"webhookAuth": "tok-secret", "prompt": "caf\xe9"}', id="not-utf-8"),
+        pytest.param(b'{"webhook\xffAuth": "tok-secret"}', id="not-utf-8-inside-the-name"),
+        pytest.param('{"webhookAuth": "tok-secret"'.encode("utf-16-le"), id="utf-16-cut-short"),
+        pytest.param(b"POST /generate\r\nX-Token: Bearer tok-secret\r\n", id="bearer-token"),
+        pytest.param(b'{"prompt": "use bearer\\ttok-secret"', id="bearer-escaped-tab"),
+        pytest.param(b"C:\\bearer tok-secret", id="bearer-after-a-backslash"),
+        pytest.param(b"AUTHORIZATION: Basic tok-secret", id="authorization-header"),
+    ],
+)
+async def test_an_unparsable_original_that_may_hold_a_secret_is_left_out(original: bytes) -> None:
+    [(sent, letter)] = await dead_letters_of(original)
+
+    assert b"tok-secret" not in sent
+    assert letter.value_base64 == ""
+    assert letter.redacted
+    assert not letter.truncated
+    # Enough to find the original on the source topic, no digest to guess the secret from.
+    assert letter.value_size == len(original)
+    assert letter.value_sha256 is None
+    assert (letter.partition, letter.offset) == (0, 0)
+
+
+async def test_unparsable_originals_left_out_at_the_same_position_are_each_dead_lettered() -> None:
+    first = b'{"webhookAuth": "tok-first"'
+    second = b'{"webhookAuth": "tok-second"'
+
+    letters = [letter for _, letter in await dead_letters_of(first, second)]
+
+    # The in-memory broker numbers both 0, and both dead letters are alike but for their size.
+    assert [letter.value_size for letter in letters] == [len(first), len(second)]
+    assert all(letter.redacted and letter.value_base64 == "" for letter in letters)
+
+
+@pytest.mark.parametrize(
+    "original",
+    [
+        pytest.param(b"not json at all", id="not-json"),
+        pytest.param(b'{"taskId": "t-1", "prompt": "a vid', id="cut-short"),
+        pytest.param(b'{"prompt": "caf\xe9 au lait"}', id="not-utf-8"),
+        pytest.param(b'{"prompt": "who is the bearer?", "nested": ' + TOO_DEEP + b"}", id="deep"),
+        pytest.param(b'{"webhookUrl": "https://service.example/auth"', id="near-names"),
+    ],
+)
+async def test_an_unparsable_original_without_anything_secret_is_kept_as_it_came(
+    original: bytes,
+) -> None:
+    [(_, letter)] = await dead_letters_of(original)
+
+    assert base64.b64decode(letter.value_base64) == original
+    assert not letter.redacted
+    assert letter.value_sha256 == hashlib.sha256(original).hexdigest()
 
 
 @pytest.mark.integration

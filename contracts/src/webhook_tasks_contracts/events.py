@@ -316,6 +316,8 @@ class DeadLetter(BaseModel):
     truncated: bool = False
     """`value_base64` holds only the first part of the (redacted) original."""
     redacted: bool = False
-    """The original was JSON with secrets (webhookAuth, authorization): their values are
-    masked in `value_base64`, which is then the document re-serialised, not the bytes received."""
+    """The original held secrets, or may have. JSON with webhookAuth or authorization keys has
+    their values masked in `value_base64`, which is then the document re-serialised, not the
+    bytes received. An original that is not JSON but names such a key or holds a bearer token
+    is left out: `value_base64` is empty while `value_size` is not 0."""
     rejected_at: AwareDatetime = Field(default_factory=utc_now)

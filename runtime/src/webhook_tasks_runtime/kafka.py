@@ -4,8 +4,10 @@ A consumer commits its offsets only after its handler has returned for every
 message of a batch; a handler that raises makes the batch come again (after a
 pause that doubles while the batch keeps failing), so effects must be idempotent.
 Messages that can never be accepted (not JSON, wrong schema, unknown version) go
-to `<topic>.dead-letter` with the reason and the original bytes (secrets masked,
-at most 256 KiB of them), and the consumer moves on.
+to `<topic>.dead-letter` with the reason and the original bytes (at most 256 KiB of
+them), and the consumer moves on. No secret goes with them: in JSON the values of
+secret-named keys are masked, and bytes that are not JSON but may hold a secret (a
+secret key name, escaped or not, or a bearer token) are left out, only their size kept.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Mapping, Sequence
@@ -45,8 +48,14 @@ the producer's request limit (1 MiB by default) however large the original was."
 _KEPT_TEXT_CHARS = 1024
 """A dead letter keeps at most this much of the original's key and of the reason."""
 _SECRET_KEYS = frozenset({"webhookauth", "webhook_auth", "authorization"})
-"""JSON keys (compared case-insensitively) whose values a dead letter masks."""
+"""JSON keys (compared case-insensitively) whose values a dead letter masks; named anywhere in
+an original that is not JSON, they make the dead letter leave it out."""
 _MASK = "**********"
+_JSON_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|(.))", re.DOTALL)
+"""A JSON escape: a backslash and `uXXXX` or one character."""
+_ESCAPED_CONTROLS = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+_BEARER_TOKEN = re.compile(r"bearer\s+[\w.~+/-]")
+"""A bearer credential (RFC 6750) in casefolded text, as an Authorization header value has it."""
 _REMEMBERED_DEAD_LETTERS = 10_000
 """Positions a consumer remembers having dead-lettered: far more than a batch that comes
 again can hold."""
@@ -223,6 +232,10 @@ class _Record(Protocol):
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
+_Position = tuple[str, int, int, str]
+"""A record's topic, partition, offset and the SHA-256 of its value."""
+
+
 async def _raw_bodies(message: Any) -> Any:
     # Keep the bytes: the consumer validates them itself so it can dead-letter what fails.
     return message.body
@@ -243,9 +256,7 @@ def register_consumer(
     semaphore = asyncio.Semaphore(spec.concurrency)
     backoff = _Backoff(retry_delay, max_retry_delay)
     # A failing batch comes again with the messages it rejected: each goes out once.
-    already_dead_lettered: _Recent[tuple[str, int, int, str | None]] = _Recent(
-        _REMEMBERED_DEAD_LETTERS
-    )
+    already_dead_lettered: _Recent[_Position] = _Recent(_REMEMBERED_DEAD_LETTERS)
 
     async def handle_in_order(events: list[tuple[Any, Context | None]]) -> None:
         async with semaphore:
@@ -289,19 +300,26 @@ def register_consumer(
     async def consume_batch(bodies: list[bytes], message: KafkaMessage) -> None:
         records: Sequence[_Record] = _records_of(message, bodies, spec.topic)
         by_key: dict[bytes | None, list[tuple[Any, Context | None]]] = defaultdict(list)
-        rejected: list[DeadLetter] = []
+        rejected: list[tuple[_Position, DeadLetter]] = []
         for record in records:
             try:
                 event = spec.adapter.validate_json(record.value or b"")
             except ValidationError as error:
-                rejected.append(_dead_letter(record, spec.name, _reason(error)))
+                letter = _dead_letter(record, spec.name, _reason(error))
+                rejected.append((_position(record), letter))
                 continue
             by_key[record.key].append((event, context_from_headers(record.headers)))
-        unsent = [letter for letter in rejected if _position(letter) not in already_dead_lettered]
+        unsent = [
+            (position, letter)
+            for position, letter in rejected
+            if position not in already_dead_lettered
+        ]
         try:
             if unsent:
-                await dead_letters.publish_many([_message_of(letter, topics) for letter in unsent])
-                already_dead_lettered.update(_position(letter) for letter in unsent)
+                await dead_letters.publish_many(
+                    [_message_of(letter, topics) for _, letter in unsent]
+                )
+                already_dead_lettered.update(position for position, _ in unsent)
                 logger.warning(
                     "dead-lettered events",
                     extra={"consumer": spec.name, "count": len(unsent)},
@@ -436,27 +454,59 @@ def _message_of(letter: DeadLetter, topics: Topics) -> OutgoingMessage:
     return message_for(topics.dead_letter(letter.source_topic), letter, key=letter.key)
 
 
-def _position(letter: DeadLetter) -> tuple[str, int, int, str]:
+def _position(record: _Record) -> _Position:
     # With the digest: the in-memory test broker numbers every message 0, and a topic
-    # deleted and created again starts its offsets over.
-    digest = letter.value_sha256 or hashlib.sha256(letter.value_base64.encode()).hexdigest()
-    return (letter.source_topic, letter.partition, letter.offset, digest)
+    # deleted and created again starts its offsets over. Of the original, not of the dead
+    # letter: dead letters that left out what they hide all look alike, and this one stays
+    # in memory.
+    digest = hashlib.sha256(record.value or b"").hexdigest()
+    return (record.topic, record.partition, record.offset, digest)
 
 
 def _without_secrets(value: bytes) -> tuple[bytes, bool]:
-    """Return `value` with the values of secret-named JSON keys masked, and whether it had any."""
+    """Return what a dead letter may keep of `value`, and whether secrets were hidden.
+
+    JSON keeps everything but the values of secret-named keys, masked at any depth. Bytes
+    that are not JSON are kept as they are unless they may hold a secret: a secret key name
+    anywhere, in any case, read with or without undoing JSON escapes, or `Bearer` and a
+    token. Then none of them is kept: in bytes no parser can read, where a secret ends
+    cannot be told, so dropping them all is the only masking that cannot miss.
+    """
     try:
         document = json.loads(value)
     except (ValueError, RecursionError):
-        # Not JSON to Python (not JSON at all, cut short, nested too deep, or an integer over
-        # 4300 digits): without keys there is nothing to mask, so the bytes are kept as they
-        # are, secrets included. Searching the raw bytes would not do: a secret can be escaped
-        # or split in ways no pattern reliably finds.
+        # Not JSON to Python (not JSON at all, cut short, nested too deep, an integer over
+        # 4300 digits, or not UTF-8): without keys, a secret cannot be told from what
+        # surrounds it, so a search that matches more than it must decides. A false match
+        # only costs the copy here: the original stays on the source topic.
+        if _may_hold_secret(value):
+            return b"", True
         return value, False
     if not _mask_secrets(document):
         return value, False
     # ASCII: a string may hold a lone surrogate (valid as a JSON escape), which UTF-8 cannot.
     return json.dumps(document, separators=(",", ":")).encode(), True
+
+
+def _may_hold_secret(value: bytes) -> bool:
+    """Tell whether unparsed bytes name a secret key or hold a bearer token, however written."""
+    # Without NULs, ASCII in UTF-16 or UTF-32 (which json.loads also reads) reads as ASCII;
+    # bytes that are not UTF-8 are skipped, so they cannot split a name.
+    text = value.replace(b"\0", b"").decode(errors="ignore")
+    # Both readings: undoing escapes could also break up a name that is not escaped.
+    readings = (text.casefold(), _JSON_ESCAPE.sub(_unescaped, text).casefold())
+    return any(
+        any(name in reading for name in _SECRET_KEYS) or _BEARER_TOKEN.search(reading)
+        for reading in readings
+    )
+
+
+def _unescaped(escape: re.Match[str]) -> str:
+    """Return the character a JSON escape stands for (any other character for itself)."""
+    code, character = escape.groups()
+    if code is not None:
+        return chr(int(code, 16))
+    return _ESCAPED_CONTROLS.get(character, character)
 
 
 def _mask_secrets(document: Any) -> bool:
