@@ -11,6 +11,11 @@ from webhook_tasks_runtime.kafka import ConsumerSpec
 from .service import Dispatcher
 
 
+def callback_group(topics: Topics) -> str:
+    """Return the group id of the dispatcher's consumer of callbacks."""
+    return f"{topics.prefix}.dispatcher.callback-received"
+
+
 def consumers(dispatcher: Dispatcher, topics: Topics) -> list[ConsumerSpec[Any]]:
     """Return the dispatcher's three consumers."""
     group = f"{topics.prefix}.dispatcher"
@@ -26,7 +31,7 @@ def consumers(dispatcher: Dispatcher, topics: Topics) -> list[ConsumerSpec[Any]]
         ConsumerSpec(
             name="dispatcher.callback-received",
             topic=topics.callback_received,
-            group_id=f"{group}.callback-received",
+            group_id=callback_group(topics),
             adapter=TypeAdapter(CallbackReceived),
             handle=dispatcher.apply_callback,
             correlation_of=lambda event: event.correlation_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from webhook_tasks_runtime.catch_up import GroupCatchUp
 from webhook_tasks_runtime.db import load_migrations
 from webhook_tasks_runtime.logging import configure_logging
 from webhook_tasks_runtime.tracing import create_tracer_provider
@@ -16,7 +17,7 @@ from webhook_tasks_runtime.worker import (
 )
 
 from .client import WebhookClient, create_transport
-from .handlers import consumers
+from .handlers import callback_group, consumers
 from .service import Dispatcher
 from .settings import DispatcherSettings
 
@@ -35,6 +36,15 @@ async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
             max_connections_per_host=settings.max_connections_per_host,
         )
         resources.exit_stack.push_async_callback(transport.aclose)
+        callbacks_caught_up = GroupCatchUp(
+            settings.kafka_bootstrap_servers,
+            topic=settings.topics.callback_received,
+            group_id=callback_group(settings.topics),
+            client_id="webhook-tasks-dispatcher",
+            timeout=settings.deadline_wait_for_callbacks_seconds,
+        )
+        await callbacks_caught_up.start()
+        resources.exit_stack.push_async_callback(callbacks_caught_up.stop)
         dispatcher = Dispatcher(
             pool=resources.pool,
             webhooks=WebhookClient(
@@ -55,6 +65,7 @@ async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
             sealer=settings.request_sealer(),
             tracer=tracing.get_tracer(__name__) if tracing is not None else None,
             max_in_flight=settings.sender_max_in_flight,
+            callbacks_caught_up=callbacks_caught_up,
         )
 
         async def send_due_requests() -> None:

@@ -40,6 +40,7 @@ from webhook_tasks_contracts import (
     derived_event_id,
     utc_now,
 )
+from webhook_tasks_runtime.catch_up import CatchUp, NoCatchUp
 from webhook_tasks_runtime.logging import correlation_context
 from webhook_tasks_runtime.outbox import add_events_to_outbox
 from webhook_tasks_runtime.tracing import context_from_traceparent, trace_headers, traceparent_of
@@ -82,6 +83,7 @@ class Dispatcher:
         sealer: RequestSealer,
         tracer: Tracer | None = None,
         max_in_flight: int = 256,
+        callbacks_caught_up: CatchUp | None = None,
     ) -> None:
         self._pool = pool
         self._webhooks = webhooks
@@ -96,6 +98,9 @@ class Dispatcher:
         self._signing = signing or SigningKeys({})
         self._tracer = tracer
         self._sealer = sealer
+        # Callbacks and deadlines come on separate topics: a deadline waits for the callbacks
+        # accepted before it, however far their consumer lags, so that they win as they should.
+        self._callbacks_caught_up = callbacks_caught_up or NoCatchUp()
         self._due = asyncio.Event()
         # Requests being sent, by consumers and the sender alike: at most `max_in_flight`.
         self._max_in_flight = max_in_flight
@@ -640,7 +645,10 @@ class Dispatcher:
         logger.info("late result recorded", extra={"shown": row is not None})
 
     async def apply_deadline(self, deadline: DeadlineReached) -> None:
-        """Expire the task if it is still open and its deadline has not moved since."""
+        """Expire the task if still open and unmoved after the callbacks accepted before it."""
+        await self._callbacks_caught_up.wait(
+            deadline.correlation_id, deadline.deadline_at.timestamp()
+        )
         started = time.time_ns()
         now = self._clock()
         kind = "deadline"

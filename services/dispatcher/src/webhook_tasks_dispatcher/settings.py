@@ -45,6 +45,9 @@ class DispatcherSettings(DatabaseSettings, CallbackTokenSettings):
     sender_poll_interval: float = Field(default=1.0, gt=0)
     sender_max_in_flight: int = Field(default=256, ge=1)
     """Requests being sent at once: new tasks' and retries' together."""
+    deadline_wait_for_callbacks_seconds: float = Field(default=30.0, gt=0)
+    """How long a deadline waits for the callbacks accepted before it to be applied, before its
+    batch fails and comes again."""
     shutdown_grace_seconds: float = Field(default=5.0, ge=0)
     """On SIGTERM, how long requests being sent may take to finish before they are handed back."""
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ from webhook_tasks_dispatcher.guard import UrlGuard
 from webhook_tasks_dispatcher.retry import RetryPolicy
 from webhook_tasks_dispatcher.sealing import RequestSealer
 from webhook_tasks_dispatcher.service import Dispatcher
+from webhook_tasks_dispatcher.settings import DispatcherSettings
 from webhook_tasks_runtime.db import create_pool, load_migrations, migrate, runtime_migrations
 from webhook_tasks_runtime.infra import Infrastructure
 
@@ -168,3 +172,49 @@ async def server() -> AsyncIterator[LocalServer]:
         yield holder["server"]
     finally:
         await runner.cleanup()
+
+
+# The first consumer-group join on the embedded broker takes seconds; waits end early.
+GENEROUS_WAIT = 90.0
+
+
+def settings_for(
+    infrastructure: Infrastructure, schema: str, topics: Topics, **overrides: Any
+) -> DispatcherSettings:
+    """Return settings for the real service on the test infrastructure, with `overrides`."""
+    defaults: dict[str, Any] = {
+        "outbound_allowlist": "127.0.0.1/32",
+        "retry_schedule": "0.3",
+        "retry_max_attempts": 100,
+        "circuit_failure_threshold": 1000,
+        "request_timeout_seconds": 5,
+        "sender_poll_interval": 0.1,
+        "log_level": "DEBUG",
+    }
+    return DispatcherSettings(
+        database_url=infrastructure.database_url,  # type: ignore[arg-type]
+        database_schema=schema,
+        kafka_bootstrap_servers=infrastructure.kafka_bootstrap_servers,
+        kafka_enable_idempotence=infrastructure.supports_idempotent_producer,
+        topic_prefix=topics.prefix,
+        callback_token_keys=f"t:base64:{base64.b64encode(os.urandom(32)).decode()}",  # type: ignore[arg-type]
+        public_callback_base_url="http://gateway.invalid",
+        environment="test",
+        **(defaults | overrides),
+    )
+
+
+async def wait_until(
+    pool: asyncpg.Pool, query: str, accept: object, service: asyncio.Task[None]
+) -> None:
+    """Wait until `query`'s value is accepted, failing if the service stops first."""
+    async with asyncio.timeout(GENEROUS_WAIT):
+        while True:
+            assert not service.done(), "the dispatcher stopped"
+            try:
+                value = await pool.fetchval(query)
+            except asyncpg.UndefinedTableError:
+                value = None  # not migrated yet
+            if value is not None and accept(value):  # type: ignore[operator]
+                return
+            await asyncio.sleep(0.1)

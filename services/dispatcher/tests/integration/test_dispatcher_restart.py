@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import os
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -22,64 +19,15 @@ from webhook_tasks_contracts import (
     lifecycle_event_adapter,
 )
 from webhook_tasks_dispatcher.main import serve
-from webhook_tasks_dispatcher.settings import DispatcherSettings
-from webhook_tasks_runtime.db import create_pool
 from webhook_tasks_runtime.infra import Infrastructure
 from webhook_tasks_runtime.kafka import ensure_topics
 
-from .conftest import LocalServer
+from .conftest import GENEROUS_WAIT, LocalServer, settings_for, wait_until
 
 pytestmark = pytest.mark.integration
 
 SECRET = "Bearer restart-test-" + uuid.uuid4().hex
 TASKS = 5
-# The first consumer-group join on the embedded broker takes seconds; waits end early.
-GENEROUS_WAIT = 90.0
-
-
-def settings_for(infrastructure: Infrastructure, schema: str, topics: Topics) -> DispatcherSettings:
-    return DispatcherSettings(
-        database_url=infrastructure.database_url,  # type: ignore[arg-type]
-        database_schema=schema,
-        kafka_bootstrap_servers=infrastructure.kafka_bootstrap_servers,
-        kafka_enable_idempotence=infrastructure.supports_idempotent_producer,
-        topic_prefix=topics.prefix,
-        callback_token_keys=f"t:base64:{base64.b64encode(os.urandom(32)).decode()}",  # type: ignore[arg-type]
-        public_callback_base_url="http://gateway.invalid",
-        environment="test",
-        outbound_allowlist="127.0.0.1/32",
-        retry_schedule="0.3",
-        retry_max_attempts=100,
-        circuit_failure_threshold=1000,
-        request_timeout_seconds=5,
-        sender_poll_interval=0.1,
-        log_level="DEBUG",
-    )
-
-
-@pytest.fixture
-async def pool(infrastructure: Infrastructure, unique_schema: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(infrastructure.database_url, unique_schema)
-    try:
-        yield pool
-    finally:
-        await pool.execute(f'DROP SCHEMA IF EXISTS "{unique_schema}" CASCADE')
-        await pool.close()
-
-
-async def wait_until(
-    pool: asyncpg.Pool, query: str, accept: object, service: asyncio.Task[None]
-) -> None:
-    async with asyncio.timeout(GENEROUS_WAIT):
-        while True:
-            assert not service.done(), "the dispatcher stopped"
-            try:
-                value = await pool.fetchval(query)
-            except asyncpg.UndefinedTableError:
-                value = None  # not migrated yet
-            if value is not None and accept(value):  # type: ignore[operator]
-                return
-            await asyncio.sleep(0.1)
 
 
 async def test_pending_retries_survive_a_restart_and_no_secret_leaks(

@@ -23,6 +23,7 @@ from webhook_tasks_contracts import (
     lifecycle_event_adapter,
 )
 from webhook_tasks_dispatcher import repository as repo
+from webhook_tasks_runtime.catch_up import GroupBehindError
 
 from .conftest import DispatcherUnderTest
 
@@ -309,6 +310,41 @@ async def test_deadline_expires_an_open_task_but_not_after_progress_moved_it(
     )
     events = await lifecycle(under_test)
     assert [type(event) for event in events] == [TaskDispatched, TaskProgressed, TaskExpired]
+
+
+class CallbacksBehindOnce:
+    """A CatchUp whose first wait finds the callbacks' consumer behind."""
+
+    def __init__(self) -> None:
+        self.waits: list[tuple[str, float]] = []
+
+    async def wait(self, key: str, moment: float) -> None:
+        self.waits.append((key, moment))
+        if len(self.waits) == 1:
+            raise GroupBehindError("behind")
+
+
+async def test_a_deadline_that_cannot_wait_for_earlier_callbacks_changes_nothing_until_again(
+    under_test: DispatcherUnderTest,
+) -> None:
+    _, task = await dispatched(under_test)
+    assert task.deadline_at is not None
+    catch_up = CallbacksBehindOnce()
+    dispatcher = under_test.another(callbacks_caught_up=catch_up)
+    deadline = DeadlineReached(correlation_id=task.correlation_id, deadline_at=task.deadline_at)
+
+    with pytest.raises(GroupBehindError):
+        await dispatcher.apply_deadline(deadline)
+    assert [type(event) for event in await lifecycle(under_test)] == [TaskDispatched]
+    async with under_test.pool.acquire() as conn:
+        assert await repo.history_for(conn, task.correlation_id) == []
+
+    await dispatcher.apply_deadline(deadline)  # the batch comes again
+    assert [type(event) for event in await lifecycle(under_test)] == [
+        TaskDispatched,
+        TaskExpired,
+    ]
+    assert catch_up.waits == [(task.correlation_id, task.deadline_at.timestamp())] * 2
 
 
 async def test_callbacks_racing_deadlines_end_each_task_exactly_once(

@@ -1,0 +1,159 @@
+"""Wait until a consumer group has handled everything a partition held at a given moment.
+
+Events of one key on two topics have no order between them: a consumer of each
+topic may lag the other by any amount. When one event must not be applied before
+the other topic's events written earlier (a deadline before the callbacks that
+were accepted before it), its handler waits here first: it notes the partition's
+end offset at (or after) the moment, then waits until the other topic's group has
+committed at least that far. Commits come only after handlers return, so every
+record written before the moment has then been applied. Neither clocks of other
+hosts nor record timestamps are involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+logger = logging.getLogger(__name__)
+
+_SLOW_WAIT_SECONDS = 1.0
+"""A wait longer than this is logged when it ends."""
+
+
+class CatchUpError(RuntimeError):
+    """The group could not be shown to have caught up."""
+
+
+class GroupBehindError(CatchUpError):
+    """The group did not commit past the partition's end offset in time."""
+
+
+class UnknownTopicError(CatchUpError):
+    """The cluster's metadata names no partitions for the topic."""
+
+
+class CatchUp(Protocol):
+    """Wait until every record of `key`'s partition written before `moment` has been handled."""
+
+    async def wait(self, key: str, moment: float) -> None: ...
+
+
+class NoCatchUp:
+    """A CatchUp for a service whose two inputs cannot race (one in-memory broker, in tests)."""
+
+    async def wait(self, key: str, moment: float) -> None:
+        """Return at once."""
+
+
+@dataclass(slots=True)
+class _Partition:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    noted_at: float = float("-inf")
+    """When `end` was read: it covers every record written before then."""
+    end: int = 0
+    committed: int = -1
+    """The group's committed offset as last read; committed offsets only move forward."""
+
+
+class GroupCatchUp:
+    """A CatchUp on the committed offsets of `group_id` for `topic`, read from the cluster.
+
+    Keys are mapped to partitions as the producers map them (aiokafka's default
+    partitioner, murmur2 of the key's UTF-8).
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        topic: str,
+        group_id: str,
+        client_id: str,
+        timeout: float = 30.0,
+        poll_interval: float = 0.02,
+        clock: Callable[[], float] = time.time,
+        request_timeout_ms: int = 10_000,
+    ) -> None:
+        self._topic = topic
+        self._group_id = group_id
+        self._timeout = timeout
+        self._poll_interval = poll_interval
+        self._clock = clock
+        # Never subscribed, so it never joins the group: it only reads the group's offsets.
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            client_id=client_id,
+            enable_auto_commit=False,
+            request_timeout_ms=request_timeout_ms,
+        )
+        self._partitions: dict[int, _Partition] = {}
+        self._partitioner = DefaultPartitioner()
+
+    async def start(self) -> None:
+        """Connect to the cluster."""
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        """Disconnect."""
+        await self._consumer.stop()
+
+    async def wait(self, key: str, moment: float) -> None:
+        """Wait until the group has committed past `key`'s partition's end as of `moment`.
+
+        Raises GroupBehindError when that takes longer than the timeout.
+        """
+        started = time.monotonic()
+        number = await self._partition_of(key)
+        state = self._partitions.setdefault(number, _Partition())
+        partition = TopicPartition(self._topic, number)
+        # One waiter per partition reads offsets at a time; the rest reuse what it read.
+        async with state.lock:
+            if state.noted_at < moment:
+                if (early := moment - self._clock()) > 0:
+                    await asyncio.sleep(early)
+                noted_at = self._clock()
+                ends = await self._consumer.end_offsets([partition])
+                state.end, state.noted_at = ends[partition], noted_at
+            target = state.end
+            while state.committed < target:
+                committed = await self._consumer.committed(partition)
+                state.committed = max(state.committed, committed if committed is not None else 0)
+                if state.committed >= target:
+                    break
+                if time.monotonic() - started > self._timeout:
+                    raise GroupBehindError(
+                        f"group {self._group_id} has committed {state.committed} of "
+                        f"{self._topic}[{number}], not yet {target}, after {self._timeout:.0f}s"
+                    )
+                await asyncio.sleep(self._poll_interval)
+        waited = time.monotonic() - started
+        if waited > _SLOW_WAIT_SECONDS:
+            logger.warning(
+                "waited for a consumer group to catch up",
+                extra={
+                    "group": self._group_id,
+                    "partition": number,
+                    "waited_seconds": round(waited, 3),
+                },
+            )
+
+    async def _partition_of(self, key: str) -> int:
+        partitions = self._consumer.partitions_for_topic(self._topic)
+        if not partitions:
+            # The consumer tracks every topic's metadata (it subscribes to none); a topic
+            # created after it started appears once the metadata is read again.
+            await self._consumer._client.force_metadata_update()
+            partitions = self._consumer.partitions_for_topic(self._topic)
+            if not partitions:
+                raise UnknownTopicError(f"the cluster knows no partitions of {self._topic}")
+        number: int = self._partitioner(key.encode(), sorted(partitions), list(partitions))
+        return number
