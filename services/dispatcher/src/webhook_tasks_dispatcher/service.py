@@ -50,7 +50,7 @@ from .batching import GroupCommit
 from .breaker import CircuitBreakers
 from .client import DeliveryResult, OutboundRequest, WebhookClient, origin_of
 from .domain import TaskStatus, status_after_callback, why_not_applied
-from .metrics import ATTEMPTS, REQUESTS_IN_FLIGHT
+from .metrics import ATTEMPTS, DEADLINE_WAIT_SECONDS, REQUESTS_IN_FLIGHT
 from .retry import GiveUp, Retry, RetryPolicy, is_retryable, parse_retry_after
 from .sealing import RequestSealer, SealError
 from .signing import SigningKeys, webhook_id_of
@@ -646,9 +646,10 @@ class Dispatcher:
 
     async def apply_deadline(self, deadline: DeadlineReached) -> None:
         """Expire the task if still open and unmoved after the callbacks accepted before it."""
-        await self._callbacks_caught_up.wait(
-            deadline.correlation_id, deadline.deadline_at.timestamp()
-        )
+        with DEADLINE_WAIT_SECONDS.time():
+            await self._callbacks_caught_up.wait(
+                deadline.correlation_id, deadline.deadline_at.timestamp()
+            )
         started = time.time_ns()
         now = self._clock()
         kind = "deadline"

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from webhook_tasks_contracts import (
     CallbackReceived,
     DeadlineReached,
@@ -332,6 +333,7 @@ async def test_a_deadline_that_cannot_wait_for_earlier_callbacks_changes_nothing
     catch_up = CallbacksBehindOnce()
     dispatcher = under_test.another(callbacks_caught_up=catch_up)
     deadline = DeadlineReached(correlation_id=task.correlation_id, deadline_at=task.deadline_at)
+    waits_before = REGISTRY.get_sample_value("webhook_tasks_dispatcher_deadline_wait_seconds_count")
 
     with pytest.raises(GroupBehindError):
         await dispatcher.apply_deadline(deadline)
@@ -345,6 +347,8 @@ async def test_a_deadline_that_cannot_wait_for_earlier_callbacks_changes_nothing
         TaskExpired,
     ]
     assert catch_up.waits == [(task.correlation_id, task.deadline_at.timestamp())] * 2
+    waits_after = REGISTRY.get_sample_value("webhook_tasks_dispatcher_deadline_wait_seconds_count")
+    assert waits_after == (waits_before or 0) + 2, "each wait is timed, the failed one too"
 
 
 async def test_callbacks_racing_deadlines_end_each_task_exactly_once(
