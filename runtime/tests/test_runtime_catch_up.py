@@ -9,7 +9,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from webhook_tasks_runtime.catch_up import GroupBehindError, GroupCatchUp, UnknownTopicError
+from webhook_tasks_runtime.catch_up import (
+    GroupBehindError,
+    GroupCatchUp,
+    StoppingError,
+    UnknownTopicError,
+)
 from webhook_tasks_runtime.infra import Infrastructure
 from webhook_tasks_runtime.kafka import ensure_topics
 
@@ -166,6 +171,30 @@ async def test_a_group_that_stays_behind_fails_the_wait_after_the_timeout(topic:
         with pytest.raises(GroupBehindError, match=r"committed 0 .* not yet 2"):
             await catch_up.wait(key, time.time())
         assert time.monotonic() - started < 5
+    finally:
+        await catch_up.stop()
+
+
+async def test_a_wait_ends_with_an_error_as_soon_as_the_service_stops(topic: Topic) -> None:
+    key = "task-" + uuid.uuid4().hex
+    await topic.write(key)
+    stopping = asyncio.Event()
+    catch_up = GroupCatchUp(
+        topic.bootstrap,
+        topic=topic.name,
+        group_id=topic.group,
+        client_id="test",
+        poll_interval=10.0,
+        stopping=stopping,
+    )
+    await catch_up.start()
+    try:
+        waiting = asyncio.create_task(catch_up.wait(key, time.time()))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        stopping.set()
+        with pytest.raises(StoppingError):
+            await asyncio.wait_for(waiting, 1)
     finally:
         await catch_up.stop()
 

@@ -13,6 +13,7 @@ hosts nor record timestamps are involved.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -38,6 +39,10 @@ class GroupBehindError(CatchUpError):
 
 class UnknownTopicError(CatchUpError):
     """The cluster's metadata names no partitions for the topic."""
+
+
+class StoppingError(CatchUpError):
+    """The service is stopping: the group may not commit again before it has stopped."""
 
 
 class CatchUp(Protocol):
@@ -81,8 +86,10 @@ class GroupCatchUp:
         poll_interval: float = 0.02,
         clock: Callable[[], float] = time.time,
         request_timeout_ms: int = 10_000,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self._topic = topic
+        self._stopping = stopping or asyncio.Event()
         self._group_id = group_id
         self._timeout = timeout
         self._poll_interval = poll_interval
@@ -109,7 +116,8 @@ class GroupCatchUp:
     async def wait(self, key: str, moment: float) -> None:
         """Wait until the group has committed past `key`'s partition's end as of `moment`.
 
-        Raises GroupBehindError when that takes longer than the timeout.
+        Raises GroupBehindError when that takes longer than the timeout, and StoppingError
+        once `stopping` is set while it waits.
         """
         started = time.monotonic()
         number = await self._partition_of(key)
@@ -134,7 +142,12 @@ class GroupCatchUp:
                         f"group {self._group_id} has committed {state.committed} of "
                         f"{self._topic}[{number}], not yet {target}, after {self._timeout:.0f}s"
                     )
-                await asyncio.sleep(self._poll_interval)
+                # Waiting on while the service stops would hold its stop up until the grace
+                # ends; the event that waits comes again, to this replica or another.
+                if self._stopping.is_set():
+                    raise StoppingError("the service is stopping")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self._poll_interval)
         waited = time.monotonic() - started
         if waited > _SLOW_WAIT_SECONDS:
             logger.warning(

@@ -42,6 +42,7 @@ async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
             group_id=callback_group(settings.topics),
             client_id="webhook-tasks-dispatcher",
             timeout=settings.deadline_wait_for_callbacks_seconds,
+            stopping=stop,
         )
         await callbacks_caught_up.start()
         resources.exit_stack.push_async_callback(callbacks_caught_up.stop)
