@@ -31,6 +31,8 @@ class NewTask:
     webhook_url: str
     mode: str
     timeout_seconds: int
+    auth_fingerprints: str | None = None
+    """Keyed fingerprints of webhookAuth, to mask it where a callback echoes it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,21 +196,22 @@ async def insert_tasks(conn: asyncpg.Connection, claims: Sequence[Claim]) -> set
                 $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::text[], $9::text[], $10::integer[], $11::timestamptz[],
                 $12::timestamptz[], $13::bytea[], $14::text[], $15::timestamptz[],
-                $16::double precision[], $17::text[]
+                $16::double precision[], $17::text[], $18::text[]
             ) AS c(
                 correlation_id, idempotency_key, task_id, user_id, project_id, assistant_id,
                 followers, webhook_url, mode, timeout_seconds, created_at, lease_until, body,
-                auth, due_at, lease_seconds, traceparent
+                auth, due_at, lease_seconds, traceparent, auth_fingerprints
             )
         ), recorded AS (
             INSERT INTO tasks (
                 correlation_id, idempotency_key, task_id, user_id, project_id, assistant_id,
                 followers, webhook_url, mode, timeout_seconds, status, claimed_until,
-                created_at, updated_at, traceparent
+                created_at, updated_at, traceparent, auth_fingerprints
             )
             SELECT correlation_id, idempotency_key, task_id, user_id, project_id, assistant_id,
                 ARRAY(SELECT jsonb_array_elements_text(followers::jsonb)), webhook_url, mode,
-                timeout_seconds, 'pending', lease_until, created_at, created_at, traceparent
+                timeout_seconds, 'pending', lease_until, created_at, created_at, traceparent,
+                auth_fingerprints
             FROM input
             ON CONFLICT (idempotency_key) DO NOTHING
             RETURNING correlation_id
@@ -242,6 +245,7 @@ async def insert_tasks(conn: asyncpg.Connection, claims: Sequence[Claim]) -> set
         [claim.due_at for claim in claims],
         [claim.lease_seconds for claim in claims],
         [claim.request.traceparent for claim in claims],
+        [claim.task.auth_fingerprints for claim in claims],
     )
     return {record["correlation_id"] for record in records}
 
@@ -535,6 +539,8 @@ class Sighting:
     """The task's state, locked until the transaction ends (None: no such task)."""
     traceparent: str | None
     """The trace of the task's dispatch, when it was traced."""
+    auth_fingerprints: str | None = None
+    """Keyed fingerprints of the task's webhookAuth, when it had one."""
 
 
 async def lock_and_record(
@@ -552,7 +558,8 @@ async def lock_and_record(
     record = await conn.fetchrow(
         """
         WITH task AS (
-            SELECT status, traceparent FROM tasks WHERE correlation_id = $2 FOR UPDATE
+            SELECT status, traceparent, auth_fingerprints
+            FROM tasks WHERE correlation_id = $2 FOR UPDATE
         ), seen AS (
             INSERT INTO task_history (event_id, correlation_id, kind, outcome, recorded_at)
             VALUES ($1, $2, $3, 'ignored', $4)
@@ -561,6 +568,7 @@ async def lock_and_record(
         )
         SELECT (SELECT status FROM task) AS status,
             (SELECT traceparent FROM task) AS traceparent,
+            (SELECT auth_fingerprints FROM task) AS auth_fingerprints,
             coalesce((SELECT first FROM seen), false) AS first
         """,
         event_id,
@@ -573,6 +581,7 @@ async def lock_and_record(
         first=bool(record["first"]),
         status=TaskStatus(status) if status is not None else None,
         traceparent=record["traceparent"],
+        auth_fingerprints=record["auth_fingerprints"],
     )
 
 

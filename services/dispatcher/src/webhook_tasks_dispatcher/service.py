@@ -52,7 +52,7 @@ from .client import DeliveryResult, OutboundRequest, WebhookClient, origin_of
 from .domain import TaskStatus, status_after_callback, why_not_applied
 from .metrics import ATTEMPTS, DEADLINE_WAIT_SECONDS, REQUESTS_IN_FLIGHT
 from .retry import GiveUp, Retry, RetryPolicy, is_retryable, parse_retry_after
-from .sealing import RequestSealer, SealError
+from .sealing import RequestSealer, SealError, mask_strings
 from .signing import SigningKeys, webhook_id_of
 
 logger = logging.getLogger(__name__)
@@ -199,6 +199,9 @@ class Dispatcher:
             webhook_url=webhook_url,
             mode=metadata.mode,
             timeout_seconds=metadata.timeout_seconds,
+            auth_fingerprints=self._sealer.fingerprint(metadata.webhook_auth)
+            if metadata.webhook_auth is not None
+            else None,
         )
         body = build_webhook_request(
             correlation_id=correlation_id,
@@ -589,6 +592,7 @@ class Dispatcher:
             )
             if not sighting.first:
                 return
+            callback = self._without_echoed_auth(callback, sighting)
             before = sighting.status
             if target is None:
                 row = await repo.record_progress(
@@ -614,6 +618,24 @@ class Dispatcher:
         # Only now is the transaction committed: the relay may publish what it queued.
         self._after_commit()
         self._trace_application(kind, callback.correlation_id, sighting, row, started)
+
+    def _without_echoed_auth(
+        self, callback: CallbackReceived, sighting: repo.Sighting
+    ) -> CallbackReceived:
+        """Return `callback` with the task's webhookAuth masked wherever the service echoed it."""
+        mask = self._sealer.masker(sighting.auth_fingerprints)
+        if mask is None:
+            return callback
+        masked = {
+            "result_url": callback.result_url and mask(callback.result_url),
+            "error": callback.error and mask(callback.error),
+            "message": callback.message and mask(callback.message),
+            "metadata": mask_strings(callback.metadata, mask),
+        }
+        if all(masked[field] == getattr(callback, field) for field in masked):
+            return callback
+        logger.warning("the callback echoed the task's webhookAuth; it is masked")
+        return callback.model_copy(update=masked)
 
     async def _record_late_result(
         self, conn: asyncpg.Connection, callback: CallbackReceived

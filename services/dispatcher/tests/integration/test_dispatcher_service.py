@@ -313,6 +313,44 @@ async def test_deadline_expires_an_open_task_but_not_after_progress_moved_it(
     assert [type(event) for event in events] == [TaskDispatched, TaskProgressed, TaskExpired]
 
 
+async def test_a_callback_echoing_webhook_auth_is_applied_with_it_masked_everywhere(
+    under_test: DispatcherUnderTest,
+) -> None:
+    _, task = await dispatched(under_test)
+    credential = SECRET.removeprefix("Bearer ")
+    await under_test.dispatcher.apply_callback(
+        callback(task.correlation_id, "error", error=f"401 for Authorization: {SECRET}")
+    )
+    _, late = await dispatched(under_test)
+    assert late.deadline_at is not None
+    await under_test.dispatcher.apply_deadline(
+        DeadlineReached(correlation_id=late.correlation_id, deadline_at=late.deadline_at)
+    )
+    await under_test.dispatcher.apply_callback(
+        callback(
+            late.correlation_id,
+            "success",
+            result_url=f"https://cdn.example.com/v.mp4?auth={credential}",
+            metadata={"request": {"headers": {"authorization": SECRET}}},
+        )
+    )
+
+    events = await lifecycle(under_test)
+    failed = next(event for event in events if isinstance(event, TaskFailed))
+    assert failed.reason == "401 for Authorization: Bearer **********"
+    shown_late = next(event for event in events if isinstance(event, TaskResultArrivedLate))
+    assert shown_late.result_url == "https://cdn.example.com/v.mp4?auth=**********"
+    assert shown_late.metadata == {"request": {"headers": {"authorization": "Bearer **********"}}}
+    stored = [payload for _topic, _key, payload in await under_test.outbox()]
+    async with under_test.pool.acquire() as conn:
+        stored += [
+            repr(await repo.history_for(conn, correlation_id))
+            for correlation_id in (task.correlation_id, late.correlation_id)
+        ]
+        stored += [repr(await under_test.pool.fetch("SELECT * FROM tasks"))]
+    assert not [item for item in stored if credential in str(item)]
+
+
 class CallbacksBehindOnce:
     """A CatchUp whose first wait finds the callbacks' consumer behind."""
 

@@ -1,15 +1,23 @@
-"""The sealer: only the right task and a configured key open a sealed secret."""
+"""The sealer: only the right task and a configured key open a sealed secret, and an echoed
+credential is found by its fingerprints alone."""
 
 from __future__ import annotations
 
+import base64
+import string
+from collections.abc import Callable
+
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from pydantic import SecretStr
 from webhook_tasks_contracts import CallbackKey
-from webhook_tasks_dispatcher.sealing import RequestSealer, SealError
+from webhook_tasks_dispatcher.sealing import RequestSealer, SealError, mask_strings
 
 OLD = CallbackKey("old", b"o" * 32)
 NEW = CallbackKey("new", b"n" * 32)
 SECRET = SecretStr("Bearer s3cr3t")
+SEALER = RequestSealer([NEW, OLD])
 
 
 def test_a_sealed_secret_opens_for_its_task_only() -> None:
@@ -46,3 +54,88 @@ def test_a_retired_key_is_named_and_a_value_from_before_sealing_is_used_as_is() 
         RequestSealer([NEW]).open("t", sealed)
     assert RequestSealer([NEW, OLD]).open("t", sealed).get_secret_value() == "Bearer s3cr3t"
     assert RequestSealer([NEW]).open("t", SECRET) == SECRET
+
+
+TOKEN = "tk_9f8e7d6c5b4a"
+BASIC = "Basic " + base64.b64encode(b"svc-user:pa55word!").decode()
+
+
+def mask_for(secret: str, sealer: RequestSealer | None = None) -> Callable[[str], str]:
+    sealer = sealer or RequestSealer([NEW, OLD])
+    mask = sealer.masker(sealer.fingerprint(SecretStr(secret)))
+    assert mask is not None
+    return mask
+
+
+@pytest.mark.parametrize(
+    ("secret", "text", "expected"),
+    [
+        (f"Bearer {TOKEN}", f"401: Bearer {TOKEN} was refused", "401: Bearer ********** was"),
+        (f"Bearer {TOKEN}", f'{{"auth": "{TOKEN}"}}', '{"auth": "**********"}'),
+        (f"Bearer {TOKEN}", f"bad token={TOKEN}.", "bad token=**********."),
+        (f"Bearer {TOKEN}", f"https://r.example/x?key={TOKEN}&a=1", "?key=**********&a=1"),
+        (TOKEN, f"unknown key {TOKEN}; check it", "unknown key **********; check it"),
+        (BASIC, "password pa55word! is wrong", "password ********** is wrong"),
+        (BASIC, f"got {BASIC.split()[1]}", "got **********"),
+    ],
+)
+def test_an_echoed_credential_is_masked_wherever_a_text_holds_it(
+    secret: str, text: str, expected: str
+) -> None:
+    masked = mask_for(secret)(text)
+
+    assert expected in masked
+    for part in (TOKEN, "pa55word!", BASIC.split()[1]):
+        assert part not in masked
+
+
+def test_text_without_the_credential_is_left_as_it_is() -> None:
+    mask = mask_for(f"Bearer {TOKEN}")
+    text = "Bearer tk_000000000000 refused; token tk_9f8e7d6c5b4 (one short) too"
+
+    assert mask(text) == text
+
+
+def test_fingerprints_hold_no_part_of_the_credential() -> None:
+    sealer = RequestSealer([NEW])
+    stored = sealer.fingerprint(SecretStr(BASIC))
+
+    assert stored.startswith("v1:new:")
+    for part in (BASIC, BASIC.split()[1], "pa55word!", "svc-user"):
+        assert part not in stored
+        assert base64.urlsafe_b64encode(part.encode()).decode() not in stored
+
+
+def test_fingerprints_of_a_retired_key_or_altered_match_nothing() -> None:
+    stored = RequestSealer([OLD]).fingerprint(SecretStr(f"Bearer {TOKEN}"))
+
+    assert RequestSealer([NEW]).masker(stored) is None
+    assert RequestSealer([NEW, OLD]).masker(stored) is not None
+    assert RequestSealer([OLD]).masker(None) is None
+    assert RequestSealer([OLD]).masker("v2:old:AAAA") is None
+    assert RequestSealer([OLD]).masker("v1:old:@@@") is None
+
+
+def test_strings_anywhere_in_metadata_are_masked_and_keys_are_kept() -> None:
+    mask = mask_for(TOKEN)
+    metadata = {"echo": {"headers": [f"Authorization: {TOKEN}", 3, None]}, TOKEN: True}
+
+    assert mask_strings(metadata, mask) == {
+        "echo": {"headers": ["Authorization: **********", 3, None]},
+        TOKEN: True,
+    }
+
+
+@given(
+    secret=st.text(alphabet=string.ascii_letters + string.digits + "-_.~+/=:", min_size=8),
+    before=st.sampled_from(["", " ", "x=", '"', "(", "key:", "Bearer "]),
+    after=st.sampled_from(["", " ", '"', ")", ";", ",", "&a=1"]),
+)
+def test_a_credential_between_delimiters_never_survives(
+    secret: str, before: str, after: str
+) -> None:
+    secret = secret.strip(".")
+    assume(len(secret) >= 8)
+    mask = mask_for(secret, SEALER)
+
+    assert secret not in mask(f"the service said {before}{secret}{after} back")
