@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import logging
 import threading
 import time
@@ -16,10 +14,11 @@ import pytest
 from pydantic import TypeAdapter
 from webhook_tasks_contracts import Topics
 from webhook_tasks_runtime import logging as runtime_logging
-from webhook_tasks_runtime.embedded import EmbeddedKafka, free_port
+from webhook_tasks_runtime.embedded import EmbeddedKafka
 from webhook_tasks_runtime.infra import Infrastructure
 from webhook_tasks_runtime.kafka import ConsumerSpec, ensure_topics
-from webhook_tasks_runtime.logging import RepeatedMessageFilter, configure_logging
+from webhook_tasks_runtime.logging import RepeatedMessageFilter
+from webhook_tasks_runtime.pytest_plugin import service_logs as logs_of_a_service
 from webhook_tasks_runtime.settings import DatabaseSettings
 from webhook_tasks_runtime.worker import WorkerParts, WorkerResources, serve_worker
 
@@ -221,70 +220,11 @@ def test_threads_logging_at_once_lose_no_count(
     assert [each.suppressed_repeats for each in written] == [7999]  # type: ignore[attr-defined]
 
 
-_RECORD_LOOKUPS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
-_NOISY = ("aiokafka", "faststream", "httpx", "httpcore", "uvicorn.access")
-
-
 @pytest.fixture
 def service_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
     """Log as a service does (JSON lines); return a reader of the lines written."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level, {name: logging.getLogger(name).level for name in _NOISY})
-    lookups = {name: getattr(logging, name) for name in _RECORD_LOOKUPS}
-    configure_logging("test", level="INFO", fmt="json")
-    stream = io.StringIO()
-    [handler] = root.handlers
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(stream)
-
-    def read() -> list[dict[str, Any]]:
-        return [json.loads(line) for line in stream.getvalue().splitlines()]
-
-    try:
+    with logs_of_a_service("test", level="INFO") as read:
         yield read
-    finally:
-        root.handlers[:], level, levels = saved
-        root.setLevel(level)
-        for name, previous in levels.items():
-            logging.getLogger(name).setLevel(previous)
-        for name, value in lookups.items():
-            setattr(logging, name, value)
-
-
-def test_configure_logging_holds_back_kafka_client_repeats_and_writes_their_count_at_exit(
-    service_logs: Callable[[], list[dict[str, Any]]],
-) -> None:
-    fetcher = logging.getLogger("aiokafka.consumer.fetcher")
-    ours = logging.getLogger("webhook_tasks_runtime.outbox")
-    for _ in range(40):
-        fetcher.error("Failed fetch messages from %s: %s", 111, "NodeNotReadyError")
-        ours.error("outbox flush failed; retrying")
-
-    runtime_logging._write_held_back_counts()  # what the interpreter runs at exit
-
-    lines = service_logs()
-    assert [line["message"] for line in lines if line["logger"] == ours.name] == [
-        "outbox flush failed; retrying"
-    ] * 40
-    kafka_lines = [line for line in lines if line["logger"] == fetcher.name]
-    first, count = kafka_lines
-    assert first["message"] == "Failed fetch messages from 111: NodeNotReadyError"
-    assert count["message"].startswith("repeated 39 more times in ")
-    assert count["message"].endswith(
-        " s, not written: Failed fetch messages from 111: NodeNotReadyError"
-    )
-    assert (count["level"], count["suppressed_repeats"]) == ("error", 39)
-
-
-@pytest.fixture
-async def private_kafka() -> AsyncIterator[EmbeddedKafka]:
-    """Start a broker of the test's own: the session's shared one must stay up."""
-    kafka = EmbeddedKafka(port=free_port())
-    await asyncio.to_thread(kafka.start)
-    try:
-        yield kafka
-    finally:
-        await asyncio.to_thread(kafka.stop)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from pydantic import SecretStr, TypeAdapter
 from webhook_tasks_contracts import Topics
 from webhook_tasks_runtime import worker
-from webhook_tasks_runtime.embedded import EmbeddedKafka, free_port
+from webhook_tasks_runtime.embedded import EmbeddedKafka
 from webhook_tasks_runtime.infra import Infrastructure
 from webhook_tasks_runtime.kafka import ConsumerSpec, OutgoingMessage, ensure_topics
 from webhook_tasks_runtime.outbox import add_to_outbox
@@ -35,17 +35,6 @@ async def database(infrastructure: Infrastructure, unique_schema: str) -> AsyncI
         await conn.execute(f'DROP SCHEMA IF EXISTS "{unique_schema}" CASCADE')
     finally:
         await conn.close()
-
-
-@pytest.fixture
-async def private_kafka() -> AsyncIterator[EmbeddedKafka]:
-    """Start a broker of the test's own: the session's shared one must stay up."""
-    kafka = EmbeddedKafka(port=free_port())
-    await asyncio.to_thread(kafka.start)
-    try:
-        yield kafka
-    finally:
-        await asyncio.to_thread(kafka.stop)
 
 
 def worker_settings(

@@ -8,13 +8,25 @@ schemas so they never see each other's data.
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
+import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from webhook_tasks_contracts import Topics
 
+from .embedded import EmbeddedKafka, free_port
 from .infra import Infrastructure, start_infrastructure
+from .logging import configure_logging
+
+_NOISY_LOGGERS = ("aiokafka", "faststream", "httpx", "httpcore", "uvicorn.access")
+_RECORD_LOOKUPS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+"""What configure_logging turns off for the whole process, and a test must turn back on."""
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +49,47 @@ def unique_topics() -> Topics:
 def unique_schema() -> str:
     """Return a PostgreSQL schema name no other test uses."""
     return f"test_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def private_kafka() -> AsyncIterator[EmbeddedKafka]:
+    """Start a broker of the test's own, for a test that stops it: the session's must stay up."""
+    kafka = EmbeddedKafka(port=free_port())
+    await asyncio.to_thread(kafka.start)
+    try:
+        yield kafka
+    finally:
+        await asyncio.to_thread(kafka.stop)
+
+
+@contextmanager
+def service_logs(service: str, *, level: str) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """Log as `service` does (JSON lines) inside the block; yield a reader of the lines written."""
+    root = logging.getLogger()
+    saved = (
+        root.handlers[:],
+        root.level,
+        {name: logging.getLogger(name).level for name in _NOISY_LOGGERS},
+    )
+    lookups = {name: getattr(logging, name) for name in _RECORD_LOOKUPS}
+    configure_logging(service, level=level, fmt="json")
+    written = io.StringIO()
+    [handler] = root.handlers
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(written)
+
+    def read() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in written.getvalue().splitlines()]
+
+    try:
+        yield read
+    finally:
+        root.handlers[:], level_before, levels = saved
+        root.setLevel(level_before)
+        for name, previous in levels.items():
+            logging.getLogger(name).setLevel(previous)
+        for name, value in lookups.items():
+            setattr(logging, name, value)
 
 
 @pytest.fixture

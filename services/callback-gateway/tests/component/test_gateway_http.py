@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -15,7 +13,7 @@ import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 from webhook_tasks_contracts import CallbackReceived, CallbackTokens, callback_url
 from webhook_tasks_gateway import GatewaySettings
-from webhook_tasks_runtime.logging import configure_logging
+from webhook_tasks_runtime.pytest_plugin import service_logs
 
 PROBLEM = "application/problem+json"
 
@@ -720,35 +718,11 @@ class TestProbes:
         assert_problem(response, 503)
 
 
-_RECORD_LOOKUPS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
-
-
 @pytest.fixture
 def json_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
     """Log as the service does (JSON lines); return a reader of the records written."""
-    root = logging.getLogger()
-    noisy = ("aiokafka", "faststream", "httpx", "httpcore", "uvicorn.access")
-    saved = (root.handlers[:], root.level, {name: logging.getLogger(name).level for name in noisy})
-    # configure_logging turns off the caller, thread and process lookups for the whole process.
-    lookups = {name: getattr(logging, name) for name in _RECORD_LOOKUPS}
-    configure_logging("callback-gateway", level="DEBUG", fmt="json")
-    written = io.StringIO()
-    [handler] = root.handlers
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(written)
-
-    def read() -> list[dict[str, Any]]:
-        return [json.loads(line) for line in written.getvalue().splitlines()]
-
-    try:
+    with service_logs("callback-gateway", level="DEBUG") as read:
         yield read
-    finally:
-        root.handlers[:], level, levels = saved
-        root.setLevel(level)
-        for name, previous in levels.items():
-            logging.getLogger(name).setLevel(previous)
-        for name, value in lookups.items():
-            setattr(logging, name, value)
 
 
 class TestLogs:
