@@ -6,16 +6,14 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import asyncpg
 import pytest
 from pydantic import TypeAdapter
 from webhook_tasks_contracts import Topics
 from webhook_tasks_runtime import logging as runtime_logging
 from webhook_tasks_runtime.embedded import EmbeddedKafka
-from webhook_tasks_runtime.infra import Infrastructure
 from webhook_tasks_runtime.kafka import ConsumerSpec, ensure_topics
 from webhook_tasks_runtime.logging import RepeatedMessageFilter
 from webhook_tasks_runtime.pytest_plugin import service_logs as logs_of_a_service
@@ -225,17 +223,6 @@ def service_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
     """Log as a service does (JSON lines); return a reader of the lines written."""
     with logs_of_a_service("test", level="INFO") as read:
         yield read
-
-
-@pytest.fixture
-async def database(infrastructure: Infrastructure, unique_schema: str) -> AsyncIterator[str]:
-    """Yield the database URL; drop the test's schema afterwards."""
-    yield infrastructure.database_url
-    conn = await asyncpg.connect(infrastructure.database_url)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{unique_schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 OUTAGE_SECONDS = 5

@@ -8,7 +8,7 @@ import logging
 import socket
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -24,17 +24,6 @@ from webhook_tasks_runtime.settings import DatabaseSettings
 from webhook_tasks_runtime.worker import WorkerParts, WorkerResources, serve_worker
 
 KUBERNETES_GRACE_SECONDS = 30
-
-
-@pytest.fixture
-async def database(infrastructure: Infrastructure, unique_schema: str) -> AsyncIterator[str]:
-    """Yield the database URL; drop the test's schema afterwards."""
-    yield infrastructure.database_url
-    conn = await asyncpg.connect(infrastructure.database_url)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{unique_schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 def worker_settings(
