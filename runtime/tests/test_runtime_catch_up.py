@@ -106,6 +106,69 @@ async def test_a_wait_ends_once_the_group_commits_past_what_was_written_before(
         await catch_up.stop()
 
 
+async def test_a_wait_covers_every_record_of_a_batch_written_at_once(topic: Topic) -> None:
+    key = "task-" + uuid.uuid4().hex
+    # Sent together, the records travel in one batch (as concurrent callbacks do from the
+    # gateway); the embedded broker lists such a partition's end as the batch's first + 1.
+    batch = topic.producer.create_batch()
+    for _ in range(10):
+        batch.append(key=key.encode(), value=b"{}", timestamp=None)
+    partition = await topic.write(key)
+    await (await topic.producer.send_batch(batch, topic.name, partition=partition))
+    catch_up = topic.catch_up(timeout=30)
+    await catch_up.start()
+    try:
+        waiting = asyncio.create_task(catch_up.wait(key, time.time()))
+        await topic.commit(partition, 2)
+        await asyncio.sleep(0.5)
+        assert not waiting.done(), "returned with most of the batch unhandled"
+        await topic.commit(partition, 11)
+        await asyncio.wait_for(waiting, 5)
+    finally:
+        await catch_up.stop()
+
+
+async def test_a_broker_that_does_not_answer_holds_neither_a_stop_nor_the_timeout(
+    topic: Topic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "task-" + uuid.uuid4().hex
+    await topic.write(key)
+    catch_up = topic.catch_up(timeout=0.5)
+    await catch_up.start()
+
+    async def no_answer(*_args: object) -> None:
+        await asyncio.sleep(3600)
+
+    try:
+        monkeypatch.setattr(catch_up._consumer, "committed", no_answer)
+        started = time.monotonic()
+        with pytest.raises(GroupBehindError, match="did not answer"):
+            await catch_up.wait(key, time.time())
+        assert time.monotonic() - started < 5
+
+        stopping = asyncio.Event()
+        stopped = GroupCatchUp(
+            topic.bootstrap,
+            topic=topic.name,
+            group_id=topic.group,
+            client_id="test",
+            timeout=30,
+            stopping=stopping,
+        )
+        await stopped.start()
+        try:
+            monkeypatch.setattr(stopped._consumer, "committed", no_answer)
+            waiting = asyncio.create_task(stopped.wait(key, time.time()))
+            await asyncio.sleep(0.3)
+            stopping.set()
+            with pytest.raises(StoppingError):
+                await asyncio.wait_for(waiting, 1)
+        finally:
+            await stopped.stop()
+    finally:
+        await catch_up.stop()
+
+
 async def test_records_written_once_the_wait_began_or_on_other_partitions_hold_nothing_up(
     topic: Topic,
 ) -> None:

@@ -8,6 +8,11 @@ end offset at (or after) the moment, then waits until the other topic's group ha
 committed at least that far. Commits come only after handlers return, so every
 record written before the moment has then been applied. Neither clocks of other
 hosts nor record timestamps are involved.
+
+The end is read from the partition itself, not taken from ListOffsets alone: the
+embedded broker answers that with the offset after the first record of the last
+batch, and a producer's batch holds many records (the gateway's callbacks, for
+one), so a wait would end with the rest of that batch unapplied.
 """
 
 from __future__ import annotations
@@ -16,17 +21,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 _SLOW_WAIT_SECONDS = 1.0
 """A wait longer than this is logged when it ends."""
+_SHORTEST_CALL_SECONDS = 2.0
+"""A request to the cluster may take this long even when the wait's timeout is nearer."""
+_TAIL_READ_TIMEOUT_MS = 2_000
+"""How long reading the last batch of a partition may take before the listed end is used."""
 
 
 class CatchUpError(RuntimeError):
@@ -102,15 +113,25 @@ class GroupCatchUp:
             enable_auto_commit=False,
             request_timeout_ms=request_timeout_ms,
         )
+        # Group-less, assigned a partition only while it reads that partition's last batch.
+        self._tail = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            enable_auto_commit=False,
+            request_timeout_ms=request_timeout_ms,
+        )
+        self._tail_lock = asyncio.Lock()
         self._partitions: dict[int, _Partition] = {}
         self._partitioner = DefaultPartitioner()
 
     async def start(self) -> None:
         """Connect to the cluster."""
         await self._consumer.start()
+        await self._tail.start()
 
     async def stop(self) -> None:
         """Disconnect."""
+        await self._tail.stop()
         await self._consumer.stop()
 
     async def wait(self, key: str, moment: float) -> None:
@@ -123,33 +144,30 @@ class GroupCatchUp:
         number = await self._partition_of(key)
         state = self._partitions.setdefault(number, _Partition())
         partition = TopicPartition(self._topic, number)
+        polls = 0
         # One waiter per partition reads offsets at a time; the rest reuse what it read.
         async with state.lock:
             if state.noted_at < moment:
                 if (early := moment - self._clock()) > 0:
                     await asyncio.sleep(early)
                 noted_at = self._clock()
-                ends = await self._consumer.end_offsets([partition])
-                state.end, state.noted_at = ends[partition], noted_at
+                state.end = await self._bounded(lambda: self._end_of(partition), started)
+                state.noted_at = noted_at
             target = state.end
             while state.committed < target:
-                committed = await self._consumer.committed(partition)
+                if polls:
+                    if time.monotonic() - started > self._timeout:
+                        raise self._behind(number, state.committed, target)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), self._poll_interval)
+                committed = await self._bounded(
+                    lambda: self._consumer.committed(partition), started
+                )
                 state.committed = max(state.committed, committed if committed is not None else 0)
-                if state.committed >= target:
-                    break
-                if time.monotonic() - started > self._timeout:
-                    raise GroupBehindError(
-                        f"group {self._group_id} has committed {state.committed} of "
-                        f"{self._topic}[{number}], not yet {target}, after {self._timeout:.0f}s"
-                    )
-                # Waiting on while the service stops would hold its stop up until the grace
-                # ends; the event that waits comes again, to this replica or another.
-                if self._stopping.is_set():
-                    raise StoppingError("the service is stopping")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self._poll_interval)
+                polls += 1
         waited = time.monotonic() - started
-        if waited > _SLOW_WAIT_SECONDS:
+        # Logged by the waiter that polled, not by each one that found the work done.
+        if polls > 1 and waited > _SLOW_WAIT_SECONDS:
             logger.warning(
                 "waited for a consumer group to catch up",
                 extra={
@@ -158,6 +176,60 @@ class GroupCatchUp:
                     "waited_seconds": round(waited, 3),
                 },
             )
+
+    async def _bounded(self, call: Callable[[], Awaitable[T]], started: float) -> T:
+        """Await `call()` unless the wait's timeout passes or the service stops first."""
+        # A broker that does not answer keeps aiokafka retrying inside the call: neither the
+        # timeout nor a stop may wait for it.
+        if self._stopping.is_set():
+            raise StoppingError("the service is stopping")
+        work = asyncio.ensure_future(call())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        # At least a few seconds even at the end of the wait: a broker that answers at all
+        # answers within them, and its answer is worth more than a timeout.
+        left = max(self._timeout - (time.monotonic() - started), _SHORTEST_CALL_SECONDS)
+        try:
+            await asyncio.wait({work, stopping}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if work.done():
+            return work.result()
+        work.cancel()
+        if self._stopping.is_set():
+            raise StoppingError("the service is stopping")
+        raise GroupBehindError(
+            f"the cluster did not answer for group {self._group_id} within {self._timeout:.0f}s"
+        )
+
+    def _behind(self, number: int, committed: int, target: int) -> GroupBehindError:
+        return GroupBehindError(
+            f"group {self._group_id} has committed {committed} of "
+            f"{self._topic}[{number}], not yet {target}, after {self._timeout:.0f}s"
+        )
+
+    async def _end_of(self, partition: TopicPartition) -> int:
+        """Return the offset after the partition's last record."""
+        ends = await self._consumer.end_offsets([partition])
+        listed = int(ends[partition])
+        if listed == 0:
+            return 0
+        # The batch holding the record before the listed end is the last one; its last
+        # record ends the partition (later batches came after the moment).
+        async with self._tail_lock:
+            self._tail.assign([partition])
+            try:
+                self._tail.seek(partition, listed - 1)
+                fetched = await self._tail.getmany(partition, timeout_ms=_TAIL_READ_TIMEOUT_MS)
+            finally:
+                self._tail.unsubscribe()
+        records = fetched.get(partition, [])
+        if not records:
+            logger.warning(
+                "could not read a partition's last batch; using its listed end",
+                extra={"topic": partition.topic, "partition": partition.partition},
+            )
+            return listed
+        return max(listed, max(int(record.offset) for record in records) + 1)
 
     async def _partition_of(self, key: str) -> int:
         partitions = self._consumer.partitions_for_topic(self._topic)
