@@ -157,7 +157,11 @@ class GroupCatchUp:
             while state.committed < target:
                 if polls:
                     if time.monotonic() - started > self._timeout:
-                        raise self._behind(number, state.committed, target)
+                        raise GroupBehindError(
+                            f"group {self._group_id} has committed {state.committed} of "
+                            f"{self._topic}[{number}], not yet {target}, "
+                            f"after {self._timeout:.0f}s"
+                        )
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), self._poll_interval)
                 committed = await self._bounded(
@@ -199,12 +203,6 @@ class GroupCatchUp:
             raise StoppingError("the service is stopping")
         raise GroupBehindError(
             f"the cluster did not answer for group {self._group_id} within {self._timeout:.0f}s"
-        )
-
-    def _behind(self, number: int, committed: int, target: int) -> GroupBehindError:
-        return GroupBehindError(
-            f"group {self._group_id} has committed {committed} of "
-            f"{self._topic}[{number}], not yet {target}, after {self._timeout:.0f}s"
         )
 
     async def _end_of(self, partition: TopicPartition) -> int:
