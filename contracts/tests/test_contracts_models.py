@@ -82,6 +82,20 @@ def test_invalid_task_metadata_is_refused_with_the_reason(metadata: dict, proble
         TaskMetadata.model_validate(metadata)
 
 
+@pytest.mark.parametrize("char", ["\x00", "\t", "\n", "\x1f", " ", "\x7f"])
+def test_a_url_with_a_space_or_control_character_inside_is_refused(char: str) -> None:
+    # Around the URL, whitespace is trimmed; inside it, nothing below "!" and no DEL passes.
+    for url in (f"https://x.example/a{char}b", f"https://x.example/?q={char}&r=1"):
+        with pytest.raises(ValidationError, match="spaces or control"):
+            TaskMetadata.model_validate({"isWebhookTask": True, "webhookUrl": url})
+
+
+def test_a_url_with_printable_and_non_ascii_characters_is_kept_as_given() -> None:
+    url = "https://x.example/caf\u00e9/~!$&'()*+,;=:@%20?a=b#frag"
+
+    assert TaskMetadata.model_validate({"webhookUrl": url}).webhook_url == url
+
+
 @pytest.mark.parametrize("auth", ["Bearer t\u00f6k\u00e9n", "Bearer a\r\nX-Injected: 1"])
 def test_webhook_auth_must_be_a_header_value_and_is_never_quoted(auth: str) -> None:
     with pytest.raises(ValidationError, match="printable ASCII") as raised:
