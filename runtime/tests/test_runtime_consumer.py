@@ -19,6 +19,7 @@ from faststream.kafka import KafkaBroker, TestKafkaBroker
 from opentelemetry import trace
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from webhook_tasks_contracts import DeadLetter, TaskRequested, Topics
+from webhook_tasks_runtime.catch_up import StoppingError
 from webhook_tasks_runtime.infra import Infrastructure
 from webhook_tasks_runtime.kafka import (
     KEPT_VALUE_BYTES,
@@ -613,3 +614,55 @@ async def test_when_one_key_fails_the_other_keys_of_its_batch_stop_before_it_com
     [failure] = [record for record in caplog.records if record.message.startswith("batch failed")]
     assert failure.exc_info is not None
     assert failure.exc_info[0] is ConnectionError
+
+
+@pytest.mark.integration
+async def test_a_batch_interrupted_by_the_stop_is_left_uncommitted_and_is_no_failure(
+    infrastructure: Infrastructure, unique_topics: Topics, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = unique_topics.task_requested
+    interrupted = asyncio.Event()
+
+    async def stopping(event: Ping) -> None:
+        interrupted.set()
+        raise StoppingError("the service is stopping")
+
+    producer = AIOKafkaProducer(bootstrap_servers=infrastructure.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b'{"number": 7}', key=b"a", partition=0)
+    finally:
+        await producer.stop()
+    caplog.set_level(logging.INFO)
+    async with subscribed(
+        infrastructure,
+        unique_topics,
+        "stops",
+        topic,
+        stopping,
+        fetch_max_wait_ms=infrastructure.fetch_max_wait_ms,
+    ) as (_, broker):
+        await broker.start()
+        await asyncio.wait_for(interrupted.wait(), 20)
+        started = time.monotonic()
+        await broker.stop()
+        # The interrupted batch is held (up to the longest back-off) only while running.
+        assert time.monotonic() - started < 5
+
+    # Not committed: the next start of the group (or another replica) gets the event again.
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=infrastructure.kafka_bootstrap_servers,
+        group_id=f"{unique_topics.prefix}.stops",
+        enable_auto_commit=False,
+    )
+    await reader.start()
+    try:
+        committed = await reader.committed(TopicPartition(topic, 0))
+    finally:
+        await reader.stop()
+    assert not committed
+    errors = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert errors == []
+    [line] = [record for record in caplog.records if record.message.startswith("batch interrupted")]
+    assert line.levelno == logging.INFO
+    assert line.exc_info is None

@@ -28,6 +28,8 @@ from typing import Protocol, TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
+from .kafka import HandlerInterrupted
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -52,7 +54,7 @@ class UnknownTopicError(CatchUpError):
     """The cluster's metadata names no partitions for the topic."""
 
 
-class StoppingError(CatchUpError):
+class StoppingError(CatchUpError, HandlerInterrupted):
     """The service is stopping: the group may not commit again before it has stopped."""
 
 

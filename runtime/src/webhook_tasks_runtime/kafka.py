@@ -3,6 +3,9 @@
 A consumer commits its offsets only after its handler has returned for every
 message of a batch; a handler that raises makes the batch come again (after a
 pause that doubles while the batch keeps failing), so effects must be idempotent.
+A handler that raises HandlerInterrupted was stopped by the service's own stop:
+its batch comes again after the restart (or to another replica), and nothing is
+logged as a failure.
 Messages that can never be accepted (not JSON, wrong schema, unknown version) go
 to `<topic>.dead-letter` with the reason and the original bytes (at most 256 KiB of
 them), and the consumer moves on. No secret goes with them: in JSON the values of
@@ -28,6 +31,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faststream import AckPolicy
+from faststream.exceptions import NackMessage
 from faststream.kafka import KafkaBroker, KafkaMessage
 from opentelemetry.context import Context, attach, detach
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -203,6 +207,10 @@ class BrokerPublisher:
             )
 
 
+class HandlerInterrupted(Exception):  # noqa: N818 (an event, as asyncio.CancelledError)
+    """The service is stopping, so the handler stopped; its batch is delivered again."""
+
+
 @dataclass(frozen=True, slots=True)
 class ConsumerSpec(Generic[EventT]):
     """What one consumer reads and what it does with each event."""
@@ -328,6 +336,16 @@ def register_consumer(
             await _run_all(handle_in_order(events) for events in by_key.values())
             dead_lettered.inc(len(rejected))
             handled.inc(len(records) - len(rejected))
+        except HandlerInterrupted as interruption:
+            # Not a failure: uncommitted, the batch is the next start's (or another replica's).
+            logger.info(
+                "batch interrupted by the stop; it will be delivered again",
+                extra={"consumer": spec.name, "records": len(records), "reason": str(interruption)},
+            )
+            # Held until the subscriber stops, so it is not fetched and interrupted again.
+            await pause(max_retry_delay)
+            # FastStream's signal to rewind without an error of its own in the log.
+            raise NackMessage() from None
         except Exception:
             failed.inc()
             delay = backoff.next_delay()
