@@ -188,6 +188,33 @@ async def test_records_written_once_the_wait_began_or_on_other_partitions_hold_n
         await catch_up.stop()
 
 
+async def test_a_moment_passed_during_another_wait_needs_only_what_was_written_before_it(
+    topic: Topic,
+) -> None:
+    # The next batch's event: its moment passed while the previous batch still waited.
+    key = "task-" + uuid.uuid4().hex
+    partition = await topic.write(key)
+    catch_up = topic.catch_up(timeout=30, reading_interval=0.05)
+    await catch_up.start()
+    try:
+        first = asyncio.create_task(catch_up.wait(key, time.time()))
+        await asyncio.sleep(0.3)
+        moment = time.time()
+        await asyncio.sleep(0.3)  # the first waiter reads the end again meanwhile
+        await topic.write(key, count=5)  # after the moment: the second need not wait for them
+        assert not first.done()
+        await topic.commit(partition, 1)
+        await asyncio.wait_for(first, 5)
+
+        await asyncio.wait_for(catch_up.wait(key, moment), 2)
+
+        with pytest.raises(TimeoutError):
+            # A moment after the five records still needs them.
+            await asyncio.wait_for(catch_up.wait(key, time.time()), 1)
+    finally:
+        await catch_up.stop()
+
+
 async def test_a_key_whose_partition_is_caught_up_does_not_wait(topic: Topic) -> None:
     behind_key = "task-" + uuid.uuid4().hex
     behind = await topic.write(behind_key, count=3)

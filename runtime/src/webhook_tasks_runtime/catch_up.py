@@ -9,6 +9,12 @@ committed at least that far. Commits come only after handlers return, so every
 record written before the moment has then been applied. Neither clocks of other
 hosts nor record timestamps are involved.
 
+While a waiter polls, it also reads the partition's end every `reading_interval`
+and keeps these readings for a while: an event whose moment passed during that wait
+(the next batch's, which its consumer fetches only once this one is done) then needs
+only the end read just after its moment, not the end when its own turn comes, so a
+lagging group delays it by about its lag once, not twice.
+
 The end is read from the partition itself, not taken from ListOffsets alone: the
 embedded broker answers that with the offset after the first record of the last
 batch, and a producer's batch holds many records (the gateway's callbacks, for
@@ -21,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -40,6 +47,8 @@ _SHORTEST_CALL_SECONDS = 2.0
 """A request to the cluster may take this long even when the wait's timeout is nearer."""
 _TAIL_READ_TIMEOUT_MS = 2_000
 """How long reading the last batch of a partition may take before the listed end is used."""
+_KEPT_READINGS = 600
+"""Readings of a partition's end kept for later waiters: a minute's at the default interval."""
 
 
 class CatchUpError(RuntimeError):
@@ -74,11 +83,20 @@ class NoCatchUp:
 @dataclass(slots=True)
 class _Partition:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    noted_at: float = float("-inf")
-    """When `end` was read: it covers every record written before then."""
-    end: int = 0
+    readings: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=_KEPT_READINGS))
+    """(when, end) in the order taken: each end covers every record written before its time."""
     committed: int = -1
     """The group's committed offset as last read; committed offsets only move forward."""
+
+    def end_as_of(self, moment: float) -> int | None:
+        """Return the end read first at or after `moment`, if one was."""
+        found = None
+        # Newest first, as far back as readings stay at or after the moment.
+        for noted_at, end in reversed(self.readings):
+            if noted_at < moment:
+                break
+            found = end
+        return found
 
 
 class GroupCatchUp:
@@ -97,6 +115,7 @@ class GroupCatchUp:
         client_id: str,
         timeout: float = 30.0,
         poll_interval: float = 0.02,
+        reading_interval: float = 0.1,
         clock: Callable[[], float] = time.time,
         request_timeout_ms: int = 10_000,
         stopping: asyncio.Event | None = None,
@@ -106,6 +125,7 @@ class GroupCatchUp:
         self._group_id = group_id
         self._timeout = timeout
         self._poll_interval = poll_interval
+        self._reading_interval = reading_interval
         self._clock = clock
         # Never subscribed, so it never joins the group: it only reads the group's offsets.
         self._consumer = AIOKafkaConsumer(
@@ -149,13 +169,12 @@ class GroupCatchUp:
         polls = 0
         # One waiter per partition reads offsets at a time; the rest reuse what it read.
         async with state.lock:
-            if state.noted_at < moment:
+            target = state.end_as_of(moment)
+            if target is None:
                 if (early := moment - self._clock()) > 0:
                     await asyncio.sleep(early)
-                noted_at = self._clock()
-                state.end = await self._bounded(lambda: self._end_of(partition), started)
-                state.noted_at = noted_at
-            target = state.end
+                target = await self._read_end(state, partition, started)
+            last_reading = time.monotonic()
             while state.committed < target:
                 if polls:
                     if time.monotonic() - started > self._timeout:
@@ -166,6 +185,10 @@ class GroupCatchUp:
                         )
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), self._poll_interval)
+                    if time.monotonic() - last_reading >= self._reading_interval:
+                        # For the waiters whose moments pass meanwhile; this one's is set.
+                        await self._read_end(state, partition, started)
+                        last_reading = time.monotonic()
                 committed = await self._bounded(
                     lambda: self._consumer.committed(partition), started
                 )
@@ -182,6 +205,13 @@ class GroupCatchUp:
                     "waited_seconds": round(waited, 3),
                 },
             )
+
+    async def _read_end(self, state: _Partition, partition: TopicPartition, started: float) -> int:
+        """Read the partition's end now, keep the reading, and return the end."""
+        noted_at = self._clock()
+        end = await self._bounded(lambda: self._end_of(partition), started)
+        state.readings.append((noted_at, end))
+        return end
 
     async def _bounded(self, call: Callable[[], Awaitable[T]], started: float) -> T:
         """Await `call()` unless the wait's timeout passes or the service stops first."""
