@@ -11,7 +11,9 @@ The sealed value is dropped once the request has been answered, but an external 
 may still echo the credential in its callback. So the task keeps keyed fingerprints
 (HMAC-SHA256, truncated) of it: of the whole value, of what follows its scheme word
 (`Bearer <this>`), and of a Basic credential's password. A callback's texts are cut into
-tokens, and every token whose fingerprint is among them is masked. Fingerprints read
+tokens, and every token whose fingerprint is among them is masked; so is a credential
+percent-encoded in a URL (`?auth=Bearer%20...`, `+` for a space, hex in either case),
+found by the fingerprints of its decoded form. Fingerprints read
 `v1:<key id>:<base64url(digests)>`; those of a key no longer configured match nothing.
 """
 
@@ -25,6 +27,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import unquote_plus
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -149,16 +152,37 @@ def _credential_parts(secret: SecretStr) -> set[str]:
 
 
 def _masked(text: str, key: bytes, known: set[bytes]) -> str:
-    found = {
-        candidate
-        for token in _TOKEN.findall(text)
-        for candidate in _candidates(token)
-        if _digest(key, candidate) in known
-    }
+    found: set[str] = set()
+    encoded: set[str] = set()
+    for token in _TOKEN.findall(text):
+        found.update(
+            candidate for candidate in _candidates(token) if _digest(key, candidate) in known
+        )
+        if "%" in token or "+" in token:
+            encoded.update(
+                candidate
+                for candidate in _candidates(unquote_plus(token))
+                if _digest(key, candidate) in known
+            )
     # Longest first: a credential inside a longer matched value is masked with it.
     for secret in sorted(found, key=len, reverse=True):
         text = text.replace(secret, _MASK)
+    for secret in sorted(encoded, key=len, reverse=True):
+        text = _percent_encoded(secret).sub(_MASK, text)
     return text
+
+
+def _percent_encoded(secret: str) -> re.Pattern[str]:
+    """Return a pattern of `secret` as a URL may carry it: each character as is or %-encoded."""
+    forms = []
+    for char in secret:
+        escaped = "".join(
+            "%" + "".join(f"[{digit.upper()}{digit.lower()}]" for digit in f"{byte:02x}")
+            for byte in char.encode("utf-8", "surrogatepass")
+        )
+        alternatives = [re.escape(char), escaped, *(["\\+"] if char == " " else [])]
+        forms.append("(?:" + "|".join(alternatives) + ")")
+    return re.compile("".join(forms))
 
 
 def _candidates(token: str) -> set[str]:

@@ -4,8 +4,10 @@ credential is found by its fingerprints alone."""
 from __future__ import annotations
 
 import base64
+import re
 import string
 from collections.abc import Callable
+from urllib.parse import quote, quote_plus, unquote_plus
 
 import pytest
 from hypothesis import assume, given
@@ -77,6 +79,11 @@ def mask_for(secret: str, sealer: RequestSealer | None = None) -> Callable[[str]
         (TOKEN, f"unknown key {TOKEN}; check it", "unknown key **********; check it"),
         (BASIC, "password pa55word! is wrong", "password ********** is wrong"),
         (BASIC, f"got {BASIC.split()[1]}", "got **********"),
+        (f"Bearer {TOKEN}", f"see /r?auth=Bearer%20{TOKEN}&a=1", "/r?auth=**********&a=1"),
+        (f"Bearer {TOKEN}", f"see /r?auth=Bearer+{TOKEN}&a=1", "/r?auth=**********&a=1"),
+        (f"Bearer {TOKEN}", f"/r?q=token%3D{TOKEN}", "/r?q=token%3D**********"),
+        (BASIC, "/r?pw=pa55word%21", "/r?pw=**********"),
+        (BASIC, "/r?pw=pa55word%21&next=1", "/r?pw=**********&next=1"),
     ],
 )
 def test_an_echoed_credential_is_masked_wherever_a_text_holds_it(
@@ -85,7 +92,7 @@ def test_an_echoed_credential_is_masked_wherever_a_text_holds_it(
     masked = mask_for(secret)(text)
 
     assert expected in masked
-    for part in (TOKEN, "pa55word!", BASIC.split()[1]):
+    for part in (TOKEN, "pa55word", BASIC.split()[1]):
         assert part not in masked
 
 
@@ -139,3 +146,24 @@ def test_a_credential_between_delimiters_never_survives(
     mask = mask_for(secret, SEALER)
 
     assert secret not in mask(f"the service said {before}{secret}{after} back")
+
+
+@given(
+    secret=st.text(
+        alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zs")),
+        min_size=8,
+    ),
+    encode=st.sampled_from([quote, quote_plus, lambda text: quote(text, safe="")]),
+    lower_hex=st.booleans(),
+)
+def test_a_credential_percent_encoded_in_a_url_never_survives(
+    secret: str, encode: Callable[[str], str], lower_hex: bool
+) -> None:
+    mask = mask_for(secret, SEALER)
+    encoded = encode(secret)
+    if lower_hex:
+        encoded = re.sub(r"%[0-9A-F]{2}", lambda found: found.group().lower(), encoded)
+    masked = mask(f"callback from https://r.example/done?auth={encoded}&n=1")
+
+    assert encoded not in masked
+    assert secret not in unquote_plus(masked)
