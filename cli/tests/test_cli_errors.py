@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from .conftest import run
@@ -59,4 +61,52 @@ def test_a_service_run_as_a_program_reports_missing_settings_in_one_line(module:
     assert done.returncode == 1
     assert done.stderr.startswith("error: invalid settings: ")
     assert "KAFKA_BOOTSTRAP_SERVERS: Field required" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_kafka_security_settings_that_cannot_work_are_one_line_without_the_password() -> None:
+    done = run(
+        "-m",
+        "webhook_tasks_cli",
+        "submit",
+        "--webhook-url",
+        "https://svc.example/",
+        "--prompt",
+        "a video",
+        KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",
+        KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        KAFKA_SASL_USERNAME="svc",
+        KAFKA_SASL_PASSWORD=PASSWORD,
+    )
+
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "error: KAFKA_SECURITY_PROTOCOL SASL_SSL needs KAFKA_SASL_MECHANISM"
+    )
+    assert "Zk3" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "setting"),
+    [
+        ("webhook_tasks_dispatcher", "KAFKA_SSL_CA_FILE"),
+        ("webhook_tasks_gateway", "KAFKA_SSL_CA_FILE"),
+    ],
+)
+def test_a_service_given_a_tls_file_it_cannot_read_says_which_in_one_line(
+    module: str, setting: str, tmp_path: Path
+) -> None:
+    done = run(
+        "-m",
+        module,
+        KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",
+        DATABASE_URL="postgresql://u@127.0.0.1:1/db",
+        CALLBACK_TOKEN_KEYS="k:base64:" + "A" * 44,
+        PUBLIC_CALLBACK_BASE_URL="https://gw.example",
+        KAFKA_SECURITY_PROTOCOL="SSL",
+        KAFKA_SSL_CA_FILE=str(tmp_path / "missing-ca.pem"),
+    )
+
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: invalid settings: {setting} cannot be used"), done.stderr
     assert "Traceback" not in done.stderr

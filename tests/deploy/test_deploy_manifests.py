@@ -90,10 +90,15 @@ def test_each_deployment_sets_only_real_settings_and_every_required_one(service:
 
 
 SECRETS_READ = {
-    "dispatcher": {"DATABASE_URL", "CALLBACK_TOKEN_KEYS", "WEBHOOK_SIGNING_SECRETS"},
-    "callback-gateway": {"CALLBACK_TOKEN_KEYS", "GATEWAY_SIGNING_SECRETS"},
-    "expirer": {"DATABASE_URL"},
-    "notifier": {"DATABASE_URL"},
+    "dispatcher": {
+        "DATABASE_URL",
+        "CALLBACK_TOKEN_KEYS",
+        "WEBHOOK_SIGNING_SECRETS",
+        "KAFKA_SASL_PASSWORD",
+    },
+    "callback-gateway": {"CALLBACK_TOKEN_KEYS", "GATEWAY_SIGNING_SECRETS", "KAFKA_SASL_PASSWORD"},
+    "expirer": {"DATABASE_URL", "KAFKA_SASL_PASSWORD"},
+    "notifier": {"DATABASE_URL", "KAFKA_SASL_PASSWORD"},
 }
 
 
@@ -190,3 +195,20 @@ def test_a_deployment_an_autoscaler_scales_fixes_no_replica_count() -> None:
     assert scaled, "the gateway is autoscaled"
     for _, target in scaled:
         assert "replicas" not in deployment(target)["spec"], target
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS))
+def test_every_pod_can_trust_a_kafka_ca_it_is_given_and_starts_without_one(service: str) -> None:
+    pod = deployment(service)["spec"]["template"]["spec"]
+    (volume,) = [item for item in pod.get("volumes", []) if item["name"] == "kafka-ca"]
+    (mount,) = [
+        item for item in pod["containers"][0].get("volumeMounts", []) if item["name"] == "kafka-ca"
+    ]
+
+    assert volume["secret"] == {"secretName": "webhook-tasks-kafka-ca", "optional": True}
+    assert mount == {
+        "name": "kafka-ca",
+        "mountPath": "/etc/webhook-tasks/kafka-ca",
+        "readOnly": True,
+    }
+    assert "/etc/webhook-tasks/kafka-ca/" in (MANIFESTS / "configmap.yaml").read_text()

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from webhook_tasks_runtime.settings import DatabaseSettings
@@ -36,6 +36,9 @@ class StackConfig:
     topic_prefix: str = "webhook-tasks"
     kafka_enable_idempotence: bool = True
     pid: int | None = None
+    kafka_security_from_env: bool = False
+    """Whether Kafka is reached as KAFKA_SECURITY_PROTOCOL and its settings say (else in
+    plain text, as the embedded broker takes clients)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ def load_config() -> StackConfig:
             callback_token_keys=os.environ.get("CALLBACK_TOKEN_KEYS"),
             topic_prefix=os.environ.get("TOPIC_PREFIX", "webhook-tasks"),
             kafka_enable_idempotence=env_flag("KAFKA_ENABLE_IDEMPOTENCE", default=True),
+            kafka_security_from_env=True,
         )
     if from_stack is None:
         raise ConfigurationError(
@@ -125,6 +129,23 @@ def load_config() -> StackConfig:
             "CALLBACK_TOKEN_KEYS as needed)"
         )
     return from_stack
+
+
+def kafka_client_options(config: StackConfig) -> dict[str, Any]:
+    """Return how the CLI's Kafka clients connect: TLS and SASL as the services are told."""
+    if not config.kafka_security_from_env:
+        return {}
+    # Imported here: only the commands that reach Kafka need them.
+    from pydantic import ValidationError
+    from webhook_tasks_runtime.entry import describe_validation_error
+    from webhook_tasks_runtime.kafka_security import KafkaSecurityError, KafkaSecuritySettings
+
+    try:
+        return KafkaSecuritySettings().kafka_client_options()
+    except ValidationError as error:
+        raise ConfigurationError(describe_validation_error(error)) from None
+    except KafkaSecurityError as error:
+        raise ConfigurationError(str(error)) from None
 
 
 def _running_stack() -> StackConfig | None:

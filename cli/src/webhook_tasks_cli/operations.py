@@ -21,7 +21,13 @@ from webhook_tasks_contracts import (
     parse_callback_keys,
 )
 
-from .config import SCHEMA_ENV_VARS, ServiceSchemas, StackConfig, service_schemas
+from .config import (
+    SCHEMA_ENV_VARS,
+    ServiceSchemas,
+    StackConfig,
+    kafka_client_options,
+    service_schemas,
+)
 
 CONNECT_TIMEOUT_SECONDS = 15.0
 
@@ -38,6 +44,7 @@ async def publish_task(config: StackConfig, request: TaskRequested) -> None:
         enable_idempotence=config.kafka_enable_idempotence,
         request_timeout_ms=int(CONNECT_TIMEOUT_SECONDS * 1000),
         client_id="webhook-tasks-cli",
+        **kafka_client_options(config),
     )
     try:
         await asyncio.wait_for(producer.start(), CONNECT_TIMEOUT_SECONDS)

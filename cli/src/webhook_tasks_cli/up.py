@@ -20,7 +20,14 @@ from webhook_tasks_runtime.infra import Infrastructure, start_infrastructure
 from webhook_tasks_runtime.kafka import ensure_topics
 from webhook_tasks_runtime.settings import KAFKA_MAX_MESSAGE_BYTES
 
-from .config import StackConfig, env_flag, remove_stack_file, stack_file, write_stack_file
+from .config import (
+    StackConfig,
+    env_flag,
+    kafka_client_options,
+    remove_stack_file,
+    stack_file,
+    write_stack_file,
+)
 from .operations import OperationError, publish_task
 from .stack import Stack, StackOptions
 from .watch import EventWatcher
@@ -61,13 +68,19 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
     large = {topics.callback_received, topics.task_lifecycle, topics.notifications}
     large |= {name for name in topics.all() if name.endswith(DEAD_LETTER_SUFFIX)}
     max_message_bytes = os.environ.get("KAFKA_MAX_MESSAGE_BYTES") or str(KAFKA_MAX_MESSAGE_BYTES)
+    # An external Kafka is reached as the services reach it; the embedded one in plain text.
+    external = infra.source == "environment"
+    client_options = kafka_client_options(StackConfig("", kafka_security_from_env=external))
     await ensure_topics(
-        infra.kafka_bootstrap_servers, [name for name in topics.all() if name not in large]
+        infra.kafka_bootstrap_servers,
+        [name for name in topics.all() if name not in large],
+        client_options=client_options,
     )
     await ensure_topics(
         infra.kafka_bootstrap_servers,
         sorted(large),
         configs={"max.message.bytes": max_message_bytes},
+        client_options=client_options,
     )
     options = StackOptions(
         database_url=infra.database_url,
@@ -82,7 +95,9 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
         topic_prefix=topics.prefix,
     )
     stack = Stack(options)
-    watcher = EventWatcher(infra.kafka_bootstrap_servers, topics, console.print)
+    watcher = EventWatcher(
+        infra.kafka_bootstrap_servers, topics, console.print, client_options=client_options
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -95,6 +110,7 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
         topic_prefix=topics.prefix,
         kafka_enable_idempotence=idempotence,
         pid=os.getpid(),
+        kafka_security_from_env=external,
     )
     watching: asyncio.Task[None] | None = None
     try:

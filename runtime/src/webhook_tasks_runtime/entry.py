@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
+from .kafka_security import KafkaSecurityError
+
 
 def describe_validation_error(
     error: ValidationError, name_of: Callable[[str], str] = str.upper
@@ -26,6 +28,9 @@ def run_program(run: Callable[[], None]) -> None:
         run()
     except ValidationError as error:
         print(f"error: invalid settings: {describe_validation_error(error)}", file=sys.stderr)
+        sys.exit(1)
+    except KafkaSecurityError as error:
+        print(f"error: invalid settings: {error}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -33,6 +33,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faststream import AckPolicy
 from faststream.exceptions import NackMessage
 from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.security import BaseSecurity
 from opentelemetry.context import Context, attach, detach
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from webhook_tasks_contracts import DeadLetter, Topics
@@ -547,7 +548,11 @@ def _mask_secrets(document: Any) -> bool:
 
 
 def create_broker(
-    bootstrap_servers: str, *, client_id: str, graceful_timeout: float = 15.0
+    bootstrap_servers: str,
+    *,
+    client_id: str,
+    graceful_timeout: float = 15.0,
+    security: BaseSecurity | None = None,
 ) -> KafkaBroker:
     """Build a consuming FastStream broker; publishing goes through a KafkaPublisher."""
     return KafkaBroker(
@@ -555,6 +560,7 @@ def create_broker(
         client_id=client_id,
         graceful_timeout=graceful_timeout,
         logger=logging.getLogger("faststream"),
+        security=security,
     )
 
 
@@ -565,11 +571,12 @@ async def ensure_topics(
     partitions: int = 3,
     replication: int = 1,
     configs: Mapping[str, str] | None = None,
+    client_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Create the topics that do not exist yet, with `configs`; existing ones are left as is."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(client_options or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

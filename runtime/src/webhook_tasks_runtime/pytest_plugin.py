@@ -12,9 +12,12 @@ import asyncio
 import io
 import json
 import logging
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,6 +63,62 @@ async def private_kafka() -> AsyncIterator[EmbeddedKafka]:
         yield kafka
     finally:
         await asyncio.to_thread(kafka.stop)
+
+
+@dataclass(frozen=True)
+class TlsKafka:
+    """A broker reached only through a TLS listener, and the CA file that verifies it."""
+
+    bootstrap_servers: str
+    ca_file: Path
+    plain_bootstrap_servers: str
+    """The broker's own plain-text port: it names only the TLS one in its metadata."""
+
+
+@pytest.fixture
+async def tls_kafka(tmp_path: Path) -> AsyncIterator[TlsKafka]:
+    """Start a broker of the test's own behind a TLS listener, as a cluster's TLS listener is."""
+    import trustme  # a test tool: certificates of a CA made for the test
+
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "kafka-ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    tls_port = free_port()
+    kafka = EmbeddedKafka(port=free_port(), advertised_port=tls_port)
+    await asyncio.to_thread(kafka.start)
+    host, _, port = kafka.bootstrap_servers.rpartition(":")
+    connections: set[asyncio.Task[None]] = set()
+
+    async def forward(client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
+        broker_reader, broker = await asyncio.open_connection(host, int(port))
+        pipes = [
+            asyncio.create_task(_pipe(client_reader, broker)),
+            asyncio.create_task(_pipe(broker_reader, client)),
+        ]
+        connections.update(pipes)
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        for pipe in pipes:
+            pipe.cancel()
+        for writer in (client, broker):
+            writer.close()
+
+    listener = await asyncio.start_server(forward, "127.0.0.1", tls_port, ssl=context)
+    try:
+        yield TlsKafka(f"127.0.0.1:{tls_port}", ca_file, kafka.bootstrap_servers)
+    finally:
+        listener.close()
+        for connection in connections:
+            connection.cancel()
+        await asyncio.gather(*connections, return_exceptions=True)
+        await asyncio.to_thread(kafka.stop)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while chunk := await reader.read(65536):
+        writer.write(chunk)
+        await writer.drain()
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from webhook_tasks_contracts import (
 )
 
 from .db import SCHEMA_NAME_PATTERN
+from .kafka_security import KafkaSecuritySettings
 
 Environment = Literal["dev", "test", "production"]
 
@@ -32,7 +33,7 @@ _DATABASE_URL_ERROR = (
 _HOST_AND_PORT = re.compile(r"(\[[^\]]+\]|[^\[\]:,]+)(:[0-9]*)?")
 
 
-class RuntimeSettings(BaseSettings):
+class RuntimeSettings(KafkaSecuritySettings):
     """Connection and logging settings of one service process."""
 
     # hide_input_in_errors: a bad DATABASE_URL or key must not be echoed in the error.

@@ -72,6 +72,7 @@ async def serve_worker(
             client_id=f"webhook-tasks-{name}",
             max_request_size=settings.kafka_max_message_bytes,
             request_timeout_ms=KAFKA_REQUEST_TIMEOUT_MS,
+            **settings.kafka_client_options(),
         )
         await publisher.start()
         stack.push_async_callback(publisher.stop)
@@ -81,7 +82,9 @@ async def serve_worker(
         parts = await build(resources)
 
         broker: KafkaBroker = create_broker(
-            settings.kafka_bootstrap_servers, client_id=f"webhook-tasks-{name}"
+            settings.kafka_bootstrap_servers,
+            client_id=f"webhook-tasks-{name}",
+            security=settings.kafka_broker_security(),
         )
         for spec in parts.consumers:
             register_consumer(

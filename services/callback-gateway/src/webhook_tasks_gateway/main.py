@@ -50,6 +50,7 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
             client_id=CLIENT_ID,
             # aiokafka's default (1 MiB) would refuse a callback at the body limit.
             max_request_size=settings.kafka_max_request_bytes,
+            **settings.kafka_client_options(),
         ),
         max_retry_delay=settings.gateway_kafka_retry_max_seconds,
     )

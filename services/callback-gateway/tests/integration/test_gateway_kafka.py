@@ -24,6 +24,8 @@ from webhook_tasks_gateway import GatewaySettings, serve
 from webhook_tasks_runtime.embedded import EmbeddedKafka, free_port
 from webhook_tasks_runtime.infra import Infrastructure
 from webhook_tasks_runtime.kafka import ensure_topics
+from webhook_tasks_runtime.kafka_security import KafkaSecuritySettings
+from webhook_tasks_runtime.pytest_plugin import TlsKafka
 from webhook_tasks_runtime.settings import KAFKA_MAX_MESSAGE_BYTES
 
 pytestmark = pytest.mark.integration
@@ -110,7 +112,9 @@ async def consume_until(
     raise AssertionError(f"the last message keyed {key!r} never came; saw {found}")
 
 
-async def consume_one(bootstrap: str, topic: str, key: str) -> tuple[bytes, bytes]:
+async def consume_one(
+    bootstrap: str, topic: str, key: str, **client_options: Any
+) -> tuple[bytes, bytes]:
     """Return (key, value) of the first message on `topic` keyed `key`, from the start."""
     consumer = AIOKafkaConsumer(
         topic,
@@ -118,6 +122,7 @@ async def consume_one(bootstrap: str, topic: str, key: str) -> tuple[bytes, byte
         group_id=f"test-gateway-{uuid.uuid4().hex}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **client_options,
     )
     await consumer.start()
     try:
@@ -171,6 +176,29 @@ async def test_accepted_callback_is_on_kafka_keyed_by_correlation_id(
     assert event.result_url == "https://cdn.example.com/video.mp4"
     assert event.metadata == {"seconds": 20}
     assert event.delivery_id == "msg_it_1"
+
+
+async def test_a_callback_is_accepted_onto_a_kafka_that_takes_only_tls(
+    tls_kafka: TlsKafka, unique_topics: Topics
+) -> None:
+    tls = {"kafka_security_protocol": "SSL", "kafka_ssl_ca_file": tls_kafka.ca_file}
+    options = KafkaSecuritySettings.model_validate(tls).kafka_client_options()
+    await ensure_topics(
+        tls_kafka.bootstrap_servers, [unique_topics.callback_received], client_options=options
+    )
+    settings = gateway_settings(tls_kafka.bootstrap_servers, unique_topics, **tls)
+    correlation_id = f"it-{uuid.uuid4()}"
+    url = settings.callback_tokens().callback_url("", correlation_id)
+
+    async with running(settings) as http:
+        await wait_for_status(http, "/readyz", 200)
+        response = await http.post(url, json=success_body(correlation_id))
+
+    assert response.status_code == 202, response.text
+    _, value = await consume_one(
+        tls_kafka.bootstrap_servers, unique_topics.callback_received, correlation_id, **options
+    )
+    assert CallbackReceived.model_validate_json(value).correlation_id == correlation_id
 
 
 async def test_a_body_just_under_the_default_limit_is_accepted_and_on_kafka(

@@ -43,6 +43,7 @@ async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
             client_id="webhook-tasks-dispatcher",
             timeout=settings.deadline_wait_for_callbacks_seconds,
             stopping=stop,
+            client_options=settings.kafka_client_options(),
         )
         await callbacks_caught_up.start()
         resources.exit_stack.push_async_callback(callbacks_caught_up.stop)

@@ -183,6 +183,8 @@ def settings_for(
 ) -> DispatcherSettings:
     """Return settings for the real service on the test infrastructure, with `overrides`."""
     defaults: dict[str, Any] = {
+        "kafka_bootstrap_servers": infrastructure.kafka_bootstrap_servers,
+        "kafka_enable_idempotence": infrastructure.supports_idempotent_producer,
         "outbound_allowlist": "127.0.0.1/32",
         "retry_schedule": "0.3",
         "retry_max_attempts": 100,
@@ -194,8 +196,6 @@ def settings_for(
     return DispatcherSettings(
         database_url=infrastructure.database_url,  # type: ignore[arg-type]
         database_schema=schema,
-        kafka_bootstrap_servers=infrastructure.kafka_bootstrap_servers,
-        kafka_enable_idempotence=infrastructure.supports_idempotent_producer,
         topic_prefix=topics.prefix,
         callback_token_keys=f"t:base64:{base64.b64encode(os.urandom(32)).decode()}",  # type: ignore[arg-type]
         public_callback_base_url="http://gateway.invalid",
