@@ -9,6 +9,15 @@ import pytest
 from .conftest import run
 
 PASSWORD = "Zk3/q9#Lm"
+SUBMIT = (
+    "-m",
+    "webhook_tasks_cli",
+    "submit",
+    "--webhook-url",
+    "https://svc.example/",
+    "--prompt",
+    "a video",
+)
 
 
 @pytest.mark.parametrize("url", [f"postgresql://u:{PASSWORD}@db.internal:5432/tasks", "notaurl"])
@@ -30,13 +39,7 @@ def test_an_unusable_database_url_is_one_line_without_the_password(url: str) -> 
 
 def test_an_unusable_kafka_address_is_one_line() -> None:
     done = run(
-        "-m",
-        "webhook_tasks_cli",
-        "submit",
-        "--webhook-url",
-        "https://svc.example/",
-        "--prompt",
-        "a video",
+        *SUBMIT,
         KAFKA_BOOTSTRAP_SERVERS="host:abc",
     )
 
@@ -66,13 +69,7 @@ def test_a_service_run_as_a_program_reports_missing_settings_in_one_line(module:
 
 def test_kafka_security_settings_that_cannot_work_are_one_line_without_the_password() -> None:
     done = run(
-        "-m",
-        "webhook_tasks_cli",
-        "submit",
-        "--webhook-url",
-        "https://svc.example/",
-        "--prompt",
-        "a video",
+        *SUBMIT,
         KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",
         KAFKA_SECURITY_PROTOCOL="SASL_SSL",
         KAFKA_SASL_USERNAME="svc",

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import os
 import random
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,15 @@ import asyncpg
 import httpx
 import pytest
 from aiohttp import web
-from webhook_tasks_contracts import CallbackKey, CallbackTokens, Topics
+from aiokafka import AIOKafkaProducer
+from webhook_tasks_contracts import (
+    REVEAL_SECRETS,
+    CallbackKey,
+    CallbackTokens,
+    TaskMetadata,
+    TaskRequested,
+    Topics,
+)
 from webhook_tasks_dispatcher.client import WebhookClient
 from webhook_tasks_dispatcher.guard import UrlGuard
 from webhook_tasks_dispatcher.retry import RetryPolicy
@@ -218,3 +227,30 @@ async def wait_until(
             if value is not None and accept(value):  # type: ignore[operator]
                 return
             await asyncio.sleep(0.1)
+
+
+async def accept(request: web.Request) -> web.StreamResponse:
+    """Acknowledge a request at once, as an external service that took the job."""
+    return web.json_response({"status": "accepted"})
+
+
+def webhook_task(url: str, *, prefix: str, **metadata: object) -> TaskRequested:
+    """Return a task event for a webhook task sent to `url`, its id starting with `prefix`."""
+    return TaskRequested(
+        task_id=f"{prefix}-{uuid.uuid4().hex[:8]}",
+        user_id="user-1",
+        project_id="project-1",
+        prompt="render",
+        task_metadata=TaskMetadata.model_validate(
+            {"isWebhookTask": True, "webhookUrl": url, **metadata}
+        ),
+    )
+
+
+async def publish_task(producer: AIOKafkaProducer, topics: Topics, request: TaskRequested) -> None:
+    """Publish `request` as an upstream system does: webhookAuth in clear, keyed by task id."""
+    await producer.send_and_wait(
+        topics.task_requested,
+        request.model_dump_json(context={REVEAL_SECRETS: True}).encode(),
+        key=request.task_id.encode(),
+    )

@@ -8,15 +8,11 @@ from datetime import datetime
 
 import asyncpg
 import pytest
-from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from webhook_tasks_contracts import (
-    REVEAL_SECRETS,
     CallbackReceived,
     DeadlineReached,
-    TaskMetadata,
-    TaskRequested,
     Topics,
     utc_now,
 )
@@ -24,7 +20,15 @@ from webhook_tasks_dispatcher.main import serve
 from webhook_tasks_runtime.infra import Infrastructure
 from webhook_tasks_runtime.kafka import ensure_topics
 
-from .conftest import GENEROUS_WAIT, LocalServer, settings_for, wait_until
+from .conftest import (
+    GENEROUS_WAIT,
+    LocalServer,
+    accept,
+    publish_task,
+    settings_for,
+    wait_until,
+    webhook_task,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -57,27 +61,12 @@ async def test_a_success_queued_behind_a_backlog_beats_the_deadline_that_followe
     server: LocalServer,
     pool: asyncpg.Pool,
 ) -> None:
-    async def accept(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"status": "accepted"})
-
     server.routes["/run"] = accept
     await ensure_topics(
         infrastructure.kafka_bootstrap_servers, unique_topics.all(), partitions=PARTITIONS
     )
     settings = settings_for(infrastructure, unique_schema, unique_topics, log_level="INFO")
-    request = TaskRequested(
-        task_id=f"race-{uuid.uuid4().hex[:8]}",
-        user_id="user-1",
-        project_id="project-1",
-        prompt="render",
-        task_metadata=TaskMetadata.model_validate(
-            {
-                "isWebhookTask": True,
-                "webhookUrl": f"{server.url}/run",
-                "timeoutSeconds": TIMEOUT_SECONDS,
-            }
-        ),
-    )
+    request = webhook_task(f"{server.url}/run", prefix="race", timeoutSeconds=TIMEOUT_SECONDS)
     producer = AIOKafkaProducer(
         bootstrap_servers=infrastructure.kafka_bootstrap_servers, linger_ms=5
     )
@@ -102,11 +91,7 @@ async def test_a_success_queued_behind_a_backlog_beats_the_deadline_that_followe
             lambda count: count == 2,
             service,
         )
-        await producer.send_and_wait(
-            unique_topics.task_requested,
-            request.model_dump_json(context={REVEAL_SECRETS: True}).encode(),
-            key=request.task_id.encode(),
-        )
+        await publish_task(producer, unique_topics, request)
         await wait_until(
             pool, "SELECT count(*) FROM tasks WHERE status = 'initiated'", bool, service
         )

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import asyncpg
 import pytest
-from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from webhook_tasks_contracts import (
-    REVEAL_SECRETS,
     CallbackReceived,
-    TaskMetadata,
-    TaskRequested,
     Topics,
 )
 from webhook_tasks_dispatcher.main import serve
@@ -22,7 +17,15 @@ from webhook_tasks_runtime.kafka import ensure_topics
 from webhook_tasks_runtime.kafka_security import KafkaSecuritySettings
 from webhook_tasks_runtime.pytest_plugin import TlsKafka
 
-from .conftest import GENEROUS_WAIT, LocalServer, settings_for, wait_until
+from .conftest import (
+    GENEROUS_WAIT,
+    LocalServer,
+    accept,
+    publish_task,
+    settings_for,
+    wait_until,
+    webhook_task,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +38,6 @@ async def test_the_dispatcher_works_against_a_kafka_that_takes_only_tls(
     server: LocalServer,
     pool: asyncpg.Pool,
 ) -> None:
-    async def accept(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"status": "accepted"})
-
     server.routes["/run"] = accept
     tls = {"kafka_security_protocol": "SSL", "kafka_ssl_ca_file": tls_kafka.ca_file}
     options = KafkaSecuritySettings.model_validate(tls).kafka_client_options()
@@ -50,25 +50,13 @@ async def test_the_dispatcher_works_against_a_kafka_that_takes_only_tls(
         kafka_enable_idempotence=False,
         **tls,
     )
-    request = TaskRequested(
-        task_id=f"tls-{uuid.uuid4().hex[:8]}",
-        user_id="user-1",
-        project_id="project-1",
-        prompt="render",
-        task_metadata=TaskMetadata.model_validate(
-            {"isWebhookTask": True, "webhookUrl": f"{server.url}/run"}
-        ),
-    )
+    request = webhook_task(f"{server.url}/run", prefix="tls")
     producer = AIOKafkaProducer(bootstrap_servers=tls_kafka.bootstrap_servers, **options)
     await producer.start()
     stop = asyncio.Event()
     service = asyncio.create_task(serve(settings, stop))
     try:
-        await producer.send_and_wait(
-            unique_topics.task_requested,
-            request.model_dump_json(context={REVEAL_SECRETS: True}).encode(),
-            key=request.task_id.encode(),
-        )
+        await publish_task(producer, unique_topics, request)
         await wait_until(
             pool, "SELECT count(*) FROM tasks WHERE status = 'initiated'", bool, service
         )

@@ -11,10 +11,7 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from webhook_tasks_contracts import (
-    REVEAL_SECRETS,
     TaskDispatched,
-    TaskMetadata,
-    TaskRequested,
     Topics,
     lifecycle_event_adapter,
 )
@@ -22,7 +19,14 @@ from webhook_tasks_dispatcher.main import serve
 from webhook_tasks_runtime.infra import Infrastructure
 from webhook_tasks_runtime.kafka import ensure_topics
 
-from .conftest import GENEROUS_WAIT, LocalServer, settings_for, wait_until
+from .conftest import (
+    GENEROUS_WAIT,
+    LocalServer,
+    publish_task,
+    settings_for,
+    wait_until,
+    webhook_task,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -50,15 +54,7 @@ async def test_pending_retries_survive_a_restart_and_no_secret_leaks(
     await ensure_topics(infrastructure.kafka_bootstrap_servers, unique_topics.all())
     settings = settings_for(infrastructure, unique_schema, unique_topics)
     requests = [
-        TaskRequested(
-            task_id=f"restart-{index}-{uuid.uuid4().hex[:6]}",
-            user_id="user-1",
-            project_id="project-1",
-            prompt="render",
-            task_metadata=TaskMetadata.model_validate(
-                {"isWebhookTask": True, "webhookUrl": f"{server.url}/run", "webhookAuth": SECRET}
-            ),
-        )
+        webhook_task(f"{server.url}/run", prefix=f"restart-{index}", webhookAuth=SECRET)
         for index in range(TASKS)
     ]
 
@@ -66,11 +62,7 @@ async def test_pending_retries_survive_a_restart_and_no_secret_leaks(
     await producer.start()
     try:
         for request in requests:
-            await producer.send_and_wait(
-                unique_topics.task_requested,
-                request.model_dump_json(context={REVEAL_SECRETS: True}).encode(),
-                key=request.task_id.encode(),
-            )
+            await publish_task(producer, unique_topics, request)
     finally:
         await producer.stop()
     # From here on, every log line is the dispatcher's (the upstream producer above logs
