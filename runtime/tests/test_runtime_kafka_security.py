@@ -238,3 +238,36 @@ async def test_a_tls_listener_refuses_plain_text_and_a_broker_nobody_vouches_for
     )
     await asyncio.wait_for(trusting.start(), 20)
     await trusting.stop()
+
+
+@pytest.mark.integration
+async def test_a_listener_that_authenticates_clients_takes_the_configured_certificate(
+    mtls_kafka: TlsKafka,
+) -> None:
+    trust = {"kafka_security_protocol": "SSL", "kafka_ssl_ca_file": mtls_kafka.ca_file}
+    anonymous = KafkaPublisher.create(
+        mtls_kafka.bootstrap_servers,
+        enable_idempotence=False,
+        client_id="test",
+        request_timeout_ms=3000,
+        **settings(**trust).kafka_client_options(),
+    )
+    with pytest.raises(KafkaConnectionError):
+        await asyncio.wait_for(anonymous.start(), 20)
+    await anonymous.stop()
+
+    identified = KafkaPublisher.create(
+        mtls_kafka.bootstrap_servers,
+        enable_idempotence=False,
+        client_id="test",
+        **settings(
+            **trust,
+            kafka_ssl_cert_file=mtls_kafka.client_cert_file,
+            kafka_ssl_key_file=mtls_kafka.client_key_file,
+        ).kafka_client_options(),
+    )
+    await asyncio.wait_for(identified.start(), 20)
+    try:
+        await identified.publish(OutgoingMessage(f"mtls-{uuid.uuid4().hex[:8]}", "k", b"{}"))
+    finally:
+        await identified.stop()

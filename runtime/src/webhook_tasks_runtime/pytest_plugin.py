@@ -16,7 +16,7 @@ import logging
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,11 +72,27 @@ class TlsKafka:
 
     bootstrap_servers: str
     ca_file: Path
+    client_cert_file: Path | None = None
+    """A certificate the listener takes from clients, where it asks for one."""
+    client_key_file: Path | None = None
 
 
 @pytest.fixture
 async def tls_kafka(tmp_path: Path) -> AsyncIterator[TlsKafka]:
     """Start a broker of the test's own behind a TLS listener, as a cluster's TLS listener is."""
+    async with _behind_tls(tmp_path, client_certificates=False) as kafka:
+        yield kafka
+
+
+@pytest.fixture
+async def mtls_kafka(tmp_path: Path) -> AsyncIterator[TlsKafka]:
+    """The same, with a listener that takes only clients with a certificate of its CA."""
+    async with _behind_tls(tmp_path, client_certificates=True) as kafka:
+        yield kafka
+
+
+@asynccontextmanager
+async def _behind_tls(tmp_path: Path, *, client_certificates: bool) -> AsyncIterator[TlsKafka]:
     import trustme  # a test tool: certificates of a CA made for the test
 
     authority = trustme.CA()
@@ -84,6 +100,14 @@ async def tls_kafka(tmp_path: Path) -> AsyncIterator[TlsKafka]:
     authority.issue_cert("127.0.0.1").configure_cert(context)
     ca_file = tmp_path / "kafka-ca.pem"
     authority.cert_pem.write_to_path(str(ca_file))
+    cert_file = key_file = None
+    if client_certificates:
+        context.verify_mode = ssl.CERT_REQUIRED
+        authority.configure_trust(context)
+        client = authority.issue_cert("webhook-tasks-client")
+        cert_file, key_file = tmp_path / "client.pem", tmp_path / "client.key"
+        client.cert_chain_pems[0].write_to_path(str(cert_file))
+        client.private_key_pem.write_to_path(str(key_file))
     tls_port = free_port()
     kafka = EmbeddedKafka(port=free_port(), advertised_port=tls_port)
     await asyncio.to_thread(kafka.start)
@@ -105,7 +129,7 @@ async def tls_kafka(tmp_path: Path) -> AsyncIterator[TlsKafka]:
 
     listener = await asyncio.start_server(forward, "127.0.0.1", tls_port, ssl=context)
     try:
-        yield TlsKafka(f"127.0.0.1:{tls_port}", ca_file)
+        yield TlsKafka(f"127.0.0.1:{tls_port}", ca_file, cert_file, key_file)
     finally:
         listener.close()
         for connection in connections:
