@@ -56,6 +56,8 @@ from .sealing import RequestSealer, SealError, mask_strings
 from .signing import SigningKeys, webhook_id_of
 
 logger = logging.getLogger(__name__)
+_CLAIM_HANDBACK_SECONDS = 5.0
+"""How long a stop waits for an interrupted claim's answer, to hand its requests back."""
 
 MAX_SAID_CHARS = 300
 """How much of an ignored callback's content its history line keeps."""
@@ -277,10 +279,7 @@ class Dispatcher:
                 free = self._max_in_flight - len(self._in_flight) - self._reserved
                 claimed: list[repo.PendingRequest] = []
                 if free > 0:
-                    async with self._pool.acquire() as conn:
-                        claimed = await repo.claim_due_requests(
-                            conn, now=self._clock(), limit=min(free, batch_size)
-                        )
+                    claimed = await self._claim_due(min(free, batch_size))
                 for pending in claimed:
                     self._send_in_background(pending)
                 if len(claimed) < min(max(free, 1), batch_size):
@@ -289,6 +288,30 @@ class Dispatcher:
                     self._due.clear()
         finally:
             await self._release(shutdown_grace)
+
+    async def _claim_due(self, limit: int) -> list[repo.PendingRequest]:
+        """Claim up to `limit` due requests; a claim the stop interrupts is handed back."""
+        claiming = asyncio.ensure_future(self._lease_due(limit))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # The rows may be leased on the server already, its answer unread: without this they
+            # would wait out their lease (minutes) before the next process could send them.
+            await asyncio.wait({claiming}, timeout=_CLAIM_HANDBACK_SECONDS)
+            answered = claiming.done() and not claiming.cancelled()
+            taken = claiming.result() if answered and claiming.exception() is None else []
+            claiming.cancel()  # if still waiting: its rows then wait out their lease
+            if taken:
+                async with self._pool.acquire() as conn:
+                    await repo.release_requests(
+                        conn, [pending.correlation_id for pending in taken], now=self._clock()
+                    )
+                logger.info("released claimed requests", extra={"count": len(taken)})
+            raise
+
+    async def _lease_due(self, limit: int) -> list[repo.PendingRequest]:
+        async with self._pool.acquire() as conn:
+            return await repo.claim_due_requests(conn, now=self._clock(), limit=limit)
 
     async def drain(self) -> None:
         """Wait until no request is being sent."""

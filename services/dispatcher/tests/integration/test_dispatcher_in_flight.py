@@ -158,3 +158,33 @@ async def test_stopping_lets_requests_finish_within_the_grace_then_hands_back_th
     assert task.status.value == "pending"
     async with under_test.pool.acquire() as conn:
         assert await repo.next_request_due(conn) == under_test.clock.now
+
+
+async def test_a_stop_that_interrupts_a_claim_hands_the_claimed_requests_back(
+    under_test: DispatcherUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    under_test.service.answer = lambda request: httpx.Response(503)
+    request = task_request()
+    await under_test.dispatcher.consume(request)
+    await under_test.dispatcher.drain()
+    under_test.clock.advance(3600)  # its retry is due
+    claimed = asyncio.Event()
+    claim = repo.claim_due_requests
+
+    async def claim_then_stall(*args: object, **options: object) -> list[repo.PendingRequest]:
+        # The rows are leased on the server; the stop comes before the answer is read.
+        taken = await claim(*args, **options)  # type: ignore[arg-type]
+        claimed.set()
+        await asyncio.sleep(0.5)
+        return taken
+
+    monkeypatch.setattr(repo, "claim_due_requests", claim_then_stall)
+    sender = asyncio.create_task(under_test.dispatcher.run_sender(poll_interval=0.05))
+    await asyncio.wait_for(claimed.wait(), 10)
+    sender.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sender
+
+    # Due again at once, for the next process, not only once its lease ran out.
+    async with under_test.pool.acquire() as conn:
+        assert await repo.next_request_due(conn) == under_test.clock.now
