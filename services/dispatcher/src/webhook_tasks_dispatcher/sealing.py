@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import hashlib
 import hmac
 import os
@@ -50,7 +51,7 @@ _TOKEN = re.compile(r"[^\s\"'`<>()\[\]{},;|\\]+")
 _SUBTOKEN_SEPARATORS = re.compile(r"[=:&/?#@]")
 """Inside a token: `token=<secret>`, `key:<secret>`, a URL's query or path."""
 _MOST_SEPARATORS = 12
-"""Separators of a token whose spans are looked at: the spans grow as their square."""
+"""Separators a credential may hold itself: the spans looked at grow with it, once per start."""
 
 
 class SealError(Exception):
@@ -187,10 +188,15 @@ def _percent_encoded(secret: str) -> re.Pattern[str]:
 
 def _candidates(token: str) -> set[str]:
     """Return the parts of `token` that start and end at its edges or at separators in it."""
-    separators = list(_SUBTOKEN_SEPARATORS.finditer(token))[:_MOST_SEPARATORS]
+    separators = list(_SUBTOKEN_SEPARATORS.finditer(token))
     starts = [0, *(found.end() for found in separators)]
-    ends = [len(token), *(found.start() for found in separators), *starts[1:]]
-    spans = {token[start:end] for start in starts for end in ends if end > start}
+    ends = sorted({len(token), *(found.start() for found in separators), *starts[1:]})
+    spans: set[str] = set()
+    # From every start, however long the token (a URL with many parameters), to the ends
+    # that leave at most _MOST_SEPARATORS separators inside: linear in the token's length.
+    for start in starts:
+        first = bisect.bisect_right(ends, start)
+        spans.update(token[start:end] for end in ends[first : first + 2 * _MOST_SEPARATORS + 1])
     # A sentence's full stop is not part of what it quotes.
     spans |= {span.rstrip(".!?") for span in spans}
     return {span for span in spans if len(span) >= _SHORTEST_FINGERPRINTED}
