@@ -246,6 +246,20 @@ async def claim_sink_deliveries(
     return sorted(deliveries, key=lambda delivery: delivery.id)
 
 
+async def release_sink_deliveries(
+    conn: asyncpg.Connection, delivery_ids: list[int], now: datetime
+) -> None:
+    """Make claimed deliveries due now, their attempt uncounted: their sender is stopping."""
+    await conn.execute(
+        """
+        UPDATE sink_deliveries SET attempts = attempts - 1, next_attempt_at = $2
+        WHERE id = ANY($1::bigint[]) AND failed_at IS NULL
+        """,
+        delivery_ids,
+        now,
+    )
+
+
 async def forget_sink_delivery(conn: asyncpg.Connection, delivery_id: int) -> None:
     """Delete a delivery the sink accepted."""
     await conn.execute("DELETE FROM sink_deliveries WHERE id = $1", delivery_id)

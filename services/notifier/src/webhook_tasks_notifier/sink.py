@@ -27,6 +27,8 @@ from . import repository
 from .repository import SinkDelivery
 
 logger = logging.getLogger(__name__)
+_HAND_BACK_SECONDS = 5.0
+"""How long a stop waits for an interrupted claim's answer, to hand its deliveries back."""
 
 Clock = Callable[[], datetime]
 
@@ -102,15 +104,47 @@ class HttpSink:
         """POST every delivery that is due, once each; return how many the sink accepted."""
         accepted = 0
         while True:
-            now = self._clock()
-            async with self._pool.acquire() as conn:
-                batch = await repository.claim_sink_deliveries(
-                    conn, now, now + self._lease, self._batch_size
+            batch = await self._claim()
+            unsettled = {delivery.id for delivery in batch}
+            try:
+                results = await asyncio.gather(
+                    *(self._deliver(delivery, unsettled) for delivery in batch)
                 )
-            results = await asyncio.gather(*(self._deliver(delivery) for delivery in batch))
+            except asyncio.CancelledError:
+                await self._hand_back(unsettled)
+                raise
             accepted += sum(results)
             if len(batch) < self._batch_size:
                 return accepted
+
+    async def _claim(self) -> list[SinkDelivery]:
+        """Claim a batch of due deliveries; a claim the stop interrupts is handed back."""
+        claiming = asyncio.ensure_future(self._lease_due())
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # Leased on the server, its answer unread: else the rows wait out their lease.
+            await asyncio.wait({claiming}, timeout=_HAND_BACK_SECONDS)
+            answered = claiming.done() and not claiming.cancelled()
+            taken = claiming.result() if answered and claiming.exception() is None else []
+            claiming.cancel()  # if still waiting: its rows then wait out their lease
+            await self._hand_back({delivery.id for delivery in taken})
+            raise
+
+    async def _lease_due(self) -> list[SinkDelivery]:
+        now = self._clock()
+        async with self._pool.acquire() as conn:
+            return await repository.claim_sink_deliveries(
+                conn, now, now + self._lease, self._batch_size
+            )
+
+    async def _hand_back(self, delivery_ids: set[int]) -> None:
+        """Make deliveries this process claimed but did not settle due again at once."""
+        if not delivery_ids:
+            return
+        async with self._pool.acquire() as conn:
+            await repository.release_sink_deliveries(conn, sorted(delivery_ids), self._clock())
+        logger.info("released unsettled sink deliveries", extra={"count": len(delivery_ids)})
 
     async def prune_finished(self) -> int:
         """Delete deliveries given up on longer ago than the retention; return how many."""
@@ -155,7 +189,7 @@ class HttpSink:
         self._next_prune_at = now + self._prune_interval
         await self.prune_finished()
 
-    async def _deliver(self, delivery: SinkDelivery) -> bool:
+    async def _deliver(self, delivery: SinkDelivery, unsettled: set[int]) -> bool:
         error = await self._post(delivery)
         now = self._clock()
         async with self._pool.acquire() as conn:
@@ -166,6 +200,7 @@ class HttpSink:
             else:
                 retry_at = now + self._backoff.after(delivery.attempts)
                 await repository.retry_sink_delivery_later(conn, delivery.id, error, retry_at)
+        unsettled.discard(delivery.id)
         extra = {
             "correlation_id": delivery.correlation_id,
             "event_id": str(delivery.event_id),

@@ -27,9 +27,11 @@ from webhook_tasks_contracts import (
     Topics,
     notification_event_adapter,
 )
+from webhook_tasks_notifier import repository
 from webhook_tasks_notifier.comment_templates import load_templates
 from webhook_tasks_notifier.handlers import LifecycleHandler
 from webhook_tasks_notifier.main import serve
+from webhook_tasks_notifier.repository import SinkDelivery
 from webhook_tasks_notifier.settings import NotifierSettings
 from webhook_tasks_notifier.sink import Backoff, HttpSink
 from webhook_tasks_runtime.db import create_pool, load_migrations, migrate, runtime_migrations
@@ -439,3 +441,67 @@ async def test_the_running_service_posts_outcomes_to_a_configured_sink(
         "UserNotified",
         "UserNotified",
     ]
+
+
+async def test_a_stop_hands_back_the_deliveries_being_posted_due_at_once(
+    pool: asyncpg.Pool,
+    clock: FakeClock,
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+) -> None:
+    arrived = asyncio.Event()
+
+    async def hold(request: httpx.Request) -> httpx.Response:
+        arrived.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(hold)) as held:
+        sink = sink_for(pool, held, "https://chat.example/hooks", clock)
+        handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+        await handler.handle(completed())
+        running = asyncio.create_task(sink.run())
+        await asyncio.wait_for(arrived.wait(), 10)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    rows = await pool.fetch("SELECT attempts, next_attempt_at FROM sink_deliveries")
+    # Due at once for the next process, not once their lease ran out; no attempt counted.
+    assert [(row["attempts"], row["next_attempt_at"]) for row in rows] == [(0, clock.now)] * 3
+
+
+async def test_a_stop_that_interrupts_a_claim_hands_the_claimed_deliveries_back(
+    pool: asyncpg.Pool,
+    http: httpx.AsyncClient,
+    receiver: Receiver,
+    clock: FakeClock,
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sink = sink_for(pool, http, receiver.url, clock)
+    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+    await handler.handle(completed())
+    claimed = asyncio.Event()
+    claim = repository.claim_sink_deliveries
+
+    async def claim_then_stall(*args: Any) -> list[SinkDelivery]:
+        # The rows are leased on the server; the stop comes before the answer is read.
+        taken = await claim(*args)
+        claimed.set()
+        await asyncio.sleep(0.5)
+        return taken
+
+    monkeypatch.setattr(repository, "claim_sink_deliveries", claim_then_stall)
+    running = asyncio.create_task(sink.run())
+    await asyncio.wait_for(claimed.wait(), 10)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+    rows = await pool.fetch("SELECT attempts, next_attempt_at FROM sink_deliveries")
+    assert [(row["attempts"], row["next_attempt_at"]) for row in rows] == [(0, clock.now)] * 3
+    assert receiver.verified == []
