@@ -41,6 +41,7 @@ from webhook_tasks_contracts import (
     utc_now,
 )
 from webhook_tasks_runtime.catch_up import CatchUp, NoCatchUp
+from webhook_tasks_runtime.leases import claim_or_hand_back
 from webhook_tasks_runtime.logging import correlation_context
 from webhook_tasks_runtime.outbox import add_events_to_outbox
 from webhook_tasks_runtime.tracing import context_from_traceparent, trace_headers, traceparent_of
@@ -56,8 +57,6 @@ from .sealing import RequestSealer, SealError, mask_strings
 from .signing import SigningKeys, webhook_id_of
 
 logger = logging.getLogger(__name__)
-_CLAIM_HANDBACK_SECONDS = 5.0
-"""How long a stop waits for an interrupted claim's answer, to hand its requests back."""
 
 MAX_SAID_CHARS = 300
 """How much of an ignored callback's content its history line keeps."""
@@ -279,7 +278,9 @@ class Dispatcher:
                 free = self._max_in_flight - len(self._in_flight) - self._reserved
                 claimed: list[repo.PendingRequest] = []
                 if free > 0:
-                    claimed = await self._claim_due(min(free, batch_size))
+                    claimed = await claim_or_hand_back(
+                        self._lease_due(min(free, batch_size)), self._hand_back_claimed
+                    )
                 for pending in claimed:
                     self._send_in_background(pending)
                 if len(claimed) < min(max(free, 1), batch_size):
@@ -289,25 +290,13 @@ class Dispatcher:
         finally:
             await self._release(shutdown_grace)
 
-    async def _claim_due(self, limit: int) -> list[repo.PendingRequest]:
-        """Claim up to `limit` due requests; a claim the stop interrupts is handed back."""
-        claiming = asyncio.ensure_future(self._lease_due(limit))
-        try:
-            return await asyncio.shield(claiming)
-        except asyncio.CancelledError:
-            # The rows may be leased on the server already, its answer unread: without this they
-            # would wait out their lease (minutes) before the next process could send them.
-            await asyncio.wait({claiming}, timeout=_CLAIM_HANDBACK_SECONDS)
-            answered = claiming.done() and not claiming.cancelled()
-            taken = claiming.result() if answered and claiming.exception() is None else []
-            claiming.cancel()  # if still waiting: its rows then wait out their lease
-            if taken:
-                async with self._pool.acquire() as conn:
-                    await repo.release_requests(
-                        conn, [pending.correlation_id for pending in taken], now=self._clock()
-                    )
-                logger.info("released claimed requests", extra={"count": len(taken)})
-            raise
+    async def _hand_back_claimed(self, taken: list[repo.PendingRequest]) -> None:
+        """Make requests this process claimed but did not send due again at once."""
+        async with self._pool.acquire() as conn:
+            await repo.release_requests(
+                conn, [pending.correlation_id for pending in taken], now=self._clock()
+            )
+        logger.info("released claimed requests", extra={"count": len(taken)})
 
     async def _lease_due(self, limit: int) -> list[repo.PendingRequest]:
         async with self._pool.acquire() as conn:

@@ -22,13 +22,12 @@ import asyncpg
 import httpx
 from standardwebhooks import Webhook
 from webhook_tasks_contracts import utc_now
+from webhook_tasks_runtime.leases import claim_or_hand_back
 
 from . import repository
 from .repository import SinkDelivery
 
 logger = logging.getLogger(__name__)
-_HAND_BACK_SECONDS = 5.0
-"""How long a stop waits for an interrupted claim's answer, to hand its deliveries back."""
 
 Clock = Callable[[], datetime]
 
@@ -104,7 +103,9 @@ class HttpSink:
         """POST every delivery that is due, once each; return how many the sink accepted."""
         accepted = 0
         while True:
-            batch = await self._claim()
+            batch = await claim_or_hand_back(
+                self._lease_due(), lambda taken: self._hand_back({item.id for item in taken})
+            )
             unsettled = {delivery.id for delivery in batch}
             try:
                 results = await asyncio.gather(
@@ -116,20 +117,6 @@ class HttpSink:
             accepted += sum(results)
             if len(batch) < self._batch_size:
                 return accepted
-
-    async def _claim(self) -> list[SinkDelivery]:
-        """Claim a batch of due deliveries; a claim the stop interrupts is handed back."""
-        claiming = asyncio.ensure_future(self._lease_due())
-        try:
-            return await asyncio.shield(claiming)
-        except asyncio.CancelledError:
-            # Leased on the server, its answer unread: else the rows wait out their lease.
-            await asyncio.wait({claiming}, timeout=_HAND_BACK_SECONDS)
-            answered = claiming.done() and not claiming.cancelled()
-            taken = claiming.result() if answered and claiming.exception() is None else []
-            claiming.cancel()  # if still waiting: its rows then wait out their lease
-            await self._hand_back({delivery.id for delivery in taken})
-            raise
 
     async def _lease_due(self) -> list[SinkDelivery]:
         now = self._clock()
