@@ -131,9 +131,9 @@ def load_config() -> StackConfig:
     return from_stack
 
 
-def kafka_client_options(config: StackConfig) -> dict[str, Any]:
-    """Return how the CLI's Kafka clients connect: TLS and SASL as the services are told."""
-    if not config.kafka_security_from_env:
+def kafka_client_options(*, from_env: bool) -> dict[str, Any]:
+    """Return how the CLI's Kafka clients connect: as the environment says, else plain text."""
+    if not from_env:
         return {}
     # Imported here: only the commands that reach Kafka need them.
     from pydantic import ValidationError

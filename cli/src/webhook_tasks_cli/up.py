@@ -70,7 +70,7 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
     max_message_bytes = os.environ.get("KAFKA_MAX_MESSAGE_BYTES") or str(KAFKA_MAX_MESSAGE_BYTES)
     # An external Kafka is reached as the services reach it; the embedded one in plain text.
     external = infra.source == "environment"
-    client_options = kafka_client_options(StackConfig("", kafka_security_from_env=external))
+    client_options = kafka_client_options(from_env=external)
     await ensure_topics(
         infra.kafka_bootstrap_servers,
         [name for name in topics.all() if name not in large],

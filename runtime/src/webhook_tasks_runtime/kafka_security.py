@@ -12,6 +12,7 @@ so a missing or unusable file is one clear error naming its setting.
 from __future__ import annotations
 
 import ssl
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,17 +61,23 @@ class KafkaSecuritySettings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
 
+    @property
+    def _uses_tls(self) -> bool:
+        return self.kafka_security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def _uses_sasl(self) -> bool:
+        return self.kafka_security_protocol.startswith("SASL_")
+
     @model_validator(mode="after")
     def _consistent(self) -> KafkaSecuritySettings:
         protocol = self.kafka_security_protocol
-        uses_tls = protocol in ("SSL", "SASL_SSL")
-        uses_sasl = protocol.startswith("SASL_")
         tls_given = [
             name
             for name in ("kafka_ssl_ca_file", "kafka_ssl_cert_file", "kafka_ssl_key_file")
             if getattr(self, name) is not None
         ]
-        if tls_given and not uses_tls:
+        if tls_given and not self._uses_tls:
             raise ValueError(
                 f"{_env(tls_given[0])} is set, but KAFKA_SECURITY_PROTOCOL is {protocol}: "
                 "use SSL or SASL_SSL"
@@ -82,7 +89,7 @@ class KafkaSecuritySettings(BaseSettings):
             for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
             if getattr(self, name) is not None
         ]
-        if uses_sasl:
+        if self._uses_sasl:
             missing = [
                 _env(name)
                 for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
@@ -95,20 +102,20 @@ class KafkaSecuritySettings(BaseSettings):
                 f"{_env(sasl_given[0])} is set, but KAFKA_SECURITY_PROTOCOL is {protocol}: "
                 "use SASL_PLAINTEXT or SASL_SSL"
             )
-        if uses_tls:
+        if self._uses_tls:
             # At start-up, before any connection: a file that cannot be used is a bad setting.
-            self.kafka_ssl_context()
+            # Built once, then shared by every client of the process.
+            _ = self.kafka_ssl_context
         return self
 
     def kafka_client_options(self) -> dict[str, Any]:
         """Return the options that make an aiokafka client connect as configured."""
-        protocol = self.kafka_security_protocol
-        if protocol == "PLAINTEXT":
+        if self.kafka_security_protocol == "PLAINTEXT":
             return {}
-        options: dict[str, Any] = {"security_protocol": protocol}
-        if protocol in ("SSL", "SASL_SSL"):
-            options["ssl_context"] = self.kafka_ssl_context()
-        if protocol.startswith("SASL_"):
+        options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self._uses_tls:
+            options["ssl_context"] = self.kafka_ssl_context
+        if self._uses_sasl:
             mechanism, username, password = self._sasl()
             options |= {
                 "sasl_mechanism": mechanism,
@@ -119,15 +126,15 @@ class KafkaSecuritySettings(BaseSettings):
 
     def kafka_broker_security(self) -> BaseSecurity | None:
         """Return the same, for a FastStream broker."""
-        protocol = self.kafka_security_protocol
-        if protocol == "PLAINTEXT":
+        if self.kafka_security_protocol == "PLAINTEXT":
             return None
-        use_ssl = protocol in ("SSL", "SASL_SSL")
-        context = self.kafka_ssl_context() if use_ssl else None
-        if not protocol.startswith("SASL_"):
+        context = self.kafka_ssl_context if self._uses_tls else None
+        if not self._uses_sasl:
             return BaseSecurity(ssl_context=context, use_ssl=True)
         mechanism, username, password = self._sasl()
-        return _SASL_SECURITY[mechanism](username, password, ssl_context=context, use_ssl=use_ssl)
+        return _SASL_SECURITY[mechanism](
+            username, password, ssl_context=context, use_ssl=self._uses_tls
+        )
 
     def _sasl(self) -> tuple[SaslMechanism, str, str]:
         mechanism, username = self.kafka_sasl_mechanism, self.kafka_sasl_username
@@ -139,8 +146,9 @@ class KafkaSecuritySettings(BaseSettings):
             )
         return mechanism, username, password.get_secret_value()
 
+    @cached_property
     def kafka_ssl_context(self) -> ssl.SSLContext:
-        """Build the TLS context: brokers verified by the CA file (or the system's CAs)."""
+        """Return the TLS context: brokers verified by the CA file (or the system's CAs)."""
         try:
             context = ssl.create_default_context(
                 cafile=str(self.kafka_ssl_ca_file) if self.kafka_ssl_ca_file else None

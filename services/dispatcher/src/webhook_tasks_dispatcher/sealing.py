@@ -156,15 +156,12 @@ def _masked(text: str, key: bytes, known: set[bytes]) -> str:
     found: set[str] = set()
     encoded: set[str] = set()
     for token in _TOKEN.findall(text):
-        found.update(
-            candidate for candidate in _candidates(token) if _digest(key, candidate) in known
-        )
+        candidates = _candidates(token)
+        found.update(candidate for candidate in candidates if _digest(key, candidate) in known)
         if "%" in token or "+" in token:
-            encoded.update(
-                candidate
-                for candidate in _candidates(unquote_plus(token))
-                if _digest(key, candidate) in known
-            )
+            # Only the decoded parts not looked at already: most are the same text.
+            decoded = _candidates(unquote_plus(token)) - candidates
+            encoded.update(candidate for candidate in decoded if _digest(key, candidate) in known)
     # Longest first: a credential inside a longer matched value is masked with it.
     for secret in sorted(found, key=len, reverse=True):
         text = text.replace(secret, _MASK)
