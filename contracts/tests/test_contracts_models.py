@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 from webhook_tasks_contracts import (
     REVEAL_SECRETS,
@@ -22,6 +24,7 @@ from webhook_tasks_contracts import (
     derived_event_id,
     lifecycle_event_adapter,
 )
+from webhook_tasks_contracts._validators import _PLAIN_HTTP_URL, _checked_http_url
 
 PRODUCT_SUMMARY_TASK = {
     "taskId": "task-1",
@@ -301,3 +304,31 @@ def test_a_task_event_with_a_nul_character_is_refused_naming_the_field(
     assert field in str(raised.value)
     assert "NUL" in str(raised.value)
     assert "Bearer" not in str(raised.value)
+
+
+_URL_PIECES = st.sampled_from(
+    ["http://", "https://", "HTTP://", "ftp://", "//", "a", "Z", "0", ".", "-", ":", "80", "/",
+     "?", "#", "@", "u:p@", "[", "]", "[::1]", "%20", "\\", " ", "\t", "\x00", "\x7f", "\u00e9",
+     "\u3000", "=", "&", "x.example"]
+)  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_URL_PIECES, max_size=12).map("".join))
+def test_the_fast_url_check_accepts_only_urls_the_full_rules_accept(url: str) -> None:
+    # The fast check decides alone only for URLs it matches; they must all pass the full rules.
+    if _PLAIN_HTTP_URL.fullmatch(url):
+        assert _checked_http_url(url) == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://cdn.example.com/videos/abc.mp4",
+        "http://10.0.0.1:8080/cb?x=1#f",
+        "https://x.example",
+        "https://x.example/caf\u00e9/~!$&'()*+,;=:@%20?a=b#frag",
+    ],
+)
+def test_common_urls_take_the_fast_check(url: str) -> None:
+    assert _PLAIN_HTTP_URL.fullmatch(url)

@@ -20,7 +20,19 @@ Identifier = Annotated[
 ]
 
 
+# Scheme, plain host, optional port, then anything but spaces and controls: every such URL
+# passes every rule of _checked_http_url by construction. urlsplit, run twice for each
+# callback with a result URL, took about a fifth of the gateway's own time per callback.
+_PLAIN_HTTP_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]*)?(?:[/?#][^\x00-\x20\x7f]*)?")
+
+
 def _require_http_url(value: str) -> str:
+    if _PLAIN_HTTP_URL.fullmatch(value):
+        return value
+    return _checked_http_url(value)
+
+
+def _checked_http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an absolute http or https URL")
