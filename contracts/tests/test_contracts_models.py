@@ -287,6 +287,7 @@ def test_topics_are_prefixed_and_include_dead_letters() -> None:
         ({"taskId": "t\x00"}, "taskId"),
         ({"followers": ["u\x00"]}, "followers"),
         ({"webhookParams": {"\x00": 1}}, "webhookParams"),
+        ({"webhookParams": {"a": [1, None, {"b": ("x", "y\x00")}]}}, "webhookParams"),
         ({"webhookAuth": "Bearer \x00"}, "webhookAuth"),
     ],
 )
