@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +36,10 @@ class StackConfig:
     topic_prefix: str = "webhook-tasks"
     kafka_enable_idempotence: bool = True
     pid: int | None = None
-    kafka_security_from_env: bool = False
-    """Whether Kafka is reached as KAFKA_SECURITY_PROTOCOL and its settings say (else in
-    plain text, as the embedded broker takes clients)."""
+    kafka_security: dict[str, str] = field(default_factory=dict)
+    """How Kafka is reached: KAFKA_SECURITY_PROTOCOL and the KAFKA_SSL_* and KAFKA_SASL_*
+    settings, by field name, as given (none: in plain text, as the embedded broker takes
+    clients). A stack records them, so a command in another shell connects as `up` did."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def load_config() -> StackConfig:
             callback_token_keys=os.environ.get("CALLBACK_TOKEN_KEYS"),
             topic_prefix=os.environ.get("TOPIC_PREFIX", "webhook-tasks"),
             kafka_enable_idempotence=env_flag("KAFKA_ENABLE_IDEMPOTENCE", default=True),
-            kafka_security_from_env=True,
+            kafka_security=kafka_security_from_env(),
         )
     if from_stack is None:
         raise ConfigurationError(
@@ -131,9 +132,22 @@ def load_config() -> StackConfig:
     return from_stack
 
 
-def kafka_client_options(*, from_env: bool) -> dict[str, Any]:
-    """Return how the CLI's Kafka clients connect: as the environment says, else plain text."""
-    if not from_env:
+def kafka_security_from_env() -> dict[str, str]:
+    """Return the Kafka security settings the environment gives, by field name, as given."""
+    from webhook_tasks_runtime.kafka_security import KafkaSecuritySettings
+
+    # The same names, and the same case-insensitive match, as the services' settings use.
+    environment = {name.lower(): value for name, value in os.environ.items()}
+    return {
+        name: environment[name]
+        for name in KafkaSecuritySettings.model_fields
+        if name in environment
+    }
+
+
+def kafka_client_options(security: dict[str, str]) -> dict[str, Any]:
+    """Return the options of the CLI's Kafka clients for the `security` settings."""
+    if not security:
         return {}
     # Imported here: only the commands that reach Kafka need them.
     from pydantic import ValidationError
@@ -141,7 +155,8 @@ def kafka_client_options(*, from_env: bool) -> dict[str, Any]:
     from webhook_tasks_runtime.kafka_security import KafkaSecurityError, KafkaSecuritySettings
 
     try:
-        return KafkaSecuritySettings().kafka_client_options()
+        # Validated as given: the settings of a stack, not of the shell that reads them.
+        return KafkaSecuritySettings.model_validate(security).kafka_client_options()
     except ValidationError as error:
         raise ConfigurationError(describe_validation_error(error)) from None
     except KafkaSecurityError as error:

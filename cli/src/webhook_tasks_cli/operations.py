@@ -44,7 +44,7 @@ async def publish_task(config: StackConfig, request: TaskRequested) -> None:
         enable_idempotence=config.kafka_enable_idempotence,
         request_timeout_ms=int(CONNECT_TIMEOUT_SECONDS * 1000),
         client_id="webhook-tasks-cli",
-        **kafka_client_options(from_env=config.kafka_security_from_env),
+        **kafka_client_options(config.kafka_security),
     )
     try:
         await asyncio.wait_for(producer.start(), CONNECT_TIMEOUT_SECONDS)

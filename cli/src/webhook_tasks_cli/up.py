@@ -24,6 +24,7 @@ from .config import (
     StackConfig,
     env_flag,
     kafka_client_options,
+    kafka_security_from_env,
     remove_stack_file,
     stack_file,
     write_stack_file,
@@ -69,8 +70,8 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
     large |= {name for name in topics.all() if name.endswith(DEAD_LETTER_SUFFIX)}
     max_message_bytes = os.environ.get("KAFKA_MAX_MESSAGE_BYTES") or str(KAFKA_MAX_MESSAGE_BYTES)
     # An external Kafka is reached as the services reach it; the embedded one in plain text.
-    external = infra.source == "environment"
-    client_options = kafka_client_options(from_env=external)
+    security = kafka_security_from_env() if infra.source == "environment" else {}
+    client_options = kafka_client_options(security)
     await ensure_topics(
         infra.kafka_bootstrap_servers,
         [name for name in topics.all() if name not in large],
@@ -110,7 +111,7 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
         topic_prefix=topics.prefix,
         kafka_enable_idempotence=idempotence,
         pid=os.getpid(),
-        kafka_security_from_env=external,
+        kafka_security=security,
     )
     watching: asyncio.Task[None] | None = None
     try:
