@@ -166,16 +166,18 @@ class Dispatcher:
                 extra={"task_id": request.task_id, "idempotency_key": request.idempotency_key},
             )
             return None
-        # One INFO line per task comes with its outcome; this one is for following a task closely.
-        logger.debug(
-            "dispatching task",
-            extra={
-                "correlation_id": pending.correlation_id,
-                "task_id": request.task_id,
-                "webhook_host": _host(pending.webhook_url),
-                "mode": pending.mode,
-            },
-        )
+        # One INFO line per task comes with its outcome; this one is for following a task closely
+        # (guarded: parsing the URL for a line that is not written cost CPU on every task).
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "dispatching task",
+                extra={
+                    "correlation_id": pending.correlation_id,
+                    "task_id": request.task_id,
+                    "webhook_host": _host(pending.webhook_url),
+                    "mode": pending.mode,
+                },
+            )
         return pending
 
     async def _claim(
