@@ -43,7 +43,9 @@ REDACTED = "[redacted]"
 
 CAUSES: Mapping[FailureCause, str] = {
     "callback_error": "The external service reported an error",
-    "dispatch_rejected": "The external service refused the request",
+    # Also the cause of a URL the dispatcher's guard refused, which no service ever saw:
+    # the reason that follows says who refused.
+    "dispatch_rejected": "The request to the external service was refused",
     "dispatch_unreachable": "The external service could not be reached",
 }
 

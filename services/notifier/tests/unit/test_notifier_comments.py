@@ -117,6 +117,23 @@ def test_error_shows_the_cause_and_the_reason_quoted() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "the external service answered HTTP 400",
+        "the webhook URL was refused: the webhook host x.internal resolves to a private address",
+    ],
+)
+def test_a_refused_request_is_not_said_to_be_refused_by_the_service_itself(reason: str) -> None:
+    event = TaskFailed(correlation_id="corr-1", task=TASK, cause="dispatch_rejected", reason=reason)
+
+    text = render_comment(event, TEMPLATES).text
+
+    assert text == (
+        f"**Task failed**\n\nThe request to the external service was refused:\n\n> {reason}"
+    )
+
+
 def test_error_reason_is_truncated_with_an_ellipsis() -> None:
     text = render_comment(failed("x" * 2000), TEMPLATES).text
 
