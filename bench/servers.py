@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 
 import aiohttp
 import uvicorn
+from webhook_tasks_gateway.http_protocol import CoalescingHttpToolsProtocol
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -166,6 +167,7 @@ def serve(app: Callable[[Scope, Receive, Send], Awaitable[None]], port: int) -> 
         host="127.0.0.1",
         port=port,
         lifespan="on",
+        http=CoalescingHttpToolsProtocol,
         access_log=False,
         log_config=None,
         server_header=False,

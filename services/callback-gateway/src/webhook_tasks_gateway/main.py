@@ -19,6 +19,7 @@ from webhook_tasks_runtime.observability import HealthServer
 from webhook_tasks_runtime.worker import run_until_signalled
 
 from .app import create_app
+from .http_protocol import CoalescingHttpToolsProtocol
 from .publishing import ReconnectingPublisher
 from .settings import GatewaySettings
 
@@ -80,6 +81,7 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
             host=settings.gateway_host,
             port=settings.gateway_port,
             lifespan="on",
+            http=CoalescingHttpToolsProtocol,
             access_log=False,  # the access log would print callback URLs, tokens included
             # The client's address (per-client rate limit, refusal logs) is the peer's unless
             # the peer is a trusted proxy. Always explicit: uvicorn would otherwise read

@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -442,3 +443,36 @@ async def test_run_serves_from_the_environment_and_stops_cleanly_on_sigterm(
     assert "connected to Kafka" in messages
     assert {entry["service"] for entry in entries} == {"callback-gateway"}
     assert token.partition(".")[2] not in stderr.decode()
+
+
+async def test_pipelined_requests_get_whole_answers_in_order_then_the_close(
+    infrastructure: Infrastructure, unique_topics: Topics
+) -> None:
+    bootstrap = infrastructure.kafka_bootstrap_servers
+    await ensure_topics(bootstrap, [unique_topics.callback_received])
+    settings = gateway_settings(
+        bootstrap,
+        unique_topics,
+        kafka_enable_idempotence=infrastructure.supports_idempotent_producer,
+    )
+    correlation_id = f"it-{uuid.uuid4()}"
+    body = json.dumps(success_body(correlation_id)).encode()
+    path = settings.callback_tokens().callback_url("", correlation_id)
+    requests = (
+        b"GET /healthz HTTP/1.1\r\nhost: gw\r\n\r\n"
+        + b"POST %s HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n" % path.encode()
+        + b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        + b"GET /healthz HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n"
+    )
+
+    async with running(settings) as http:
+        await wait_for_status(http, "/readyz", 200)
+        reader, writer = await asyncio.open_connection(settings.gateway_host, settings.gateway_port)
+        writer.write(requests)  # all three in one segment: HTTP/1.1 pipelining
+        answers = await asyncio.wait_for(reader.read(), WAIT_SECONDS)  # to the server's close
+        writer.close()
+
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)
+    assert statuses == [b"200", b"202", b"200"], answers
+    assert answers.endswith(b'{"status":"ok"}')
+    assert b'{"status":"accepted","correlationId":"%s"}' % correlation_id.encode() in answers
