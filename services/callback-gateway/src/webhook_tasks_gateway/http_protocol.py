@@ -2,10 +2,11 @@
 
 uvicorn writes a response's status line and headers as soon as the app starts the
 response, and its body as a second write: two send() calls, and two segments, for
-an answer of a few dozen bytes. Over loopback under load, that second call cost the
-gateway about a sixth of its CPU per callback (bench/: 0.21 against 0.17 ms). Here a
-write is held until the next one, which it joins, or until the event loop's current
-turn ends, so no write waits for anything but the code already running.
+an answer of a few dozen bytes. Here the writes a connection makes in one turn of
+the event loop are held and sent together when the turn ends: an answer waits only
+for the callbacks already due in that turn. Under load the gateway's CPU per callback
+fell by a sixth (bench/: 0.21 against 0.17 ms, the two alternated in one run), and
+the no-op server's too: the clients were woken once per answer, not twice.
 """
 
 from __future__ import annotations
@@ -17,23 +18,19 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class CoalescingTransport(asyncio.Transport):
-    """A transport that joins consecutive writes into one, flushed within the loop's turn."""
+    """A transport that sends the writes of one turn of the event loop as one."""
 
     def __init__(self, transport: asyncio.Transport) -> None:
         super().__init__()
         self._transport = transport
-        self._held: bytes | None = None
+        self._held: list[bytes] = []
         self._loop = asyncio.get_running_loop()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Hold `data` until the next write or the end of the loop's turn."""
-        held = self._held
-        if held is None:
-            self._held = bytes(data)
+        """Hold `data` until the event loop's current turn ends."""
+        if not self._held:
             self._loop.call_soon(self._flush)
-            return
-        self._held = None
-        self._transport.write(held + data)
+        self._held.append(bytes(data))
 
     def writelines(self, list_of_data: Any) -> None:
         """Write each item in order."""
@@ -41,8 +38,11 @@ class CoalescingTransport(asyncio.Transport):
             self.write(data)
 
     def _flush(self) -> None:
-        held, self._held = self._held, None
-        if held is not None and not self._transport.is_closing():
+        if not self._held:
+            return
+        held = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held = []
+        if not self._transport.is_closing():
             self._transport.write(held)
 
     def write_eof(self) -> None:
@@ -61,7 +61,7 @@ class CoalescingTransport(asyncio.Transport):
 
     def abort(self) -> None:
         """Drop what is held and close at once."""
-        self._held = None
+        self._held = []
         self._transport.abort()
 
     def is_closing(self) -> bool:
@@ -94,8 +94,7 @@ class CoalescingTransport(asyncio.Transport):
 
     def get_write_buffer_size(self) -> int:
         """Return the bytes held here and in the wrapped transport's buffer."""
-        held = len(self._held) if self._held is not None else 0
-        return held + self._transport.get_write_buffer_size()
+        return sum(map(len, self._held)) + self._transport.get_write_buffer_size()
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         """Set the wrapped transport's flow-control limits."""

@@ -44,39 +44,33 @@ class RecordingTransport(asyncio.Transport):
         return 0
 
 
-async def test_two_writes_in_one_turn_leave_as_one_in_order() -> None:
+async def test_the_writes_of_one_turn_leave_as_one_in_order_when_it_ends() -> None:
     wrapped = RecordingTransport()
     transport = CoalescingTransport(wrapped)
 
     transport.write(b"HTTP/1.1 202 Accepted\r\n\r\n")
-    assert wrapped.writes == []
     transport.write(b"{}")
+    assert wrapped.writes == []
+    assert transport.get_write_buffer_size() == 27
+    await asyncio.sleep(0)
 
     assert wrapped.writes == [b"HTTP/1.1 202 Accepted\r\n\r\n{}"]
 
 
-async def test_a_lone_write_leaves_when_the_loop_s_turn_ends() -> None:
-    wrapped = RecordingTransport()
-    transport = CoalescingTransport(wrapped)
-
-    transport.write(b"a")
-    await asyncio.sleep(0)
-
-    assert wrapped.writes == [b"a"]
-
-
-async def test_many_writes_keep_their_order_and_lose_nothing() -> None:
+async def test_each_turn_s_writes_leave_in_order_and_none_is_lost() -> None:
     wrapped = RecordingTransport()
     transport = CoalescingTransport(wrapped)
 
     transport.writelines([b"1", bytearray(b"2"), memoryview(b"3")])
     await asyncio.sleep(0)
     transport.write(b"4")
+    await asyncio.sleep(0)
     transport.write(b"5")
+    transport.write(b"")
+    await asyncio.sleep(0)
     await asyncio.sleep(0)
 
-    assert b"".join(wrapped.writes) == b"12345"
-    assert wrapped.writes[0] == b"12"
+    assert wrapped.writes == [b"123", b"4", b"5"]
 
 
 async def test_close_sends_what_is_held_first_and_abort_drops_it() -> None:
