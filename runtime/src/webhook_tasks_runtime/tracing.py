@@ -65,6 +65,9 @@ def context_from_headers(headers: Iterable[tuple[str, bytes]] | None) -> Context
 
 def traceparent_of(span: trace.Span) -> str | None:
     """Return the `traceparent` value naming `span`, or None for a span that is not recorded."""
+    # With tracing off every span is the invalid one: no propagator run per task for nothing.
+    if not span.get_span_context().is_valid:
+        return None
     return trace_headers(span).get("traceparent")
 
 
