@@ -139,6 +139,15 @@ async def consume_one(
     raise AssertionError(f"no message keyed {key!r} on {topic} within {WAIT_SECONDS}s")
 
 
+async def gateway_on(infrastructure: Infrastructure, topics: Topics) -> GatewaySettings:
+    """Create the callbacks topic on the session's broker; return settings that publish to it."""
+    bootstrap = infrastructure.kafka_bootstrap_servers
+    await ensure_topics(bootstrap, [topics.callback_received])
+    return gateway_settings(
+        bootstrap, topics, kafka_enable_idempotence=infrastructure.supports_idempotent_producer
+    )
+
+
 def success_body(correlation_id: str) -> dict[str, Any]:
     return {
         "correlationId": correlation_id,
@@ -152,12 +161,7 @@ async def test_accepted_callback_is_on_kafka_keyed_by_correlation_id(
     infrastructure: Infrastructure, unique_topics: Topics
 ) -> None:
     bootstrap = infrastructure.kafka_bootstrap_servers
-    await ensure_topics(bootstrap, [unique_topics.callback_received])
-    settings = gateway_settings(
-        bootstrap,
-        unique_topics,
-        kafka_enable_idempotence=infrastructure.supports_idempotent_producer,
-    )
+    settings = await gateway_on(infrastructure, unique_topics)
     correlation_id = f"it-{uuid.uuid4()}"
     url = settings.callback_tokens().callback_url("", correlation_id)
 
@@ -448,13 +452,7 @@ async def test_run_serves_from_the_environment_and_stops_cleanly_on_sigterm(
 async def test_pipelined_requests_get_whole_answers_in_order_then_the_close(
     infrastructure: Infrastructure, unique_topics: Topics
 ) -> None:
-    bootstrap = infrastructure.kafka_bootstrap_servers
-    await ensure_topics(bootstrap, [unique_topics.callback_received])
-    settings = gateway_settings(
-        bootstrap,
-        unique_topics,
-        kafka_enable_idempotence=infrastructure.supports_idempotent_producer,
-    )
+    settings = await gateway_on(infrastructure, unique_topics)
     correlation_id = f"it-{uuid.uuid4()}"
     body = json.dumps(success_body(correlation_id)).encode()
     path = settings.callback_tokens().callback_url("", correlation_id)
