@@ -111,5 +111,5 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol on a CoalescingTransport (`uvicorn.Config(http=...)`)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Serve the connection through a transport that joins a response's writes."""
+        """Serve the connection through a transport that sends each turn's writes as one."""
         super().connection_made(CoalescingTransport(transport))
