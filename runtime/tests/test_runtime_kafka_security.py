@@ -7,6 +7,7 @@ import ssl
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka.errors import KafkaConnectionError
@@ -216,23 +217,12 @@ async def test_a_tls_listener_refuses_plain_text_and_a_broker_nobody_vouches_for
 ) -> None:
     system_trust = settings(kafka_security_protocol="SSL").kafka_client_options()
     for options in ({}, system_trust):
-        publisher = KafkaPublisher.create(
-            tls_kafka.bootstrap_servers,
-            enable_idempotence=False,
-            client_id="test",
-            request_timeout_ms=3000,
-            **options,
-        )
-        with pytest.raises(KafkaConnectionError):
-            await asyncio.wait_for(publisher.start(), 20)
-        await publisher.stop()
+        await expect_refused(tls_kafka, options)
 
     # The same listener takes a client that verifies it by the CA.
-    trusting = KafkaPublisher.create(
-        tls_kafka.bootstrap_servers,
-        enable_idempotence=False,
-        client_id="test",
-        **settings(
+    trusting = publisher_for(
+        tls_kafka,
+        settings(
             kafka_security_protocol="SSL", kafka_ssl_ca_file=tls_kafka.ca_file
         ).kafka_client_options(),
     )
@@ -245,22 +235,11 @@ async def test_a_listener_that_authenticates_clients_takes_the_configured_certif
     mtls_kafka: TlsKafka,
 ) -> None:
     trust = {"kafka_security_protocol": "SSL", "kafka_ssl_ca_file": mtls_kafka.ca_file}
-    anonymous = KafkaPublisher.create(
-        mtls_kafka.bootstrap_servers,
-        enable_idempotence=False,
-        client_id="test",
-        request_timeout_ms=3000,
-        **settings(**trust).kafka_client_options(),
-    )
-    with pytest.raises(KafkaConnectionError):
-        await asyncio.wait_for(anonymous.start(), 20)
-    await anonymous.stop()
+    await expect_refused(mtls_kafka, settings(**trust).kafka_client_options())
 
-    identified = KafkaPublisher.create(
-        mtls_kafka.bootstrap_servers,
-        enable_idempotence=False,
-        client_id="test",
-        **settings(
+    identified = publisher_for(
+        mtls_kafka,
+        settings(
             **trust,
             kafka_ssl_cert_file=mtls_kafka.client_cert_file,
             kafka_ssl_key_file=mtls_kafka.client_key_file,
@@ -271,3 +250,22 @@ async def test_a_listener_that_authenticates_clients_takes_the_configured_certif
         await identified.publish(OutgoingMessage(f"mtls-{uuid.uuid4().hex[:8]}", "k", b"{}"))
     finally:
         await identified.stop()
+
+
+def publisher_for(kafka: TlsKafka, options: dict[str, Any]) -> KafkaPublisher:
+    """Return a publisher of `kafka` connecting with `options`; refusals fail within 3 s."""
+    return KafkaPublisher.create(
+        kafka.bootstrap_servers,
+        enable_idempotence=False,
+        client_id="test",
+        request_timeout_ms=3000,
+        **options,
+    )
+
+
+async def expect_refused(kafka: TlsKafka, options: dict[str, Any]) -> None:
+    """Assert that the listener of `kafka` refuses a client connecting with `options`."""
+    publisher = publisher_for(kafka, options)
+    with pytest.raises(KafkaConnectionError):
+        await asyncio.wait_for(publisher.start(), 20)
+    await publisher.stop()

@@ -461,15 +461,10 @@ async def test_a_stop_hands_back_the_deliveries_being_posted_due_at_once(
         sink = sink_for(pool, held, "https://chat.example/hooks", clock)
         handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
         await handler.handle(completed())
-        running = asyncio.create_task(sink.run())
-        await asyncio.wait_for(arrived.wait(), 10)
-        running.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await running
+        await stop_sink_once(sink, arrived)
 
-    rows = await pool.fetch("SELECT attempts, next_attempt_at FROM sink_deliveries")
     # Due at once for the next process, not once their lease ran out; no attempt counted.
-    assert [(row["attempts"], row["next_attempt_at"]) for row in rows] == [(0, clock.now)] * 3
+    assert await attempts_and_due(pool) == [(0, clock.now)] * 3
 
 
 async def test_a_stop_that_interrupts_a_claim_hands_the_claimed_deliveries_back(
@@ -496,12 +491,22 @@ async def test_a_stop_that_interrupts_a_claim_hands_the_claimed_deliveries_back(
         return taken
 
     monkeypatch.setattr(repository, "claim_sink_deliveries", claim_then_stall)
+    await stop_sink_once(sink, claimed)
+
+    assert await attempts_and_due(pool) == [(0, clock.now)] * 3
+    assert receiver.verified == []
+
+
+async def stop_sink_once(sink: HttpSink, reached: asyncio.Event) -> None:
+    """Run the sink until `reached` is set, then stop it as a SIGTERM would (cancel)."""
     running = asyncio.create_task(sink.run())
-    await asyncio.wait_for(claimed.wait(), 10)
+    await asyncio.wait_for(reached.wait(), 10)
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
 
+
+async def attempts_and_due(pool: asyncpg.Pool) -> list[tuple[int, datetime]]:
+    """Return each sink delivery's attempts and when it is next due."""
     rows = await pool.fetch("SELECT attempts, next_attempt_at FROM sink_deliveries")
-    assert [(row["attempts"], row["next_attempt_at"]) for row in rows] == [(0, clock.now)] * 3
-    assert receiver.verified == []
+    return [(row["attempts"], row["next_attempt_at"]) for row in rows]
