@@ -49,6 +49,13 @@ def test_quick_benchmark_prints_the_table_and_writes_json_and_chart(tmp_path: Pa
     assert latency_generator in document["facts"]["gateway"]["load_generator"]["fixed_rate"]
     dispatcher = document["facts"]["dispatcher"]
     assert dispatcher["initiated"] == dispatcher["tasks"], dispatcher
+    # The dispatcher's HTTP client alone, over each transport: every request answered 200.
+    clients = [row["name"] for row in document["rows"] if "HTTP client alone" in row["name"]]
+    transports = sorted(name.split(", ")[1].removesuffix(" transport") for name in clients)
+    assert transports == ["aiohttp", "httpx"]
+    for transport, load in dispatcher["http_client"].items():
+        assert load["ok"] > 0, (transport, load)
+        assert set(load["statuses"]) == {"200"}, (transport, load)
     for stream in ("quiet", "busy"):
         end_to_end = document["facts"]["end to end"][stream]
         assert end_to_end["terminal_comments"] == end_to_end["tasks"], end_to_end
