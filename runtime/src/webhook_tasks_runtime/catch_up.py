@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import DefaultPartitioner
 
 from .kafka import HandlerInterrupted
+from .partitioning import partition_of
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class _Partition:
 class GroupCatchUp:
     """A CatchUp on the committed offsets of `group_id` for `topic`, read from the cluster.
 
-    Keys are mapped to partitions as the producers map them (aiokafka's default
+    Keys are mapped to partitions as the producers map them (Kafka's default
     partitioner, murmur2 of the key's UTF-8).
     """
 
@@ -147,7 +147,6 @@ class GroupCatchUp:
         )
         self._tail_lock = asyncio.Lock()
         self._partitions: dict[int, _Partition] = {}
-        self._partitioner = DefaultPartitioner()
 
     async def start(self) -> None:
         """Connect to the cluster."""
@@ -273,5 +272,5 @@ class GroupCatchUp:
             partitions = self._consumer.partitions_for_topic(self._topic)
             if not partitions:
                 raise UnknownTopicError(f"the cluster knows no partitions of {self._topic}")
-        number: int = self._partitioner(key.encode(), sorted(partitions), list(partitions))
-        return number
+        # Partitions are numbered from 0: the count is all the mapping needs.
+        return partition_of(key.encode(), len(partitions))

@@ -40,6 +40,7 @@ from webhook_tasks_contracts import DeadLetter, Topics
 
 from .logging import correlation_context
 from .observability import BATCH_SECONDS, BATCHES_FAILED, EVENTS_CONSUMED
+from .partitioning import default_partitioner
 from .tracing import context_from_headers
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class KafkaPublisher:
             enable_idempotence=enable_idempotence,
             linger_ms=options.pop("linger_ms", 2),
             max_request_size=max_request_size,
+            partitioner=default_partitioner,
             **options,
         )
         return cls(producer, max_request_size=max_request_size)
