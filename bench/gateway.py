@@ -32,11 +32,23 @@ def _callback_body(correlation_id: str) -> bytes:
     ).encode()
 
 
-async def run(ctx: Context, gateway: Deployment, noop: ServerProcess) -> PhaseResult:
-    """Load the gateway and the no-op the same way, one after the other."""
+IN_MEMORY = "gateway (Kafka in memory)"
+"""The gateway's app with a publisher that takes every message at once, in the CPU meter."""
+
+
+async def run(
+    ctx: Context, gateway: Deployment, noop: ServerProcess, in_memory: ServerProcess
+) -> PhaseResult:
+    """Load the gateway and the no-op the same way, one after the other.
+
+    `in_memory` serves the gateway's app without Kafka (`python -m bench.servers
+    gateway-in-memory`, with `gateway`'s settings): loaded like the gateway at saturation,
+    it tells how much of the gap to the no-op the Kafka write is.
+    """
     plan = ctx.plan
     gateway_targets = []
     noop_targets = []
+    memory_targets = []
     for _ in range(DISTINCT_CALLBACKS):
         correlation_id = str(uuid.uuid4())
         url = gateway.tokens.callback_url(gateway.gateway_url, correlation_id)
@@ -44,19 +56,20 @@ async def run(ctx: Context, gateway: Deployment, noop: ServerProcess) -> PhaseRe
         gateway_targets.append((url, body))
         # Same path and body: the no-op reads the request and answers 202 like the gateway.
         noop_targets.append((f"{noop.url}{urlsplit(url).path}", body))
+        memory_targets.append((f"{in_memory.url}{urlsplit(url).path}", body))
 
-    for targets in (noop_targets, gateway_targets):
+    for targets in (noop_targets, gateway_targets, memory_targets):
         await closed_loop(targets, concurrency=8, duration=10.0, max_requests=WARM_UP_REQUESTS)
 
     saturated: dict[str, LoadResult] = {}
     steady: dict[str, LoadResult] = {}
-    process = {"no-op": "no-op server", "gateway": "gateway (alone)"}
+    process = {"no-op": "no-op server", "gateway": "gateway (alone)", "in memory": IN_MEMORY}
     cpu_ms: dict[str, float] = {}
     labelled = (("no-op", noop_targets), ("gateway", gateway_targets))
-    # Both are loaded by the same generator: wrk where installed, else the in-repo client.
+    # All are loaded by the same generator: wrk where installed, else the in-repo client.
     wrk_path = wrk.find_wrk()
     generator = "wrk" if wrk_path else "aiohttp"
-    for label, targets in labelled:
+    for label, targets in (*labelled, ("in memory", memory_targets)):
         tick = ctx.report(
             f"gateway: {label}, {plan.gateway_concurrency} connections ({generator})", 0
         )
@@ -98,7 +111,7 @@ async def run(ctx: Context, gateway: Deployment, noop: ServerProcess) -> PhaseRe
                 targets, rate=rate, duration=plan.gateway_seconds, tick=tick
             )
 
-    gw_sat, noop_sat = saturated["gateway"], saturated["no-op"]
+    gw_sat, noop_sat, memory_sat = saturated["gateway"], saturated["no-op"], saturated["in memory"]
     gw_lat = Summary.of(steady["gateway"].latencies_ms)
     noop_lat = Summary.of(steady["no-op"].latencies_ms)
     if h2load_path:
@@ -128,6 +141,18 @@ async def run(ctx: Context, gateway: Deployment, noop: ServerProcess) -> PhaseRe
             f"{generator_label}, {plan.gateway_concurrency} keep-alive connections for "
             f"{plan.gateway_seconds:g} s; 202 only after token check, validation and the "
             "acks=all Kafka write",
+        ),
+        Row(
+            "Gateway",
+            f"the same with Kafka in memory: accepted/s, {generator}",
+            memory_sat.ok_per_second,
+            noop_sat.ok_per_second,
+            "/s",
+            "higher",
+            "raw ASGI no-op",
+            "diagnostic, not a target: the gateway's app, settings and server under the same "
+            "load, publishing to a publisher that takes every message at once; the gap to the "
+            "row above is what the acks=all Kafka write costs",
         ),
         Row(
             "Gateway",
@@ -186,6 +211,7 @@ async def run(ctx: Context, gateway: Deployment, noop: ServerProcess) -> PhaseRe
     }
     result.facts["cpu_ms_per_unit"] = (
         f"CPU per request, saturated: gateway {cpu_ms['gateway']:.2f} ms, "
+        f"gateway with Kafka in memory {cpu_ms['in memory']:.2f} ms, "
         f"no-op {cpu_ms['no-op']:.2f} ms"
     )
     return result

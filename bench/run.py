@@ -91,21 +91,25 @@ async def _phases(
     system = Deployment.create(infra, "system", log_dir, env)
     await create_topics(ctx.bootstrap, [lone_gateway, lone_dispatcher, system])
     noop = ServerProcess("noop", log_dir)
+    in_memory = ServerProcess("gateway-in-memory", log_dir, env=lone_gateway.stack.environment())
     meter = ctx.meter
-    with _started(noop, lone_gateway, lone_dispatcher, system):
+    with _started(noop, in_memory, lone_gateway, lone_dispatcher, system):
         # One deployment at a time: idle consumers poll the broker many times a second, and
         # that slowed its answers to the gateway (p99 at the fixed rate up to 8 times worse).
         lone_gateway.start(["callback-gateway"])
         noop.wait_ready()
+        in_memory.wait_ready()
         ctx.sink.wait_ready()
         lone_gateway.stack.wait_for_gateway(timeout=90)
         meter.watch("no-op server", noop.pid)
+        meter.watch(gateway.IN_MEMORY, in_memory.pid)
         meter.watch("external service", ctx.sink.pid)
         meter.watch("gateway (alone)", lone_gateway.stack.pid("callback-gateway"))
         console.log("the gateway and the no-op server are up")
-        results["gateway"] = await _metered(meter, gateway.run(ctx, lone_gateway, noop))
+        results["gateway"] = await _metered(meter, gateway.run(ctx, lone_gateway, noop, in_memory))
         lone_gateway.stop()
         noop.stop()
+        in_memory.stop()
 
         lone_dispatcher.start(["dispatcher"])
         meter.watch(dispatcher.ALONE, lone_dispatcher.stack.pid("dispatcher"))

@@ -1,7 +1,10 @@
 """Serve the benchmark's own HTTP endpoints: the no-op ceiling and the pretend external service."""
 
 # `noop` is the gateway's ceiling: a raw ASGI app answering 202 to any POST, served by
-# uvicorn with the gateway's settings. `sink` plays the external service: it acknowledges
+# uvicorn with the gateway's settings. `gateway-in-memory` is the gateway's app, settings
+# and tokens from the environment as the gateway reads them, over a publisher that takes
+# every message at once: the gateway without its Kafka write, to tell what that write costs.
+# `sink` plays the external service: it acknowledges
 # at once and, depending on the path, calls back at once, calls back after a delay, or
 # holds the request as a synchronous service would. It records when each request arrived
 # and when each callback was accepted, and hands the records over on `GET /records`.
@@ -19,12 +22,16 @@ from urllib.parse import parse_qs
 
 import aiohttp
 import uvicorn
+from webhook_tasks_gateway.app import create_app
 from webhook_tasks_gateway.http_protocol import CoalescingHttpToolsProtocol
+from webhook_tasks_gateway.settings import GatewaySettings
+from webhook_tasks_runtime.kafka import OutgoingMessage
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ACCEPTED = json.dumps({"status": "accepted", "estimatedCompletion": "0s"}).encode()
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -72,6 +79,20 @@ async def noop_app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     await _read_body(receive)
     await _answer(send, 202, b'{"status":"accepted"}')
+
+
+class _TakesEverything:
+    """A publisher that has every message at once, as if Kafka acknowledged it in no time."""
+
+    async def publish(self, message: OutgoingMessage) -> None:
+        """Return at once."""
+        return None
+
+
+def gateway_in_memory() -> App:
+    """Return the gateway's app as the gateway builds it, with no Kafka behind it."""
+    settings = GatewaySettings()
+    return create_app(settings, _TakesEverything(), settings.callback_tokens())
 
 
 class Sink:
@@ -160,7 +181,7 @@ class Sink:
         return json.dumps(records).encode()
 
 
-def serve(app: Callable[[Scope, Receive, Send], Awaitable[None]], port: int) -> None:
+def serve(app: App, port: int) -> None:
     """Serve `app` on 127.0.0.1:`port` with the callback gateway's uvicorn settings."""
     config = uvicorn.Config(
         app,
@@ -185,12 +206,17 @@ def serve(app: Callable[[Scope, Receive, Send], Awaitable[None]], port: int) -> 
 
 
 def main() -> None:
-    """Run one server: `python -m bench.servers noop|sink --port N`."""
+    """Run one server: `python -m bench.servers noop|gateway-in-memory|sink --port N`."""
     parser = argparse.ArgumentParser(prog="python -m bench.servers")
-    parser.add_argument("server", choices=["noop", "sink"])
+    parser.add_argument("server", choices=["noop", "gateway-in-memory", "sink"])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    serve(noop_app if args.server == "noop" else Sink(), args.port)
+    apps: dict[str, Callable[[], App]] = {
+        "noop": lambda: noop_app,
+        "gateway-in-memory": gateway_in_memory,
+        "sink": Sink,
+    }
+    serve(apps[args.server](), args.port)
 
 
 if __name__ == "__main__":

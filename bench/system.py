@@ -51,7 +51,7 @@ SERVICE_ENV = {
 class ServerProcess:
     """One of the benchmark's own servers (`python -m bench.servers`), on a loopback port."""
 
-    def __init__(self, kind: str, log_dir: Path) -> None:
+    def __init__(self, kind: str, log_dir: Path, env: Mapping[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         log = (log_dir / f"bench-{kind}.log").open("wb")
@@ -59,6 +59,7 @@ class ServerProcess:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "bench.servers", kind, "--port", str(self.port)],
                 cwd=REPO_ROOT,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

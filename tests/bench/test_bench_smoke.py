@@ -41,6 +41,10 @@ def test_quick_benchmark_prints_the_table_and_writes_json_and_chart(tmp_path: Pa
     [saturated] = [row for row in document["rows"] if row["name"].startswith("accepted/s")]
     assert saturated["name"].endswith(generator), saturated
     assert document["facts"]["gateway"]["load_generator"]["saturated"].startswith(generator)
+    # The same load on the gateway's app with Kafka in memory: every callback accepted.
+    [in_memory] = [row for row in document["rows"] if "Kafka in memory" in row["name"]]
+    assert in_memory["name"].endswith(generator), in_memory
+    assert set(document["facts"]["gateway"]["saturated.in memory"]["statuses"]) == {"202"}
     # Their latencies at a fixed rate come from h2load when installed, else the in-repo client.
     latency_generator = "h2load" if shutil.which("h2load") else "aiohttp"
     for name in ("p50", "p99"):
