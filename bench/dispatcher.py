@@ -228,7 +228,7 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
             aiohttp_transport=transport == "aiohttp",
             concurrency=plan.dispatch_concurrency,
             max_requests=len(targets) or 1,
-            # httpx's own transport serves some 150 requests/s at 32 at once (httpx#3215):
+            # httpx's own transport serves a few hundred requests/s at 32 at once (httpx#3215):
             # a while is enough to measure it.
             duration=15.0,
             tick=ctx.report(f"dispatcher's HTTP client, {transport} transport", len(targets)),
