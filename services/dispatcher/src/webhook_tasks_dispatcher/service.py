@@ -63,6 +63,8 @@ MAX_SAID_CHARS = 300
 
 Clock = Callable[[], datetime]
 
+_WAKE_MARGIN_SECONDS = 0.01
+
 
 class Dispatcher:
     """The single writer of task state."""
@@ -451,10 +453,20 @@ class Dispatcher:
                 conn, pending.correlation_id, attempts=pending.attempts, due_at=until
             )
             await repo.note_waiting(conn, pending.correlation_id, now=self._clock(), reason=reason)
+        self._wake_sender_at(until)
         logger.info(
             "request held",
             extra={"correlation_id": pending.correlation_id, "reason": reason, "until": until},
         )
+
+    def _wake_sender_at(self, moment: datetime) -> None:
+        """Have the sender look for due requests once `moment` has come."""
+        # Else a retry this process scheduled waits for the sender's next poll, up to
+        # SENDER_POLL_INTERVAL late: a 1 s backoff could become 2 s. Retries that other
+        # replicas scheduled are still found by polling. The margin keeps a timer that
+        # fires a little early from finding the request not yet due.
+        delay = max((moment - self._clock()).total_seconds(), 0.0) + _WAKE_MARGIN_SECONDS
+        asyncio.get_running_loop().call_later(delay, self._due.set)
 
     async def _settle_dispatch(
         self, pending: repo.PendingRequest, started: datetime, result: DeliveryResult
@@ -498,7 +510,7 @@ class Dispatcher:
             await self._queue(conn, [(event, pending.traceparent) for event in events])
         self._after_commit()
         if isinstance(decision, Retry):
-            self._due.set()
+            self._wake_sender_at(decision.at)
         logger.info(
             "external service accepted the task"
             if result.outcome == "accepted"

@@ -168,6 +168,36 @@ async def test_429_retry_after_sets_the_next_attempt(under_test: DispatcherUnder
     assert (await the_task(under_test, request.task_id)).status.value == "initiated"
 
 
+async def test_the_sender_sends_a_retry_when_it_is_due_not_at_its_next_poll(
+    under_test: DispatcherUnderTest,
+) -> None:
+    under_test.service.answer = answers(  # type: ignore[assignment]
+        httpx.Response(429, headers={"retry-after": "1"}),
+        httpx.Response(202),
+    )
+    dispatcher = under_test.another(clock=utc_now)
+    request = task_request()
+    await dispatcher.dispatch(request)
+    (first,) = await attempts(under_test, await the_task(under_test, request.task_id))
+    assert first.retry_at is not None
+
+    # Polling alone would find the retry only 30 s on.
+    sender = asyncio.create_task(dispatcher.run_sender(poll_interval=30))
+    try:
+        for _ in range(100):
+            if (await the_task(under_test, request.task_id)).status.value == "initiated":
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        sender.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sender
+    task = await the_task(under_test, request.task_id)
+    assert task.status.value == "initiated", "the retry was not sent within 5 s"
+    _, second = await attempts(under_test, task)
+    assert first.retry_at <= second.started_at < first.retry_at + timedelta(seconds=0.5)
+
+
 async def test_a_callback_during_a_retry_wait_finishes_the_task_and_cancels_the_retry(
     under_test: DispatcherUnderTest,
 ) -> None:
