@@ -110,6 +110,7 @@ class Dispatcher:
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._reserved = 0  # slots held by consumers between waiting and sending
         self._slot_freed = asyncio.Event()
+        self._sender_lacks_slots = False  # the sender found none free: wake it when one is
         # Concurrent handlers share transactions: round trips per batch, not per task.
         self._claims = GroupCommit(self._record_claims)
         self._acceptances = GroupCommit(self._record_acceptances)
@@ -280,6 +281,7 @@ class Dispatcher:
         try:
             while True:
                 free = self._max_in_flight - len(self._in_flight) - self._reserved
+                self._sender_lacks_slots = free <= 0
                 claimed: list[repo.PendingRequest] = []
                 if free > 0:
                     claimed = await claim_or_hand_back(
@@ -322,7 +324,7 @@ class Dispatcher:
             yield
         finally:
             self._reserved -= 1
-            self._slot_freed.set()
+            self._slot_became_free()
 
     def _send_in_background(self, pending: repo.PendingRequest) -> asyncio.Task[None]:
         task = asyncio.create_task(self._attempt_logged(pending))
@@ -335,10 +337,18 @@ class Dispatcher:
         if self._in_flight.get(pending.correlation_id) is task:
             del self._in_flight[pending.correlation_id]
         REQUESTS_IN_FLIGHT.dec()
-        self._slot_freed.set()
+        self._slot_became_free()
         if not task.cancelled():
             # Logged by the task; taken here so nobody has to await it.
             task.exception()
+
+    def _slot_became_free(self) -> None:
+        self._slot_freed.set()
+        if self._sender_lacks_slots:
+            # Only then: waking the sender after every request would cost a query for due
+            # rows each time.
+            self._sender_lacks_slots = False
+            self._due.set()
 
     async def _release(self, grace: float) -> None:
         if not self._in_flight:

@@ -188,3 +188,25 @@ async def test_a_stop_that_interrupts_a_claim_hands_the_claimed_requests_back(
     # Due again at once, for the next process, not only once its lease ran out.
     async with under_test.pool.acquire() as conn:
         assert await repo.next_request_due(conn) == under_test.clock.now
+
+
+async def test_a_sender_out_of_slots_sends_the_next_due_request_as_soon_as_one_frees(
+    under_test: DispatcherUnderTest,
+) -> None:
+    service = HeldService()
+    dispatcher = with_service(under_test, service, max_in_flight=1)
+    for _ in range(2):
+        await dispatcher.dispatch(task_request(mode="sync"))  # each sent by the sender
+
+    # Polling alone would look again only 30 s on.
+    sender = asyncio.create_task(dispatcher.run_sender(poll_interval=30))
+    try:
+        await service.wait_for(1)
+        await asyncio.sleep(0.2)
+        assert len(service.arrived) == 1, "the one slot is taken"
+        service.answer.set()
+        await service.wait_for(2)
+    finally:
+        sender.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sender
