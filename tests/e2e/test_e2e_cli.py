@@ -71,6 +71,48 @@ async def test_submit_callback_and_show(system: RunningSystem) -> None:
     assert "cli-secret-value" not in shown.stdout
 
 
+async def test_submit_in_sync_mode_completes_the_task_from_the_answer(
+    system: RunningSystem,
+) -> None:
+    submitted = await asyncio.to_thread(
+        cli,
+        system,
+        "submit",
+        "--webhook-url",
+        f"{system.demo_url}/generate-video-sync",
+        "--prompt",
+        "a dog surfing",
+        "--mode",
+        "sync",
+        "--param",
+        "delaySeconds=0.5",
+        "--timeout",
+        "30",
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    task_id = submitted.stdout.strip()
+    (report,) = await wait_until(lambda: system.reports(task_id), finished)
+    assert report.task.status.value == "completed"
+    assert report.task.result_url is not None
+    assert report.task.result_url.endswith(f"/results/{report.task.correlation_id}.mp4")
+
+    shown = await asyncio.to_thread(cli, system, "show", task_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "sync, 30s" in shown.stdout
+    assert "completed" in shown.stdout
+
+
+async def test_an_unknown_mode_is_refused_with_the_choices(system: RunningSystem) -> None:
+    result = await asyncio.to_thread(
+        cli, system, "submit", "--webhook-url", "http://x/", "--prompt", "x", "--mode", "later"
+    )
+
+    assert result.returncode == 2  # a usage error, as for any option's bad value
+    assert "'later' is not one of 'callback'" in result.stderr
+    assert "'sync'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

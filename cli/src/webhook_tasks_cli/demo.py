@@ -1,10 +1,14 @@
-"""A demo external service: a pretend video generator that answers by callback.
+"""A demo external service: a pretend video generator that answers by callback, or at once.
 
-It accepts the product summary's request, answers `{"status": "accepted",
-"estimatedCompletion": ...}` at once, and later POSTs to `callbackUrl`. The
-request's `outcome` parameter chooses what happens: `success` (default),
-`error`, or `never` (no callback: the task will expire). `delaySeconds`
+`POST /generate-video` accepts the product summary's request, answers
+`{"status": "accepted", "estimatedCompletion": ...}` at once, and later POSTs to
+`callbackUrl`. The request's `outcome` parameter chooses what happens: `success`
+(default), `error`, or `never` (no callback: the task will expire). `delaySeconds`
 (default 2) sets when the callback is sent.
+
+`POST /generate-video-sync` is the synchronous alternative, for a task in `sync`
+mode: it holds the request for `delaySeconds`, then answers with the result itself,
+the body the callback would have carried (`never`: it holds the request for good).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from webhook_tasks_contracts import WebhookRequest
 logger = logging.getLogger("demo-video-generator")
 
 MAX_DELAY_SECONDS = 3600.0
+OUTCOMES = ("success", "error", "never")
 
 
 def create_demo_app(*, public_url: str, default_delay: float = 2.0) -> Starlette:
@@ -44,28 +49,26 @@ def create_demo_app(*, public_url: str, default_delay: float = 2.0) -> Starlette
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def generate_video(request: Request) -> JSONResponse:
-        try:
-            payload: dict[str, Any] = json.loads(await request.body())
-            job = WebhookRequest.model_validate(payload)
-        except (ValueError, ValidationError) as error:
-            return JSONResponse({"error": f"invalid request: {error}"[:500]}, status_code=400)
-        outcome = str(payload.get("outcome", "success"))
-        if outcome not in ("success", "error", "never"):
-            return JSONResponse({"error": "outcome must be success, error or never"}, 400)
-        delay = _delay(payload.get("delaySeconds"), default_delay)
-        logger.info(
-            "accepted job",
-            extra={"correlation_id": job.correlation_id, "outcome": outcome, "delay": delay},
-        )
+        order = await _order(request, default_delay)
+        if isinstance(order, JSONResponse):
+            return order
+        job, outcome, delay = order
         if outcome != "never":
-            task = asyncio.create_task(
-                _call_back(http_holder["client"], job, outcome, delay, public_url)
-            )
+            result = _result(job, outcome, public_url)
+            task = asyncio.create_task(_call_back(http_holder["client"], job, result, delay))
             pending.add(task)
             task.add_done_callback(pending.discard)
         return JSONResponse(
             {"status": "accepted", "estimatedCompletion": f"{delay:g}s"}, status_code=200
         )
+
+    async def generate_video_sync(request: Request) -> JSONResponse:
+        order = await _order(request, default_delay)
+        if isinstance(order, JSONResponse):
+            return order
+        job, outcome, delay = order
+        await asyncio.sleep(MAX_DELAY_SECONDS if outcome == "never" else delay)
+        return JSONResponse(_result(job, outcome, public_url))
 
     async def health(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -73,10 +76,36 @@ def create_demo_app(*, public_url: str, default_delay: float = 2.0) -> Starlette
     return Starlette(
         routes=[
             Route("/generate-video", generate_video, methods=["POST"]),
+            Route("/generate-video-sync", generate_video_sync, methods=["POST"]),
             Route("/healthz", health, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
+
+
+async def _order(
+    request: Request, default_delay: float
+) -> tuple[WebhookRequest, str, float] | JSONResponse:
+    """Return the job, its outcome and its delay; or the 400 answer to a bad request."""
+    try:
+        payload: dict[str, Any] = json.loads(await request.body())
+        job = WebhookRequest.model_validate(payload)
+    except (ValueError, ValidationError) as error:
+        return JSONResponse({"error": f"invalid request: {error}"[:500]}, status_code=400)
+    outcome = str(payload.get("outcome", "success"))
+    if outcome not in OUTCOMES:
+        return JSONResponse({"error": "outcome must be success, error or never"}, 400)
+    delay = _delay(payload.get("delaySeconds"), default_delay)
+    logger.info(
+        "accepted job",
+        extra={
+            "correlation_id": job.correlation_id,
+            "outcome": outcome,
+            "delay": delay,
+            "path": request.url.path,
+        },
+    )
+    return job, outcome, delay
 
 
 def _delay(value: Any, default: float) -> float:
@@ -87,13 +116,10 @@ def _delay(value: Any, default: float) -> float:
     return min(max(delay, 0.0), MAX_DELAY_SECONDS)
 
 
-async def _call_back(
-    http: httpx.AsyncClient, job: WebhookRequest, outcome: str, delay: float, public_url: str
-) -> None:
-    await asyncio.sleep(delay)
-    body: dict[str, Any]
+def _result(job: WebhookRequest, outcome: str, public_url: str) -> dict[str, Any]:
+    """Return the body that reports `job`'s outcome, by callback or as a sync answer."""
     if outcome == "success":
-        body = {
+        return {
             "correlationId": job.correlation_id,
             "status": "success",
             "resultUrl": f"{public_url.rstrip('/')}/results/{job.correlation_id}.mp4",
@@ -103,12 +129,17 @@ async def _call_back(
                 "fileSize": "125 MB",
             },
         }
-    else:
-        body = {
-            "correlationId": job.correlation_id,
-            "status": "error",
-            "error": "Rendering failed: the prompt asked for more frames than the plan allows.",
-        }
+    return {
+        "correlationId": job.correlation_id,
+        "status": "error",
+        "error": "Rendering failed: the prompt asked for more frames than the plan allows.",
+    }
+
+
+async def _call_back(
+    http: httpx.AsyncClient, job: WebhookRequest, body: dict[str, Any], delay: float
+) -> None:
+    await asyncio.sleep(delay)
     for attempt in range(5):
         try:
             response = await http.post(job.callback_url, json=body)

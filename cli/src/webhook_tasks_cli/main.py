@@ -58,6 +58,13 @@ NotifierSchema = Annotated[
 ]
 
 
+class TaskMode(StrEnum):
+    """How the external service reports the result."""
+
+    callback = "callback"
+    sync = "sync"
+
+
 class CallbackStatus(StrEnum):
     """What the external service reports."""
 
@@ -144,7 +151,13 @@ def submit(
     param: Annotated[
         list[str] | None, typer.Option(help="KEY=VALUE merged into the request body.")
     ] = None,
-    timeout: Annotated[int, typer.Option(min=1, help="Seconds to wait for the callback.")] = 300,
+    timeout: Annotated[
+        int, typer.Option(min=1, help="Seconds to wait for the callback (sync: for the answer).")
+    ] = 300,
+    mode: Annotated[
+        TaskMode,
+        typer.Option(help="callback: the service calls back; sync: its answer is the result."),
+    ] = TaskMode.callback,
     task_id: Annotated[str | None, typer.Option(help="Task id (default: a new one).")] = None,
     user_id: Annotated[str, typer.Option(help="The task's user.")] = "cli-user",
     project_id: Annotated[str, typer.Option(help="The task's project.")] = "cli-project",
@@ -165,6 +178,7 @@ def submit(
                 webhook_auth=auth,
                 webhook_params=parse_pairs(param or [], option="--param"),
                 timeout_seconds=timeout,
+                mode=mode.value,
             ),
         )
     except ValidationError as error:
