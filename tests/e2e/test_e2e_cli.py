@@ -24,13 +24,19 @@ def cli(system: RunningSystem, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_submit_callback_and_show(system: RunningSystem) -> None:
+async def submit(system: RunningSystem, path: str, *options: str) -> str:
+    """Submit a task to the demo service's `path` from the CLI; return its task id."""
     submitted = await asyncio.to_thread(
-        cli,
+        cli, system, "submit", "--webhook-url", f"{system.demo_url}{path}", *options
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    return submitted.stdout.strip()
+
+
+async def test_submit_callback_and_show(system: RunningSystem) -> None:
+    task_id = await submit(
         system,
-        "submit",
-        "--webhook-url",
-        f"{system.demo_url}/generate-video",
+        "/generate-video",
         "--prompt",
         "a cat playing chess",
         "--param",
@@ -38,8 +44,6 @@ async def test_submit_callback_and_show(system: RunningSystem) -> None:
         "--auth",
         "Bearer cli-secret-value",
     )
-    assert submitted.returncode == 0, submitted.stderr
-    task_id = submitted.stdout.strip()
     (report,) = await wait_until(
         lambda: system.reports(task_id),
         lambda r: len(r) == 1 and r[0].task.status.value == "initiated",
@@ -74,12 +78,9 @@ async def test_submit_callback_and_show(system: RunningSystem) -> None:
 async def test_submit_in_sync_mode_completes_the_task_from_the_answer(
     system: RunningSystem,
 ) -> None:
-    submitted = await asyncio.to_thread(
-        cli,
+    task_id = await submit(
         system,
-        "submit",
-        "--webhook-url",
-        f"{system.demo_url}/generate-video-sync",
+        "/generate-video-sync",
         "--prompt",
         "a dog surfing",
         "--mode",
@@ -89,8 +90,6 @@ async def test_submit_in_sync_mode_completes_the_task_from_the_answer(
         "--timeout",
         "30",
     )
-    assert submitted.returncode == 0, submitted.stderr
-    task_id = submitted.stdout.strip()
     (report,) = await wait_until(lambda: system.reports(task_id), finished)
     assert report.task.status.value == "completed"
     assert report.task.result_url is not None
