@@ -8,7 +8,8 @@
 
 `POST /generate-video-sync` is the synchronous alternative, for a task in `sync`
 mode: it holds the request for `delaySeconds`, then answers with the result itself,
-the body the callback would have carried (`never`: it holds the request for good).
+the body the callback would have carried (`never`: it holds the request until the
+caller gives up).
 """
 
 from __future__ import annotations
@@ -67,7 +68,13 @@ def create_demo_app(*, public_url: str, default_delay: float = 2.0) -> Starlette
         if isinstance(order, JSONResponse):
             return order
         job, outcome, delay = order
-        await asyncio.sleep(MAX_DELAY_SECONDS if outcome == "never" else delay)
+        if outcome == "never":
+            # Held until the caller gives up (its task's timeout), as a hung service would:
+            # with the body read, the next message is the disconnect.
+            while (await request.receive())["type"] != "http.disconnect":
+                continue
+        else:
+            await asyncio.sleep(delay)
         return JSONResponse(_result(job, outcome, public_url))
 
     async def health(_request: Request) -> JSONResponse:

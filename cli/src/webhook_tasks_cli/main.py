@@ -138,6 +138,8 @@ def demo_service(
         port=port,
         log_level="warning",
         access_log=False,
+        # A held sync request (outcome never) must not hold up a stop.
+        timeout_graceful_shutdown=2,
     )
 
 
