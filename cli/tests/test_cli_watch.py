@@ -69,3 +69,21 @@ def test_a_callback_overtaken_by_its_outcome_is_told_before_it_and_not_again() -
 
 def test_a_comment_that_overtakes_its_outcome_waits_for_it() -> None:
     assert_in_order(printed(DISPATCHED, COMMENT, CALLBACK, COMPLETED))
+
+
+def test_a_sync_task_is_told_as_answered_with_its_result_not_called_back() -> None:
+    sync = DISPATCHED.model_copy(update={"mode": "sync", "ack_status": None})
+
+    text = printed(sync, COMPLETED, COMMENT)
+
+    assert "external service answered[/] with the result (sync)" in text
+    assert "callback received" not in text
+    assert "deadline" not in text
+    assert text.index("task completed") < text.index("chat comment written")
+
+
+def test_an_event_from_before_the_mode_was_sent_reads_as_a_callback_task() -> None:
+    document = DISPATCHED.model_dump(mode="json")
+    del document["mode"]
+
+    assert TaskDispatched.model_validate(document).mode == "callback"

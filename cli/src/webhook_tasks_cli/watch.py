@@ -50,6 +50,7 @@ class EventWatcher:
         self._printer = printer
         self._callbacks_told: set[str] = set()
         self._outcomes_told: set[str] = set()
+        self._sync: set[str] = set()  # tasks whose result is the answer, not a callback
         self._comments_waiting: dict[str, list[str]] = {}
         self._bootstrap_servers = bootstrap_servers
         self._consumer: AIOKafkaConsumer | None = None
@@ -101,8 +102,12 @@ class EventWatcher:
     def _lifecycle(self, event: AnyLifecycleEvent) -> list[str]:
         cid = event.correlation_id
         lines = []
-        caused_by_callback = isinstance(event, TaskCompleted) or (
-            isinstance(event, TaskFailed) and event.cause == "callback_error"
+        if isinstance(event, TaskDispatched) and event.mode == "sync":
+            self._sync.add(cid)
+        # A sync task's outcome came in the answer: no callback to tell of.
+        caused_by_callback = cid not in self._sync and (
+            isinstance(event, TaskCompleted)
+            or (isinstance(event, TaskFailed) and event.cause == "callback_error")
         )
         if (
             isinstance(event, TaskCompleted | TaskFailed)
@@ -143,6 +148,12 @@ class EventWatcher:
 
 def _describe_lifecycle(event: AnyLifecycleEvent) -> str | None:
     cid = event.correlation_id
+    if isinstance(event, TaskDispatched) and event.mode == "sync":
+        return (
+            f"[bold]task dispatched[/] {event.task.task_id} to {event.webhook_host} "
+            f"with correlation id [cyan]{cid}[/]\n"
+            f"[bold]external service answered[/] with the result (sync)"
+        )
     if isinstance(event, TaskDispatched):
         ack = event.ack_status or "2xx"
         eta = (

@@ -169,6 +169,8 @@ class TaskDispatched(LifecycleEvent):
     webhook_host: str
     ack_status: str | None = None
     estimated_completion: str | None = None
+    mode: Literal["callback", "sync"] = "callback"
+    """How the result comes: by callback, or in the answer itself (the task then ends at once)."""
 
 
 class TaskProgressed(LifecycleEvent):

@@ -910,6 +910,7 @@ def _dispatched(row: repo.TaskRow) -> TaskDispatched:
         webhook_host=_host(row.webhook_url),
         ack_status=row.ack_status,
         estimated_completion=row.estimated_completion,
+        mode="sync" if row.mode == "sync" else "callback",
     )
 
 

@@ -107,7 +107,9 @@ async def test_a_5xx_is_retried_on_schedule_until_accepted(under_test: Dispatche
         "unreachable",
         "accepted",
     ]
-    assert [type(event) for event in await lifecycle(under_test)] == [TaskDispatched]
+    (dispatched,) = await lifecycle(under_test)
+    assert isinstance(dispatched, TaskDispatched)
+    assert dispatched.mode == "callback"
     sent = under_test.service.received
     assert len(sent) == 3
     assert len({request.headers["webhook-id"] for request in sent}) == 1
@@ -299,6 +301,9 @@ async def test_sync_mode_completes_the_task_from_the_answer(
         TaskDispatched,
         TaskCompleted if expected == "completed" else TaskFailed,
     ]
+    dispatched = events[0]
+    assert isinstance(dispatched, TaskDispatched)
+    assert dispatched.mode == "sync"
     final = events[1]
     if isinstance(final, TaskCompleted):
         assert final.result_url == "https://cdn.example.com/v.mp4"
