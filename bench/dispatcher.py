@@ -9,7 +9,6 @@ measures the pipeline.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
 from collections.abc import Sequence
@@ -122,28 +121,26 @@ async def _through_webhook_client(
         )
     )
     client = WebhookClient(transport, guard=guard, max_requests_per_host=concurrency)
-    result = LoadResult()
-    cycle = itertools.cycle(targets)
 
-    async def worker() -> None:
-        while time.perf_counter() < deadline and result.sent < max_requests:
-            url, body = next(cycle)
-            result.sent += 1
-            began = time.perf_counter()
-            outbound = OutboundRequest(url, body, webhook_id=f"msg_bench{result.sent}")
-            delivery = await client.send(outbound, now=utc_now())
-            status = str(delivery.status_code or delivery.outcome)
-            result.record(status, began, delivery.outcome == "accepted")
-            tick(1)
+    async def post(url: str, body: bytes, result: LoadResult) -> None:
+        result.sent += 1
+        started = time.perf_counter()
+        outbound = OutboundRequest(url, body, webhook_id=f"msg_bench{result.sent}")
+        delivery = await client.send(outbound, now=utc_now())
+        status = str(delivery.status_code or delivery.outcome)
+        result.record(status, started, delivery.outcome == "accepted")
 
-    started = time.perf_counter()
-    deadline = started + duration
     try:
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return await closed_loop(
+            targets,
+            concurrency=concurrency,
+            duration=duration,
+            max_requests=max_requests,
+            tick=tick,
+            post=post,
+        )
     finally:
         await transport.aclose()
-    result.elapsed = time.perf_counter() - started
-    return result
 
 
 async def warm_up(ctx: Context, deployment: Deployment) -> None:

@@ -55,8 +55,9 @@ async def run(
         body = _callback_body(correlation_id)
         gateway_targets.append((url, body))
         # Same path and body: the no-op reads the request and answers 202 like the gateway.
-        noop_targets.append((f"{noop.url}{urlsplit(url).path}", body))
-        memory_targets.append((f"{in_memory.url}{urlsplit(url).path}", body))
+        path = urlsplit(url).path
+        noop_targets.append((f"{noop.url}{path}", body))
+        memory_targets.append((f"{in_memory.url}{path}", body))
 
     for targets in (noop_targets, gateway_targets, memory_targets):
         await closed_loop(targets, concurrency=8, duration=10.0, max_requests=WARM_UP_REQUESTS)

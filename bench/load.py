@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,10 @@ async def _post(
         result.record(type(error).__name__, started, False)
 
 
+Post = Callable[[str, bytes, LoadResult], Awaitable[None]]
+"""Send one request (`url`, `body`), counting it as sent and recording its answer in the result."""
+
+
 async def closed_loop(
     targets: Sequence[tuple[str, bytes]],
     *,
@@ -92,22 +97,36 @@ async def closed_loop(
     duration: float,
     max_requests: int,
     tick: Tick = lambda _n: None,
+    post: Post | None = None,
 ) -> LoadResult:
-    """Keep `concurrency` requests in flight until `duration` or `max_requests` is reached."""
+    """Keep `concurrency` requests in flight until `duration` or `max_requests` is reached.
+
+    `post` sends each request; by default a bare aiohttp session of `concurrency` connections.
+    """
+    if post is None:
+        async with session(concurrency) as http:
+            return await closed_loop(
+                targets,
+                concurrency=concurrency,
+                duration=duration,
+                max_requests=max_requests,
+                tick=tick,
+                post=functools.partial(_post, http),
+            )
+    send = post
     result = LoadResult()
     cycle = itertools.cycle(targets)
-    async with session(concurrency) as http:
-        started = time.perf_counter()
-        deadline = started + duration
+    started = time.perf_counter()
+    deadline = started + duration
 
-        async def worker() -> None:
-            while time.perf_counter() < deadline and result.sent < max_requests:
-                url, body = next(cycle)
-                await _post(http, url, body, result)
-                tick(1)
+    async def worker() -> None:
+        while time.perf_counter() < deadline and result.sent < max_requests:
+            url, body = next(cycle)
+            await send(url, body, result)
+            tick(1)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        result.elapsed = time.perf_counter() - started
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.elapsed = time.perf_counter() - started
     return result
 
 

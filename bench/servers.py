@@ -4,9 +4,9 @@
 # uvicorn with the gateway's settings. `gateway-in-memory` is the gateway's app, settings
 # and tokens from the environment as the gateway reads them, over a publisher that takes
 # every message at once: the gateway without its Kafka write, to tell what that write costs.
-# `sink` plays the external service: it acknowledges
-# at once and, depending on the path, calls back at once, calls back after a delay, or
-# holds the request as a synchronous service would. It records when each request arrived
+# `sink` plays the external service: it acknowledges at once and, depending on the path,
+# calls back at once, calls back after a delay, or holds the request as a synchronous
+# service would. It records when each request arrived
 # and when each callback was accepted, and hands the records over on `GET /records`.
 
 from __future__ import annotations

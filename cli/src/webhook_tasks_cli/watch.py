@@ -148,13 +148,13 @@ class EventWatcher:
 
 def _describe_lifecycle(event: AnyLifecycleEvent) -> str | None:
     cid = event.correlation_id
-    if isinstance(event, TaskDispatched) and event.mode == "sync":
-        return (
-            f"[bold]task dispatched[/] {event.task.task_id} to {event.webhook_host} "
-            f"with correlation id [cyan]{cid}[/]\n"
-            f"[bold]external service answered[/] with the result (sync)"
-        )
     if isinstance(event, TaskDispatched):
+        dispatched = (
+            f"[bold]task dispatched[/] {event.task.task_id} to {event.webhook_host} "
+            f"with correlation id [cyan]{cid}[/]"
+        )
+        if event.mode == "sync":
+            return f"{dispatched}\n[bold]external service answered[/] with the result (sync)"
         ack = event.ack_status or "2xx"
         eta = (
             f", estimatedCompletion {event.estimated_completion}"
@@ -162,9 +162,7 @@ def _describe_lifecycle(event: AnyLifecycleEvent) -> str | None:
             else ""
         )
         return (
-            f"[bold]task dispatched[/] {event.task.task_id} to {event.webhook_host} "
-            f"with correlation id [cyan]{cid}[/]\n"
-            f"[bold]external service accepted[/] ({ack}{eta}); "
+            f"{dispatched}\n[bold]external service accepted[/] ({ack}{eta}); "
             f"deadline {event.deadline_at:%H:%M:%S} UTC"
         )
     if isinstance(event, TaskProgressed):
