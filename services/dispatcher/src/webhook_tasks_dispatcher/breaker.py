@@ -1,7 +1,8 @@
 """Per-host circuit breakers: stop sending to a host that keeps failing, probe it later.
 
 State is per process and in memory: each replica learns a host's health from its own
-requests, and a restart starts closed (the first failures open it again).
+requests, and a restart starts closed (the first failures open it again). `record`
+says when a breaker closes, so that what was held for its host can go at once.
 """
 
 from __future__ import annotations
@@ -60,14 +61,15 @@ class CircuitBreakers:
             return None
         return entry.open_until
 
-    def record(self, host: str, *, failed: bool, now: datetime) -> None:
-        """Count a request's outcome: a failure is no answer, 429 or 5xx."""
+    def record(self, host: str, *, failed: bool, now: datetime) -> bool:
+        """Count a request's outcome (a failure is no answer, 429 or 5xx); True if it closed."""
         entry = self._hosts.setdefault(host, _Host())
         if not failed:
-            if entry.state is not BreakerState.CLOSED:
-                logger.info("circuit closed; host answers again", extra={"webhook_host": host})
             self._hosts.pop(host, None)
-            return
+            if entry.state is BreakerState.CLOSED:
+                return False
+            logger.info("circuit closed; host answers again", extra={"webhook_host": host})
+            return True
         entry.failures += 1
         if entry.state is BreakerState.HALF_OPEN or entry.failures >= self._threshold:
             if entry.state is not BreakerState.OPEN:
@@ -81,3 +83,4 @@ class CircuitBreakers:
                 )
             entry.state = BreakerState.OPEN
             entry.open_until = now + self._cool_down
+        return False

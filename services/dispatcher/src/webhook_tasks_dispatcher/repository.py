@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -361,6 +361,28 @@ async def release_requests(
         correlation_ids,
         now,
     )
+
+
+async def release_held_requests(
+    conn: asyncpg.Connection, held_until: Mapping[str, datetime], *, now: datetime
+) -> int:
+    """Make requests due now that are still held until the time given; return how many."""
+    # A row whose time moved since (claimed by a sender, or held again) is left as it is.
+    updated: int = await conn.fetchval(
+        """
+        WITH released AS (
+            UPDATE dispatch_requests r SET next_attempt_at = $3
+            FROM unnest($1::text[], $2::timestamptz[]) AS held (correlation_id, until)
+            WHERE r.correlation_id = held.correlation_id AND r.next_attempt_at = held.until
+            RETURNING 1
+        )
+        SELECT count(*) FROM released
+        """,
+        list(held_until),
+        list(held_until.values()),
+        now,
+    )
+    return updated
 
 
 async def forget_request(conn: asyncpg.Connection, correlation_id: str) -> None:

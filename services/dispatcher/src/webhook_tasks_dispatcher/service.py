@@ -48,7 +48,7 @@ from webhook_tasks_runtime.tracing import context_from_traceparent, trace_header
 
 from . import repository as repo
 from .batching import GroupCommit
-from .breaker import CircuitBreakers
+from .breaker import BreakerState, CircuitBreakers
 from .client import DeliveryResult, OutboundRequest, WebhookClient, origin_of
 from .domain import TaskStatus, status_after_callback, why_not_applied
 from .metrics import ATTEMPTS, DEADLINE_WAIT_SECONDS, REQUESTS_IN_FLIGHT
@@ -105,6 +105,9 @@ class Dispatcher:
         # accepted before it, however far their consumer lags, so that they win as they should.
         self._callbacks_caught_up = callbacks_caught_up or NoCatchUp()
         self._due = asyncio.Event()
+        # What this process held while a host's circuit was open (host -> correlation id ->
+        # held until): made due at once when the circuit closes, not after its cool-down.
+        self._held_for_circuit: dict[str, dict[str, datetime]] = {}
         # Requests being sent, by consumers and the sender alike: at most `max_in_flight`.
         self._max_in_flight = max_in_flight
         self._in_flight: dict[str, asyncio.Task[None]] = {}
@@ -393,7 +396,15 @@ class Dispatcher:
         wait_until = self._breakers.permit(origin, now)
         if wait_until is not None:
             await self._hold(pending, wait_until, f"waiting: circuit open for {origin}")
+            if self._breakers.state(origin) is BreakerState.CLOSED:
+                # The circuit closed while this request was being held: it need not wait.
+                await self._release_held(origin, {pending.correlation_id: wait_until})
+            else:
+                self._held_for_circuit.setdefault(origin, {})[pending.correlation_id] = wait_until
             return
+        held = self._held_for_circuit.get(origin)
+        if held is not None:
+            held.pop(pending.correlation_id, None)  # no longer held: it goes now
         try:
             auth = self._sealer.open(pending.correlation_id, pending.auth) if pending.auth else None
         except SealError as error:
@@ -433,15 +444,16 @@ class Dispatcher:
             await self._hold(pending, self._clock() + delay, f"waiting: {origin} {result.error}")
             return
         ATTEMPTS.labels(result.outcome).inc()
-        if result.outcome != "refused":
-            # A refused URL never reached the host: it says nothing about the host's health.
-            self._breakers.record(
-                origin,
-                failed=result.outcome == "unreachable"
-                or (result.outcome == "rejected" and is_retryable(result.status_code)),
-                now=self._clock(),
-            )
+        # A refused URL never reached the host: it says nothing about the host's health.
+        closed = result.outcome != "refused" and self._breakers.record(
+            origin,
+            failed=result.outcome == "unreachable"
+            or (result.outcome == "rejected" and is_retryable(result.status_code)),
+            now=self._clock(),
+        )
         await self._settle_dispatch(pending, now, result)
+        if closed:
+            await self._resume_held(origin)
 
     def _span(
         self,
@@ -468,6 +480,23 @@ class Dispatcher:
             "request held",
             extra={"correlation_id": pending.correlation_id, "reason": reason, "until": until},
         )
+
+    async def _resume_held(self, origin: str) -> None:
+        """Make due now what this process held for `origin`'s circuit."""
+        held = self._held_for_circuit.pop(origin, None)
+        if held:
+            await self._release_held(origin, held)
+
+    async def _release_held(self, origin: str, held: dict[str, datetime]) -> None:
+        """Make due now the requests `held` (correlation id -> held until), and wake the sender."""
+        async with self._pool.acquire() as conn:
+            released = await repo.release_held_requests(conn, held, now=self._clock())
+        if released:
+            self._due.set()
+            logger.info(
+                "requests held for the circuit are due again",
+                extra={"webhook_host": origin, "requests": released},
+            )
 
     def _wake_sender_at(self, moment: datetime) -> None:
         """Have the sender look for due requests once `moment` has come."""

@@ -101,6 +101,41 @@ class DispatcherUnderTest:
         return [(row["topic"], row["key"], bytes(row["payload"])) for row in rows]
 
 
+class HeldService:
+    """An external service that answers each request only once the test lets it.
+
+    The first `failing` requests are answered 503 at once instead.
+    """
+
+    def __init__(self, *, failing: int = 0) -> None:
+        self.arrived: list[str] = []
+        self.answer = asyncio.Event()
+        self._failing = failing
+        self._arrivals = asyncio.Condition()
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        async with self._arrivals:
+            self.arrived.append(request.headers["webhook-id"])
+            self._arrivals.notify_all()
+        if len(self.arrived) <= self._failing:
+            return httpx.Response(503, text="busy")
+        await self.answer.wait()
+        return httpx.Response(202, json={"status": "accepted"})
+
+    async def wait_for(self, count: int) -> None:
+        async with asyncio.timeout(10), self._arrivals:
+            await self._arrivals.wait_for(lambda: len(self.arrived) >= count)
+
+
+def with_service(
+    under_test: DispatcherUnderTest, service: HeldService, **overrides: object
+) -> Dispatcher:
+    """Return a dispatcher like `under_test`'s whose external service is `service`."""
+    http = httpx.MockTransport(service)
+    webhooks = WebhookClient(http, guard=UrlGuard(resolve=resolve_publicly))
+    return under_test.another(webhooks=webhooks, **overrides)
+
+
 @pytest.fixture
 async def pool(infrastructure: Infrastructure, unique_schema: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(infrastructure.database_url, unique_schema, max_size=20)

@@ -8,47 +8,16 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 from webhook_tasks_dispatcher import repository as repo
-from webhook_tasks_dispatcher.client import WebhookClient
-from webhook_tasks_dispatcher.guard import UrlGuard
-from webhook_tasks_dispatcher.service import Dispatcher
 
-from .conftest import DispatcherUnderTest, resolve_publicly
+from .conftest import DispatcherUnderTest, HeldService, with_service
 from .test_dispatcher_retries import the_task
 from .test_dispatcher_service import task_request
 
 pytestmark = pytest.mark.integration
 
 
-class HeldService:
-    """An external service that answers each request only once the test lets it."""
-
-    def __init__(self) -> None:
-        self.arrived: list[str] = []
-        self.answer = asyncio.Event()
-        self._arrivals = asyncio.Condition()
-
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        async with self._arrivals:
-            self.arrived.append(request.headers["webhook-id"])
-            self._arrivals.notify_all()
-        await self.answer.wait()
-        return httpx.Response(202, json={"status": "accepted"})
-
-    async def wait_for(self, count: int) -> None:
-        async with asyncio.timeout(10), self._arrivals:
-            await self._arrivals.wait_for(lambda: len(self.arrived) >= count)
-
-
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def with_service(
-    under_test: DispatcherUnderTest, service: HeldService, **overrides: object
-) -> Dispatcher:
-    http = httpx.MockTransport(service)
-    webhooks = WebhookClient(http, guard=UrlGuard(resolve=resolve_publicly))
-    return under_test.another(webhooks=webhooks, **overrides)
 
 
 async def test_a_consumed_task_is_recorded_before_its_request_is_answered(

@@ -26,7 +26,7 @@ from webhook_tasks_dispatcher.guard import UrlGuard
 from webhook_tasks_dispatcher.service import Dispatcher
 from webhook_tasks_dispatcher.signing import SigningKeys
 
-from .conftest import DispatcherUnderTest, resolve_publicly
+from .conftest import DispatcherUnderTest, HeldService, resolve_publicly, with_service
 from .test_dispatcher_service import SECRET, task_request
 
 pytestmark = pytest.mark.integration
@@ -44,6 +44,10 @@ async def the_task(under_test: DispatcherUnderTest, task_id: str) -> repo.TaskRo
     async with under_test.pool.acquire() as conn:
         (task,) = await repo.find_tasks(conn, task_id)
     return task
+
+
+async def status_of(under_test: DispatcherUnderTest, task_id: str) -> str:
+    return (await the_task(under_test, task_id)).status.value
 
 
 async def attempts(under_test: DispatcherUnderTest, task: repo.TaskRow) -> list[repo.AttemptRow]:
@@ -367,6 +371,75 @@ async def test_an_open_circuit_holds_a_hosts_tasks_then_probes_and_resumes(
     assert len(under_test.service.received) == 5
     bodies = [json.loads(request.content)["taskId"] for request in under_test.service.received]
     assert sorted(set(bodies)) == sorted({first.task_id, second.task_id, third.task_id})
+
+
+async def test_requests_held_by_an_open_circuit_go_as_soon_as_its_probe_succeeds(
+    under_test: DispatcherUnderTest,
+) -> None:
+    service = HeldService(failing=1)
+    dispatcher = with_service(
+        under_test,
+        service,
+        breakers=CircuitBreakers(failure_threshold=1, cool_down=timedelta(seconds=30)),
+    )
+    first, second, third = task_request(), task_request(), task_request()
+    await dispatcher.dispatch(first)  # answered 503: the circuit opens
+    await dispatcher.dispatch(second)
+    await dispatcher.dispatch(third)
+    assert len(service.arrived) == 1, "the others are held"
+
+    under_test.clock.advance(30)
+    # The clock stands still from here, and polling alone would look again only 30 s on.
+    sender = asyncio.create_task(dispatcher.run_sender(poll_interval=30))
+    try:
+        await service.wait_for(2)  # the probe, which the service holds
+        await asyncio.sleep(0.2)
+        assert len(service.arrived) == 2, "the other two wait for the probe"
+        reasons = [
+            (await the_task(under_test, r.task_id)).status_reason for r in (first, second, third)
+        ]
+        assert sum("circuit open" in (reason or "") for reason in reasons) == 2
+
+        service.answer.set()
+        await service.wait_for(4)
+        async with asyncio.timeout(10):
+            while {await status_of(under_test, r.task_id) for r in (first, second, third)} != {
+                "initiated"
+            }:
+                await asyncio.sleep(0.05)
+    finally:
+        sender.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sender
+
+    for request in (first, second, third):
+        assert (await the_task(under_test, request.task_id)).status_reason is None
+
+
+async def test_releasing_a_held_request_leaves_it_alone_once_claimed(
+    under_test: DispatcherUnderTest,
+) -> None:
+    under_test.service.answer = answers(httpx.Response(503))  # type: ignore[assignment]
+    request = task_request()
+    await under_test.dispatcher.dispatch(request)
+    task = await the_task(under_test, request.task_id)
+    (failed,) = await attempts(under_test, task)
+    assert failed.retry_at is not None
+    now = under_test.clock.now
+    due = "SELECT next_attempt_at FROM dispatch_requests WHERE correlation_id = $1"
+
+    async with under_test.pool.acquire() as conn:
+        held = {task.correlation_id: failed.retry_at}
+        assert await repo.release_held_requests(conn, held, now=now) == 1
+        assert await conn.fetchval(due, task.correlation_id) == now
+        (claimed,) = await repo.claim_due_requests(conn, now=now, limit=10)
+        leased_until = await conn.fetchval(due, task.correlation_id)
+        assert leased_until > now
+
+        # Released as held until `now`, after a sender claimed it: it must not go twice.
+        held = {claimed.correlation_id: now}
+        assert await repo.release_held_requests(conn, held, now=now) == 0
+        assert await conn.fetchval(due, task.correlation_id) == leased_until
 
 
 async def test_a_failing_server_opens_no_circuit_for_another_port_of_its_host(

@@ -48,6 +48,16 @@ def test_after_the_cool_down_one_probe_goes_and_the_rest_wait_for_it() -> None:
     assert b.permit("a", later) is None
 
 
+def test_recording_tells_when_the_circuit_closes() -> None:
+    b = breakers()
+    assert b.record("a", failed=False, now=T0) is False, "it was closed already"
+    assert [b.record("a", failed=True, now=T0) for _ in range(3)] == [False] * 3
+    assert b.permit("a", T0 + COOL) is None  # the probe
+
+    assert b.record("a", failed=False, now=T0 + COOL) is True
+    assert b.record("a", failed=False, now=T0 + COOL) is False
+
+
 def test_a_failed_probe_opens_again_for_another_cool_down() -> None:
     b = breakers()
     for _ in range(3):
