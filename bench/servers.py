@@ -26,6 +26,7 @@ from webhook_tasks_gateway.app import create_app
 from webhook_tasks_gateway.http_protocol import CoalescingHttpToolsProtocol
 from webhook_tasks_gateway.settings import GatewaySettings
 from webhook_tasks_runtime.kafka import OutgoingMessage
+from webhook_tasks_runtime.worker import settle_heap
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -193,8 +194,10 @@ def serve(app: App, port: int) -> None:
         log_config=None,
         server_header=False,
     )
-    # Like the gateway: uvicorn's serve() on uvloop where it is installed (as the services
-    # run), else on asyncio's own loop; so the ceiling is the same server as the figure.
+    # Like the gateway: its heap settled, uvicorn's serve() on uvloop where it is installed
+    # (as the services run), else on asyncio's own loop; so the ceiling is the same server
+    # as the figure.
+    settle_heap()
     try:
         import uvloop
     except ImportError:

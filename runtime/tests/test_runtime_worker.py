@@ -4,6 +4,7 @@ neither loses outbox rows nor outlasts Kubernetes' grace period, and no error sh
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 import time
@@ -230,3 +231,21 @@ async def test_a_pool_error_without_the_password_is_raised_as_it_is(
     error = await serve_with_url(f"postgresql://expirer:{SECRET}@db.internal/tasks")
 
     assert isinstance(error, ConnectionRefusedError)
+
+
+def test_a_service_runs_with_its_start_up_heap_frozen_and_fewer_young_collections() -> None:
+    seen: dict[str, int] = {}
+
+    async def service(stop: asyncio.Event) -> None:
+        seen["young_threshold"] = gc.get_threshold()[0]
+        seen["frozen"] = gc.get_freeze_count()
+
+    before = gc.get_threshold()
+    try:
+        worker.run_until_signalled(service)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+    assert seen["young_threshold"] == worker.YOUNG_COLLECTION_THRESHOLD > before[0]
+    assert seen["frozen"] > 10_000, "what start-up loaded is out of the collector's way"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import urllib.parse
@@ -22,6 +23,9 @@ from .settings import DatabaseSettings
 
 logger = logging.getLogger(__name__)
 
+YOUNG_COLLECTION_THRESHOLD = 10_000
+"""Allocations (less deallocations) of container objects between collections of the youngest
+generation; CPython's default is 700."""
 FINAL_FLUSH_SECONDS = 5.0
 """How long shutdown may spend publishing what is left in the outbox."""
 KAFKA_REQUEST_TIMEOUT_MS = 10_000
@@ -191,8 +195,23 @@ def _database_answers(pool: asyncpg.Pool) -> Callable[[], Awaitable[bool]]:
     return check
 
 
+def settle_heap() -> None:
+    """Freeze what start-up loaded, and collect young objects less often."""
+    # What is loaded by now (modules, validators, settings) lives as long as the process.
+    # Frozen, it is left out of every full collection: unfrozen, each one walked ~90,000
+    # objects and held the event loop ~50 ms (every few seconds under load), which set the
+    # gateway's p99. Under load almost every object dies young, by reference count; with
+    # the default threshold the collector still ran ~140 times a second in the dispatcher
+    # and took ~9% of its CPU, ~3% of the gateway's. With this one it ran a few times a
+    # minute and took <1%. Cycles live a little longer: a few MB at most.
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, oldest)
+
+
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run `main(stop)` in a new event loop; SIGTERM and SIGINT set `stop`."""
+    """Run `main(stop)` in a new event loop, the heap settled; SIGTERM and SIGINT set `stop`."""
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -201,6 +220,7 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> Non
             loop.add_signal_handler(signum, stop.set)
         await main(stop)
 
+    settle_heap()
     try:
         import uvloop
     except ImportError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -33,11 +32,6 @@ def run() -> None:
     """Serve the gateway, configured from the environment, until SIGTERM or SIGINT."""
     settings = GatewaySettings()
     configure_logging(SERVICE, level=settings.log_level, fmt=settings.log_format)
-    # What is loaded by now (modules, validators, settings) lives as long as the process.
-    # Frozen, it is left out of every full collection: unfrozen, each one walked ~90,000
-    # objects and held the event loop ~50 ms (every few seconds under load), which set p99.
-    gc.collect()
-    gc.freeze()
     run_until_signalled(functools.partial(serve, settings))
 
 
