@@ -201,9 +201,9 @@ def settle_heap() -> None:
     # Frozen, it is left out of every full collection: unfrozen, each one walked ~90,000
     # objects and held the event loop ~50 ms (every few seconds under load), which set the
     # gateway's p99. Under load almost every object dies young, by reference count; with
-    # the default threshold the collector still ran ~140 times a second in the dispatcher
-    # and took ~9% of its CPU, ~3% of the gateway's. With this one it ran a few times a
-    # minute and took <1%. Cycles live a little longer: a few MB at most.
+    # the default threshold the collector still ran over 100 times a second in the dispatcher
+    # and took ~9% of its CPU, ~3% of the gateway's. With this one it ran less than once a
+    # second and took <1%. Cycles live a little longer: a few MB at most.
     gc.collect()
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
