@@ -67,6 +67,16 @@ def answers(*responses: httpx.Response | Exception) -> object:
     return answer
 
 
+async def a_task_waiting_to_retry(
+    under_test: DispatcherUnderTest, status_code: int = 503
+) -> repo.TaskRow:
+    """Dispatch a task whose first request is answered `status_code`; return its row."""
+    under_test.service.answer = answers(httpx.Response(status_code))  # type: ignore[assignment]
+    request = task_request()
+    await under_test.dispatcher.dispatch(request)
+    return await the_task(under_test, request.task_id)
+
+
 async def run_retries(
     under_test: DispatcherUnderTest, dispatcher: Dispatcher | None = None
 ) -> None:
@@ -207,10 +217,7 @@ async def test_the_sender_sends_a_retry_when_it_is_due_not_at_its_next_poll(
 async def test_a_callback_during_a_retry_wait_finishes_the_task_and_cancels_the_retry(
     under_test: DispatcherUnderTest,
 ) -> None:
-    under_test.service.answer = answers(httpx.Response(500))  # type: ignore[assignment]
-    request = task_request()
-    await under_test.dispatcher.dispatch(request)
-    task = await the_task(under_test, request.task_id)
+    task = await a_task_waiting_to_retry(under_test, 500)
 
     await under_test.dispatcher.apply_callback(
         CallbackReceived(correlation_id=task.correlation_id, status="success")
@@ -419,10 +426,7 @@ async def test_requests_held_by_an_open_circuit_go_as_soon_as_its_probe_succeeds
 async def test_releasing_a_held_request_leaves_it_alone_once_claimed(
     under_test: DispatcherUnderTest,
 ) -> None:
-    under_test.service.answer = answers(httpx.Response(503))  # type: ignore[assignment]
-    request = task_request()
-    await under_test.dispatcher.dispatch(request)
-    task = await the_task(under_test, request.task_id)
+    task = await a_task_waiting_to_retry(under_test)
     (failed,) = await attempts(under_test, task)
     assert failed.retry_at is not None
     now = under_test.clock.now
