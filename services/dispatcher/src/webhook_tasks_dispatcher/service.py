@@ -108,6 +108,9 @@ class Dispatcher:
         # What this process held while a host's circuit was open (host -> correlation id ->
         # held until): made due at once when the circuit closes, not after its cool-down.
         self._held_for_circuit: dict[str, dict[str, datetime]] = {}
+        # The same for requests held because every slot for their host was taken: one is
+        # made due each time a request to that host ends, not 1-5 s later.
+        self._held_for_slot: dict[str, dict[str, datetime]] = {}
         # Requests being sent, by consumers and the sender alike: at most `max_in_flight`.
         self._max_in_flight = max_in_flight
         self._in_flight: dict[str, asyncio.Task[None]] = {}
@@ -398,13 +401,16 @@ class Dispatcher:
             await self._hold(pending, wait_until, f"waiting: circuit open for {origin}")
             if self._breakers.state(origin) is BreakerState.CLOSED:
                 # The circuit closed while this request was being held: it need not wait.
-                await self._release_held(origin, {pending.correlation_id: wait_until})
+                await self._release_held(
+                    origin, {pending.correlation_id: wait_until}, because="circuit closed"
+                )
             else:
                 self._held_for_circuit.setdefault(origin, {})[pending.correlation_id] = wait_until
             return
-        held = self._held_for_circuit.get(origin)
-        if held is not None:
-            held.pop(pending.correlation_id, None)  # no longer held: it goes now
+        for holds in (self._held_for_circuit, self._held_for_slot):
+            held = holds.get(origin)
+            if held is not None:
+                held.pop(pending.correlation_id, None)  # no longer held: it goes now
         try:
             auth = self._sealer.open(pending.correlation_id, pending.auth) if pending.auth else None
         except SealError as error:
@@ -440,8 +446,9 @@ class Dispatcher:
             _describe_span(span, result)
         if result.outcome == "busy":
             # Not an attempt: the host is answering others. Queued in the database, not here.
-            delay = timedelta(seconds=self._retry.rng.uniform(1.0, 5.0))
-            await self._hold(pending, self._clock() + delay, f"waiting: {origin} {result.error}")
+            until = self._clock() + timedelta(seconds=self._retry.rng.uniform(1.0, 5.0))
+            await self._hold(pending, until, f"waiting: {origin} {result.error}")
+            self._held_for_slot.setdefault(origin, {})[pending.correlation_id] = until
             return
         ATTEMPTS.labels(result.outcome).inc()
         # A refused URL never reached the host: it says nothing about the host's health.
@@ -454,6 +461,7 @@ class Dispatcher:
         await self._settle_dispatch(pending, now, result)
         if closed:
             await self._resume_held(origin)
+        await self._resume_one_waiting_for_slot(origin)
 
     def _span(
         self,
@@ -485,17 +493,28 @@ class Dispatcher:
         """Make due now what this process held for `origin`'s circuit."""
         held = self._held_for_circuit.pop(origin, None)
         if held:
-            await self._release_held(origin, held)
+            await self._release_held(origin, held, because="circuit closed")
 
-    async def _release_held(self, origin: str, held: dict[str, datetime]) -> None:
+    async def _resume_one_waiting_for_slot(self, origin: str) -> None:
+        """Make due now the request held longest for a slot at `origin`, if any (one freed)."""
+        held = self._held_for_slot.get(origin)
+        if not held:
+            return
+        correlation_id = next(iter(held))
+        until = held.pop(correlation_id)
+        if not held:
+            del self._held_for_slot[origin]
+        await self._release_held(origin, {correlation_id: until}, because="a slot freed")
+
+    async def _release_held(self, origin: str, held: dict[str, datetime], *, because: str) -> None:
         """Make due now the requests `held` (correlation id -> held until), and wake the sender."""
         async with self._pool.acquire() as conn:
             released = await repo.release_held_requests(conn, held, now=self._clock())
         if released:
             self._due.set()
             logger.info(
-                "requests held for the circuit are due again",
-                extra={"webhook_host": origin, "requests": released},
+                "held requests are due again",
+                extra={"webhook_host": origin, "requests": released, "because": because},
             )
 
     def _wake_sender_at(self, moment: datetime) -> None:

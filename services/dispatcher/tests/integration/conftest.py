@@ -104,13 +104,15 @@ class DispatcherUnderTest:
 class HeldService:
     """An external service that answers each request only once the test lets it.
 
-    The first `failing` requests are answered 503 at once instead.
+    The first `failing` requests are answered 503 at once instead. The answer is `body`
+    (an acknowledgement; a sync task's result when given one).
     """
 
-    def __init__(self, *, failing: int = 0) -> None:
+    def __init__(self, *, failing: int = 0, body: dict[str, Any] | None = None) -> None:
         self.arrived: list[str] = []
         self.answer = asyncio.Event()
         self._failing = failing
+        self._body = body or {"status": "accepted"}
         self._arrivals = asyncio.Condition()
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -120,7 +122,7 @@ class HeldService:
         if len(self.arrived) <= self._failing:
             return httpx.Response(503, text="busy")
         await self.answer.wait()
-        return httpx.Response(202, json={"status": "accepted"})
+        return httpx.Response(202, json=self._body)
 
     async def wait_for(self, count: int) -> None:
         async with asyncio.timeout(10), self._arrivals:

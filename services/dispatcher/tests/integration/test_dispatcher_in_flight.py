@@ -8,8 +8,10 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 from webhook_tasks_dispatcher import repository as repo
+from webhook_tasks_dispatcher.client import WebhookClient
+from webhook_tasks_dispatcher.guard import UrlGuard
 
-from .conftest import DispatcherUnderTest, HeldService, with_service
+from .conftest import DispatcherUnderTest, HeldService, resolve_publicly, with_service
 from .test_dispatcher_retries import the_task
 from .test_dispatcher_service import task_request
 
@@ -179,3 +181,36 @@ async def test_a_sender_out_of_slots_sends_the_next_due_request_as_soon_as_one_f
         sender.cancel()
         with pytest.raises(asyncio.CancelledError):
             await sender
+
+
+async def test_a_request_held_for_a_slot_goes_as_soon_as_one_frees(
+    under_test: DispatcherUnderTest,
+) -> None:
+    service = HeldService(body={"status": "success", "resultUrl": "https://cdn.example.com/v"})
+    webhooks = WebhookClient(
+        httpx.MockTransport(service),
+        guard=UrlGuard(resolve=resolve_publicly),
+        max_requests_per_host=1,
+        timeout_seconds=0.3,  # the longest wait for a slot; a sync request has its task's
+    )
+    dispatcher = under_test.another(webhooks=webhooks)
+    first, second = task_request(mode="sync", timeoutSeconds=900), task_request()
+    await dispatcher.dispatch(first)
+    # The clock stands still, and polling alone would look again only 30 s on.
+    sender = asyncio.create_task(dispatcher.run_sender(poll_interval=30))
+    try:
+        await service.wait_for(1)  # the sync request holds the host's one slot
+        await dispatcher.dispatch(second)  # waits 0.3 s for it, then is held
+        held = await the_task(under_test, second.task_id)
+        assert "every request this host may have is in flight" in (held.status_reason or "")
+
+        service.answer.set()
+        await service.wait_for(2)
+        async with asyncio.timeout(10):
+            while (await the_task(under_test, second.task_id)).status.value != "initiated":
+                await asyncio.sleep(0.05)
+    finally:
+        sender.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sender
+    assert (await the_task(under_test, first.task_id)).status.value == "completed"
