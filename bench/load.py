@@ -113,7 +113,7 @@ async def closed_loop(
                 tick=tick,
                 post=functools.partial(_post, http),
             )
-    send = post
+    send = post  # narrowed to a Post for the closure below, where mypy would not narrow `post`
     result = LoadResult()
     cycle = itertools.cycle(targets)
     started = time.perf_counter()
