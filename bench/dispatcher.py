@@ -12,21 +12,26 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import asyncpg
 import httpx
+from webhook_tasks_cli.stack import replica_name
 from webhook_tasks_contracts import build_webhook_request, utc_now
 from webhook_tasks_dispatcher.client import OutboundRequest, WebhookClient, create_transport
 from webhook_tasks_dispatcher.guard import Allowlist, UrlGuard
+from webhook_tasks_dispatcher.handlers import request_group
 
 from .load import LoadResult, Tick, closed_loop
 from .stats import PhaseResult, Row
 from .system import (
+    DEPLOYED_PARTITIONS,
     SERVICE_ENV,
     Context,
     Deployment,
     encode_task,
     fetch,
+    group_members,
     producer,
     task_event,
     wait_until,
@@ -44,6 +49,9 @@ FROM dispatcher.tasks WHERE task_id LIKE $1 AND status = 'initiated'
 
 ALONE = "dispatcher (alone)"
 """The lone dispatcher's name in the CPU meter."""
+
+DEPLOYED_REPLICAS = 2
+"""How many dispatchers deploy/kubernetes/dispatcher.yaml runs."""
 
 
 async def _publish_tasks(ctx: Context, deployment: Deployment, prefix: str, count: int) -> None:
@@ -167,23 +175,9 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
     """
     plan = ctx.plan
     prefix = f"bench-{ctx.run_id}-d-"
-    cpu_before = ctx.meter.read()
-    await _publish_tasks(ctx, deployment, prefix, plan.dispatch_tasks)
-    done = await _wait_dispatched(
-        ctx,
-        deployment,
-        prefix,
-        plan.dispatch_tasks,
-        within=30 + plan.dispatch_tasks / 20,
-        description=f"dispatcher: {plan.dispatch_tasks} tasks",
-    )
-    dispatcher_cpu_ms = ctx.meter.cpu_ms(ALONE, cpu_before, done)
-    span = (await fetch(deployment.database_url, _SPAN, f"{prefix}%"))[0]
-    dispatched = int(span["tasks"])
-    seconds = (
-        (span["last_dispatched"] - span["first_claimed"]).total_seconds() if dispatched else 0.0
-    )
-    rate = dispatched / seconds if seconds > 0 else 0.0
+    backlog = await _dispatch_backlog(ctx, deployment, prefix, "dispatcher")
+    dispatcher_cpu_ms = ctx.meter.cpu_ms(ALONE, backlog.cpu_before, backlog.finished)
+    dispatched, seconds, rate = backlog.dispatched, backlog.seconds, backlog.rate
 
     # The same bodies the dispatcher sent (callback URLs included), to the same endpoint.
     tasks = await fetch(
@@ -267,7 +261,7 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
     ]
     result.facts = {
         "tasks": plan.dispatch_tasks,
-        "finished": done,
+        "finished": backlog.finished,
         "cpu_ms_per_unit": f"dispatcher (alone) CPU {dispatcher_cpu_ms:.1f} ms per task",
         "initiated": dispatched,
         "seconds": round(seconds, 3),
@@ -282,3 +276,99 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
         },
     }
     return result
+
+
+@dataclass(frozen=True)
+class _Backlog:
+    """How a backlog of tasks went through the dispatcher."""
+
+    cpu_before: dict[str, float]
+    finished: int
+    dispatched: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Return tasks dispatched per second, first claim to last commit."""
+        return self.dispatched / self.seconds if self.seconds > 0 else 0.0
+
+
+async def _dispatch_backlog(
+    ctx: Context, deployment: Deployment, prefix: str, description: str
+) -> _Backlog:
+    """Publish `plan.dispatch_tasks` tasks at once and wait until every one is dispatched."""
+    tasks = ctx.plan.dispatch_tasks
+    cpu_before = ctx.meter.read()
+    await _publish_tasks(ctx, deployment, prefix, tasks)
+    finished = await _wait_dispatched(
+        ctx,
+        deployment,
+        prefix,
+        tasks,
+        within=30 + tasks / 20,
+        description=f"{description}: {tasks} tasks",
+    )
+    span = (await fetch(deployment.database_url, _SPAN, f"{prefix}%"))[0]
+    dispatched = int(span["tasks"])
+    seconds = (
+        (span["last_dispatched"] - span["first_claimed"]).total_seconds() if dispatched else 0.0
+    )
+    return _Backlog(cpu_before, finished, dispatched, seconds)
+
+
+async def add_replicas(ctx: Context, deployment: Deployment) -> None:
+    """Start the lone dispatcher's other replicas; return once they share its task requests."""
+    for replica, meter_name in enumerate(replica_names()[1:], start=2):
+        deployment.start_replica("dispatcher", replica)
+        ctx.meter.watch(meter_name, deployment.stack.pid(replica_name("dispatcher", replica)))
+    group = request_group(deployment.topics)
+    await wait_until(
+        lambda: group_members(ctx.bootstrap, group),
+        lambda members: members == DEPLOYED_REPLICAS,
+        within=90,
+    )
+    await warm_up(ctx, deployment)
+
+
+async def run_replicas(ctx: Context, deployment: Deployment, bare_per_second: float) -> PhaseResult:
+    """Let the deployed number of dispatchers work through a backlog together.
+
+    `bare_per_second` is the bare client's figure from `run`, in the same run.
+    """
+    prefix = f"bench-{ctx.run_id}-dr-"
+    backlog = await _dispatch_backlog(
+        ctx, deployment, prefix, f"{DEPLOYED_REPLICAS} dispatcher replicas"
+    )
+    cpu_ms = sum(
+        ctx.meter.cpu_ms(name, backlog.cpu_before, backlog.finished) for name in replica_names()
+    )
+    result = PhaseResult()
+    result.rows = [
+        Row(
+            "Dispatcher",
+            f"dispatches/s, {DEPLOYED_REPLICAS} replicas as deployed",
+            backlog.rate,
+            bare_per_second,
+            "/s",
+            "higher",
+            "bare aiohttp client",
+            f"{backlog.dispatched}/{ctx.plan.dispatch_tasks} tasks from a Kafka backlog of "
+            f"{DEPLOYED_PARTITIONS} partitions, {DEPLOYED_REPLICAS} dispatcher processes in one "
+            "consumer group (deploy/kubernetes/dispatcher.yaml's replicas) and nothing else; "
+            "the bare client's figure is the one above, one process",
+        )
+    ]
+    result.facts = {
+        "replicas": DEPLOYED_REPLICAS,
+        "tasks": ctx.plan.dispatch_tasks,
+        "finished": backlog.finished,
+        "initiated": backlog.dispatched,
+        "seconds": round(backlog.seconds, 3),
+        "cpu_ms_per_unit": f"dispatchers together CPU {cpu_ms:.1f} ms per task",
+    }
+    return result
+
+
+def replica_names() -> list[str]:
+    """Return the CPU meter's names of the lone dispatcher's processes, the first as `ALONE`."""
+    return [ALONE, *(f"dispatcher (replica {n})" for n in range(2, DEPLOYED_REPLICAS + 1))]

@@ -89,7 +89,9 @@ async def _phases(
     lone_gateway = Deployment.create(infra, "gateway", log_dir, env)
     lone_dispatcher = Deployment.create(infra, "dispatcher", log_dir, env)
     system = Deployment.create(infra, "system", log_dir, env)
-    await create_topics(ctx.bootstrap, [lone_gateway, lone_dispatcher, system])
+    await create_topics(ctx.bootstrap, [lone_gateway, system])
+    # Partitioned as deployed: the dispatcher is measured as one process, then as its replicas.
+    await create_topics(ctx.bootstrap, [lone_dispatcher], as_deployed=True)
     noop = ServerProcess("noop", log_dir)
     in_memory = ServerProcess("gateway-in-memory", log_dir, env=lone_gateway.stack.environment())
     meter = ctx.meter
@@ -118,6 +120,13 @@ async def _phases(
         console.log("the lone dispatcher is warm")
         results["dispatcher"] = await _metered(meter, dispatcher.run(ctx, lone_dispatcher))
         results["dispatcher"].facts["waited_for_idle_s"] = round(waited, 1)
+        await dispatcher.add_replicas(ctx, lone_dispatcher)
+        waited = await meter.settle(dispatcher.replica_names(), within=ctx.plan.settle_seconds)
+        console.log(f"{dispatcher.DEPLOYED_REPLICAS} dispatcher replicas share the task requests")
+        bare_per_second = results["dispatcher"].rows[0].ceiling
+        replicas = dispatcher.run_replicas(ctx, lone_dispatcher, bare_per_second)
+        results["dispatcher replicas"] = await _metered(meter, replicas)
+        results["dispatcher replicas"].facts["waited_for_idle_s"] = round(waited, 1)
         lone_dispatcher.stop()
 
         system.start(SERVICES)

@@ -20,6 +20,7 @@ import aiohttp
 import asyncpg
 import psutil  # type: ignore[import-untyped]
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from webhook_tasks_cli.stack import Stack, StackOptions
 from webhook_tasks_contracts import (
     REVEAL_SECRETS,
@@ -29,6 +30,7 @@ from webhook_tasks_contracts import (
     Topics,
     parse_callback_keys,
 )
+from webhook_tasks_contracts.topics import DEAD_LETTER_SUFFIX
 from webhook_tasks_runtime.embedded import free_port, wait_for_port
 from webhook_tasks_runtime.infra import Infrastructure
 from webhook_tasks_runtime.kafka import ensure_topics
@@ -135,15 +137,44 @@ class Deployment:
         for service in services:
             self.stack.start_service(service)
 
+    def start_replica(self, service: str, replica: int) -> None:
+        """Start another process of `service`, named by `replica` (2 for the second)."""
+        self.stack.start_service(service, replica=replica)
+
     def stop(self) -> None:
         """Stop every process of this deployment."""
         self.stack.stop()
 
 
-async def create_topics(bootstrap: str, deployments: Sequence[Deployment]) -> None:
-    """Create every topic first, so no service waits on auto-creation."""
+DEPLOYED_PARTITIONS = 12
+"""Partitions of each main topic as deploy/kubernetes/topics.yaml creates them (dead letters 3)."""
+
+
+async def create_topics(
+    bootstrap: str, deployments: Sequence[Deployment], *, as_deployed: bool = False
+) -> None:
+    """Create every topic first, so no service waits on auto-creation.
+
+    `as_deployed`: main topics get DEPLOYED_PARTITIONS, for replicas to share them evenly
+    (otherwise each topic has 3, and two consumers split them 2:1).
+    """
     names = [name for deployment in deployments for name in deployment.topics.all()]
-    await ensure_topics(bootstrap, names)
+    dead_letters = [name for name in names if name.endswith(DEAD_LETTER_SUFFIX)]
+    main = [name for name in names if name not in dead_letters]
+    await ensure_topics(bootstrap, dead_letters)
+    await ensure_topics(bootstrap, main, partitions=DEPLOYED_PARTITIONS if as_deployed else 3)
+
+
+async def group_members(bootstrap: str, group_id: str) -> int:
+    """Return how many members a consumer group has once stable (0 while it rebalances)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        responses = await admin.describe_consumer_groups([group_id])
+    finally:
+        await admin.close()
+    groups = [group for response in responses for group in response.to_object()["groups"]]
+    return sum(len(group["members"]) for group in groups if group["state"] == "Stable")
 
 
 def producer(bootstrap: str, *, idempotence: bool) -> AIOKafkaProducer:

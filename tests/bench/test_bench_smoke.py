@@ -52,6 +52,7 @@ def test_quick_benchmark_prints_the_table_and_writes_json_and_chart(tmp_path: Pa
         assert row["name"].endswith(latency_generator), row
     assert latency_generator in document["facts"]["gateway"]["load_generator"]["fixed_rate"]
     dispatcher = document["facts"]["dispatcher"]
+    [dispatcher_row] = [row for row in document["rows"] if row["name"] == "dispatches/s"]
     assert dispatcher["initiated"] == dispatcher["tasks"], dispatcher
     # The dispatcher's HTTP client alone, over each transport: every request answered 200.
     clients = [row["name"] for row in document["rows"] if "HTTP client alone" in row["name"]]
@@ -60,6 +61,14 @@ def test_quick_benchmark_prints_the_table_and_writes_json_and_chart(tmp_path: Pa
     for transport, load in dispatcher["http_client"].items():
         assert load["ok"] > 0, (transport, load)
         assert set(load["statuses"]) == {"200"}, (transport, load)
+    # The dispatcher's replicas as deployed: both in the group, both at work, every task sent.
+    replicas = document["facts"]["dispatcher replicas"]
+    assert replicas["initiated"] == replicas["tasks"], replicas
+    busy = replicas["cpu_percent_of_one_core"]
+    for process in ("dispatcher (alone)", "dispatcher (replica 2)"):
+        assert busy[process] > 5, busy
+    [row] = [row for row in document["rows"] if "replicas as deployed" in row["name"]]
+    assert row["ceiling"] == dispatcher_row["ceiling"], row
     for stream in ("quiet", "busy"):
         end_to_end = document["facts"]["end to end"][stream]
         assert end_to_end["terminal_comments"] == end_to_end["tasks"], end_to_end

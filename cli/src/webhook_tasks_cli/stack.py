@@ -90,13 +90,18 @@ class Stack:
             self.start_service(service)
         self.wait_for_gateway(timeout=timeout)
 
-    def start_service(self, service: str, *args: str) -> None:
-        """Start one service (again); `args` go to its command."""
+    def start_service(self, service: str, *args: str, replica: int = 1) -> None:
+        """Start one service (again); `args` go to its command.
+
+        A `replica` after the first is another process of the same service, named
+        `service.replica` (its log, its pid): it joins the first's consumer groups.
+        """
         if service not in (*SERVICES, DEMO_SERVICE):
             raise StackError(f"unknown service {service!r}")
-        log = self.log_file(service).open("ab")
+        name = replica_name(service, replica)
+        log = self.log_file(name).open("ab")
         try:
-            self._processes[service] = subprocess.Popen(
+            self._processes[name] = subprocess.Popen(
                 [sys.executable, "-m", "webhook_tasks_cli", service, *args],
                 env=self.environment(),
                 stdin=subprocess.DEVNULL,
@@ -116,7 +121,7 @@ class Stack:
         }
 
     def pid(self, service: str) -> int:
-        """Return the process id of a running service."""
+        """Return the process id of a running service (or replica, by its name)."""
         return self._processes[service].pid
 
     def kill_service(self, service: str, signum: int = signal.SIGKILL) -> None:
@@ -171,6 +176,13 @@ class Stack:
                 process.kill()
                 process.wait()
         self._processes.clear()
+
+
+def replica_name(service: str, replica: int) -> str:
+    """Return the name of a service's `replica`-th process (the first is the service's own)."""
+    if replica < 1:
+        raise StackError(f"replicas count from 1, not {replica}")
+    return service if replica == 1 else f"{service}.{replica}"
 
 
 def _die_with_parent() -> None:

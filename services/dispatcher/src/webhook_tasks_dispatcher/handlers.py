@@ -11,6 +11,11 @@ from webhook_tasks_runtime.kafka import ConsumerSpec
 from .service import Dispatcher
 
 
+def request_group(topics: Topics) -> str:
+    """Return the group id of the dispatcher's consumer of task requests."""
+    return f"{topics.prefix}.dispatcher.task-requested"
+
+
 def callback_group(topics: Topics) -> str:
     """Return the group id of the dispatcher's consumer of callbacks."""
     return f"{topics.prefix}.dispatcher.callback-received"
@@ -23,7 +28,7 @@ def consumers(dispatcher: Dispatcher, topics: Topics) -> list[ConsumerSpec[Any]]
         ConsumerSpec(
             name="dispatcher.task-requested",
             topic=topics.task_requested,
-            group_id=f"{group}.task-requested",
+            group_id=request_group(topics),
             adapter=TypeAdapter(TaskRequested),
             handle=dispatcher.consume,
             correlation_of=lambda event: None,
