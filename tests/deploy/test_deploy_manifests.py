@@ -11,11 +11,15 @@ from pydantic_settings import BaseSettings
 from typer.main import get_command
 from webhook_tasks_cli.main import app
 from webhook_tasks_contracts import Topics
+from webhook_tasks_contracts.topics import DEAD_LETTER_SUFFIX
 from webhook_tasks_dispatcher.settings import DispatcherSettings
 from webhook_tasks_expirer.settings import ExpirerSettings
 from webhook_tasks_gateway.settings import GatewaySettings
 from webhook_tasks_notifier.settings import NotifierSettings
 from webhook_tasks_runtime.settings import KAFKA_MAX_MESSAGE_BYTES
+
+from bench.dispatcher import DEPLOYED_REPLICAS
+from bench.system import DEPLOYED_PARTITIONS
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 SETTINGS: dict[str, type[BaseSettings]] = {
@@ -195,6 +199,16 @@ def test_a_deployment_an_autoscaler_scales_fixes_no_replica_count() -> None:
     assert scaled, "the gateway is autoscaled"
     for _, target in scaled:
         assert "replicas" not in deployment(target)["spec"], target
+
+
+def test_the_benchmark_measures_the_dispatcher_replicas_and_partitions_deployed() -> None:
+    partitions = {
+        doc["metadata"]["name"]: doc["spec"]["partitions"] for doc in documents("topics.yaml")
+    }
+    main = [name for name in partitions if not name.endswith(DEAD_LETTER_SUFFIX)]
+
+    assert deployment("dispatcher")["spec"]["replicas"] == DEPLOYED_REPLICAS
+    assert {partitions[name] for name in main} == {DEPLOYED_PARTITIONS}
 
 
 @pytest.mark.parametrize("service", sorted(SETTINGS))
