@@ -322,11 +322,17 @@ async def add_replicas(ctx: Context, deployment: Deployment) -> None:
         deployment.start_replica("dispatcher", replica)
         ctx.meter.watch(meter_name, deployment.stack.pid(replica_name("dispatcher", replica)))
     group = request_group(deployment.topics)
-    await wait_until(
+    members = await wait_until(
         lambda: group_members(ctx.bootstrap, group),
         lambda members: members == DEPLOYED_REPLICAS,
         within=90,
+        interval=0.5,
     )
+    if members != DEPLOYED_REPLICAS:
+        raise RuntimeError(
+            f"the {DEPLOYED_REPLICAS} dispatcher replicas did not form one stable consumer "
+            f"group within 90 s ({members} stable members); see the service logs"
+        )
     await warm_up(ctx, deployment)
 
 
