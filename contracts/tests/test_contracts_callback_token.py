@@ -7,17 +7,22 @@ import hashlib
 import hmac
 
 import pytest
+from pydantic import SecretStr
 from webhook_tasks_contracts import (
     NO_ENDPOINT,
     CallbackKey,
     CallbackKeyError,
     CallbackTokens,
+    CredentialFingerprints,
+    VerifiedToken,
     callback_url,
     parse_callback_keys,
 )
 
 KEY_A = CallbackKey("a", b"a" * 32)
 KEY_B = CallbackKey("b", b"b" * 32)
+ECHOES = CredentialFingerprints([KEY_A]).of(SecretStr("Bearer tk_live_0123456789"))
+OTHER_ECHOES = CredentialFingerprints([KEY_A]).of(SecretStr("Bearer tk_live_9876543210"))
 
 
 def test_a_minted_token_verifies_for_its_correlation_id_only() -> None:
@@ -165,3 +170,53 @@ def test_an_unbound_token_verifies_as_bound_to_no_endpoint() -> None:
 def test_an_endpoint_name_that_cannot_be_parsed_back_is_refused(endpoint: str) -> None:
     with pytest.raises(ValueError, match="endpoint name"):
         CallbackTokens([KEY_A]).mint("cid", endpoint=endpoint)
+
+
+@pytest.mark.parametrize("endpoint", [None, "video-gen"])
+def test_a_token_carries_the_credentials_fingerprints_under_its_mac(endpoint: str | None) -> None:
+    tokens = CallbackTokens([KEY_A])
+    token = tokens.mint("cid", endpoint=endpoint, echoes=ECHOES)
+    encoded = base64.urlsafe_b64encode(ECHOES.digests).rstrip(b"=").decode()
+    message = f"webhook-tasks/callback/v1/echoes:{endpoint or ''}:{encoded}:cid".encode()
+    mac = hmac.new(b"a" * 32, message, hashlib.sha256).digest()
+
+    assert token == f"a.{endpoint or ''}.{encoded}." + (
+        base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    )
+    assert tokens.verified("cid", token) == VerifiedToken(endpoint or NO_ENDPOINT, ECHOES)
+    assert tokens.verified_endpoint("cid", token) == (endpoint or NO_ENDPOINT)
+    assert tokens.verify("cid", token) is (endpoint is None)
+    assert tokens.verified("other", token) is None
+    assert tokens.verified("cid", tokens.mint("cid", endpoint=endpoint)) == VerifiedToken(
+        endpoint or NO_ENDPOINT, None
+    )
+
+
+def test_fingerprints_cannot_be_swapped_dropped_or_moved_to_another_endpoint() -> None:
+    tokens = CallbackTokens([KEY_A])
+    key_id, endpoint, encoded, mac = tokens.mint("cid", endpoint="e1", echoes=ECHOES).split(".")
+    other = base64.urlsafe_b64encode(OTHER_ECHOES.digests).rstrip(b"=").decode()
+
+    for forged in (
+        f"{key_id}.{endpoint}.{other}.{mac}",
+        f"{key_id}.{endpoint}.{mac}",
+        f"{key_id}..{encoded}.{mac}",
+        f"{key_id}.e2.{encoded}.{mac}",
+        f"{key_id}.{endpoint}.{encoded}A.{mac}",
+        f"{key_id}.{endpoint}.{encoded[:-1]}.{mac}",
+        f"{key_id}.{endpoint}.{encoded}.{mac}.{mac}",
+    ):
+        assert tokens.verified("cid", forged) is None, forged
+
+
+def test_fingerprints_only_of_the_newest_key_and_whole_are_minted() -> None:
+    rotated = CallbackTokens([KEY_B, KEY_A])
+
+    with pytest.raises(ValueError, match="newest key"):
+        rotated.mint("cid", echoes=ECHOES)
+    with pytest.raises(ValueError, match="whole"):
+        CallbackTokens([KEY_A]).mint("cid", echoes=type(ECHOES)("a", ECHOES.digests[:-1]))
+    # Minted before the rotation, the token still verifies, fingerprints and all.
+    assert rotated.verified("cid", CallbackTokens([KEY_A]).mint("cid", echoes=ECHOES)) == (
+        VerifiedToken(NO_ENDPOINT, ECHOES)
+    )

@@ -6,10 +6,13 @@ import asyncio
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import TypeAdapter
 from webhook_tasks_cli.operations import publish_task
-from webhook_tasks_contracts import TaskMetadata, TaskRequested, callback_url
+from webhook_tasks_contracts import CallbackReceived, TaskMetadata, TaskRequested, callback_url
 
 from .conftest import RunningSystem, finished, terminal_comments, unique_task_id, wait_until
+from .e2e_bursts import read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -181,3 +184,66 @@ async def test_a_late_success_reaches_the_user_marked_late_and_the_task_stays_ex
     assert [comment.kind for comment in terminal_comments(report)] == ["expired", "late_result"]
     assert "arrived late" in report.comments[-1].text
     assert "late result" in (report.history[-1].detail or "")
+
+
+async def test_a_service_echoing_webhook_auth_gets_it_into_no_event_record_or_comment(
+    system: RunningSystem,
+) -> None:
+    task_id = unique_task_id("echo")
+    await publish_task(
+        system.config,
+        demo_task(system, task_id, outcome="success", delaySeconds=0.2, echoAuth=True),
+    )
+
+    (report,) = await wait_until(
+        lambda: system.reports(task_id), lambda r: finished(r) and len(r[0].notifications) == 2
+    )
+
+    assert report.task.status.value == "completed"
+    assert report.task.result_url.endswith(".mp4?auth=**********")
+    (callback,) = await read_topic(
+        system,
+        system.topics.callback_received,
+        TypeAdapter(CallbackReceived),
+        {report.task.correlation_id},
+        done=lambda found: len(found) >= 1,
+    )
+    # Masked by the gateway, before the callback was written to Kafka.
+    assert callback.metadata["request"] == {"authorization": "Bearer **********"}
+    assert callback.result_url == report.task.result_url
+    assert "e2e-secret-value" not in repr(report)
+    # Upstream's task event carries it by contract; no event written after it does.
+    written = await every_record(
+        system, [t for t in system.topics.all() if t != system.topics.task_requested]
+    )
+    assert report.task.correlation_id.encode() in b"".join(written)
+    assert not [record for record in written if b"e2e-secret-value" in record]
+
+
+async def every_record(system: RunningSystem, topics: list[str]) -> list[bytes]:
+    """Return the value of every record now in `topics`, from the start."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=system.config.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # the cluster's metadata, every topic's partitions
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in topics
+            for partition in consumer.partitions_for_topic(topic) or ()
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning()
+        ends = await consumer.end_offsets(partitions)
+        values: list[bytes] = []
+        behind = {tp for tp, end in ends.items() if end > 0}
+        while behind:
+            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            values += [record.value or b"" for records in batches.values() for record in records]
+            behind = {tp for tp in behind if await consumer.position(tp) < ends[tp]}
+        return values
+    finally:
+        await consumer.stop()

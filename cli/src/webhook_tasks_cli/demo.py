@@ -4,7 +4,9 @@
 `{"status": "accepted", "estimatedCompletion": ...}` at once, and later POSTs to
 `callbackUrl`. The request's `outcome` parameter chooses what happens: `success`
 (default), `error`, or `never` (no callback: the task will expire). `delaySeconds`
-(default 2) sets when the callback is sent.
+(default 2) sets when the callback is sent. `echoAuth: true` makes it a careless
+service that echoes the request's Authorization header in its success: in the
+result URL's query and in a request dump in its metadata.
 
 `POST /generate-video-sync` is the synchronous alternative, for a task in `sync`
 mode: it holds the request for `delaySeconds`, then answers with the result itself,
@@ -20,6 +22,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from pydantic import ValidationError
@@ -53,9 +56,9 @@ def create_demo_app(*, public_url: str, default_delay: float = 2.0) -> Starlette
         order = await _order(request, default_delay)
         if isinstance(order, JSONResponse):
             return order
-        job, outcome, delay = order
+        job, outcome, delay, echoed = order
         if outcome != "never":
-            result = _result(job, outcome, public_url)
+            result = _result(job, outcome, public_url, echoed)
             task = asyncio.create_task(_call_back(http_holder["client"], job, result, delay))
             pending.add(task)
             task.add_done_callback(pending.discard)
@@ -67,7 +70,7 @@ def create_demo_app(*, public_url: str, default_delay: float = 2.0) -> Starlette
         order = await _order(request, default_delay)
         if isinstance(order, JSONResponse):
             return order
-        job, outcome, delay = order
+        job, outcome, delay, echoed = order
         if outcome == "never":
             # Held until the caller gives up (its task's timeout), as a hung service would:
             # with the body read, the next message is the disconnect.
@@ -75,7 +78,7 @@ def create_demo_app(*, public_url: str, default_delay: float = 2.0) -> Starlette
                 continue
         else:
             await asyncio.sleep(delay)
-        return JSONResponse(_result(job, outcome, public_url))
+        return JSONResponse(_result(job, outcome, public_url, echoed))
 
     async def health(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -92,8 +95,8 @@ def create_demo_app(*, public_url: str, default_delay: float = 2.0) -> Starlette
 
 async def _order(
     request: Request, default_delay: float
-) -> tuple[WebhookRequest, str, float] | JSONResponse:
-    """Return the job, its outcome and its delay; or the 400 answer to a bad request."""
+) -> tuple[WebhookRequest, str, float, str | None] | JSONResponse:
+    """Return the job, its outcome, its delay and the credential to echo; or a 400 answer."""
     try:
         payload: dict[str, Any] = json.loads(await request.body())
         job = WebhookRequest.model_validate(payload)
@@ -112,7 +115,8 @@ async def _order(
             "path": request.url.path,
         },
     )
-    return job, outcome, delay
+    echoed = request.headers.get("authorization") if payload.get("echoAuth") is True else None
+    return job, outcome, delay, echoed
 
 
 def _delay(value: Any, default: float) -> float:
@@ -123,18 +127,25 @@ def _delay(value: Any, default: float) -> float:
     return min(max(delay, 0.0), MAX_DELAY_SECONDS)
 
 
-def _result(job: WebhookRequest, outcome: str, public_url: str) -> dict[str, Any]:
+def _result(
+    job: WebhookRequest, outcome: str, public_url: str, echoed: str | None = None
+) -> dict[str, Any]:
     """Return the body that reports `job`'s outcome, by callback or as a sync answer."""
     if outcome == "success":
+        result_url = f"{public_url.rstrip('/')}/results/{job.correlation_id}.mp4"
+        metadata: dict[str, Any] = {
+            "title": "Generated Video",
+            "duration": "2m 30s",
+            "fileSize": "125 MB",
+        }
+        if echoed is not None:
+            result_url += "?" + urlencode({"auth": echoed.partition(" ")[2] or echoed})
+            metadata["request"] = {"authorization": echoed}
         return {
             "correlationId": job.correlation_id,
             "status": "success",
-            "resultUrl": f"{public_url.rstrip('/')}/results/{job.correlation_id}.mp4",
-            "metadata": {
-                "title": "Generated Video",
-                "duration": "2m 30s",
-                "fileSize": "125 MB",
-            },
+            "resultUrl": result_url,
+            "metadata": metadata,
         }
     return {
         "correlationId": job.correlation_id,

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
-from webhook_tasks_contracts import CallbackReceived, CallbackTokens
+from webhook_tasks_contracts import CallbackReceived, CallbackTokens, Fingerprints, mask_callback
 from webhook_tasks_runtime.kafka import message_for
 from webhook_tasks_runtime.logging import correlation_context
 from webhook_tasks_runtime.timeouts import within
@@ -221,10 +221,10 @@ class _CallbackEndpoint:
         if self._per_client is not None:
             _spend(self._per_client, _client_address(scope), "from this client")
         # Cheapest refusal first: a forged URL costs one HMAC and never reads the body.
-        endpoint = self._tokens.verified_endpoint(correlation_id, token)
-        if endpoint is None:
+        verified = self._tokens.verified(correlation_id, token)
+        if verified is None:
             raise InvalidTokenError()
-        signed = self._signatures.expect(endpoint, Headers(raw=headers))
+        signed = self._signatures.expect(verified.endpoint, Headers(raw=headers))
         require_json(header_value(headers, b"content-type"))
         body = await read_body(
             receive, header_value(headers, b"content-length"), self._max_body_bytes
@@ -236,9 +236,21 @@ class _CallbackEndpoint:
             _spend(self._per_correlation_id, correlation_id, "for this correlation id")
         callback = parse_callback(body, correlation_id)
         delivery = delivery_id(header_value(headers, b"webhook-id"))
-        return callback_event(
+        event = callback_event(
             callback, delivery=delivery, event_id=delivery_event_id(correlation_id, delivery, body)
         )
+        return self._without_echoes(event, verified.echoes) if verified.echoes else event
+
+    def _without_echoes(self, event: CallbackReceived, echoes: Fingerprints) -> CallbackReceived:
+        # The task was sent with a credential: an external service that echoes it (a request
+        # dump in metadata, `?auth=` in a URL) must not put it into Kafka.
+        mask = self._tokens.fingerprints.masker(echoes)
+        if mask is None:
+            return event
+        masked = mask_callback(event, mask)
+        if masked is not event:
+            logger.warning("the callback echoed the task's webhookAuth; it is masked")
+        return masked
 
     async def _publish(self, event: CallbackReceived) -> None:
         message = message_for(self._topic, event, key=event.correlation_id)

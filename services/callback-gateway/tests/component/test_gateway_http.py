@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
+from pydantic import SecretStr
 from webhook_tasks_contracts import CallbackReceived, CallbackTokens, callback_url
 from webhook_tasks_gateway import GatewaySettings
 from webhook_tasks_runtime.pytest_plugin import service_logs
@@ -768,3 +769,83 @@ class TestLogs:
         [record] = [r for r in json_logs() if r["logger"].startswith("webhook_tasks_gateway")]
         assert "\n" not in record["correlation_id"]
         assert record["correlation_id"] == repr("evil\nlevel=error fake")
+
+
+ECHOED = "sk_live_4f9a8b7c6d5e"
+
+
+class TestEchoedCredential:
+    """A task sent with webhookAuth: an echo of it in the callback never reaches Kafka."""
+
+    async def test_every_text_echoing_it_is_masked_before_it_is_published(
+        self,
+        client: httpx.AsyncClient,
+        publisher: Any,
+        tokens: CallbackTokens,
+        cid: str,
+        json_logs: Callable[[], list[dict[str, Any]]],
+    ) -> None:
+        echoes = tokens.fingerprints.of(SecretStr(f"Bearer {ECHOED}"))
+        url = tokens.callback_url("http://gateway", cid, echoes=echoes)
+        body = success_body(
+            cid,
+            resultUrl=f"https://cdn.example.com/v.mp4?auth={ECHOED}",
+            metadata={"request": {"headers": {"authorization": f"Bearer {ECHOED}"}}, "n": 1},
+        )
+
+        accepted = await client.post(url, json=body)
+        failed = await client.post(
+            url, json={"correlationId": cid, "status": "error", "error": f"401 for {ECHOED}"}
+        )
+        progressed = await client.post(
+            url,
+            json={"correlationId": cid, "status": "progress", "progress": 5, "message": ECHOED},
+        )
+
+        assert [accepted.status_code, failed.status_code, progressed.status_code] == [202] * 3
+        success, error, progress = (
+            CallbackReceived.model_validate_json(message.value) for message in publisher.messages
+        )
+        assert success.result_url == "https://cdn.example.com/v.mp4?auth=**********"
+        assert success.metadata == {
+            "request": {"headers": {"authorization": "Bearer **********"}},
+            "n": 1,
+        }
+        assert error.error == "401 for **********"
+        assert progress.message == "**********"
+        assert not [m for m in publisher.messages if ECHOED.encode() in m.value]
+        warnings = [r for r in json_logs() if r["level"] == "warning"]
+        assert [r["message"] for r in warnings] == [
+            "the callback echoed the task's webhookAuth; it is masked"
+        ] * 3
+        assert ECHOED not in json.dumps(json_logs())
+
+    async def test_a_callback_without_an_echo_is_published_as_sent(
+        self, client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str
+    ) -> None:
+        echoes = tokens.fingerprints.of(SecretStr(f"Bearer {ECHOED}"))
+
+        response = await client.post(
+            tokens.callback_url("http://gateway", cid, echoes=echoes), json=success_body(cid)
+        )
+
+        assert response.status_code == 202
+        event = CallbackReceived.model_validate_json(publisher.messages[0].value)
+        assert event.result_url == "https://cdn.example.com/result.mp4"
+        assert event.metadata == {"duration": 12, "format": "mp4"}
+
+    async def test_fingerprints_altered_in_the_url_make_it_a_forgery(
+        self, client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str
+    ) -> None:
+        echoes = tokens.fingerprints.of(SecretStr(f"Bearer {ECHOED}"))
+        key_id, endpoint, _, mac = tokens.mint(cid, echoes=echoes).split(".")
+        others = tokens.mint(cid, echoes=tokens.fingerprints.of(SecretStr("Bearer other-key")))
+        swapped = f"{key_id}.{endpoint}.{others.split('.')[2]}.{mac}"
+
+        response = await client.post(
+            callback_url("http://gateway", cid, swapped),
+            json=success_body(cid, resultUrl=f"https://cdn.example.com/v.mp4?auth={ECHOED}"),
+        )
+
+        assert response.status_code == 401
+        assert publisher.messages == []

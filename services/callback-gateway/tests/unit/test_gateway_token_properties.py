@@ -1,4 +1,4 @@
-"""Properties of callback tokens: any change to token, id or key fails."""
+"""Properties of callback tokens: any change to token, id, key or fingerprints fails."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ import hmac
 
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from webhook_tasks_contracts import NO_ENDPOINT, CallbackKey, CallbackTokens
+from pydantic import SecretStr
+from webhook_tasks_contracts import NO_ENDPOINT, CallbackKey, CallbackTokens, VerifiedToken
 
 secrets = st.binary(min_size=32, max_size=64)
 key_ids = st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True)
 endpoints = st.none() | st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
 correlation_ids = st.text(min_size=1, max_size=200)
+credentials = st.none() | st.from_regex(
+    r"(Bearer |Basic )?[A-Za-z0-9._~+/=-]{6,40}", fullmatch=True
+)
 
 
 @st.composite
@@ -62,25 +66,31 @@ def old_verify(keys: dict[str, bytes], correlation_id: str, token: str) -> bool:
     return hmac.compare_digest(mac.encode(), expected.encode())
 
 
-@given(rings(), correlation_ids, endpoints)
-def test_a_minted_token_verifies_with_its_endpoint(
-    tokens: CallbackTokens, correlation_id: str, endpoint: str | None
+@given(rings(), correlation_ids, endpoints, credentials)
+def test_a_minted_token_verifies_with_its_endpoint_and_fingerprints(
+    tokens: CallbackTokens, correlation_id: str, endpoint: str | None, credential: str | None
 ) -> None:
-    token = tokens.mint(correlation_id, endpoint=endpoint)
+    echoes = tokens.fingerprints.of(SecretStr(credential)) if credential else None
+    token = tokens.mint(correlation_id, endpoint=endpoint, echoes=echoes)
 
-    assert tokens.verified_endpoint(correlation_id, token) == (endpoint or NO_ENDPOINT)
+    assert tokens.verified(correlation_id, token) == VerifiedToken(endpoint or NO_ENDPOINT, echoes)
     assert tokens.verify(correlation_id, token) is (endpoint is None)
 
 
-@given(st.data(), rings(), correlation_ids, endpoints)
+@given(st.data(), rings(), correlation_ids, endpoints, credentials)
 def test_any_change_to_the_token_is_rejected(
-    data: st.DataObject, tokens: CallbackTokens, correlation_id: str, endpoint: str | None
+    data: st.DataObject,
+    tokens: CallbackTokens,
+    correlation_id: str,
+    endpoint: str | None,
+    credential: str | None,
 ) -> None:
-    token = tokens.mint(correlation_id, endpoint=endpoint)
+    echoes = tokens.fingerprints.of(SecretStr(credential)) if credential else None
+    token = tokens.mint(correlation_id, endpoint=endpoint, echoes=echoes)
 
     forged = data.draw(edits(token))
 
-    assert tokens.verified_endpoint(correlation_id, forged) is None
+    assert tokens.verified(correlation_id, forged) is None
     assert not tokens.verify(correlation_id, forged)
 
 

@@ -38,6 +38,7 @@ from webhook_tasks_contracts import (
     build_webhook_request,
     callback_body_adapter,
     derived_event_id,
+    mask_callback,
     utc_now,
 )
 from webhook_tasks_runtime.catch_up import CatchUp, NoCatchUp
@@ -53,7 +54,7 @@ from .client import DeliveryResult, OutboundRequest, WebhookClient, origin_of
 from .domain import TaskStatus, status_after_callback, why_not_applied
 from .metrics import ATTEMPTS, DEADLINE_WAIT_SECONDS, REQUESTS_IN_FLIGHT
 from .retry import GiveUp, Retry, RetryPolicy, is_retryable, parse_retry_after
-from .sealing import RequestSealer, SealError, mask_strings
+from .sealing import RequestSealer, SealError
 from .signing import SigningKeys, webhook_id_of
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class Dispatcher:
         self._signing = signing or SigningKeys({})
         self._tracer = tracer
         self._sealer = sealer
+        self._fingerprints = tokens.fingerprints
         # Callbacks and deadlines come on separate topics: a deadline waits for the callbacks
         # accepted before it, however far their consumer lags, so that they win as they should.
         self._callbacks_caught_up = callbacks_caught_up or NoCatchUp()
@@ -200,6 +202,12 @@ class Dispatcher:
     ) -> repo.PendingRequest | None:
         metadata = request.task_metadata
         correlation_id = str(uuid.uuid4())
+        # Also in the callback token: the gateway masks an echo before it reaches Kafka.
+        fingerprints = (
+            self._fingerprints.of(metadata.webhook_auth)
+            if metadata.webhook_auth is not None
+            else None
+        )
         new_task = repo.NewTask(
             correlation_id=correlation_id,
             idempotency_key=request.idempotency_key,
@@ -211,14 +219,15 @@ class Dispatcher:
             webhook_url=webhook_url,
             mode=metadata.mode,
             timeout_seconds=metadata.timeout_seconds,
-            auth_fingerprints=self._sealer.fingerprint(metadata.webhook_auth)
-            if metadata.webhook_auth is not None
-            else None,
+            auth_fingerprints=str(fingerprints) if fingerprints is not None else None,
         )
         body = build_webhook_request(
             correlation_id=correlation_id,
             callback_url=self._tokens.callback_url(
-                self._callback_base_url, correlation_id, endpoint=metadata.callback_endpoint
+                self._callback_base_url,
+                correlation_id,
+                endpoint=metadata.callback_endpoint,
+                echoes=fingerprints,
             ),
             prompt=request.prompt,
             task_id=request.task_id,
@@ -707,19 +716,14 @@ class Dispatcher:
         self, callback: CallbackReceived, sighting: repo.Sighting
     ) -> CallbackReceived:
         """Return `callback` with the task's webhookAuth masked wherever the service echoed it."""
-        mask = self._sealer.masker(sighting.auth_fingerprints)
+        mask = self._fingerprints.masker(sighting.auth_fingerprints)
         if mask is None:
             return callback
-        masked = {
-            "result_url": callback.result_url and mask(callback.result_url),
-            "error": callback.error and mask(callback.error),
-            "message": callback.message and mask(callback.message),
-            "metadata": mask_strings(callback.metadata, mask),
-        }
-        if all(masked[field] == getattr(callback, field) for field in masked):
-            return callback
-        logger.warning("the callback echoed the task's webhookAuth; it is masked")
-        return callback.model_copy(update=masked)
+        masked = mask_callback(callback, mask)
+        if masked is not callback:
+            # Under a token minted with the fingerprints, the gateway has masked it already.
+            logger.warning("the callback echoed the task's webhookAuth; it is masked")
+        return masked
 
     async def _record_late_result(
         self, conn: asyncpg.Connection, callback: CallbackReceived

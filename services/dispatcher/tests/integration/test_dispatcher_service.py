@@ -10,6 +10,7 @@ from datetime import timedelta
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from pydantic import SecretStr
 from webhook_tasks_contracts import (
     CallbackReceived,
     DeadlineReached,
@@ -21,6 +22,7 @@ from webhook_tasks_contracts import (
     TaskProgressed,
     TaskRequested,
     TaskResultArrivedLate,
+    VerifiedToken,
     lifecycle_event_adapter,
 )
 from webhook_tasks_dispatcher import repository as repo
@@ -82,9 +84,13 @@ async def test_a_task_is_dispatched_in_the_product_summary_format(
     body = json.loads(sent.content)
     assert sent.headers["authorization"] == SECRET
     assert body["correlationId"] == task.correlation_id
+    # The token carries the credential's fingerprints, so the gateway can mask an echo of it.
+    echoes = under_test.tokens.fingerprints.of(SecretStr(SECRET))
     assert body["callbackUrl"] == under_test.tokens.callback_url(
-        "https://gateway.example.com", task.correlation_id
+        "https://gateway.example.com", task.correlation_id, echoes=echoes
     )
+    token = body["callbackUrl"].rpartition("/")[2]
+    assert under_test.tokens.verified(task.correlation_id, token) == VerifiedToken("", echoes)
     assert {key: body[key] for key in ("prompt", "taskId", "userId", "projectId", "quality")} == {
         "prompt": "make a video",
         "taskId": request.task_id,
