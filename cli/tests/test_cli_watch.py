@@ -87,3 +87,16 @@ def test_an_event_from_before_the_mode_was_sent_reads_as_a_callback_task() -> No
     del document["mode"]
 
     assert TaskDispatched.model_validate(document).mode == "callback"
+
+
+def test_the_progress_comments_last_text_comes_after_the_outcome_it_points_to() -> None:
+    progress = ChatCommentPosted(
+        correlation_id="c1", task=TASK, comment_id=2, kind="progress", text="In progress 50%"
+    )
+    ended = progress.model_copy(update={"text": "No longer in progress", "edited": True})
+
+    text = printed(DISPATCHED, progress, COMMENT, ended, CALLBACK, COMPLETED)
+
+    assert text.index("In progress 50%") < text.index("task completed")
+    assert text.index("task completed") < text.index("Hi") < text.index("No longer in progress")
+    assert "chat comment updated[/] on task t1 (c1):\n    No longer in progress" in text

@@ -247,3 +247,38 @@ async def every_record(system: RunningSystem, topics: list[str]) -> list[bytes]:
         return values
     finally:
         await consumer.stop()
+
+
+async def test_progress_keeps_one_comment_that_ends_with_the_task(system: RunningSystem) -> None:
+    task_id = unique_task_id("progress")
+    await publish_task(system.config, demo_task(system, task_id, outcome="never"))
+    (report,) = await wait_until(
+        lambda: system.reports(task_id),
+        lambda r: len(r) == 1 and r[0].task.status.value == "initiated",
+    )
+    correlation_id = report.task.correlation_id
+    assert system.config.gateway_url
+    url = system.tokens.callback_url(system.config.gateway_url, correlation_id)
+    async with httpx.AsyncClient(trust_env=False) as http:
+        for percent in (10, 90):
+            progress = {"correlationId": correlation_id, "status": "progress", "progress": percent}
+            assert (await http.post(url, json=progress)).status_code == 202
+            await wait_until(
+                lambda: system.reports(task_id),
+                lambda r, percent=percent: any(f"{percent}%" in c.text for c in r[0].comments),
+            )
+        success = {"correlationId": correlation_id, "status": "success", "metadata": {}}
+        assert (await http.post(url, json=success)).status_code == 202
+
+    (report,) = await wait_until(
+        lambda: system.reports(task_id),
+        lambda r: finished(r) and "No longer" in r[0].comments[0].text,
+    )
+    assert report.task.status.value == "completed"
+    assert [(comment.kind, comment.text) for comment in report.comments] == [
+        (
+            "progress",
+            "**No longer in progress**: the task completed. The outcome is in the comment below.",
+        ),
+        ("result", report.comments[1].text),
+    ]

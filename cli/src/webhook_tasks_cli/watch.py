@@ -135,12 +135,14 @@ class EventWatcher:
     def _comment(self, event: ChatCommentPosted) -> list[str]:
         text = "\n".join(f"    {line}" for line in event.text.splitlines())
         line = (
-            f"[bold]chat comment written[/] on task {event.task.task_id} "
-            f"({event.correlation_id}):\n{text}"
+            f"[bold]chat comment {'updated' if event.edited else 'written'}[/] on task "
+            f"{event.task.task_id} ({event.correlation_id}):\n{text}"
         )
-        if event.kind in ("result", "error", "expired") and (
+        waiting = event.kind in ("result", "error", "expired") and (
             event.correlation_id not in self._outcomes_told
-        ):
+        )
+        # Also what comes after a comment that waits: the progress comment's last text.
+        if waiting or event.correlation_id in self._comments_waiting:
             self._comments_waiting.setdefault(event.correlation_id, []).append(line)
             return []
         return [line]

@@ -7,15 +7,20 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
+from typing import Literal
 
 from webhook_tasks_contracts import CommentKind
 
+TemplateName = CommentKind | Literal["progress_ended"]
+"""A comment kind, or `progress_ended`: the progress comment's last text, once the task ended."""
+
 COMMON_PLACEHOLDERS = frozenset({"task_id", "correlation_id"})
-PLACEHOLDERS: Mapping[CommentKind, frozenset[str]] = {
+PLACEHOLDERS: Mapping[TemplateName, frozenset[str]] = {
     "result": COMMON_PLACEHOLDERS | {"title", "link", "result_url", "details"},
     "error": COMMON_PLACEHOLDERS | {"cause", "reason"},
     "expired": COMMON_PLACEHOLDERS | {"timeout"},
     "progress": COMMON_PLACEHOLDERS | {"progress", "message"},
+    "progress_ended": COMMON_PLACEHOLDERS | {"outcome"},
     "late_result": COMMON_PLACEHOLDERS | {"title", "link", "result_url", "details"},
 }
 """What each template may use; every value is escaped before it is substituted."""
@@ -27,11 +32,11 @@ class TemplateError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class CommentTemplates:
-    """One `string.Template` per comment kind."""
+    """One `string.Template` per comment kind, and one for a progress comment that ended."""
 
-    by_kind: Mapping[CommentKind, Template]
+    by_kind: Mapping[TemplateName, Template]
 
-    def __getitem__(self, kind: CommentKind) -> Template:
+    def __getitem__(self, kind: TemplateName) -> Template:
         return self.by_kind[kind]
 
 
@@ -40,7 +45,7 @@ def load_templates(override_dir: Path | None = None) -> CommentTemplates:
     if override_dir is not None:
         _refuse_unknown_files(override_dir)
     packaged = resources.files(__package__ or "webhook_tasks_notifier").joinpath("templates")
-    by_kind: dict[CommentKind, Template] = {}
+    by_kind: dict[TemplateName, Template] = {}
     for kind, allowed in PLACEHOLDERS.items():
         name = f"{kind}.md"
         override = override_dir / name if override_dir is not None else None

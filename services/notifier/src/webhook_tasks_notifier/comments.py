@@ -130,6 +130,22 @@ def render_comment(
     return RenderedComment(kind, _tidy(templates[kind].substitute(values)))
 
 
+ENDED: Mapping[type[LifecycleEvent], str] = {
+    TaskCompleted: "completed",
+    TaskFailed: "failed",
+    TaskExpired: "expired",
+}
+"""How the last text of a progress comment says the task ended ("the task completed")."""
+
+
+def render_progress_ended(
+    event: TaskCompleted | TaskFailed | TaskExpired, templates: CommentTemplates
+) -> str:
+    """Render the text a task's progress comment keeps once `event` ended the task."""
+    values = {"outcome": ENDED[type(event)]} | _common_values(event)
+    return _tidy(templates["progress_ended"].substitute(values))
+
+
 def _common_values(event: LifecycleEvent) -> dict[str, str]:
     return {
         "task_id": escape_markdown(_clean(event.task.task_id, MAX_VALUE_LENGTH)),

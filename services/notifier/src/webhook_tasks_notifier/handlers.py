@@ -26,7 +26,7 @@ from webhook_tasks_runtime.tracing import current_traceparent
 
 from . import repository
 from .comment_templates import CommentTemplates
-from .comments import render_comment
+from .comments import render_comment, render_progress_ended
 from .repository import Comment, Notification
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class LifecycleHandler:
             return
         rendered = render_comment(event, self._templates)
         notifications: list[Notification] = []
+        ended: Comment | None = None
         async with self._pool.acquire() as conn, conn.transaction():
             if isinstance(event, TaskProgressed):
                 comment = await repository.upsert_progress_comment(conn, event, rendered.text)
@@ -85,10 +86,16 @@ class LifecycleHandler:
                     notifications = await repository.insert_notifications(
                         conn, comment, users_to_tell(event.task)
                     )
+                    # "In progress 90%" above the outcome would contradict it: it says so instead.
+                    ended = await repository.end_progress_comment(
+                        conn, event, render_progress_ended(event, self._templates)
+                    )
             if comment is None:
                 logger.info("nothing new to write", extra={"kind": rendered.kind})
                 return
             announcements = self._announcements(event.task, comment, notifications, event.event_id)
+            if ended is not None:
+                announcements += self._announcements(event.task, ended, [], event.event_id)
             # They continue the trace the lifecycle event came in (the task's dispatch), if any.
             traceparent = current_traceparent()
             await add_events_to_outbox(

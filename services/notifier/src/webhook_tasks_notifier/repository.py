@@ -116,6 +116,26 @@ async def upsert_progress_comment(
     return _comment(row) if row is not None else None
 
 
+async def end_progress_comment(
+    conn: asyncpg.Connection, event: LifecycleEvent, text: str
+) -> Comment | None:
+    """Give the task's progress comment its last text; return None if the task has none."""
+    # Called with the task's terminal comment, in its transaction: once, as that comment is.
+    row = await conn.fetchrow(
+        f"""
+        UPDATE comments
+        SET text = $2, source_event_id = $3, source_occurred_at = $4, updated_at = now()
+        WHERE correlation_id = $1 AND kind = 'progress'
+        RETURNING {_COMMENT_COLUMNS}
+        """,  # noqa: S608 - only the fixed column list is interpolated
+        event.correlation_id,
+        text,
+        event.event_id,
+        event.occurred_at,
+    )
+    return _comment(row) if row is not None else None
+
+
 async def insert_notifications(
     conn: asyncpg.Connection, comment: Comment, user_ids: Sequence[str]
 ) -> list[Notification]:

@@ -180,6 +180,50 @@ async def test_progress_keeps_one_comment_up_to_date_and_ignores_replays(
     assert await pool.fetchval("SELECT count(*) FROM notifications") == 0
 
 
+async def test_the_outcome_gives_the_progress_comment_its_last_text_once(
+    handler: LifecycleHandler, pool: asyncpg.Pool
+) -> None:
+    await handler.handle(progressed(90, datetime(2030, 1, 1, tzinfo=UTC)))
+    outcome = TaskExpired(
+        correlation_id="corr-1", task=TASK, deadline_at=DEADLINE, timeout_seconds=300
+    )
+
+    await handler.handle(outcome)
+    await handler.handle(outcome)  # redelivered
+    await handler.handle(completed())  # a later, conflicting outcome
+
+    async with pool.acquire() as conn:
+        comments = await comments_for(conn, ["corr-1"])
+    assert [(c.kind, c.text) for c in comments] == [
+        (
+            "progress",
+            "**No longer in progress**: the task expired. The outcome is in the comment below.",
+        ),
+        ("expired", comments[1].text),
+    ]
+    posted = [e for _, _, e in await outbox(pool) if isinstance(e, ChatCommentPosted)]
+    # The progress comment, the outcome, then the progress comment's last text in its place.
+    assert [(e.comment_id, e.kind, e.edited) for e in posted] == [
+        (comments[0].id, "progress", False),
+        (comments[1].id, "expired", False),
+        (comments[0].id, "progress", True),
+    ]
+    assert posted[2].text == comments[0].text
+    assert len({e.event_id for e in posted}) == 3
+    assert await pool.fetchval("SELECT count(*) FROM notifications") == 3
+
+
+async def test_an_outcome_without_progress_edits_no_other_comment(
+    handler: LifecycleHandler, pool: asyncpg.Pool
+) -> None:
+    await handler.handle(
+        TaskFailed(correlation_id="corr-1", task=TASK, cause="callback_error", reason="no GPU")
+    )
+
+    posted = [e for _, _, e in await outbox(pool) if isinstance(e, ChatCommentPosted)]
+    assert [(e.kind, e.edited) for e in posted] == [("error", False)]
+
+
 async def test_progress_after_the_outcome_writes_nothing(
     handler: LifecycleHandler, pool: asyncpg.Pool
 ) -> None:

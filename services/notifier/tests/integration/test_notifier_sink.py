@@ -184,7 +184,7 @@ async def test_each_comment_and_notification_is_posted_once_signed(
     await handler.handle(completed())
     await handler.handle(completed())  # redelivered: nothing new to announce
 
-    assert await sink.deliver_due() == 4
+    assert await sink.deliver_due() == 5
     assert await sink.deliver_due() == 0
 
     assert receiver.refused == 0
@@ -195,6 +195,7 @@ async def test_each_comment_and_notification_is_posted_once_signed(
     )
     assert [entry[:3] for entry in received] == [
         ("ChatCommentPosted", "progress", ""),
+        ("ChatCommentPosted", "progress", ""),  # its last text, once the task completed
         ("ChatCommentPosted", "result", ""),
         ("UserNotified", "result", "ann"),
         ("UserNotified", "result", "owner"),

@@ -19,6 +19,7 @@ from webhook_tasks_notifier.comments import (
     humanise_key,
     humanise_seconds,
     render_comment,
+    render_progress_ended,
     safe_link_target,
 )
 from webhook_tasks_notifier.handlers import users_to_tell
@@ -239,6 +240,36 @@ def test_progress_shows_percent_and_message() -> None:
 
     assert comment.kind == "progress"
     assert comment.text == "**In progress** 42.5%\n\nRendering \\*frames\\*"
+
+
+@pytest.mark.parametrize(
+    ("event", "outcome"),
+    [
+        (completed(), "completed"),
+        (failed("no GPU"), "failed"),
+        (
+            TaskExpired(
+                correlation_id="corr-1", task=TASK, deadline_at=DEADLINE, timeout_seconds=60
+            ),
+            "expired",
+        ),
+    ],
+)
+def test_a_progress_comment_ends_saying_how_the_task_ended(
+    event: TaskCompleted | TaskFailed | TaskExpired, outcome: str
+) -> None:
+    assert render_progress_ended(event, TEMPLATES) == (
+        f"**No longer in progress**: the task {outcome}. The outcome is in the comment below."
+    )
+
+
+def test_the_ended_progress_text_is_a_template_of_its_own(tmp_path: Path) -> None:
+    (tmp_path / "progress_ended.md").write_text("Done ($outcome) for $task_id\n")
+
+    assert (
+        render_progress_ended(completed(), load_templates(tmp_path))
+        == "Done (completed) for task-1"
+    )
 
 
 @pytest.mark.parametrize(
