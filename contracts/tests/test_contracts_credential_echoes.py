@@ -17,7 +17,6 @@ from webhook_tasks_contracts import (
     CallbackReceived,
     CredentialFingerprints,
     Masker,
-    mask_callback,
     mask_strings,
 )
 
@@ -147,7 +146,7 @@ def test_a_credential_percent_encoded_in_a_url_never_survives(
 def test_a_callback_is_masked_in_every_text_its_sender_wrote_and_left_alone_without_an_echo() -> (
     None
 ):
-    mask = mask_for(f"Bearer {TOKEN}")
+    fingerprints = BOTH.of(SecretStr(f"Bearer {TOKEN}"))
     echoing = CallbackReceived(
         correlation_id="c-1",
         status="success",
@@ -160,10 +159,12 @@ def test_a_callback_is_masked_in_every_text_its_sender_wrote_and_left_alone_with
     )
     quiet = CallbackReceived(correlation_id="c-1", status="success", metadata={"n": 1})
 
-    masked = mask_callback(echoing, mask)
+    masked = BOTH.mask_callback(echoing, fingerprints)
     assert masked.result_url == "https://cdn.example.com/v.mp4?auth=**********"
     assert masked.metadata == {"request": {"authorization": "Bearer **********"}, "n": 1}
     assert masked.event_id == echoing.event_id
-    assert mask_callback(erring, mask).error == "401 for **********"
-    assert mask_callback(progressing, mask).message == "using **********"
-    assert mask_callback(quiet, mask) is quiet
+    assert BOTH.mask_callback(erring, str(fingerprints)).error == "401 for **********"
+    assert BOTH.mask_callback(progressing, fingerprints).message == "using **********"
+    assert BOTH.mask_callback(quiet, fingerprints) is quiet
+    assert BOTH.mask_callback(echoing, None) is echoing
+    assert CredentialFingerprints([NEW]).mask_callback(echoing, "v1:gone:AAAA") is echoing

@@ -35,6 +35,19 @@ def demo_task(system: RunningSystem, task_id: str, **params: object) -> TaskRequ
     )
 
 
+async def waiting_for_callbacks(system: RunningSystem, label: str) -> tuple[str, str, str]:
+    """Dispatch a task the demo service never calls back; return its ids and callback URL."""
+    task_id = unique_task_id(label)
+    await publish_task(system.config, demo_task(system, task_id, outcome="never"))
+    (report,) = await wait_until(
+        lambda: system.reports(task_id),
+        lambda r: len(r) == 1 and r[0].task.status.value == "initiated",
+    )
+    assert system.config.gateway_url
+    url = system.tokens.callback_url(system.config.gateway_url, report.task.correlation_id)
+    return task_id, report.task.correlation_id, url
+
+
 async def test_success_becomes_one_result_comment(system: RunningSystem) -> None:
     task_id = unique_task_id("success")
     await publish_task(
@@ -107,15 +120,7 @@ async def test_callback_for_unknown_or_forged_ids_is_rejected(system: RunningSys
 
 
 async def test_duplicate_callbacks_give_one_outcome_and_one_comment(system: RunningSystem) -> None:
-    task_id = unique_task_id("duplicate-callback")
-    await publish_task(system.config, demo_task(system, task_id, outcome="never"))
-    (report,) = await wait_until(
-        lambda: system.reports(task_id),
-        lambda r: len(r) == 1 and r[0].task.status.value == "initiated",
-    )
-    correlation_id = report.task.correlation_id
-    assert system.config.gateway_url
-    url = system.tokens.callback_url(system.config.gateway_url, correlation_id)
+    task_id, correlation_id, url = await waiting_for_callbacks(system, "duplicate-callback")
     success = {
         "correlationId": correlation_id,
         "status": "success",
@@ -250,15 +255,7 @@ async def every_record(system: RunningSystem, topics: list[str]) -> list[bytes]:
 
 
 async def test_progress_keeps_one_comment_that_ends_with_the_task(system: RunningSystem) -> None:
-    task_id = unique_task_id("progress")
-    await publish_task(system.config, demo_task(system, task_id, outcome="never"))
-    (report,) = await wait_until(
-        lambda: system.reports(task_id),
-        lambda r: len(r) == 1 and r[0].task.status.value == "initiated",
-    )
-    correlation_id = report.task.correlation_id
-    assert system.config.gateway_url
-    url = system.tokens.callback_url(system.config.gateway_url, correlation_id)
+    task_id, correlation_id, url = await waiting_for_callbacks(system, "progress")
     async with httpx.AsyncClient(trust_env=False) as http:
         for percent in (10, 90):
             progress = {"correlationId": correlation_id, "status": "progress", "progress": percent}

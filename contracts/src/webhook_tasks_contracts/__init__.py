@@ -15,7 +15,6 @@ from .credential_echoes import (
     CredentialFingerprints,
     Fingerprints,
     Masker,
-    mask_callback,
     mask_strings,
 )
 from .events import (
@@ -108,7 +107,6 @@ __all__ = [
     "callback_url",
     "derived_event_id",
     "lifecycle_event_adapter",
-    "mask_callback",
     "mask_strings",
     "notification_event_adapter",
     "parse_callback_keys",

@@ -118,9 +118,15 @@ class CredentialFingerprints:
         known = {raw[at : at + DIGEST_BYTES] for at in range(0, len(raw), DIGEST_BYTES)}
         return lambda text: _masked(text, key, known)
 
+    def mask_callback(
+        self, callback: CallbackReceived, fingerprints: Fingerprints | str | None
+    ) -> CallbackReceived:
+        """Return `callback` with every echo in its sender's texts masked; itself if none."""
+        mask = self.masker(fingerprints)
+        return callback if mask is None else _mask_callback(callback, mask)
 
-def mask_callback(callback: CallbackReceived, mask: Masker) -> CallbackReceived:
-    """Return `callback` with its sender's texts masked by `mask`; itself if nothing changed."""
+
+def _mask_callback(callback: CallbackReceived, mask: Masker) -> CallbackReceived:
     masked = {
         "result_url": callback.result_url and mask(callback.result_url),
         "error": callback.error and mask(callback.error),

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
-from webhook_tasks_contracts import CallbackReceived, CallbackTokens, Fingerprints, mask_callback
+from webhook_tasks_contracts import CallbackReceived, CallbackTokens
 from webhook_tasks_runtime.kafka import message_for
 from webhook_tasks_runtime.logging import correlation_context
 from webhook_tasks_runtime.timeouts import within
@@ -239,15 +239,11 @@ class _CallbackEndpoint:
         event = callback_event(
             callback, delivery=delivery, event_id=delivery_event_id(correlation_id, delivery, body)
         )
-        return self._without_echoes(event, verified.echoes) if verified.echoes else event
-
-    def _without_echoes(self, event: CallbackReceived, echoes: Fingerprints) -> CallbackReceived:
+        if verified.echoes is None:
+            return event
         # The task was sent with a credential: an external service that echoes it (a request
         # dump in metadata, `?auth=` in a URL) must not put it into Kafka.
-        mask = self._tokens.fingerprints.masker(echoes)
-        if mask is None:
-            return event
-        masked = mask_callback(event, mask)
+        masked = self._tokens.fingerprints.mask_callback(event, verified.echoes)
         if masked is not event:
             logger.warning("the callback echoed the task's webhookAuth; it is masked")
         return masked

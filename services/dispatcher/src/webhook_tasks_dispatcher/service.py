@@ -38,7 +38,6 @@ from webhook_tasks_contracts import (
     build_webhook_request,
     callback_body_adapter,
     derived_event_id,
-    mask_callback,
     utc_now,
 )
 from webhook_tasks_runtime.catch_up import CatchUp, NoCatchUp
@@ -716,10 +715,7 @@ class Dispatcher:
         self, callback: CallbackReceived, sighting: repo.Sighting
     ) -> CallbackReceived:
         """Return `callback` with the task's webhookAuth masked wherever the service echoed it."""
-        mask = self._fingerprints.masker(sighting.auth_fingerprints)
-        if mask is None:
-            return callback
-        masked = mask_callback(callback, mask)
+        masked = self._fingerprints.mask_callback(callback, sighting.auth_fingerprints)
         if masked is not callback:
             # Under a token minted with the fingerprints, the gateway has masked it already.
             logger.warning("the callback echoed the task's webhookAuth; it is masked")
