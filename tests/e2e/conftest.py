@@ -8,7 +8,8 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,21 +63,36 @@ def system(
     infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningSystem]:
     """Start the four services and the demo external service once for the session."""
+    with running_system(
+        infrastructure, infrastructure.database_url, Path(tmp_path_factory.mktemp("e2e-logs"))
+    ) as running:
+        yield running
+
+
+@contextmanager
+def running_system(
+    infrastructure: Infrastructure,
+    database_url: str,
+    log_dir: Path,
+    extra_env: Mapping[str, str] | None = None,
+) -> Iterator[RunningSystem]:
+    """Run the four services and the demo service on `database_url` and topics of their own."""
     topics = Topics(f"e2e-{uuid.uuid4().hex[:8]}")
     asyncio.run(ensure_topics(infrastructure.kafka_bootstrap_servers, topics.all()))
     keys = f"e2e:base64:{base64.b64encode(secrets.token_bytes(32)).decode()}"
     options = StackOptions(
-        database_url=infrastructure.database_url,
+        database_url=database_url,
         kafka_bootstrap_servers=infrastructure.kafka_bootstrap_servers,
         kafka_enable_idempotence=infrastructure.supports_idempotent_producer,
         kafka_fetch_max_wait_ms=infrastructure.fetch_max_wait_ms,
         callback_token_keys=keys,
         gateway_port=free_port(),
-        log_dir=Path(tmp_path_factory.mktemp("e2e-logs")),
+        log_dir=log_dir,
         topic_prefix=topics.prefix,
         extra_env={
             "SCAN_POLL_INTERVAL": "0.1",
             "GATEWAY_SIGNING_SECRETS": f"{SIGNED_ENDPOINT}:{SIGNED_ENDPOINT_SECRET}",
+            **(extra_env or {}),
         },
     )
     stack = Stack(options)
@@ -87,7 +103,7 @@ def system(
             stack=stack,
             config=StackConfig(
                 kafka_bootstrap_servers=infrastructure.kafka_bootstrap_servers,
-                database_url=infrastructure.database_url,
+                database_url=database_url,
                 gateway_url=options.gateway_url,
                 callback_token_keys=keys,
                 topic_prefix=topics.prefix,

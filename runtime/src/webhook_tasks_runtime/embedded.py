@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -45,6 +46,14 @@ def wait_for_port(host: str, port: int, *, timeout: float) -> None:
                     f"nothing is listening on {host}:{port} after {timeout:.0f}s"
                 ) from None
             time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _ensure_private_runtime_dir() -> None:
@@ -86,6 +95,21 @@ class EmbeddedPostgres:
         self._server = get_server(parent / "pgdata", cleanup_mode="delete")
         url: str = self._server.get_uri()
         return url
+
+    def interrupt(self, *, timeout: float = 30.0) -> None:
+        """Shut the server down as a failover does (fast: clients cut off); keep its data."""
+        pid = self._server.get_pid()
+        # SIGINT is PostgreSQL's fast shutdown: sessions end, the data is checkpointed.
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise EmbeddedInfrastructureError(f"PostgreSQL did not stop within {timeout:.0f}s")
+            time.sleep(0.05)
+
+    def resume(self) -> None:
+        """Start the server again on the same data and socket, after `interrupt`."""
+        self._server.ensure_postgres_running()
 
     def stop(self) -> None:
         """Stop the server and delete its data."""

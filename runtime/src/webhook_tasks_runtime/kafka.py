@@ -38,6 +38,7 @@ from opentelemetry.context import Context, attach, detach
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from webhook_tasks_contracts import DeadLetter, Topics
 
+from .backoff import RetryDelays
 from .logging import correlation_context
 from .observability import BATCH_SECONDS, BATCHES_FAILED, EVENTS_CONSUMED
 from .partitioning import default_partitioner
@@ -265,7 +266,7 @@ def register_consumer(
 ) -> None:
     """Subscribe `spec` with dead-lettering, per-key ordering and commit after effects."""
     semaphore = asyncio.Semaphore(spec.concurrency)
-    backoff = _Backoff(retry_delay, max_retry_delay)
+    backoff = RetryDelays(retry_delay, max_retry_delay)
     # A failing batch comes again with the messages it rejected: each goes out once.
     already_dead_lettered: _Recent[_Position] = _Recent(_REMEMBERED_DEAD_LETTERS)
 
@@ -378,25 +379,6 @@ async def _run_all(calls: Iterable[Coroutine[Any, Any, None]]) -> None:
                 group.create_task(call)
     except BaseExceptionGroup as errors:
         raise errors.exceptions[0] from None
-
-
-class _Backoff:
-    """Delays that double from `first` up to `longest`, and start over after a success."""
-
-    def __init__(self, first: float, longest: float) -> None:
-        self._first = first
-        self._longest = max(first, longest)
-        self._next = first
-
-    def next_delay(self) -> float:
-        """Return the delay to wait now, and double the next one."""
-        delay = self._next
-        self._next = min(delay * 2, self._longest)
-        return delay
-
-    def reset(self) -> None:
-        """Start over from the first delay."""
-        self._next = self._first
 
 
 class _Recent(Generic[HashableT]):

@@ -25,6 +25,7 @@ from webhook_tasks_dispatcher.client import DeliveryResult, OutboundRequest, Web
 from webhook_tasks_dispatcher.guard import UrlGuard
 from webhook_tasks_dispatcher.service import Dispatcher
 from webhook_tasks_dispatcher.signing import SigningKeys
+from webhook_tasks_runtime.backoff import RetryDelays
 
 from .conftest import DispatcherUnderTest, HeldService, resolve_publicly, with_service
 from .test_dispatcher_service import SECRET, task_request
@@ -666,3 +667,40 @@ async def test_a_busy_host_holds_the_task_without_counting_an_attempt_or_a_failu
     task = await the_task(under_test, request.task_id)
     assert task.status.value == "initiated", "a busy host is no failure: its breaker stays shut"
     assert [a.outcome for a in await attempts(under_test, task)] == ["accepted"]
+
+
+async def test_a_sender_whose_claims_fail_keeps_trying_and_sends_once_the_database_answers(
+    under_test: DispatcherUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    under_test.service.answer = answers(  # type: ignore[assignment]
+        httpx.Response(503), httpx.Response(202)
+    )
+    dispatcher = under_test.another(clock=utc_now)
+    request = task_request()
+    await dispatcher.dispatch(request)
+    claim = repo.claim_due_requests
+    failures = 0
+
+    async def database_away_twice(conn: object, *, now: datetime, limit: int) -> object:
+        nonlocal failures
+        if failures < 2:
+            failures += 1
+            raise ConnectionRefusedError("the database is away")
+        return await claim(conn, now=now, limit=limit)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(repo, "claim_due_requests", database_away_twice)
+    sender = asyncio.create_task(
+        dispatcher.run_sender(poll_interval=0.05, retry_delays=RetryDelays(0.05, 0.1))
+    )
+    try:
+        for _ in range(200):
+            if (await the_task(under_test, request.task_id)).status.value == "initiated":
+                break
+            assert not sender.done(), "the sender stopped"
+            await asyncio.sleep(0.05)
+    finally:
+        sender.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sender
+    assert failures == 2
+    assert (await the_task(under_test, request.task_id)).status.value == "initiated"
