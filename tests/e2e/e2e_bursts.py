@@ -262,6 +262,21 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[rank]
 
 
+def assert_each_ended_once(
+    found: dict[str, Outcome], count: int, status: str, comment_kind: str
+) -> None:
+    """Check `count` tasks: each in `status`, with one terminal comment, notice a user, outcome."""
+    assert len(found) == count
+    assert tally(outcome.state.status for outcome in found.values()) == {status: count}
+    assert tally(tuple(outcome.terminal_comment_kinds) for outcome in found.values()) == {
+        (comment_kind,): count
+    }
+    assert tally(tuple(outcome.notified_users) for outcome in found.values()) == {
+        tuple(sorted((USER, FOLLOWER))): count
+    }
+    assert tally(len(outcome.applied) for outcome in found.values()) == {1: count}
+
+
 def tally(values: Iterable[Any]) -> dict[Any, int]:
     """Return how often each value occurs."""
     return dict(Counter(values))

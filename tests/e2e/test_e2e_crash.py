@@ -10,9 +10,7 @@ from webhook_tasks_contracts import UserNotified, notification_event_adapter
 
 from .conftest import RunningSystem, wait_until
 from .e2e_bursts import (
-    FOLLOWER,
-    USER,
-    Outcome,
+    assert_each_ended_once,
     burst_requests,
     connect,
     count_deadlines,
@@ -31,19 +29,6 @@ from .e2e_bursts import (
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
 BURST = 200
-
-
-def assert_each_ended_once(found: dict[str, Outcome], status: str, comment_kind: str) -> None:
-    """Check one terminal state, one terminal comment and one notification per user, per task."""
-    assert len(found) == BURST
-    assert tally(outcome.state.status for outcome in found.values()) == {status: BURST}
-    assert tally(tuple(outcome.terminal_comment_kinds) for outcome in found.values()) == {
-        (comment_kind,): BURST
-    }
-    assert tally(tuple(outcome.notified_users) for outcome in found.values()) == {
-        tuple(sorted((USER, FOLLOWER))): BURST
-    }
-    assert tally(len(outcome.applied) for outcome in found.values()) == {1: BURST}
 
 
 async def assert_each_user_announced_once(system: RunningSystem, correlation_ids: set[str]) -> None:
@@ -120,7 +105,7 @@ async def test_notifier_killed_mid_burst_writes_each_outcome_once(system: Runnin
             f" the rest written {time.monotonic() - restarted:.1f}s after the restart"
         )
         await asyncio.sleep(1.0)  # a duplicate still in flight would land now
-        assert_each_ended_once(await outcomes(conn, task_ids), "completed", "result")
+        assert_each_ended_once(await outcomes(conn, task_ids), BURST, "completed", "result")
         await assert_each_user_announced_once(system, set(correlation_ids))
     finally:
         await conn.close()
@@ -179,7 +164,7 @@ async def test_expirer_killed_mid_burst_expires_each_task_once(system: RunningSy
         )
         print(f"expirer killed after {restarted_after}/{BURST} deadlines fired")
         await asyncio.sleep(1.0)  # a duplicate still in flight would land now
-        assert_each_ended_once(await outcomes(conn, task_ids), "expired", "expired")
+        assert_each_ended_once(await outcomes(conn, task_ids), BURST, "expired", "expired")
         assert await count_deadlines(conn, correlation_ids) == 0
         await assert_each_user_announced_once(system, set(correlation_ids))
     finally:

@@ -18,13 +18,11 @@ from webhook_tasks_runtime.infra import Infrastructure
 
 from .conftest import RunningSystem, running_system, wait_until
 from .e2e_bursts import (
-    FOLLOWER,
-    USER,
+    assert_each_ended_once,
     burst_requests,
     connect,
     outcomes,
     publish_all,
-    tally,
     task_states,
     warm_up,
 )
@@ -114,10 +112,5 @@ async def test_every_task_ends_once_across_a_database_outage(
         found = await outcomes(conn, task_ids)
     finally:
         await conn.close()
-    assert tally(outcome.state.status for outcome in found.values()) == {"completed": 3 * WAVE}
-    assert tally(tuple(o.terminal_comment_kinds) for o in found.values()) == {("result",): 3 * WAVE}
-    assert tally(tuple(o.notified_users) for o in found.values()) == {
-        tuple(sorted((USER, FOLLOWER))): 3 * WAVE
-    }
-    assert tally(len(outcome.applied) for outcome in found.values()) == {1: 3 * WAVE}
+    assert_each_ended_once(found, 3 * WAVE, "completed", "result")
     assert system.stack.exited() == {}
