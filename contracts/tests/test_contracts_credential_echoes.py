@@ -83,6 +83,11 @@ def test_fingerprints_hold_no_part_of_the_credential() -> None:
         assert base64.urlsafe_b64encode(part.encode()).decode() not in stored
 
 
+def test_a_credential_with_no_part_long_enough_to_look_for_has_no_fingerprints() -> None:
+    assert BOTH.of(SecretStr("k3y")) is None
+    assert BOTH.of(SecretStr("Bearer ab")) is not None  # the whole value is long enough
+
+
 def test_fingerprints_of_a_retired_key_or_altered_match_nothing() -> None:
     stored = str(CredentialFingerprints([OLD]).of(SecretStr(f"Bearer {TOKEN}")))
 

@@ -99,11 +99,11 @@ class CredentialFingerprints:
         self._newest = keys[0].key_id
         self._keys = {key.key_id: derive_key(key.secret, _INFO) for key in keys}
 
-    def of(self, secret: SecretStr) -> Fingerprints:
-        """Return the fingerprints of `secret` under the newest key."""
+    def of(self, secret: SecretStr) -> Fingerprints | None:
+        """Return the fingerprints of `secret` under the newest key; None if it is too short."""
         key = self._keys[self._newest]
         digests = sorted({_digest(key, part) for part in _credential_parts(secret)})
-        return Fingerprints(self._newest, b"".join(digests))
+        return Fingerprints(self._newest, b"".join(digests)) if digests else None
 
     def masker(self, fingerprints: Fingerprints | str | None) -> Masker | None:
         """Return a function that masks in a text what `fingerprints` match; None if nothing can."""

@@ -319,6 +319,23 @@ async def test_deadline_expires_an_open_task_but_not_after_progress_moved_it(
     assert [type(event) for event in events] == [TaskDispatched, TaskProgressed, TaskExpired]
 
 
+async def test_a_credential_too_short_to_look_for_is_sent_under_a_plain_callback_token(
+    under_test: DispatcherUnderTest,
+) -> None:
+    request = task_request(webhookAuth="k3y")
+
+    await under_test.dispatcher.dispatch(request)
+
+    (sent,) = under_test.service.received
+    assert sent.headers["authorization"] == "k3y"
+    body = json.loads(sent.content)
+    token = body["callbackUrl"].rpartition("/")[2]
+    assert under_test.tokens.verified(body["correlationId"], token) == VerifiedToken("", None)
+    async with under_test.pool.acquire() as conn:
+        (task,) = await repo.find_tasks(conn, request.task_id)
+    assert task.status.value == "initiated"
+
+
 async def test_a_callback_echoing_webhook_auth_is_applied_with_it_masked_everywhere(
     under_test: DispatcherUnderTest,
 ) -> None:
