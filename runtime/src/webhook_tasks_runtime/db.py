@@ -16,6 +16,14 @@ SCHEMA_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
 """A PostgreSQL schema name the services accept: lower case, safe to quote into DDL."""
 _SCHEMA_NAME = re.compile(SCHEMA_NAME_PATTERN)
 
+DATABASE_AWAY: tuple[type[Exception], ...] = (
+    OSError,  # refused, reset, no socket file, timed out
+    asyncpg.PostgresConnectionError,  # the connection broke, or was never made
+    asyncpg.OperatorInterventionError,  # shutting down, starting up, crashed
+    asyncpg.TooManyConnectionsError,
+)
+"""Errors that say PostgreSQL cannot be reached for now, rather than that the work is wrong."""
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:

@@ -42,6 +42,7 @@ from webhook_tasks_contracts import (
 )
 from webhook_tasks_runtime.backoff import RetryDelays
 from webhook_tasks_runtime.catch_up import CatchUp, NoCatchUp
+from webhook_tasks_runtime.db import DATABASE_AWAY
 from webhook_tasks_runtime.leases import claim_or_hand_back
 from webhook_tasks_runtime.logging import correlation_context
 from webhook_tasks_runtime.outbox import add_events_to_outbox
@@ -485,10 +486,39 @@ class Dispatcher:
             or (result.outcome == "rejected" and is_retryable(result.status_code)),
             now=self._clock(),
         )
-        await self._settle_dispatch(pending, now, result)
+        await self._settle_dispatch_retrying(pending, now, result)
         if closed:
             await self._resume_held(origin)
         await self._resume_one_waiting_for_slot(origin)
+
+    async def _settle_dispatch_retrying(
+        self, pending: repo.PendingRequest, started: datetime, result: DeliveryResult
+    ) -> None:
+        """Record what an attempt came to; while the database is away, try again for a while.
+
+        Sent and answered, the request need not go out again: it would if the answer were
+        dropped, once its lease ran out. Past half the lease, it is left to that.
+        """
+        spent = (self._clock() - started).total_seconds()
+        give_up_at = time.monotonic() + self._lease.total_seconds() / 2 - spent
+        delays = RetryDelays(0.5, 5.0)
+        while True:
+            try:
+                await self._settle_dispatch(pending, started, result)
+                return
+            except DATABASE_AWAY as error:
+                delay = delays.next_delay()
+                if time.monotonic() + delay > give_up_at:
+                    raise
+                logger.warning(
+                    "recording the answer failed; retrying",
+                    extra={
+                        "outcome": result.outcome,
+                        "error": str(error) or type(error).__name__,
+                        "retry_in_seconds": delay,
+                    },
+                )
+                await asyncio.sleep(delay)
 
     def _span(
         self,

@@ -704,3 +704,29 @@ async def test_a_sender_whose_claims_fail_keeps_trying_and_sends_once_the_databa
             await sender
     assert failures == 2
     assert (await the_task(under_test, request.task_id)).status.value == "initiated"
+
+
+async def test_an_answer_not_recorded_while_the_database_is_away_is_recorded_once_it_answers(
+    under_test: DispatcherUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settle = repo.settle_accepted
+    failures = 0
+
+    async def database_away_twice(conn: object, accepted: object) -> object:
+        nonlocal failures
+        if failures < 2:
+            failures += 1
+            raise ConnectionResetError("the database went away")
+        return await settle(conn, accepted)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(repo, "settle_accepted", database_away_twice)
+    request = task_request()
+
+    await under_test.dispatcher.dispatch(request)
+
+    assert failures == 2
+    task = await the_task(under_test, request.task_id)
+    assert task.status.value == "initiated"
+    # Recorded, not sent again when its lease ran out.
+    assert len(under_test.service.received) == 1
+    assert [attempt.outcome for attempt in await attempts(under_test, task)] == ["accepted"]
