@@ -19,7 +19,7 @@ from webhook_tasks_cli.config import StackConfig
 from webhook_tasks_cli.operations import TaskReport, inspect_tasks
 from webhook_tasks_cli.stack import Stack, StackOptions
 from webhook_tasks_contracts import CallbackTokens, Topics, parse_callback_keys
-from webhook_tasks_runtime.embedded import free_port
+from webhook_tasks_runtime.embedded import EmbeddedPostgres, free_port
 from webhook_tasks_runtime.infra import Infrastructure
 from webhook_tasks_runtime.kafka import ensure_topics
 
@@ -67,6 +67,17 @@ def system(
         infrastructure, infrastructure.database_url, Path(tmp_path_factory.mktemp("e2e-logs"))
     ) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[tuple[EmbeddedPostgres, str]]:
+    """A PostgreSQL server of the test module's own, and its URL: for tests that stop it, or
+    that run a second system (whose services would share the first's schemas)."""
+    postgres = EmbeddedPostgres()
+    try:
+        yield postgres, postgres.start()
+    finally:
+        postgres.stop()
 
 
 @contextmanager

@@ -34,16 +34,6 @@ OUTAGE_SECONDS = 6.0
 
 
 @pytest.fixture(scope="module")
-def database() -> Iterator[tuple[EmbeddedPostgres, str]]:
-    """A PostgreSQL server of this module's own, and its URL."""
-    postgres = EmbeddedPostgres()
-    try:
-        yield postgres, postgres.start()
-    finally:
-        postgres.stop()
-
-
-@pytest.fixture(scope="module")
 def outage_system(
     infrastructure: Infrastructure,
     database: tuple[EmbeddedPostgres, str],

@@ -179,10 +179,21 @@ class EmbeddedKafka:
             raise
         return self.bootstrap_servers
 
+    def freeze(self) -> None:
+        """Stop the broker answering, as a hung or cut-off broker does (SIGSTOP); see `thaw`."""
+        assert self._process is not None, "the broker is not running"
+        self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Let a frozen broker answer again."""
+        assert self._process is not None, "the broker is not running"
+        self._process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop the broker process."""
         if self._process is None:
             return
+        self._process.send_signal(signal.SIGCONT)  # a frozen process takes no SIGTERM
         self._process.terminate()
         try:
             self._process.wait(timeout=10)
