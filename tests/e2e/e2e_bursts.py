@@ -262,6 +262,28 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[rank]
 
 
+async def ended(system: RunningSystem, task_ids: Sequence[str]) -> tuple[dict[str, Outcome], float]:
+    """Wait until every task has its terminal comment; return their outcomes a second later
+    (time for a duplicate still in flight to land), and when the last one ended (monotonic)."""
+    conn = await connect(system)
+    try:
+        await wait_until(
+            lambda: outcomes(conn, task_ids),
+            lambda found: (
+                len(found) == len(task_ids)
+                and all(outcome.terminal_comment_kinds for outcome in found.values())
+            ),
+            within=120,
+            what="every task ended",
+            interval=0.5,
+        )
+        ended_at = time.monotonic()
+        await asyncio.sleep(1.0)
+        return await outcomes(conn, task_ids), ended_at
+    finally:
+        await conn.close()
+
+
 def assert_each_ended_once(
     found: dict[str, Outcome], count: int, status: str, comment_kind: str
 ) -> None:

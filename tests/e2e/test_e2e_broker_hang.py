@@ -21,8 +21,8 @@ from .e2e_bursts import (
     assert_each_ended_once,
     burst_requests,
     connect,
+    ended,
     http_session,
-    outcomes,
     post_success,
     publish_all,
     tally,
@@ -108,22 +108,7 @@ async def test_callbacks_refused_while_the_broker_hangs_go_through_after_it(
     finally:
         broker.thaw()  # harmless if it is thawed already; else later tests would hang
 
-    conn = await connect(system)
-    try:
-        found = await wait_until(
-            lambda: outcomes(conn, task_ids),
-            lambda found: (
-                len(found) == WAVE
-                and all(outcome.terminal_comment_kinds for outcome in found.values())
-            ),
-            within=120,
-            what="every task ended",
-            interval=0.5,
-        )
-        print(f"every task ended {time.monotonic() - thawed:.1f}s after the broker came back")
-        await asyncio.sleep(1.0)  # a duplicate still in flight would land now
-        found = await outcomes(conn, task_ids)
-    finally:
-        await conn.close()
+    found, ended_at = await ended(system, task_ids)
+    print(f"every task ended {ended_at - thawed:.1f}s after the broker came back")
     assert_each_ended_once(found, WAVE, "completed", "result")
     assert system.stack.exited() == {}

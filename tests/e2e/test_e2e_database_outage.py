@@ -21,7 +21,7 @@ from .e2e_bursts import (
     assert_each_ended_once,
     burst_requests,
     connect,
-    outcomes,
+    ended,
     publish_all,
     task_states,
     warm_up,
@@ -82,25 +82,9 @@ async def test_every_task_ends_once_across_a_database_outage(
     back = time.monotonic()
     await publish_all(system, waves["after"])
 
-    conn = await connect(system)
-    try:
-        found = await wait_until(
-            lambda: outcomes(conn, task_ids),
-            lambda found: (
-                len(found) == 3 * WAVE
-                and all(outcome.terminal_comment_kinds for outcome in found.values())
-            ),
-            within=120,
-            what="every task ended",
-            interval=0.5,
-        )
-        print(
-            f"database away {back - stopped:.1f}s; every task ended "
-            f"{time.monotonic() - back:.1f}s after it came back"
-        )
-        await asyncio.sleep(1.0)  # a duplicate still in flight would land now
-        found = await outcomes(conn, task_ids)
-    finally:
-        await conn.close()
+    found, ended_at = await ended(system, task_ids)
+    print(
+        f"database away {back - stopped:.1f}s; all ended {ended_at - back:.1f}s after it came back"
+    )
     assert_each_ended_once(found, 3 * WAVE, "completed", "result")
     assert system.stack.exited() == {}
