@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import string
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from webhook_tasks_contracts import (
     CallbackReceived,
     CredentialFingerprints,
     Masker,
+    credential_masker,
     mask_strings,
 )
 
@@ -173,3 +175,42 @@ def test_a_callback_is_masked_in_every_text_its_sender_wrote_and_left_alone_with
     assert BOTH.mask_callback(quiet, fingerprints) is quiet
     assert BOTH.mask_callback(echoing, None) is echoing
     assert CredentialFingerprints([NEW]).mask_callback(echoing, "v1:gone:AAAA") is echoing
+
+
+@given(
+    credential=st.text(
+        alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zs")),
+        min_size=6,
+    ),
+    scheme=st.sampled_from(["", "Bearer ", "Token "]),
+    form=st.sampled_from(["as is", "JSON", "JSON, ASCII", "URL"]),
+)
+def test_the_credential_masker_leaves_no_form_of_the_credential_or_its_value(
+    credential: str, scheme: str, form: str
+) -> None:
+    assume("*" not in credential and credential == credential.strip())
+    secret = scheme + credential
+    mask = credential_masker(SecretStr(secret))
+    for echoed in (secret, credential):
+        written = {
+            "as is": echoed,
+            "JSON": json.dumps(echoed, ensure_ascii=False)[1:-1],
+            "JSON, ASCII": json.dumps(echoed)[1:-1],
+            "URL": quote(echoed, safe=""),
+        }[form]
+        masked = mask(f"the service said {written}, twice: {written}")
+
+        assert written not in masked
+        assert masked.count("**********") == 2
+
+
+def test_the_credential_masker_keeps_json_valid_and_other_text_as_it_is() -> None:
+    mask = credential_masker(SecretStr(f"Bearer {TOKEN}"))
+    answer = json.dumps({"error": f"bad token {TOKEN}", "url": f"/r?a=Bearer%20{TOKEN}", "n": 1})
+
+    assert json.loads(mask(answer)) == {
+        "error": "bad token **********",
+        "url": "/r?a=**********",
+        "n": 1,
+    }
+    assert mask("nothing to see") == "nothing to see"

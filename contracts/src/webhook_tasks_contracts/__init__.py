@@ -15,6 +15,7 @@ from .credential_echoes import (
     CredentialFingerprints,
     Fingerprints,
     Masker,
+    credential_masker,
     mask_strings,
 )
 from .events import (
@@ -105,6 +106,7 @@ __all__ = [
     "build_webhook_request",
     "callback_body_adapter",
     "callback_url",
+    "credential_masker",
     "derived_event_id",
     "lifecycle_event_adapter",
     "mask_strings",

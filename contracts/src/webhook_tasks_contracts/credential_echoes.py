@@ -25,6 +25,7 @@ import binascii
 import bisect
 import hashlib
 import hmac
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -148,6 +149,25 @@ def mask_strings(value: Any, mask: Masker) -> Any:
     if isinstance(value, list):
         return [mask_strings(item, mask) for item in value]
     return value
+
+
+def credential_masker(secret: SecretStr) -> Masker:
+    """Return a function that masks `secret` and its parts in a text: plain, JSON-escaped, encoded.
+
+    For the dispatcher, which holds the credential while it talks to the service: an answer
+    is stored (and a sync answer read) as text, where a JSON string may escape the credential.
+    """
+    value = secret.get_secret_value()
+    forms: set[str] = set()
+    for part in _credential_parts(secret) | ({value, value.strip()} - {""}):
+        for escaped in (part, json.dumps(part)[1:-1], json.dumps(part, ensure_ascii=False)[1:-1]):
+            forms |= {re.escape(escaped), re.escape(escaped.replace("/", "\\/"))}
+        forms.add(_percent_encoded(part).pattern)
+    if not forms:
+        return lambda text: text
+    # Longest first: at a position where a part and the whole value both start, mask the whole.
+    pattern = re.compile("|".join(sorted(forms, key=len, reverse=True)))
+    return lambda text: pattern.sub(_MASK, text)
 
 
 def derive_key(secret: bytes, info: bytes) -> bytes:

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from pydantic import SecretStr, ValidationError
-from webhook_tasks_contracts import WebhookAck
+from webhook_tasks_contracts import Masker, WebhookAck, credential_masker
 from webhook_tasks_runtime.timeouts import within
 
 from .guard import TransientResolutionError, UrlGuard, UrlRefusedError, guarded_resolver
@@ -25,7 +25,6 @@ MAX_STORED_BODY_CHARS = 2000
 """Response bodies are kept for diagnosis only; a page of text is enough and bounds the row."""
 
 _E = TypeVar("_E", bound=BaseException)
-_REDACTED = "**********"
 
 Outcome = Literal["accepted", "rejected", "unreachable", "refused", "failed", "busy"]
 """`refused`: never sent (the guard, or a request that cannot be built); `failed`: the
@@ -226,8 +225,10 @@ class WebhookClient:
         else:
             headers["webhook-id"] = request.webhook_id
         headers |= request.trace_headers
+        mask = None
         if request.auth is not None:
             headers["authorization"] = request.auth.get_secret_value()
+            mask = credential_masker(request.auth)
         try:
             outgoing = httpx.Request(
                 "POST",
@@ -243,7 +244,7 @@ class WebhookClient:
             return DeliveryResult(
                 "refused",
                 _elapsed_ms(started),
-                error=_describe(error, request.auth),
+                error=_describe(error, mask),
                 unsendable=True,
             )
         except TimeoutError:
@@ -264,13 +265,15 @@ class WebhookClient:
                 _elapsed_ms(started),
                 error=f"connection refused ({closed})"
                 if closed is not None
-                else _describe(error, request.auth),
+                else _describe(error, mask),
                 timed_out=closed is None and _in_chain(error, TimeoutError) is not None,
             )
         latency = _elapsed_ms(started)
-        if request.auth is not None:
-            # A service that echoes the request must not put webhookAuth in our records.
-            raw = raw.replace(request.auth.get_secret_value().encode(), _REDACTED.encode())
+        if mask is not None:
+            # A service that echoes the request must not put webhookAuth in our records, nor,
+            # through a sync answer, in events and comments. Masked within JSON strings, the
+            # answer stays JSON; bytes that are not UTF-8 are kept as they came.
+            raw = mask(raw.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
         # PostgreSQL text cannot hold NUL; a binary answer is still worth a look.
         text = raw.decode(errors="replace").replace("\x00", "\ufffd")[:MAX_STORED_BODY_CHARS]
         if not response.is_success:
@@ -345,11 +348,11 @@ def _in_chain(error: BaseException, kind: type[_E]) -> _E | None:
     return None
 
 
-def _describe(error: Exception, auth: SecretStr | None) -> str:
+def _describe(error: Exception, mask: Masker | None) -> str:
     text = f"{type(error).__name__}: {error}".strip().rstrip(":")
-    if auth is not None:
+    if mask is not None:
         # Defence in depth: no transport error should echo a header, but never risk it.
-        text = text.replace(auth.get_secret_value(), _REDACTED)
+        text = mask(text)
     return text[:500]
 
 

@@ -328,6 +328,35 @@ async def test_sync_mode_completes_the_task_from_the_answer(
         assert "no result" in final.reason
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"status": "error", "error": f"the token {SECRET.removeprefix('Bearer ')} has expired"},
+        {
+            "status": "success",
+            "resultUrl": f"https://cdn.example.com/v.mp4?auth={SECRET.replace(' ', '%20')}",
+            "metadata": {"request": {"authorization": SECRET}},
+        },
+    ],
+)
+async def test_a_sync_answer_echoing_webhook_auth_is_masked_in_events_and_records(
+    under_test: DispatcherUnderTest, answer: dict[str, object]
+) -> None:
+    under_test.service.answer = lambda request: httpx.Response(200, json=answer)
+    request = task_request(mode="sync")
+
+    await under_test.dispatcher.dispatch(request)
+    assert await under_test.dispatcher.send_due() == 1
+
+    task = await the_task(under_test, request.task_id)
+    assert task.status.value == ("completed" if answer["status"] == "success" else "failed")
+    stored = [payload.decode() for _topic, _key, payload in await under_test.outbox()]
+    stored += [repr(task), repr(await attempts(under_test, task))]
+    credential = SECRET.removeprefix("Bearer ")
+    assert [item for item in stored if "**********" in item]
+    assert not [item for item in stored if credential in item]
+
+
 async def test_a_sync_request_waits_up_to_the_task_timeout(
     under_test: DispatcherUnderTest,
 ) -> None:

@@ -178,6 +178,40 @@ async def test_an_answer_echoing_the_auth_value_is_kept_redacted() -> None:
     assert SECRET.encode() not in result.body
 
 
+@pytest.mark.parametrize(
+    "echo",
+    [
+        "invalid token sk-live-very-secret",  # the credential without its scheme word
+        json.dumps({"error": 'you sent Bearer sk/"live-0123'}),  # JSON-escaped
+        "https://cdn.example.com/r?auth=Bearer%20sk%2F%22live-0123",  # %-encoded
+    ],
+)
+async def test_an_answer_echoing_part_of_the_auth_value_is_masked(echo: str) -> None:
+    secret = 'Bearer sk/"live-0123' if "live-0123" in echo else SECRET
+    credential = secret.removeprefix("Bearer ")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, text=echo)
+
+    result = await client_for(handler).send("https://svc/", {}, auth=SecretStr(secret))
+
+    assert result.response_body is not None
+    assert "**********" in result.response_body
+    for form in (credential, json.dumps(credential)[1:-1], "sk%2F%22live"):
+        assert form not in result.response_body
+
+
+async def test_a_masked_json_answer_stays_json() -> None:
+    answer = {"status": "error", "error": f"the token {SECRET} expired", "n": 1}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answer)
+
+    result = await client_for(handler).send("https://svc/", {}, auth=SecretStr(SECRET))
+
+    assert json.loads(result.body) == {**answer, "error": "the token ********** expired"}
+
+
 async def test_a_compressed_answer_is_not_inflated_past_the_cap() -> None:
     seen: list[httpx.Request] = []
     bomb = gzip.compress(b"0" * 10_000_000)
