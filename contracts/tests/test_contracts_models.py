@@ -124,6 +124,33 @@ def test_idempotency_key_prefers_the_request_id() -> None:
     assert with_request_id.idempotency_key == "task-1/run-7"
 
 
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        (("orders/42", "retry-1"), ("orders", "42/retry-1")),
+        (("a/b", "c"), ("a%2Fb", "c")),
+        (("a%b", "c"), ("a%25b", "c")),
+    ],
+)
+def test_different_requests_never_share_an_idempotency_key(
+    one: tuple[str, str], other: tuple[str, str]
+) -> None:
+    task = TaskRequested.model_validate(PRODUCT_SUMMARY_TASK)
+    keys = {
+        task.model_copy(update={"task_id": task_id, "request_id": request_id}).idempotency_key
+        for task_id, request_id in (one, other)
+    }
+
+    assert len(keys) == 2
+
+
+def test_a_task_id_ends_at_the_first_slash_of_its_key() -> None:
+    task = TaskRequested.model_validate(PRODUCT_SUMMARY_TASK)
+    task = task.model_copy(update={"task_id": "orders/42%", "request_id": "retry/1"})
+
+    assert task.idempotency_key == "orders%2F42%25/retry/1"
+
+
 def test_the_webhook_request_has_the_product_summary_fields_and_params() -> None:
     body = build_webhook_request(
         correlation_id="cid",

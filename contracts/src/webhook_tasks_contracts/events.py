@@ -138,7 +138,10 @@ class TaskRequested(Event):
     @property
     def idempotency_key(self) -> str:
         """Return the key that makes a repeated request a duplicate."""
-        return f"{self.task_id}/{self.request_id or self.event_id}"
+        # The task id escaped, so the first "/" ends it: unescaped, task "a/b" with request
+        # "c" and task "a" with request "b/c" had one key, and the second was dropped.
+        task_id = self.task_id.replace("%", "%25").replace("/", "%2F")
+        return f"{task_id}/{self.request_id or self.event_id}"
 
 
 class TaskRef(StorableText):

@@ -1,0 +1,89 @@
+"""Which task events are duplicates: the same request of the same task, also after upgrading."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from webhook_tasks_runtime.db import create_pool, load_migrations, migrate, runtime_migrations
+from webhook_tasks_runtime.infra import Infrastructure
+
+from .conftest import DispatcherUnderTest
+from .test_dispatcher_service import task_request
+
+pytestmark = pytest.mark.integration
+
+MIGRATIONS = runtime_migrations() + load_migrations("webhook_tasks_dispatcher")
+UNAMBIGUOUS_KEYS = "webhook_tasks_dispatcher/0008_unambiguous_idempotency_keys.sql"
+
+
+async def test_tasks_whose_ids_and_request_ids_read_alike_are_each_dispatched(
+    under_test: DispatcherUnderTest,
+) -> None:
+    prefix = f"orders-{uuid.uuid4().hex[:8]}"
+    one = task_request().model_copy(update={"task_id": f"{prefix}/42", "request_id": "retry-1"})
+    other = task_request().model_copy(update={"task_id": prefix, "request_id": "42/retry-1"})
+
+    await under_test.dispatcher.dispatch(one)
+    await under_test.dispatcher.dispatch(other)
+    await under_test.dispatcher.dispatch(other)
+
+    assert len(under_test.service.received) == 2
+    count = await under_test.pool.fetchval("SELECT count(*) FROM tasks")
+    assert count == 2
+
+
+@pytest.fixture
+async def before_upgrade(
+    infrastructure: Infrastructure, unique_schema: str
+) -> AsyncIterator[asyncpg.Pool]:
+    schema = f"{unique_schema}_upgrade"
+    pool = await create_pool(infrastructure.database_url, schema, max_size=4)
+    names = [migration.name for migration in MIGRATIONS]
+    await migrate(pool, schema, MIGRATIONS[: names.index(UNAMBIGUOUS_KEYS)])
+    try:
+        yield pool
+    finally:
+        await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await pool.close()
+
+
+async def test_upgrading_rewrites_the_keys_of_task_ids_with_a_slash_or_percent_sign(
+    before_upgrade: asyncpg.Pool,
+) -> None:
+    # Keys as the earlier releases wrote them: "<task id>/<request id or event id>".
+    written = {
+        "c1": ("orders/42", "orders/42/retry-1"),
+        "c2": ("orders", "orders/42/retry-2"),
+        "c3": ("50%off", "50%off/r"),
+        "c4": ("plain", "plain/r"),
+        "c5": ("rekeying:x", "rekeying:x/r"),
+    }
+    for correlation_id, (task_id, key) in written.items():
+        await before_upgrade.execute(
+            "INSERT INTO tasks (correlation_id, idempotency_key, task_id, user_id, project_id,"
+            " webhook_url, mode, timeout_seconds, status, created_at, updated_at)"
+            " VALUES ($1, $2, $3, 'u', 'p', 'https://svc.example.com/run', 'callback', 60,"
+            " 'initiated', now(), now())",
+            correlation_id,
+            key,
+            task_id,
+        )
+
+    schema = await before_upgrade.fetchval("SELECT current_schema()")
+    assert await migrate(before_upgrade, schema, MIGRATIONS) == [UNAMBIGUOUS_KEYS]
+
+    rows = await before_upgrade.fetch("SELECT correlation_id, idempotency_key FROM tasks")
+    keys = {row["correlation_id"]: row["idempotency_key"] for row in rows}
+    assert keys == {
+        "c1": "orders%2F42/retry-1",
+        "c2": "orders/42/retry-2",
+        "c3": "50%25off/r",
+        "c4": "plain/r",
+        "c5": "rekeying:x/r",
+    }
+    # What the dispatcher computes now for the same requests: a replay is still a duplicate.
+    replayed = task_request().model_copy(update={"task_id": "orders/42", "request_id": "retry-1"})
+    assert replayed.idempotency_key == keys["c1"]
