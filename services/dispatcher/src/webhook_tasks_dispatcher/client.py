@@ -19,7 +19,7 @@ from webhook_tasks_contracts import Masker, WebhookAck, credential_masker
 from webhook_tasks_runtime.timeouts import within
 
 from .guard import TransientResolutionError, UrlGuard, UrlRefusedError, guarded_resolver
-from .signing import signature_headers
+from .signing import resolved_path, signature_headers
 
 MAX_STORED_BODY_CHARS = 2000
 """Response bodies are kept for diagnosis only; a page of text is enough and bounds the row."""
@@ -324,7 +324,12 @@ class WebhookClient:
 @functools.lru_cache(maxsize=4096)
 def _parsed_url(url: str) -> httpx.URL:
     # Parsing a URL is a sizeable share of a request's CPU; a service's URL rarely changes.
-    return httpx.URL(url)
+    parsed = httpx.URL(url)
+    path = urlsplit(url).path
+    resolved = resolved_path(path)
+    # Sent to the path its signing key was chosen for: httpx applies "..", but leaves "%2e%2e"
+    # for the server, which may or may not apply it (RFC 3986 says the two are the same).
+    return parsed if resolved == (path or "/") else parsed.copy_with(path=resolved)
 
 
 def _parse_ack(raw: bytes) -> WebhookAck | None:

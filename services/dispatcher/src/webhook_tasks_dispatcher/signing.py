@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -13,6 +14,8 @@ from pydantic import SecretStr
 
 _PREFIX = "whsec_"
 _DEFAULT_PORTS = {"https": 443, "http": 80}
+_ENCODED_UNRESERVED = re.compile(r"%(2[dDeE]|5[fF]|7[eE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA])")
+"""A %-encoded letter, digit, "-", ".", "_" or "~": the same character to a server."""
 
 _Origin = tuple[str, str, int | None]
 """Scheme, host (lower case, no trailing dot) and port (the scheme's default when absent)."""
@@ -101,7 +104,27 @@ def _split(url: str) -> tuple[_Origin, str] | None:
         return None
     if port is None:
         port = _DEFAULT_PORTS.get(parts.scheme)
-    return (parts.scheme, parts.hostname.rstrip("."), port), parts.path or "/"
+    return (parts.scheme, parts.hostname.rstrip("."), port), resolved_path(parts.path)
+
+
+def resolved_path(path: str) -> str:
+    """Return `path` as the server resolves it: encoded letters decoded, "." and ".." applied."""
+    # Else "/tenant-b/../tenant-a/hook", or "/tenant-b/%2e%2e/...", would be signed with
+    # tenant-b's secret and delivered to tenant-a, which could replay it to tenant-b.
+    decoded = _ENCODED_UNRESERVED.sub(lambda found: chr(int(found.group(1), 16)), path)
+    resolved: list[str] = []
+    segments = decoded.split("/")[1:] if decoded.startswith("/") else decoded.split("/")
+    for index, segment in enumerate(segments):
+        last = index == len(segments) - 1
+        if segment == "..":
+            if resolved:
+                resolved.pop()
+        elif segment != ".":
+            resolved.append(segment)
+            continue
+        if last:
+            resolved.append("")  # "/a/b/.." is "/a/", a directory
+    return "/" + "/".join(resolved)
 
 
 def _within(path: str, prefix: str) -> bool:

@@ -6,10 +6,13 @@ import base64
 import os
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from webhook_tasks_contracts import utc_now
+from webhook_tasks_dispatcher.client import OutboundRequest, WebhookClient
+from webhook_tasks_dispatcher.guard import UrlGuard
 from webhook_tasks_dispatcher.signing import (
     SigningKeyError,
     SigningKeys,
@@ -149,3 +152,47 @@ def test_a_prefix_with_an_invalid_port_is_refused_without_quoting_it() -> None:
     with pytest.raises(ValueError, match="invalid port") as error:
         SigningKeys({"https://user:hunter2@api.partner.com:99999/": SecretStr(new_secret())})
     assert "hunter2" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/tenant-a/hook",
+        "/tenant-b/../tenant-a/hook",
+        "/tenant-b/%2e%2e/tenant-a/hook",
+        "/tenant-b/%2E./tenant-a/hook",
+        "/tenant-b/./../tenant-a/hook",
+        "/tenant-b/x/%2E%2E/%2e%2e/tenant-a/hook?next=/tenant-b",
+        "/%74enant-a/hook",
+    ],
+)
+async def test_a_request_is_signed_with_the_key_of_the_path_it_is_sent_to(path: str) -> None:
+    tenant_a, tenant_b = new_secret(), new_secret()
+    keys = SigningKeys(
+        {
+            "https://api.partner.com/tenant-a": SecretStr(tenant_a),
+            "https://api.partner.com/tenant-b": SecretStr(tenant_b),
+        }
+    )
+    sent: list[httpx.Request] = []
+
+    def service(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(202)
+
+    async def resolve_publicly(host: str, port: int) -> list[str]:
+        return ["93.184.216.34"]
+
+    client = WebhookClient(httpx.MockTransport(service), guard=UrlGuard(resolve=resolve_publicly))
+    url = "https://api.partner.com" + path
+    body = b'{"correlationId": "c"}'
+    await client.send(
+        OutboundRequest(url, body, "msg_c", signing_key=keys.key_for(url)), now=utc_now()
+    )
+
+    (request,) = sent
+    assert request.url.path == "/tenant-a/hook"
+    headers = {name: request.headers[name] for name in request.headers}
+    Webhook(tenant_a).verify(request.content, headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(tenant_b).verify(request.content, headers)
