@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 from pydantic import SecretStr, ValidationError
 from webhook_tasks_contracts import Masker, WebhookAck, credential_masker
@@ -91,7 +92,6 @@ def create_transport(
     ssl_context: ssl.SSLContext | None = None,
 ) -> httpx.AsyncBaseTransport:
     """Return the process's one HTTP transport (aiohttp's, measured fastest) behind `guard`."""
-    import aiohttp
     from httpx_aiohttp import AiohttpTransport
 
     # The same certificate store the transport would use on its own.
@@ -254,6 +254,10 @@ class WebhookClient:
                 error=f"no answer within {timeout:g}s",
                 timed_out=True,
             )
+        except aiohttp.ClientResponseError as error:
+            # A status line, header or chunk that no HTTP parser takes: the host answered
+            # nothing usable, as if it had not answered (retried, and counted by its breaker).
+            return DeliveryResult("unreachable", _elapsed_ms(started), error=_invalid_http(error))
         except httpx.HTTPError as error:
             refused = _in_chain(error, UrlRefusedError)
             if refused is not None:
@@ -359,6 +363,12 @@ def _describe(error: Exception, mask: Masker | None) -> str:
         # Defence in depth: no transport error should echo a header, but never risk it.
         text = mask(text)
     return text[:500]
+
+
+def _invalid_http(error: aiohttp.ClientResponseError) -> str:
+    # aiohttp's message goes on to quote the offending bytes, which may be anything at all.
+    what = error.message.split("\n", 1)[0].split(": b'", 1)[0].rstrip(": ")
+    return f"the answer was not valid HTTP ({what[:200] or 'unreadable'})"
 
 
 def _elapsed_ms(started: float) -> float:

@@ -186,6 +186,47 @@ async def test_a_closed_port_is_unreachable() -> None:
     assert "Timeout" not in (result.error or "")
 
 
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (b"HELLO THERE\r\n\r\n", "Bad status line"),
+        (b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 20_000 + b"\r\n\r\n", "Got more than"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}", "Duplicate"),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+            "chunk size",
+        ),
+    ],
+)
+async def test_an_answer_that_is_not_http_is_no_answer(answer: bytes, reason: str) -> None:
+    async def answer_badly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_badly, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    webhooks, http = client()
+    try:
+        result = await post(webhooks, f"http://127.0.0.1:{port}/x")
+    finally:
+        await http.aclose()
+        server.close()
+
+    # Retried, and counted by the host's breaker, as a host that did not answer.
+    assert result.outcome == "unreachable"
+    assert (result.error or "").startswith("the answer was not valid HTTP (")
+    assert reason in (result.error or "")
+    assert "aaaa" not in (result.error or ""), "what the host sent is not quoted"
+
+
 async def test_loopback_is_refused_unless_allow_listed(server: LocalServer) -> None:
     server.routes["/ok"] = lambda request: _accepted()
     webhooks, http = client(allow=[])
