@@ -37,8 +37,10 @@ class RuntimeSettings(KafkaSecuritySettings):
     """Connection and logging settings of one service process."""
 
     # hide_input_in_errors: a bad DATABASE_URL or key must not be echoed in the error.
+    # allow_inf_nan: "inf" or "nan" seconds would pass a bound such as ge=0 and fail later,
+    # on every use, instead of at start-up.
     model_config = SettingsConfigDict(
-        env_prefix="", extra="ignore", frozen=True, hide_input_in_errors=True
+        env_prefix="", extra="ignore", frozen=True, hide_input_in_errors=True, allow_inf_nan=False
     )
 
     environment: Environment = "production"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import timedelta
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -55,7 +56,7 @@ class DispatcherSettings(DatabaseSettings, CallbackTokenSettings):
     @classmethod
     def _schedule_parses(cls, value: str) -> str:
         steps = [float(step) for step in value.split(",") if step.strip()]
-        if not steps or any(step <= 0 for step in steps):
+        if not steps or not all(0 < step < math.inf for step in steps):
             raise ValueError("retry_schedule needs positive seconds, comma-separated")
         return value
 

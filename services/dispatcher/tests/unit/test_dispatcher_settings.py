@@ -33,10 +33,20 @@ def test_the_schedule_and_limit_are_configurable() -> None:
     assert policy.max_attempts == 3
 
 
-@pytest.mark.parametrize("schedule", ["", "1,-1", "1,x"])
+@pytest.mark.parametrize("schedule", ["", "1,-1", "1,x", "1,nan", "inf", "1,Infinity"])
 def test_a_bad_schedule_fails_at_start_up(schedule: str) -> None:
     with pytest.raises(ValidationError):
         settings(retry_schedule=schedule)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["retry_after_cap_seconds", "request_timeout_seconds", "circuit_cool_down_seconds"],
+)
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_seconds_that_are_no_number_fail_at_start_up(setting: str, value: str) -> None:
+    with pytest.raises(ValidationError, match=setting):
+        settings(**{setting: value})
 
 
 async def test_https_is_required_outside_dev_unless_allow_listed() -> None:
