@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -46,7 +47,8 @@ CAUSES: Mapping[FailureCause, str] = {
     # Also the cause of a URL the dispatcher's guard refused, which no service ever saw:
     # the reason that follows says who refused.
     "dispatch_rejected": "The request to the external service was refused",
-    "dispatch_unreachable": "The external service could not be reached",
+    # The reason that follows says whether it could not be reached or did not answer in time.
+    "dispatch_unreachable": "The request to the external service got no answer",
 }
 
 # Characters that start inline Markdown anywhere in a line; `<`, `>` and `&` become
@@ -86,6 +88,10 @@ _SECRET_WORDS = frozenset(
 )
 _SECRET_PHRASES = ("api key", "private key", "access key", "client secret")
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+# Bidi embeddings, overrides and isolates reorder what follows them ("invoice\u202egnp.exe"
+# shows as "invoiceexe.png"); zero-width spaces and joiners hide inside words. Joiners that
+# scripts and emoji need (U+200C, U+200D) and the directional marks stay.
+_INVISIBLE = re.compile("[\u200b\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
 # A URL survives untouched except for what could end a Markdown link destination early.
 _URL_SAFE = ":/?#[]@!$&'*+,;=%~-._"
 
@@ -123,7 +129,7 @@ def render_comment(
         case TaskProgressed():
             kind = "progress"
             values = {
-                "progress": "" if event.progress is None else f"{event.progress:g}%",
+                "progress": "" if event.progress is None else percent(event.progress),
                 "message": escape_markdown(_clean(event.message or "", MAX_MESSAGE_LENGTH)),
             }
     values |= _common_values(event)
@@ -153,10 +159,20 @@ def _common_values(event: LifecycleEvent) -> dict[str, str]:
     }
 
 
+def percent(progress: float) -> str:
+    """Return `progress` (0-100) as `42%` or `42.5%`, rounded down: never 100% before the end."""
+    tenths = math.floor(progress * 10)
+    return f"{tenths // 10}%" if tenths % 10 == 0 else f"{tenths / 10:.1f}%"
+
+
 def _result_values(event: TaskCompleted | TaskResultArrivedLate) -> dict[str, str]:
     raw_title = event.metadata.get("title")
-    title = _clean(raw_title, MAX_TITLE_LENGTH) if isinstance(raw_title, str) else ""
-    details = {key: value for key, value in event.metadata.items() if key != "title"}
+    # A number is a title too (an episode, a year); anything else stays among the details.
+    titled = isinstance(raw_title, str | int | float) and not isinstance(raw_title, bool)
+    title = _clean(_as_text(raw_title), MAX_TITLE_LENGTH) if titled else ""
+    details = {
+        key: value for key, value in event.metadata.items() if not (key == "title" and titled)
+    }
     url = safe_link_target(event.result_url) if event.result_url else None
     if url is not None:
         link = f"[Open the result]({url})"
@@ -270,7 +286,7 @@ def _clean(text: str, limit: int) -> str:
 
 def _one_line(text: str) -> str:
     printable = "".join(" " if unicodedata.category(char) == "Cc" else char for char in text)
-    return " ".join(printable.split())
+    return " ".join(_INVISIBLE.sub("", printable).split())
 
 
 def _truncate(text: str, limit: int) -> str:

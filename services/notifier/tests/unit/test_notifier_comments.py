@@ -135,6 +135,25 @@ def test_a_refused_request_is_not_said_to_be_refused_by_the_service_itself(reaso
     )
 
 
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "the external service did not answer in time (no answer within 3s)",
+        "the external service could not be reached (connection refused)",
+    ],
+)
+def test_no_answer_is_worded_for_a_timeout_as_for_a_host_not_reached(reason: str) -> None:
+    event = TaskFailed(
+        correlation_id="corr-1", task=TASK, cause="dispatch_unreachable", reason=reason
+    )
+
+    text = render_comment(event, TEMPLATES).text
+
+    assert text == (
+        f"**Task failed**\n\nThe request to the external service got no answer:\n\n> {reason}"
+    )
+
+
 def test_error_reason_is_truncated_with_an_ellipsis() -> None:
     text = render_comment(failed("x" * 2000), TEMPLATES).text
 
@@ -270,6 +289,52 @@ def test_the_ended_progress_text_is_a_template_of_its_own(tmp_path: Path) -> Non
         render_progress_ended(completed(), load_templates(tmp_path))
         == "Done (completed) for task-1"
     )
+
+
+@pytest.mark.parametrize(
+    ("progress", "shown"),
+    [
+        (0, "0%"),
+        (0.00001, "0%"),
+        (60.0, "60%"),
+        (33.33, "33.3%"),
+        (99.99999, "99.9%"),
+        (100, "100%"),
+    ],
+)
+def test_progress_is_rounded_down_to_a_tenth_and_never_in_exponent_form(
+    progress: float, shown: str
+) -> None:
+    event = TaskProgressed(
+        correlation_id="corr-1", task=TASK, deadline_at=DEADLINE, progress=progress
+    )
+
+    assert render_comment(event, TEMPLATES).text == f"**In progress** {shown}"
+
+
+@pytest.mark.parametrize(
+    ("title", "heading", "details"),
+    [
+        (42, "**42**", ["- Episode: 3"]),
+        (2.5, "**2\\.5**", ["- Episode: 3"]),  # escaped: "2." would start a list
+        (True, "**Result ready**", ["- Title: yes", "- Episode: 3"]),
+        ({"en": "Chess"}, "**Result ready**", ['- Title: {"en": "Chess"}', "- Episode: 3"]),
+    ],
+)
+def test_a_title_that_is_not_text_is_shown_as_title_or_among_the_details(
+    title: object, heading: str, details: list[str]
+) -> None:
+    text = render_comment(completed(title=title, episode=3), TEMPLATES).text
+
+    assert text.splitlines() == [heading, "", *details]
+
+
+def test_text_direction_overrides_and_zero_width_spaces_are_dropped() -> None:
+    event = completed(title="invoice\u202egnp.exe", note="pay\u200bpal \u2066x\u2069")
+
+    text = render_comment(event, TEMPLATES).text
+
+    assert text.splitlines() == ["**invoicegnp.exe**", "", "- Note: paypal x"]
 
 
 @pytest.mark.parametrize(
