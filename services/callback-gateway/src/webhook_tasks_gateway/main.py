@@ -75,7 +75,10 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
             host=settings.gateway_host,
             port=settings.gateway_port,
             lifespan="on",
-            http=CoalescingHttpToolsProtocol,
+            http=CoalescingHttpToolsProtocol.configured(
+                max_head_bytes=settings.gateway_max_header_bytes,
+                read_timeout_seconds=settings.gateway_request_read_timeout_seconds,
+            ),
             access_log=False,  # the access log would print callback URLs, tokens included
             # The client's address (per-client rate limit, refusal logs) is the peer's unless
             # the peer is a trusted proxy. Always explicit: uvicorn would otherwise read

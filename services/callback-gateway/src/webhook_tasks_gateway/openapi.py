@@ -91,8 +91,15 @@ def callback_responses() -> dict[str, dict[str, Any]]:
             "too old or new (default tolerance 5 min), or matches none of its secrets."
         ),
         "404": _problem("The path names no callback resource."),
+        "408": _problem(
+            "The request did not arrive whole in time (default 30 s); the connection is closed."
+        ),
         "413": _problem("The body is over the configured limit (default 1 MiB)."),
         "415": _problem("The body is not declared as application/json."),
+        "431": _problem(
+            "The request line and headers are over the limit (default 64 KiB); the connection"
+            " is closed."
+        ),
         "429": _problem(
             "Too many callbacks from this client or for this correlation id (when configured).",
             _RETRY_AFTER,

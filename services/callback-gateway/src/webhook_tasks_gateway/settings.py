@@ -35,6 +35,10 @@ class GatewaySettings(RuntimeSettings, CallbackTokenSettings):
     gateway_max_event_bytes: int | None = Field(default=None, ge=1024, le=64 * MIB)
     """Largest event published; unset, a body at its limit plus EVENT_ENVELOPE_BYTES. The
     callback-received topic's max.message.bytes must take it plus KAFKA_RECORD_OVERHEAD_BYTES."""
+    gateway_max_header_bytes: int = Field(default=64 * 1024, ge=4096, le=MIB)
+    """Largest request line and headers together; a longer head is refused with 431."""
+    gateway_request_read_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    """How long a request may take to arrive whole, from its first byte; then 408 and close."""
     gateway_cors_allow_origins: Annotated[tuple[str, ...], NoDecode] = ()
     """Comma-separated origins allowed to POST from a browser; "*" allows any; none by default."""
     gateway_trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
@@ -127,3 +128,146 @@ async def test_uvicorn_answers_each_request_in_one_write() -> None:
         assert answer.startswith(b"HTTP/1.1 202 Accepted\r\n")
         assert answer.endswith(b'\r\n\r\n{"status":"accepted"}')
     protocol.connection_lost(None)
+
+
+async def echo_length(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+    answer = b"%d" % len(body)
+    headers = [(b"content-length", b"%d" % len(answer))]
+    await send({"type": "http.response.start", "status": 202, "headers": headers})
+    await send({"type": "http.response.body", "body": answer})
+
+
+def connection(
+    *, max_head_bytes: int = 64 * 1024, read_timeout_seconds: float = 30.0
+) -> tuple[CoalescingHttpToolsProtocol, RecordingTransport]:
+    protocol_class = CoalescingHttpToolsProtocol.configured(
+        max_head_bytes=max_head_bytes, read_timeout_seconds=read_timeout_seconds
+    )
+    config = uvicorn.Config(echo_length, http=protocol_class, log_config=None)
+    protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def answered(protocol: CoalescingHttpToolsProtocol) -> None:
+    await asyncio.sleep(0)
+    while protocol.tasks:
+        await asyncio.gather(*protocol.tasks)
+    await asyncio.sleep(0)
+
+
+H2C_OFFER = b"connection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAEAAEAA\r\n"
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        [b"POST /cb HTTP/1.1\r\nhost: x\r\n" + H2C_OFFER + b"content-length: 2\r\n\r\n{}"],
+        [b"POST /cb HTTP/1.1\r\nhost: x\r\n" + H2C_OFFER + b"content-length: 2\r\n\r\n", b"{}"],
+        [
+            b"POST /cb HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: upgrade\r\n"
+            b"transfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        ],
+    ],
+)
+async def test_an_offer_to_upgrade_is_ignored_and_the_body_reaches_the_app(
+    reads: list[bytes],
+) -> None:
+    protocol, transport = connection()
+
+    for data in reads:
+        protocol.data_received(data)
+    await answered(protocol)
+
+    (answer,) = transport.writes
+    assert answer.startswith(b"HTTP/1.1 202 Accepted\r\n")
+    assert answer.endswith(b"\r\n\r\n2")
+
+
+async def test_a_head_that_keeps_growing_past_the_limit_is_refused_with_431() -> None:
+    protocol, transport = connection(max_head_bytes=4096)
+
+    protocol.data_received(b"POST /cb HTTP/1.1\r\nhost: x\r\nx-big: ")
+    for _ in range(3):
+        protocol.data_received(b"a" * 2000)
+    await answered(protocol)
+
+    (answer,) = transport.writes
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert b"content-type: application/problem+json\r\nconnection: close\r\n" in answer
+    assert b"exceed 4096 bytes" in answer
+    assert transport.closed
+    protocol.connection_lost(None)
+
+
+async def test_many_requests_in_one_read_are_no_long_head() -> None:
+    protocol, transport = connection(max_head_bytes=4096)
+    request = b"POST /cb HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}"
+
+    protocol.data_received(request * 200)  # 10 KiB, pipelined, the last head split below
+    protocol.data_received(request[:20])
+    protocol.data_received(request[20:])
+    for _ in range(201):
+        await answered(protocol)
+
+    assert len(transport.writes) == 201
+    assert not transport.closed
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"POST /cb HTTP/1.1\r\nhost: x\r\ncontent-",  # the head never ends
+        b"POST /cb HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n{}",  # nor the body
+    ],
+)
+async def test_a_request_that_does_not_arrive_whole_in_time_gets_408_and_is_closed(
+    sent: bytes,
+) -> None:
+    protocol, transport = connection(read_timeout_seconds=0.05)
+
+    protocol.data_received(sent)
+    await asyncio.sleep(0.1)
+    protocol.connection_lost(None)  # as the event loop reports the close
+    await answered(protocol)
+
+    (answer,) = transport.writes
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert b"within 0.05 s" in answer
+    assert transport.closed
+
+
+async def test_a_request_that_arrived_whole_may_take_its_time() -> None:
+    protocol, transport = connection(read_timeout_seconds=0.05)
+
+    protocol.data_received(b"POST /cb HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+    await answered(protocol)
+    await asyncio.sleep(0.1)
+
+    (answer,) = transport.writes
+    assert answer.startswith(b"HTTP/1.1 202 Accepted\r\n")
+    assert not transport.closed
+    protocol.connection_lost(None)
+
+
+async def test_what_the_parser_refuses_is_answered_as_a_problem() -> None:
+    protocol, transport = connection()
+
+    protocol.data_received(b"POST /cb HTTP/1.1\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\n{}")
+
+    (answer,) = transport.writes
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"application/problem+json" in answer
+    assert b'"type":"urn:webhook-tasks:problem:invalid-http-request"' in answer
+    assert transport.closed
