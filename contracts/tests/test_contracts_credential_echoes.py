@@ -101,13 +101,18 @@ def test_fingerprints_of_a_retired_key_or_altered_match_nothing() -> None:
     assert CredentialFingerprints([OLD]).masker("v1:old:" + "A" * 24) is None  # not whole
 
 
-def test_strings_anywhere_in_metadata_are_masked_and_keys_are_kept() -> None:
+def test_strings_anywhere_in_metadata_are_masked_keys_included() -> None:
     mask = mask_for(TOKEN)
-    metadata = {"echo": {"headers": [f"Authorization: {TOKEN}", 3, None]}, TOKEN: True}
+    metadata = {
+        "echo": {"headers": [f"Authorization: {TOKEN}", 3, None], f"Bearer {TOKEN}": "x"},
+        TOKEN: True,
+        "**********": "taken",
+    }
 
     assert mask_strings(metadata, mask) == {
-        "echo": {"headers": ["Authorization: **********", 3, None]},
-        TOKEN: True,
+        "echo": {"headers": ["Authorization: **********", 3, None], "Bearer **********": "x"},
+        "********** (2)": True,
+        "**********": "taken",
     }
 
 

@@ -27,7 +27,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
@@ -141,11 +141,20 @@ def _mask_callback(callback: CallbackReceived, mask: Masker) -> CallbackReceived
 
 
 def mask_strings(value: Any, mask: Masker) -> Any:
-    """Return `value` (JSON-like) with `mask` applied to every string in it, keys aside."""
+    """Return `value` (JSON-like) with `mask` applied to every string in it, keys too."""
     if isinstance(value, str):
         return mask(value)
     if isinstance(value, dict):
-        return {key: mask_strings(item, mask) for key, item in value.items()}
+        # An echoed request's headers may be keyed by the credential itself.
+        keys = {key: mask(key) if isinstance(key, str) else key for key in value}
+        taken = {key for key, new in keys.items() if new == key}
+        masked: dict[Any, Any] = {}
+        for key, item in value.items():
+            new = keys[key]
+            if new != key and (new in taken or new in masked):
+                new = _unused_key(new, taken | masked.keys())  # no key overwrites another
+            masked[new] = mask_strings(item, mask)
+        return masked
     if isinstance(value, list):
         return [mask_strings(item, mask) for item in value]
     return value
@@ -168,6 +177,13 @@ def credential_masker(secret: SecretStr) -> Masker:
     # Longest first: at a position where a part and the whole value both start, mask the whole.
     pattern = re.compile("|".join(sorted(forms, key=len, reverse=True)))
     return lambda text: pattern.sub(_MASK, text)
+
+
+def _unused_key(key: str, taken: Set[Any]) -> str:
+    count = 2
+    while f"{key} ({count})" in taken:
+        count += 1
+    return f"{key} ({count})"
 
 
 def derive_key(secret: bytes, info: bytes) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import math
@@ -30,6 +32,7 @@ from .callbacks import (
     header_value,
     parse_callback,
     read_body,
+    require_identity_encoding,
     require_json,
 )
 from .metrics import ACCEPTED, CALLBACKS, PUBLISH_SECONDS
@@ -52,6 +55,8 @@ logger = logging.getLogger(__name__)
 CALLBACK_ROUTE = CALLBACK_PATH
 _SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 _MAX_LOGGED_ID = 200
+_MASKED_INLINE_BYTES = 16 * 1024
+"""Larger callbacks of a task sent with a credential are masked in a worker thread."""
 _JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 
 
@@ -201,7 +206,12 @@ class _CallbackEndpoint:
                         "client": _client_address(scope),
                     },
                 )
-                return problem.response()
+                response = problem.response()
+                if header_value(scope["headers"], b"expect") is not None:
+                    # Refused before the body was asked for, the client may never send it;
+                    # on a kept-alive connection its next request would be read as that body.
+                    response.headers["connection"] = "close"
+                return response
             ACCEPTED.inc()
             # Kafka now holds the callback with its event id: that is the record. A line per
             # accepted callback at INFO cost ~10% of the gateway's CPU under load; refusals,
@@ -226,6 +236,7 @@ class _CallbackEndpoint:
             raise InvalidTokenError()
         signed = self._signatures.expect(verified.endpoint, Headers(raw=headers))
         require_json(header_value(headers, b"content-type"))
+        require_identity_encoding(header_value(headers, b"content-encoding"))
         body = await read_body(
             receive, header_value(headers, b"content-length"), self._max_body_bytes
         )
@@ -243,7 +254,10 @@ class _CallbackEndpoint:
             return event
         # The task was sent with a credential: an external service that echoes it (a request
         # dump in metadata, `?auth=` in a URL) must not put it into Kafka.
-        masked = self._tokens.fingerprints.mask_callback(event, verified.echoes)
+        mask = functools.partial(self._tokens.fingerprints.mask_callback, event, verified.echoes)
+        # Masking a large text takes long (about 3 s for 1 MiB of base64): off the event loop,
+        # such a callback holds up none of the others.
+        masked = await asyncio.to_thread(mask) if len(body) > _MASKED_INLINE_BYTES else mask()
         if masked is not event:
             logger.warning("the callback echoed the task's webhookAuth; it is masked")
         return masked

@@ -45,6 +45,16 @@ def require_json(content_type: str | None) -> None:
     raise UnsupportedMediaTypeError()
 
 
+def require_identity_encoding(content_encoding: str | None) -> None:
+    """Refuse a body sent compressed: the gateway reads, verifies and stores it as sent."""
+    coding = (content_encoding or "").strip().lower()
+    if coding and coding != "identity":
+        # Else a gzip body was refused as invalid JSON, and a mislabelled one accepted.
+        raise UnsupportedMediaTypeError(
+            f"Content-Encoding {coding[:40]!r} is not accepted: send the body uncompressed."
+        )
+
+
 def header_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
     """Return the first value of header `name` (lower case) among ASGI `headers`, or None."""
     for key, value in headers:

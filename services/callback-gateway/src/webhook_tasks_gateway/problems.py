@@ -6,7 +6,7 @@
      ├── InvalidBodyError           400  unreadable or invalid body; `errors` names each field
      ├── InvalidHeaderError         400  a request header is unusable
      ├── BodyTooLargeError          413  over the body (or event) size limit
-     ├── UnsupportedMediaTypeError  415  not JSON
+     ├── UnsupportedMediaTypeError  415  not JSON, or compressed
      ├── RateLimitedError           429  over the rate limit; carries Retry-After
      └── CallbackNotStoredError     503  Kafka did not take the callback; carries Retry-After
 
@@ -162,8 +162,8 @@ class UnsupportedMediaTypeError(ProblemError):
     slug = "unsupported-media-type"
     title = "Unsupported media type"
 
-    def __init__(self) -> None:
-        super().__init__("Send the callback as application/json.")
+    def __init__(self, detail: str = "Send the callback as application/json.") -> None:
+        super().__init__(detail)
 
 
 class RateLimitedError(ProblemError):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -215,6 +217,45 @@ class TestBadInput:
 
         assert_problem(response, 415)
         assert publisher.messages == []
+
+    @pytest.mark.parametrize("coding", ["gzip", "br", "deflate"])
+    async def test_a_compressed_body_is_415_naming_the_coding(
+        self,
+        client: httpx.AsyncClient,
+        publisher: Any,
+        tokens: CallbackTokens,
+        cid: str,
+        coding: str,
+    ) -> None:
+        body = json.dumps(success_body(cid)).encode()
+        response = await client.post(
+            tokens.callback_url("http://gateway", cid),
+            content=gzip.compress(body) if coding == "gzip" else body,
+            headers={"content-type": "application/json", "content-encoding": coding},
+        )
+
+        problem = assert_problem(response, 415)
+        assert f"Content-Encoding '{coding}' is not accepted" in problem["detail"]
+        assert publisher.messages == []
+
+    async def test_a_refusal_of_a_request_expecting_100_continue_closes_the_connection(
+        self, client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str
+    ) -> None:
+        refused = await client.post(
+            callback_url("http://gateway", cid, "current.forged"),
+            json=success_body(cid),
+            headers={"expect": "100-continue"},
+        )
+        accepted = await client.post(
+            tokens.callback_url("http://gateway", cid),
+            json=success_body(cid),
+            headers={"expect": "100-continue"},
+        )
+
+        assert_problem(refused, 401)
+        assert refused.headers["connection"] == "close"
+        assert accepted.status_code == 202
+        assert "connection" not in accepted.headers
 
     async def test_missing_content_type_is_415(
         self, client: httpx.AsyncClient, tokens: CallbackTokens, cid: str
@@ -790,7 +831,10 @@ class TestEchoedCredential:
         body = success_body(
             cid,
             resultUrl=f"https://cdn.example.com/v.mp4?auth={ECHOED}",
-            metadata={"request": {"headers": {"authorization": f"Bearer {ECHOED}"}}, "n": 1},
+            metadata={
+                "request": {"headers": {"authorization": f"Bearer {ECHOED}", ECHOED: True}},
+                "n": 1,
+            },
         )
 
         accepted = await client.post(url, json=body)
@@ -808,7 +852,7 @@ class TestEchoedCredential:
         )
         assert success.result_url == "https://cdn.example.com/v.mp4?auth=**********"
         assert success.metadata == {
-            "request": {"headers": {"authorization": "Bearer **********"}},
+            "request": {"headers": {"authorization": "Bearer **********", "**********": True}},
             "n": 1,
         }
         assert error.error == "401 for **********"
@@ -819,6 +863,36 @@ class TestEchoedCredential:
             "the callback echoed the task's webhookAuth; it is masked"
         ] * 3
         assert ECHOED not in json.dumps(json_logs())
+
+    async def test_a_large_callback_is_looked_through_off_the_event_loop(
+        self,
+        client: httpx.AsyncClient,
+        publisher: Any,
+        tokens: CallbackTokens,
+        cid: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        masked_in: list[str] = []
+        mask_callback = tokens.fingerprints.mask_callback
+
+        def recording(*args: Any) -> Any:
+            masked_in.append(threading.current_thread().name)
+            return mask_callback(*args)
+
+        monkeypatch.setattr(tokens.fingerprints, "mask_callback", recording)
+        echoes = tokens.fingerprints.of(SecretStr(f"Bearer {ECHOED}"))
+        url = tokens.callback_url("http://gateway", cid, echoes=echoes)
+        thumbnail = "data:image/png;base64," + "iVBORw0K+/" * 4000
+        small = success_body(cid, metadata={"note": ECHOED})
+        large = success_body(cid, metadata={"thumbnail": thumbnail, "note": ECHOED})
+
+        responses = [await client.post(url, json=body) for body in (small, large)]
+
+        assert [response.status_code for response in responses] == [202, 202]
+        main = threading.current_thread().name
+        assert masked_in[0] == main, "a small callback is masked at once"
+        assert masked_in[1] != main, "a large one in a worker thread"
+        assert not [m for m in publisher.messages if ECHOED.encode() in m.value]
 
     async def test_a_callback_without_an_echo_is_published_as_sent(
         self, client: httpx.AsyncClient, publisher: Any, tokens: CallbackTokens, cid: str

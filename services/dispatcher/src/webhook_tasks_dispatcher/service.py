@@ -732,7 +732,7 @@ class Dispatcher:
             )
             if not sighting.first:
                 return
-            callback = self._without_echoed_auth(callback, sighting)
+            callback = await self._without_echoed_auth(callback, sighting)
             before = sighting.status
             if target is None:
                 row = await repo.record_progress(
@@ -759,11 +759,17 @@ class Dispatcher:
         self._after_commit()
         self._trace_application(kind, callback.correlation_id, sighting, row, started)
 
-    def _without_echoed_auth(
+    async def _without_echoed_auth(
         self, callback: CallbackReceived, sighting: repo.Sighting
     ) -> CallbackReceived:
         """Return `callback` with the task's webhookAuth masked wherever the service echoed it."""
-        masked = self._tokens.fingerprints.mask_callback(callback, sighting.auth_fingerprints)
+        if sighting.auth_fingerprints is None:
+            return callback
+        # In a worker thread: a callback of a MiB takes seconds to look through, which would
+        # hold up every other task of this process.
+        masked = await asyncio.to_thread(
+            self._tokens.fingerprints.mask_callback, callback, sighting.auth_fingerprints
+        )
         if masked is not callback:
             # Under a token minted with the fingerprints, the gateway has masked it already.
             logger.warning("the callback echoed the task's webhookAuth; it is masked")
