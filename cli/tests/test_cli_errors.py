@@ -49,6 +49,31 @@ def test_an_unusable_kafka_address_is_one_line() -> None:
     )
 
 
+def test_an_out_of_range_database_port_is_one_line() -> None:
+    done = run(
+        "-m",
+        "webhook_tasks_cli",
+        "show",
+        "x",
+        DATABASE_URL="postgresql://u:hunter2@127.0.0.1:99999/db",
+    )
+
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: the port in DATABASE_URL must be from 1 to 65535"
+    assert "hunter2" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("servers", ["127.0.0.1:99999", "127.0.0.1:1"])
+def test_an_unusable_or_unreachable_kafka_is_our_one_line_alone(servers: str) -> None:
+    done = run(*SUBMIT, KAFKA_BOOTSTRAP_SERVERS=servers)
+
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(
+        ("error: KAFKA_BOOTSTRAP_SERVERS must be", "error: cannot reach Kafka")
+    ), done.stderr
+
+
 @pytest.mark.parametrize(
     "module",
     [

@@ -13,8 +13,8 @@ from webhook_tasks_cli.config import (
     ConfigurationError,
     StackConfig,
     kafka_client_options,
+    kafka_config,
     kafka_security_from_env,
-    load_config,
     write_stack_file,
 )
 from webhook_tasks_contracts import TaskRequested, Topics
@@ -63,7 +63,7 @@ def test_a_command_without_kafka_settings_connects_as_the_stack_it_finds(
         StackConfig(kafka_bootstrap_servers="kafka:9093", pid=os.getpid(), kafka_security=_SASL)
     )
 
-    options = kafka_client_options(load_config().kafka_security)
+    options = kafka_client_options(kafka_config().kafka_security)
 
     assert options["security_protocol"] == "SASL_SSL"
     assert options["sasl_mechanism"] == "SCRAM-SHA-512"
@@ -77,7 +77,7 @@ def test_the_shell_s_own_settings_do_not_mix_into_the_stack_s(
     monkeypatch.setenv("KAFKA_SSL_CA_FILE", "/nonexistent/ca.pem")
     write_stack_file(StackConfig(kafka_bootstrap_servers="kafka:9092", pid=os.getpid()))
 
-    assert kafka_client_options(load_config().kafka_security) == {}
+    assert kafka_client_options(kafka_config().kafka_security) == {}
 
 
 def test_stack_settings_that_cannot_work_are_one_line_without_the_password() -> None:

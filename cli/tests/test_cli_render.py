@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from datetime import UTC, datetime
 
@@ -9,7 +10,8 @@ from rich.console import Console
 from webhook_tasks_cli.operations import TaskReport
 from webhook_tasks_cli.render import MAX_SHOWN_BODY_CHARS, render_reports
 from webhook_tasks_dispatcher.domain import TaskStatus
-from webhook_tasks_dispatcher.repository import AttemptRow, TaskRow
+from webhook_tasks_dispatcher.repository import AttemptRow, HistoryRow, TaskRow
+from webhook_tasks_notifier.repository import Comment, Notification
 
 STARTED = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 RETRY_AT = datetime(2026, 1, 1, 12, 0, 5, tzinfo=UTC)
@@ -113,3 +115,91 @@ def test_printable_text_of_any_script_is_kept() -> None:
     lines = shown(attempt(1, body="Готово ✓ 完成 café"))
 
     assert lines[1] == "      body: Готово ✓ 完成 café"
+
+
+MARKUP = "see [/tmp/job.log] [bold red]x[/bold red] [link=https://evil.example]here[/link] :fire:"
+
+
+def printed_report(report: TaskReport, *, width: int = 1000, terminal: bool = False) -> str:
+    """Return what `show` prints for `report` at `width` columns, trailing blanks removed."""
+    out = io.StringIO()
+    # Soft-wrapping, as the CLI's own console does.
+    console = Console(
+        file=out,
+        width=width,
+        force_terminal=terminal,
+        color_system="truecolor" if terminal else None,
+        soft_wrap=True,
+    )
+    render_reports(console, [report])
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines())
+
+
+def test_text_from_the_database_is_shown_as_it_reads_not_as_markup() -> None:
+    task = dataclasses.replace(
+        TASK,
+        task_id="render[v2][/x]",
+        status=TaskStatus.FAILED,
+        status_reason=MARKUP,
+        progress=50.0,
+        progress_message=MARKUP,
+        result_url="https://cdn.example/[/x].mp4",
+    )
+    history = HistoryRow("e1", "callback", "ignored", MARKUP, None, None, STARTED)
+    notified = Notification(1, "c1", 1, "user[/x]", "error", STARTED)
+    report = TaskReport(task, [], [history], None, [], [notified])
+
+    text = printed_report(report)
+    on_a_terminal = printed_report(report, terminal=True)
+
+    assert "task            render[v2][/x]" in text
+    assert f"state           failed ({MARKUP})" in text
+    assert f"progress        50% {MARKUP}" in text
+    assert "result          https://cdn.example/[/x].mp4" in text
+    assert MARKUP in text.split("callbacks and deadlines")[1]
+    assert "notified: user[/x]" in text
+    assert "\x1b]8;" not in on_a_terminal  # no hidden hyperlink
+
+
+def test_a_comment_is_shown_as_its_markdown_means() -> None:
+    text = "**Task failed**\n\n> see \\[/tmp/job.log\\] \\*not bold\\* &lt;b&gt; :fire:"
+    comment = Comment(1, "c1", "t1", "error", text, STARTED, STARTED)
+
+    shown = printed_report(TaskReport(TASK, [], [], None, [comment], []))
+
+    assert "Task failed" in shown
+    assert "**" not in shown
+    assert "see [/tmp/job.log] *not bold* <b> :fire:" in shown
+
+
+def test_a_long_result_url_is_shown_whole_at_80_columns() -> None:
+    url = "https://cdn.example.com/videos/" + "a1b2c3d4" * 12 + ".mp4?sig=" + "f" * 40
+    task = dataclasses.replace(TASK, result_url=url)
+
+    shown = printed_report(TaskReport(task, [], [], None, [], []), width=80)
+
+    lines = shown.splitlines()
+    start = next(number for number, line in enumerate(lines) if line.startswith("result"))
+    folded = "".join(line.strip() for line in lines[start : start + 4]).removeprefix("result")
+    assert url in folded
+    assert "…" not in shown
+
+
+def test_a_long_link_or_reason_in_a_comment_is_shown_whole_at_80_columns() -> None:
+    url = "https://cdn.example.com/videos/" + "a1b2c3d4" * 12 + ".mp4"
+    reason = "r" * 150
+    text = f"**Task failed**\n\n[Open the result]({url})\n\n> {reason}"
+    comment = Comment(1, "c1", "t1", "error", text, STARTED, STARTED)
+
+    shown = printed_report(TaskReport(TASK, [], [], None, [comment], []), width=80)
+
+    unfolded = "".join(line.strip().removeprefix("▌ ") for line in shown.splitlines())
+    assert f"({url})" in unfolded
+    assert reason in unfolded
+
+
+def test_progress_is_shown_as_reported_never_in_exponent_form() -> None:
+    task = dataclasses.replace(TASK, progress=0.00001, progress_message="warming up")
+    report = TaskReport(task, [], [], None, [], [])
+
+    assert "progress        0.00001% warming up" in printed_report(report)

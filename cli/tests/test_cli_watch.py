@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 
+from rich.console import Console, RenderableType
 from webhook_tasks_cli.watch import EventWatcher
 from webhook_tasks_contracts import (
     CallbackReceived,
@@ -11,6 +13,7 @@ from webhook_tasks_contracts import (
     Event,
     TaskCompleted,
     TaskDispatched,
+    TaskFailed,
     TaskRef,
     Topics,
 )
@@ -32,6 +35,7 @@ COMMENT = ChatCommentPosted(correlation_id="c1", task=TASK, comment_id=1, kind="
 TOPIC_OF = {
     TaskDispatched: TOPICS.task_lifecycle,
     TaskCompleted: TOPICS.task_lifecycle,
+    TaskFailed: TOPICS.task_lifecycle,
     CallbackReceived: TOPICS.callback_received,
     ChatCommentPosted: TOPICS.notifications,
 }
@@ -44,12 +48,14 @@ STEPS = [
 ]
 
 
-def printed(*events: Event) -> str:
-    watcher = EventWatcher("127.0.0.1:1", TOPICS, print)
-    lines: list[str] = []
+def printed(*events: Event, terminal: bool = False, width: int = 200) -> str:
+    """Return what `up` prints for `events` on a console like the CLI's, `width` columns wide."""
+    out = io.StringIO()
+    console = Console(file=out, width=width, force_terminal=terminal, emoji=False, soft_wrap=True)
+    watcher = EventWatcher("127.0.0.1:1", TOPICS, console.print)
     for event in events:
-        lines += watcher.describe(TOPIC_OF[type(event)], event.model_dump_json().encode())
-    return "\n".join(lines)
+        watcher.handle(TOPIC_OF[type(event)], event.model_dump_json().encode())
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines())
 
 
 def assert_in_order(text: str) -> None:
@@ -76,7 +82,7 @@ def test_a_sync_task_is_told_as_answered_with_its_result_not_called_back() -> No
 
     text = printed(sync, COMPLETED, COMMENT)
 
-    assert "external service answered[/] with the result (sync)" in text
+    assert "external service answered with the result (sync)" in text
     assert "callback received" not in text
     assert "deadline" not in text
     assert text.index("task completed") < text.index("chat comment written")
@@ -99,4 +105,57 @@ def test_the_progress_comments_last_text_comes_after_the_outcome_it_points_to() 
 
     assert text.index("In progress 50%") < text.index("task completed")
     assert text.index("task completed") < text.index("Hi") < text.index("No longer in progress")
-    assert "chat comment updated[/] on task t1 (c1):\n    No longer in progress" in text
+    assert "chat comment updated on task t1 (c1):\n    No longer in progress" in text
+
+
+MARKUP = "see [/var/log/render] [bold red]x[/bold red] [link=https://evil.example]here[/link]"
+
+
+def test_text_from_outside_is_printed_as_it_reads_not_as_markup() -> None:
+    task = TaskRef(task_id="render[v2][/x]", user_id="u", project_id="p")
+    dispatched = DISPATCHED.model_copy(update={"task": task})
+    callback = CallbackReceived(correlation_id="c1", status="error", error=MARKUP)
+    failed = TaskFailed(correlation_id="c1", task=task, cause="callback_error", reason=MARKUP)
+
+    text = printed(dispatched, callback, failed)
+    on_a_terminal = printed(dispatched, callback, failed, terminal=True)
+
+    assert "task dispatched render[v2][/x] to svc" in text
+    assert f"callback received for c1: error error {MARKUP!r}" in text
+    assert f"task failed c1: {MARKUP}" in text
+    assert "\x1b]8;" not in on_a_terminal  # no hidden hyperlink
+
+
+def test_a_comment_prints_as_the_chat_receives_it() -> None:
+    markdown = "**Task failed**\n\n> see \\[/tmp/job.log\\] \\*not bold\\* &lt;b&gt;"
+    comment = COMMENT.model_copy(update={"text": markdown})
+
+    text = printed(DISPATCHED, CALLBACK, COMPLETED, comment)
+
+    assert "\n    **Task failed**\n\n    > see \\[/tmp/job.log\\] \\*not bold\\* &lt;b&gt;" in text
+
+
+def test_a_long_link_in_a_comment_is_printed_whole_at_80_columns() -> None:
+    url = "https://cdn.example.com/videos/" + "a1b2c3d4" * 12 + ".mp4"
+    comment = COMMENT.model_copy(update={"text": f"**Ready**\n\n[Open the result]({url})"})
+
+    text = printed(DISPATCHED, CALLBACK, COMPLETED, comment, width=80)
+
+    comment_lines = text.split("chat comment written")[1].splitlines()
+    assert f"({url})" in "".join(line.strip() for line in comment_lines)
+
+
+def test_an_event_that_cannot_be_printed_does_not_stop_the_ones_after_it() -> None:
+    shown: list[RenderableType] = []
+
+    def printer(line: RenderableType) -> None:
+        if not shown:
+            shown.append("failed")
+            raise RuntimeError("the terminal refused")
+        shown.append(line)
+
+    watcher = EventWatcher("127.0.0.1:1", TOPICS, printer)
+    watcher.handle(TOPICS.task_lifecycle, DISPATCHED.model_dump_json().encode())
+    watcher.handle(TOPICS.callback_received, CALLBACK.model_dump_json().encode())
+
+    assert "callback received for c1" in str(shown[-1])

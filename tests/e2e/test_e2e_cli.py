@@ -117,11 +117,6 @@ async def test_an_unknown_mode_is_refused_with_the_choices(system: RunningSystem
     [
         (("show", "no-such-task"), "no task with id"),
         (("callback", "no-such-correlation", "success"), "unknown correlation id"),
-        (
-            ("submit", "--webhook-url", "not a url", "--prompt", "x"),
-            "--webhook-url: must be an absolute",
-        ),
-        (("submit", "--webhook-url", "http://x/", "--prompt", "x", "--param", "oops"), "KEY=VALUE"),
     ],
 )
 async def test_errors_are_one_clear_line(
@@ -133,6 +128,27 @@ async def test_errors_are_one_clear_line(
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("submit", "--webhook-url", "not a url", "--prompt", "x"),
+            "--webhook-url: must be an absolute",
+        ),
+        (("submit", "--webhook-url", "http://x/", "--prompt", "x", "--param", "oops"), "KEY=VALUE"),
+    ],
+)
+async def test_a_value_an_option_cannot_take_is_a_usage_error(
+    system: RunningSystem, args: tuple[str, ...], message: str
+) -> None:
+    result = await asyncio.to_thread(cli, system, *args)
+
+    assert result.returncode == 2  # as for any option's bad value
+    assert result.stderr.startswith("Usage: ")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 async def test_unreachable_broker_is_one_clear_line(system: RunningSystem) -> None:

@@ -109,27 +109,63 @@ def remove_stack_file(pid: int) -> None:
         pass
 
 
-def load_config() -> StackConfig:
-    """Return the system's addresses: from the environment, else from a running stack."""
-    from_stack = _running_stack()
+@dataclass(frozen=True)
+class GatewayConfig:
+    """What `callback` needs to mint a callback URL, and where to check the correlation id."""
+
+    gateway_url: str | None
+    callback_token_keys: str | None
+    database_url: str | None
+
+
+# Each command reads only the settings it uses: one set for another purpose (DATABASE_URL
+# for `show`) must neither be ignored nor make another command ask for what it never uses.
+_NO_STACK = "no running stack found: start one with `webhook-tasks up`, or set "
+
+
+def kafka_config() -> StackConfig:
+    """Return where to publish: KAFKA_BOOTSTRAP_SERVERS and its settings, else the stack's."""
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if bootstrap:
         return StackConfig(
             kafka_bootstrap_servers=bootstrap,
-            database_url=os.environ.get("DATABASE_URL"),
-            gateway_url=os.environ.get("PUBLIC_CALLBACK_BASE_URL") or os.environ.get("GATEWAY_URL"),
-            callback_token_keys=os.environ.get("CALLBACK_TOKEN_KEYS"),
             topic_prefix=os.environ.get("TOPIC_PREFIX", "webhook-tasks"),
             kafka_enable_idempotence=env_flag("KAFKA_ENABLE_IDEMPOTENCE", default=True),
             kafka_security=kafka_security_from_env(),
         )
-    if from_stack is None:
-        raise ConfigurationError(
-            "no running stack found: start one with `webhook-tasks up`, "
-            "or set KAFKA_BOOTSTRAP_SERVERS (and DATABASE_URL, PUBLIC_CALLBACK_BASE_URL, "
-            "CALLBACK_TOKEN_KEYS as needed)"
-        )
-    return from_stack
+    return _require_stack(
+        "KAFKA_BOOTSTRAP_SERVERS (and TOPIC_PREFIX, KAFKA_SECURITY_PROTOCOL as needed)"
+    )
+
+
+def database_url() -> str:
+    """Return the database the services keep their tables in: DATABASE_URL, else the stack's."""
+    url = os.environ.get("DATABASE_URL") or _require_stack("DATABASE_URL").database_url
+    if not url:
+        raise ConfigurationError("the running stack names no database: set DATABASE_URL")
+    return url
+
+
+def gateway_config() -> GatewayConfig:
+    """Return how to call back: PUBLIC_CALLBACK_BASE_URL and CALLBACK_TOKEN_KEYS, else the stack."""
+    gateway_url = os.environ.get("PUBLIC_CALLBACK_BASE_URL") or os.environ.get("GATEWAY_URL")
+    keys = os.environ.get("CALLBACK_TOKEN_KEYS")
+    if gateway_url or keys:
+        # Another deployment's gateway: its database only if named, never a local stack's.
+        return GatewayConfig(gateway_url, keys, os.environ.get("DATABASE_URL"))
+    stack = _require_stack("PUBLIC_CALLBACK_BASE_URL and CALLBACK_TOKEN_KEYS (and DATABASE_URL)")
+    return GatewayConfig(
+        stack.gateway_url,
+        stack.callback_token_keys,
+        os.environ.get("DATABASE_URL") or stack.database_url,
+    )
+
+
+def _require_stack(settings: str) -> StackConfig:
+    stack = _running_stack()
+    if stack is None:
+        raise ConfigurationError(_NO_STACK + settings)
+    return stack
 
 
 def kafka_security_from_env() -> dict[str, str]:

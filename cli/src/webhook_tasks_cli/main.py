@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import sys
 import uuid
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -15,14 +17,15 @@ from webhook_tasks_contracts import TaskMetadata, TaskRequested
 from webhook_tasks_runtime.embedded import EmbeddedInfrastructureError
 from webhook_tasks_runtime.entry import describe_validation_error
 
-from .config import SCHEMA_ENV_VARS, ConfigurationError, load_config, service_schemas
-from .operations import (
-    OperationError,
-    inspect_tasks,
-    parse_pairs,
-    publish_task,
-    send_callback,
+from .config import (
+    SCHEMA_ENV_VARS,
+    ConfigurationError,
+    database_url,
+    gateway_config,
+    kafka_config,
+    service_schemas,
 )
+from .operations import OperationError, inspect_tasks, publish_task, send_callback
 from .render import render_reports
 
 app = typer.Typer(
@@ -31,8 +34,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Long-running external tasks behind a chat assistant: dispatch, call back, comment.",
 )
-console = Console(highlight=False, soft_wrap=True)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
+# No emoji codes: text from outside (":fire:" in a task id) is printed as it is.
+console = Console(highlight=False, soft_wrap=True, emoji=False)
+errors = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 DispatcherSchema = Annotated[
@@ -166,7 +170,6 @@ def submit(
     follower: Annotated[list[str] | None, typer.Option(help="Another user to notify.")] = None,
 ) -> None:
     """Publish a task event as an upstream system would; print the task id."""
-    config = load_config()
     try:
         request = TaskRequested(
             task_id=task_id or f"task-{uuid.uuid4().hex[:12]}",
@@ -178,15 +181,27 @@ def submit(
                 is_webhook_task=True,
                 webhook_url=webhook_url,
                 webhook_auth=auth,
-                webhook_params=parse_pairs(param or [], option="--param"),
+                webhook_params=_pairs(param, option="--param"),
                 timeout_seconds=timeout,
                 mode=mode.value,
             ),
         )
     except ValidationError as error:
-        raise OperationError(_describe_validation(error)) from None
+        # Every field comes from an option: a value the contract refuses is a usage error.
+        raise typer.BadParameter(_describe_validation(error)) from None
+    config = kafka_config()
+    _quiet_kafka_client_logs()
     asyncio.run(publish_task(config, request))
-    console.print(request.task_id)
+    # The exact id, whatever it holds: scripts capture it.
+    console.print(request.task_id, markup=False)
+
+
+_OPTIONS_OF_STATUS = {
+    "success": {"--result-url", "--metadata"},
+    "error": {"--error"},
+    "progress": {"--progress", "--message"},
+}
+"""The options each callback status carries; the contract drops any other without a word."""
 
 
 @app.command()
@@ -206,11 +221,25 @@ def callback(
     dispatcher_schema: DispatcherSchema = None,
 ) -> None:
     """Call the gateway back as the external service would."""
+    given = {
+        "--result-url": result_url is not None,
+        "--error": error is not None,
+        "--metadata": bool(metadata),
+        "--progress": progress is not None,
+        "--message": message is not None,
+    }
+    allowed = _OPTIONS_OF_STATUS[status.value]
+    misplaced = [option for option, is_given in given.items() if is_given and option not in allowed]
+    if misplaced:
+        raise typer.BadParameter(
+            f"cannot go with status {status.value}; it takes {' and '.join(sorted(allowed))}",
+            param_hint=", ".join(f"'{option}'" for option in misplaced),
+        )
     body: dict[str, object] = {"correlationId": correlation_id, "status": status.value}
     if status is CallbackStatus.success:
         if result_url:
             body["resultUrl"] = result_url
-        body["metadata"] = parse_pairs(metadata or [], option="--metadata")
+        body["metadata"] = _pairs(metadata, option="--metadata")
     elif status is CallbackStatus.error:
         body["error"] = error or "The external service reported an error."
     else:
@@ -218,7 +247,7 @@ def callback(
             body["progress"] = progress
         if message:
             body["message"] = message
-    config = None if callback_url else load_config()
+    config = None if callback_url else gateway_config()
     schemas = service_schemas(dispatcher=dispatcher_schema)
     answer = asyncio.run(
         send_callback(config, correlation_id, body, callback_url=callback_url, schemas=schemas)
@@ -236,13 +265,11 @@ def show(
     notifier_schema: NotifierSchema = None,
 ) -> None:
     """Print state, timestamps, attempts and chat comments of a task."""
-    config = load_config()
-    if not config.database_url:
-        raise OperationError("show needs DATABASE_URL (or a running `webhook-tasks up`)")
+    url = database_url()
     schemas = service_schemas(
         dispatcher=dispatcher_schema, expirer=expirer_schema, notifier=notifier_schema
     )
-    reports = asyncio.run(inspect_tasks(config.database_url, task_or_correlation_id, schemas))
+    reports = asyncio.run(inspect_tasks(url, task_or_correlation_id, schemas))
     if not reports:
         raise OperationError(f"no task with id or correlation id {task_or_correlation_id!r}")
     render_reports(console, reports)
@@ -263,6 +290,25 @@ _OPTION_OF_FIELD = {
 
 def _describe_validation(error: ValidationError) -> str:
     return describe_validation_error(error, lambda field: _OPTION_OF_FIELD.get(field, field))
+
+
+def _pairs(pairs: list[str] | None, *, option: str) -> dict[str, Any]:
+    """Turn KEY=VALUE arguments into a dict; a VALUE that is valid JSON keeps its type."""
+    result: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expects KEY=VALUE, got {pair!r}", param_hint=f"'{option}'")
+        try:
+            result[key.strip()] = json.loads(value)
+        except ValueError:
+            result[key.strip()] = value
+    return result
+
+
+def _quiet_kafka_client_logs() -> None:
+    # aiokafka logs its own line for a broker it cannot reach; our one-line error says it all.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
 def main() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +22,7 @@ from webhook_tasks_contracts import (
 
 from .config import (
     SCHEMA_ENV_VARS,
+    GatewayConfig,
     ServiceSchemas,
     StackConfig,
     kafka_client_options,
@@ -53,7 +53,8 @@ async def publish_task(config: StackConfig, request: TaskRequested) -> None:
         raise OperationError(
             f"cannot reach Kafka at {config.kafka_bootstrap_servers}: {type(error).__name__}"
         ) from None
-    except ValueError:
+    except (ValueError, OverflowError):
+        # OverflowError: a port beyond 65535, refused by the socket itself.
         await producer.stop()
         raise OperationError(
             f"KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port], not "
@@ -96,7 +97,7 @@ class GatewayAnswer:
 
 
 async def send_callback(
-    config: StackConfig | None,
+    config: GatewayConfig | None,
     correlation_id: str,
     body: dict[str, Any],
     *,
@@ -120,7 +121,7 @@ async def send_callback(
 
 
 async def _mint_callback_url(
-    config: StackConfig | None, correlation_id: str, dispatcher_schema: str
+    config: GatewayConfig | None, correlation_id: str, dispatcher_schema: str
 ) -> str:
     if config is None or not config.gateway_url or not config.callback_token_keys:
         raise OperationError(
@@ -235,23 +236,12 @@ async def _connect(database_url: str) -> asyncpg.Connection:
         return await asyncpg.connect(database_url, timeout=CONNECT_TIMEOUT_SECONDS)
     except (OSError, asyncpg.PostgresError, TimeoutError) as error:
         raise OperationError(f"cannot reach PostgreSQL: {type(error).__name__}") from None
+    except OverflowError:
+        # The socket's own refusal of a port beyond 65535.
+        raise OperationError("the port in DATABASE_URL must be from 1 to 65535") from None
     except ValueError:
         # asyncpg's message may quote part of the URL, password included.
         raise OperationError(
             "DATABASE_URL is not a PostgreSQL URL (percent-encode special characters in the "
             "password)"
         ) from None
-
-
-def parse_pairs(pairs: list[str], *, option: str) -> dict[str, Any]:
-    """Turn KEY=VALUE arguments into a dict; a VALUE that is valid JSON keeps its type."""
-    result: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise OperationError(f"{option} expects KEY=VALUE, got {pair!r}")
-        try:
-            result[key.strip()] = json.loads(value)
-        except ValueError:
-            result[key.strip()] = value
-    return result

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .operations import TaskReport
+from .terminal import Folded, literal, printable
 
 MAX_SHOWN_BODY_CHARS = 200
 """How much of a stored response body `show` prints, escapes included."""
@@ -24,25 +25,29 @@ def render_reports(console: Console, reports: list[TaskReport]) -> None:
         task = report.task
         summary = Table.grid(padding=(0, 2))
         summary.add_column(style="bold")
-        summary.add_column()
-        summary.add_row("task", task.task_id)
-        summary.add_row("correlation id", task.correlation_id)
+        # Folded, not cut: a result URL is no use without its end.
+        summary.add_column(overflow="fold")
+        summary.add_row("task", literal(task.task_id))
+        summary.add_row("correlation id", literal(task.correlation_id))
         summary.add_row("state", _state(task.status.value, task.status_reason))
-        summary.add_row("user / project", f"{task.user_id} / {task.project_id}")
-        summary.add_row("webhook", _without_query(task.webhook_url))
-        summary.add_row("mode, timeout", f"{task.mode}, {task.timeout_seconds}s")
+        summary.add_row("user / project", literal(f"{task.user_id} / {task.project_id}"))
+        summary.add_row("webhook", literal(_without_query(task.webhook_url)))
+        summary.add_row("mode, timeout", literal(f"{task.mode}, {task.timeout_seconds}s"))
         summary.add_row("created", _time(task.created_at))
         summary.add_row("dispatched", _time(task.dispatched_at))
         summary.add_row("deadline", _time(report.deadline_at or task.deadline_at))
         summary.add_row("finished", _time(task.finished_at))
         if task.ack_status or task.estimated_completion:
             summary.add_row(
-                "acknowledged", f"{task.ack_status or '-'} (eta {task.estimated_completion or '-'})"
+                "acknowledged",
+                literal(f"{task.ack_status or '-'} (eta {task.estimated_completion or '-'})"),
             )
         if task.progress is not None:
-            summary.add_row("progress", f"{task.progress:g}% {task.progress_message or ''}")
+            summary.add_row(
+                "progress", literal(f"{_number(task.progress)}% {task.progress_message or ''}")
+            )
         if task.result_url:
-            summary.add_row("result", task.result_url)
+            summary.add_row("result", literal(task.result_url))
         console.print(summary)
 
         if report.attempts:
@@ -50,8 +55,9 @@ def render_reports(console: Console, reports: list[TaskReport]) -> None:
 
         if report.history:
             history = Table(title="callbacks and deadlines", title_justify="left")
-            for column in ("at", "what", "outcome", "detail"):
-                history.add_column(column)
+            for column in ("at", "what", "outcome"):
+                history.add_column(column, no_wrap=True)
+            history.add_column("detail", overflow="fold")
             for entry in report.history:
                 change = (
                     f"{entry.from_status} -> {entry.to_status}"
@@ -59,16 +65,21 @@ def render_reports(console: Console, reports: list[TaskReport]) -> None:
                     else ""
                 )
                 history.add_row(
-                    _time(entry.recorded_at), entry.kind, entry.outcome, entry.detail or change
+                    _time(entry.recorded_at),
+                    literal(entry.kind),
+                    literal(entry.outcome),
+                    literal(entry.detail or change),
                 )
             console.print(history)
 
         for comment in report.comments:
-            console.rule(f"chat comment ({comment.kind}) {_time(comment.created_at)}")
-            console.print(Markdown(comment.text))
+            console.rule(literal(f"chat comment ({comment.kind}) {_time(comment.created_at)}"))
+            # Markdown, as the chat shows it (the notifier escaped what came from outside),
+            # each link's URL written out: a log or a pipe keeps no hidden hyperlink.
+            console.print(Folded(Markdown(comment.text, hyperlinks=False)))
         if report.notifications:
             users = ", ".join(sorted({item.user_id for item in report.notifications}))
-            console.print(f"[bold]notified:[/] {users}")
+            console.print(Text.assemble(Text("notified:", style="bold"), " ", literal(users)))
         console.print()
 
 
@@ -84,28 +95,22 @@ def _render_attempts(console: Console, attempts: list[Any]) -> None:
         if attempt.retry_at:
             details.append(f"retry at {_time(attempt.retry_at)}")
         if attempt.error:
-            details.append(f"error: {_printable(attempt.error)}")
+            details.append(f"error: {printable(attempt.error)}")
         if attempt.response_body:
-            body = _shortened(_printable(attempt.response_body), MAX_SHOWN_BODY_CHARS)
+            body = _shortened(printable(attempt.response_body), MAX_SHOWN_BODY_CHARS)
             details.append(f"body: {body}")
         console.print(Padding(Text(summary), (0, 0, 0, 2), expand=False))
         for detail in details:
             console.print(Padding(Text(detail), (0, 0, 0, 6), expand=False))
 
 
-def _printable(text: str) -> str:
-    # Bodies and errors come from outside: escape what would move the cursor or recolour the
-    # terminal (ESC, newlines, bidi overrides); printed as Text, they are not markup either.
-    return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
-
-
 def _shortened(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _state(status: str, reason: str | None) -> str:
+def _state(status: str, reason: str | None) -> Text:
     colour = {"completed": "green", "failed": "red", "expired": "yellow"}.get(status, "cyan")
-    return f"[{colour}]{status}[/]" + (f" ({reason})" if reason else "")
+    return Text.assemble(literal(status, colour), literal(f" ({reason})" if reason else ""))
 
 
 def _time(value: datetime | None) -> str:
@@ -116,3 +121,8 @@ def _without_query(url: str) -> str:
     # A query string may carry a key of the external service's; it is not ours to print.
     parts = urlsplit(url)
     return parts._replace(query="", fragment="").geturl()
+
+
+def _number(value: float) -> str:
+    # As reported, never in exponent form (1e-05): 0.00001, 42.5, 100.
+    return f"{value:f}".rstrip("0").rstrip(".")

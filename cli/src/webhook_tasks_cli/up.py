@@ -13,6 +13,7 @@ import time
 import uuid
 
 from rich.console import Console
+from rich.markup import escape
 from webhook_tasks_contracts import TaskMetadata, TaskRequested, Topics
 from webhook_tasks_contracts.topics import DEAD_LETTER_SUFFIX
 from webhook_tasks_runtime.embedded import free_port
@@ -117,14 +118,14 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
     try:
         await watcher.start()
         watching = asyncio.create_task(watcher.run())
-        console.print(f"starting services (logs in {options.log_dir})...")
+        console.print(f"starting services (logs in {options.log_dir})...", markup=False)
         await asyncio.to_thread(stack.start)
         write_stack_file(config)
         if demo:
             demo_url = await asyncio.to_thread(stack.start_demo_service, free_port())
             await _submit_demo_task(config, f"{demo_url}/generate-video", console)
         console.print(
-            f"[bold]callback gateway:[/] {options.gateway_url}/v1/callbacks/"
+            f"[bold]callback gateway:[/] {escape(options.gateway_url)}/v1/callbacks/"
             "<correlationId>/<token>\n"
             "try: webhook-tasks show <task id> | webhook-tasks submit ... | "
             "webhook-tasks callback ...\n"
@@ -133,13 +134,29 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
         await _supervise(stack, stop, console)
     finally:
         console.print("stopping...")
+        await _shut_down(watcher, watching, stack, console)
+
+
+async def _shut_down(
+    watcher: EventWatcher,
+    watching: asyncio.Task[None] | None,
+    stack: Stack,
+    console: Console,
+) -> None:
+    """Stop the step printer, then the services, then forget the stack: each even if one fails."""
+    try:
         if watching is not None:
             watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
+            # A printer that ended on its own error must not leave the services running.
+            failure = (await asyncio.gather(watching, return_exceptions=True))[0]
+            if isinstance(failure, Exception):
+                console.print(f"the step printer had stopped: {failure!r}", markup=False)
         await watcher.stop()
-        await asyncio.to_thread(stack.stop)
-        remove_stack_file(os.getpid())
+    finally:
+        try:
+            await asyncio.to_thread(stack.stop)
+        finally:
+            remove_stack_file(os.getpid())
 
 
 async def _supervise(stack: Stack, stop: asyncio.Event, console: Console) -> None:
@@ -154,7 +171,7 @@ async def _supervise(stack: Stack, stop: asyncio.Event, console: Console) -> Non
             delay = RESTART_DELAYS[min(crashes[service], len(RESTART_DELAYS)) - 1]
             console.print(
                 f"[red]{service} exited with code {code}[/]; starting it again in {delay:g}s "
-                f"(log: {stack.log_file(service)})"
+                f"(log: {escape(str(stack.log_file(service)))})"
             )
             if await _stopped_within(stop, delay):
                 return
@@ -183,7 +200,7 @@ async def _submit_demo_task(config: StackConfig, webhook_url: str, console: Cons
         ),
     )
     await publish_task(config, request)
-    console.print(f"[bold]demo task submitted:[/] {request.task_id} -> {webhook_url}")
+    console.print(f"[bold]demo task submitted:[/] {request.task_id} -> {escape(webhook_url)}")
 
 
 def _development_key() -> str:

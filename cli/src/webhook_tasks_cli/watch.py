@@ -9,6 +9,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
+from rich.console import Group, RenderableType
+from rich.text import Text
 from webhook_tasks_contracts import (
     AnyLifecycleEvent,
     CallbackReceived,
@@ -24,9 +26,11 @@ from webhook_tasks_contracts import (
     notification_event_adapter,
 )
 
+from .terminal import literal
+
 logger = logging.getLogger(__name__)
 
-Printer = Callable[[str], None]
+Printer = Callable[[RenderableType], None]
 
 
 class EventWatcher:
@@ -51,7 +55,7 @@ class EventWatcher:
         self._callbacks_told: set[str] = set()
         self._outcomes_told: set[str] = set()
         self._sync: set[str] = set()  # tasks whose result is the answer, not a callback
-        self._comments_waiting: dict[str, list[str]] = {}
+        self._comments_waiting: dict[str, list[RenderableType]] = {}
         self._bootstrap_servers = bootstrap_servers
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -75,8 +79,16 @@ class EventWatcher:
         """Print events until cancelled."""
         assert self._consumer is not None, "start() first"
         async for record in self._consumer:
-            for line in self.describe(record.topic, record.value or b""):
+            self.handle(record.topic, record.value or b"")
+
+    def handle(self, topic: str, value: bytes) -> None:
+        """Print the lines an event adds; one that cannot be printed is logged and skipped."""
+        try:
+            for line in self.describe(topic, value):
                 self._printer(line)
+        except Exception as error:
+            # One odd event must not silence the steps of every task after it.
+            logger.warning("could not print an event on %s: %r", topic, error)
 
     async def stop(self) -> None:
         """Disconnect."""
@@ -84,7 +96,7 @@ class EventWatcher:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()
 
-    def describe(self, topic: str, value: bytes) -> list[str]:
+    def describe(self, topic: str, value: bytes) -> list[RenderableType]:
         """Return the lines an event adds, in each task's causal order (often none)."""
         try:
             if topic == self._topics.task_lifecycle:
@@ -99,9 +111,9 @@ class EventWatcher:
             logger.debug("unreadable event on %s", topic)
         return []
 
-    def _lifecycle(self, event: AnyLifecycleEvent) -> list[str]:
+    def _lifecycle(self, event: AnyLifecycleEvent) -> list[RenderableType]:
         cid = event.correlation_id
-        lines = []
+        lines: list[RenderableType] = []
         if isinstance(event, TaskDispatched) and event.mode == "sync":
             self._sync.add(cid)
         # A sync task's outcome came in the answer: no callback to tell of.
@@ -118,26 +130,29 @@ class EventWatcher:
             self._callbacks_told.add(cid)
             lines.append(_describe_outcome_callback(event))
         line = _describe_lifecycle(event)
-        if line:
+        if line is not None:
             lines.append(line)
         if isinstance(event, TaskCompleted | TaskFailed | TaskExpired):
             self._outcomes_told.add(cid)
             lines += self._comments_waiting.pop(cid, [])
         return lines
 
-    def _callback(self, callback: CallbackReceived) -> list[str]:
+    def _callback(self, callback: CallbackReceived) -> list[RenderableType]:
         if callback.status != "progress":
             if callback.correlation_id in self._callbacks_told:
                 return []
             self._callbacks_told.add(callback.correlation_id)
         return [_describe_callback(callback)]
 
-    def _comment(self, event: ChatCommentPosted) -> list[str]:
-        text = "\n".join(f"    {line}" for line in event.text.splitlines())
-        line = (
-            f"[bold]chat comment {'updated' if event.edited else 'written'}[/] on task "
-            f"{event.task.task_id} ({event.correlation_id}):\n{text}"
+    def _comment(self, event: ChatCommentPosted) -> list[RenderableType]:
+        heading = _line(
+            (f"chat comment {'updated' if event.edited else 'written'}", "bold"),
+            f" on task {event.task.task_id} ({event.correlation_id}):",
         )
+        # The Markdown the chat receives, indented, each line as it reads: escapes included,
+        # and a long link on one line, whole, for a pipe or a log to keep.
+        text = Text("\n").join(literal(f"    {row}") for row in event.text.splitlines())
+        line = Group(heading, text)
         waiting = event.kind in ("result", "error", "expired") and (
             event.correlation_id not in self._outcomes_told
         )
@@ -148,49 +163,69 @@ class EventWatcher:
         return [line]
 
 
-def _describe_lifecycle(event: AnyLifecycleEvent) -> str | None:
+def _line(*parts: str | tuple[str, str]) -> Text:
+    """Return one line of plain text and (text, style) pairs, every part shown literally."""
+    return Text.assemble(
+        *(literal(part) if isinstance(part, str) else literal(*part) for part in parts)
+    )
+
+
+def _describe_lifecycle(event: AnyLifecycleEvent) -> RenderableType | None:
     cid = event.correlation_id
     if isinstance(event, TaskDispatched):
-        dispatched = (
-            f"[bold]task dispatched[/] {event.task.task_id} to {event.webhook_host} "
-            f"with correlation id [cyan]{cid}[/]"
+        dispatched = _line(
+            ("task dispatched", "bold"),
+            f" {event.task.task_id} to {event.webhook_host} with correlation id ",
+            (cid, "cyan"),
         )
         if event.mode == "sync":
-            return f"{dispatched}\n[bold]external service answered[/] with the result (sync)"
+            answered = _line(("external service answered", "bold"), " with the result (sync)")
+            return Group(dispatched, answered)
         ack = event.ack_status or "2xx"
         eta = (
             f", estimatedCompletion {event.estimated_completion}"
             if event.estimated_completion
             else ""
         )
-        return (
-            f"{dispatched}\n[bold]external service accepted[/] ({ack}{eta}); "
-            f"deadline {event.deadline_at:%H:%M:%S} UTC"
+        accepted = _line(
+            ("external service accepted", "bold"),
+            f" ({ack}{eta}); deadline {event.deadline_at:%H:%M:%S} UTC",
         )
+        return Group(dispatched, accepted)
     if isinstance(event, TaskProgressed):
-        return f"progress {event.progress if event.progress is not None else '?'}% on {cid}"
+        progress = event.progress if event.progress is not None else "?"
+        return _line(f"progress {progress}% on {cid}")
     if isinstance(event, TaskCompleted):
-        return f"[green]task completed[/] {cid}"
+        return _line(("task completed", "green"), f" {cid}")
     if isinstance(event, TaskFailed):
-        return f"[red]task failed[/] {cid}: {event.reason}"
+        return _line(("task failed", "red"), f" {cid}: {event.reason}")
     if isinstance(event, TaskExpired):
-        return f"[yellow]task expired[/] {cid} (no callback within {event.timeout_seconds}s)"
+        return _line(
+            ("task expired", "yellow"), f" {cid} (no callback within {event.timeout_seconds}s)"
+        )
     if isinstance(event, TaskResultArrivedLate):
-        return f"[yellow]late result[/] for expired task {cid}: {event.result_url or 'no link'}"
+        return _line(
+            ("late result", "yellow"), f" for expired task {cid}: {event.result_url or 'no link'}"
+        )
     return None
 
 
-def _describe_outcome_callback(event: TaskCompleted | TaskFailed) -> str:
+def _describe_outcome_callback(event: TaskCompleted | TaskFailed) -> Text:
     if isinstance(event, TaskCompleted):
         detail = f" resultUrl {event.result_url}" if event.result_url else ""
-        return f"[bold]callback received[/] for {event.correlation_id}: success{detail}"
-    return f"[bold]callback received[/] for {event.correlation_id}: error {event.reason!r}"
+        return _line(("callback received", "bold"), f" for {event.correlation_id}: success{detail}")
+    return _line(
+        ("callback received", "bold"), f" for {event.correlation_id}: error {event.reason!r}"
+    )
 
 
-def _describe_callback(callback: CallbackReceived) -> str:
+def _describe_callback(callback: CallbackReceived) -> Text:
     detail = ""
     if callback.status == "success" and callback.result_url:
         detail = f" resultUrl {callback.result_url}"
     elif callback.status == "error" and callback.error:
         detail = f" error {callback.error!r}"
-    return f"[bold]callback received[/] for {callback.correlation_id}: {callback.status}{detail}"
+    return _line(
+        ("callback received", "bold"),
+        f" for {callback.correlation_id}: {callback.status}{detail}",
+    )
