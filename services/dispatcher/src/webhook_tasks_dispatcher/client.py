@@ -7,6 +7,7 @@ import contextlib
 import functools
 import ssl
 import time
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,6 +48,8 @@ class DeliveryResult:
     body: bytes = b""
     """The answer's bytes, up to the size cap (a sync task's result is read from them)."""
     truncated: bool = False
+    undecoded: str | None = None
+    """The answer's Content-Encoding, when the dispatcher could not decode it (br, zstd)."""
     timed_out: bool = False
     unsendable: bool = False
     """Refused because the request itself cannot be built (its URL or headers), not its host."""
@@ -238,7 +241,7 @@ class WebhookClient:
                 extensions={"timeout": httpx.Timeout(timeout).as_dict()},
             )
             # The total bound also stops a server that drips its answer byte by byte.
-            response, raw, truncated = await within(remaining, self._exchange(outgoing))
+            response, raw, truncated, undecoded = await within(remaining, self._exchange(outgoing))
         except (httpx.InvalidURL, UnicodeError, ValueError) as error:
             # The same request would fail the same way on every attempt: it is never sent.
             return DeliveryResult(
@@ -288,24 +291,34 @@ class WebhookClient:
                 response_body=text,
                 retry_after=response.headers.get("retry-after"),
                 truncated=truncated,
+                undecoded=undecoded,
             )
         return DeliveryResult(
             "accepted",
             latency,
             response.status_code,
-            ack=None if truncated else _parse_ack(raw),
+            ack=None if truncated or undecoded else _parse_ack(raw),
             response_body=text,
             body=raw,
             truncated=truncated,
+            undecoded=undecoded,
         )
 
-    async def _exchange(self, request: httpx.Request) -> tuple[httpx.Response, bytes, bool]:
+    async def _exchange(
+        self, request: httpx.Request
+    ) -> tuple[httpx.Response, bytes, bool, str | None]:
         response = await self._transport.handle_async_request(request)
+        # A transport that read the answer itself (httpx's MockTransport) decoded it too.
+        decoded = response.is_stream_consumed
         try:
             raw, truncated = await self._read_capped(response)
         finally:
             await response.aclose()
-        return response, raw, truncated
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if decoded or encoding in ("", "identity"):
+            return response, raw, truncated, None
+        # Asked for none, a proxy may still compress: inflated up to the cap, no further.
+        return response, *_inflated(raw, truncated, encoding, self._max_response_bytes)
 
     async def _read_capped(self, response: httpx.Response) -> tuple[bytes, bool]:
         if response.is_stream_consumed:
@@ -334,6 +347,33 @@ def _parsed_url(url: str) -> httpx.URL:
     # Sent to the path its signing key was chosen for: httpx applies "..", but leaves "%2e%2e"
     # for the server, which may or may not apply it (RFC 3986 says the two are the same).
     return parsed if resolved == (path or "/") else parsed.copy_with(path=resolved)
+
+
+_INFLATABLE = {
+    "gzip": 16 + zlib.MAX_WBITS,
+    "x-gzip": 16 + zlib.MAX_WBITS,
+    "deflate": zlib.MAX_WBITS,
+}
+"""zlib's window bits for each Content-Encoding it reads (deflate: zlib-wrapped, as HTTP says)."""
+
+
+def _inflated(
+    raw: bytes, truncated: bool, encoding: str, cap: int
+) -> tuple[bytes, bool, str | None]:
+    """Return the answer decoded, at most `cap` bytes, whether more was left, and what was not."""
+    window = _INFLATABLE.get(encoding)
+    attempts = [window] if encoding != "deflate" else [window, -zlib.MAX_WBITS]  # raw deflate too
+    for bits in attempts:
+        if bits is None:
+            break
+        decoder = zlib.decompressobj(bits)
+        try:
+            body = decoder.decompress(raw, cap)
+        except zlib.error:
+            continue
+        # Output stopped at the cap with input left over: a larger answer, or a bomb.
+        return body, truncated or bool(decoder.unconsumed_tail), None
+    return raw, truncated, encoding
 
 
 def _parse_ack(raw: bytes) -> WebhookAck | None:

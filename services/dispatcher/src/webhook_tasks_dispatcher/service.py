@@ -931,6 +931,11 @@ def parse_sync_result(
     """Read a sync task's result from the answer, as a callback body; a str says why not."""
     if result.truncated:
         return "the external service's answer was larger than the dispatcher accepts"
+    if result.undecoded:
+        return (
+            f"the external service's answer was compressed as {result.undecoded[:40]}, which the"
+            " dispatcher cannot read (it asks for answers uncompressed)"
+        )
     try:
         data = json.loads(result.body)
     except ValueError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import itertools
 import json
 from datetime import datetime, timedelta
@@ -355,6 +356,34 @@ async def test_a_sync_answer_echoing_webhook_auth_is_masked_in_events_and_record
     credential = SECRET.removeprefix("Bearer ")
     assert [item for item in stored if "**********" in item]
     assert not [item for item in stored if credential in item]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br"])
+async def test_a_compressed_sync_answer_is_read_or_its_encoding_named(
+    under_test: DispatcherUnderTest, encoding: str
+) -> None:
+    answer = json.dumps({"status": "success", "resultUrl": "https://cdn.example.com/v.mp4"})
+    body = gzip.compress(answer.encode()) if encoding == "gzip" else b"\x1b\x00"
+    under_test.service.answer = lambda request: httpx.Response(
+        200, headers={"content-encoding": encoding}, stream=httpx.ByteStream(body)
+    )
+    request = task_request(mode="sync")
+
+    await under_test.dispatcher.dispatch(request)
+    assert await under_test.dispatcher.send_due() == 1
+
+    task = await the_task(under_test, request.task_id)
+    if encoding == "gzip":
+        assert (task.status.value, task.result_url) == (
+            "completed",
+            "https://cdn.example.com/v.mp4",
+        )
+    else:
+        assert task.status.value == "failed"
+        assert task.status_reason == (
+            "the external service's answer was compressed as br, which the dispatcher cannot"
+            " read (it asks for answers uncompressed)"
+        )
 
 
 async def test_a_sync_request_waits_up_to_the_task_timeout(

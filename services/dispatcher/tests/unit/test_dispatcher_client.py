@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import socket
+import zlib
 from collections.abc import Callable
 
 import httpx
@@ -227,8 +228,50 @@ async def test_a_compressed_answer_is_not_inflated_past_the_cap() -> None:
 
     assert seen[0].headers["accept-encoding"] == "identity"
     assert result.outcome == "accepted"
-    assert len(result.body) == len(bomb) < 64 * 1024
-    assert not result.truncated
+    assert len(bomb) < 64 * 1024
+    assert result.body == b"0" * 64 * 1024
+    assert result.truncated
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [
+        ("gzip", gzip.compress),
+        ("x-gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("deflate", lambda data: zlib.compress(data)[2:-4]),  # raw deflate, as some servers send
+    ],
+)
+async def test_a_compressed_answer_though_none_was_asked_for_is_read(
+    encoding: str, compress: Callable[[bytes], bytes]
+) -> None:
+    answer = {"status": "success", "resultUrl": "https://cdn.example.com/v.mp4"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = compress(json.dumps(answer).encode())
+        headers = {"content-encoding": encoding}
+        return httpx.Response(200, headers=headers, stream=httpx.ByteStream(body))
+
+    result = await client_for(handler).send("https://svc/", {}, auth=None)
+
+    assert json.loads(result.body) == answer
+    assert (result.truncated, result.undecoded) == (False, None)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "content"), [("br", b"\x1b\x00\x00"), ("gzip", b"not gzip at all")]
+)
+async def test_an_answer_in_an_encoding_that_cannot_be_read_says_so(
+    encoding: str, content: bytes
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"content-encoding": encoding}
+        return httpx.Response(200, headers=headers, stream=httpx.ByteStream(content))
+
+    result = await client_for(handler).send("https://svc/", {}, auth=None)
+
+    assert result.outcome == "accepted"
+    assert (result.body, result.undecoded, result.ack) == (content, encoding, None)
 
 
 async def test_a_temporary_dns_failure_is_unreachable_and_so_retried() -> None:
