@@ -167,16 +167,30 @@ def credential_masker(secret: SecretStr) -> Masker:
     is stored (and a sync answer read) as text, where a JSON string may escape the credential.
     """
     value = secret.get_secret_value()
-    forms: set[str] = set()
-    for part in _credential_parts(secret) | ({value, value.strip()} - {""}):
+    parts = _credential_parts(secret) | ({value, value.strip()} - {""})
+    forms = set()
+    for part in parts:
         for escaped in (part, json.dumps(part)[1:-1], json.dumps(part, ensure_ascii=False)[1:-1]):
-            forms |= {re.escape(escaped), re.escape(escaped.replace("/", "\\/"))}
-        forms.add(_percent_encoded(part).pattern)
-    if not forms:
-        return lambda text: text
-    # Longest first: at a position where a part and the whole value both start, mask the whole.
-    pattern = re.compile("|".join(sorted(forms, key=len, reverse=True)))
-    return lambda text: pattern.sub(_MASK, text)
+            forms |= {escaped, escaped.replace("/", "\\/")}
+    # Longest first: where a part and the whole value both start, the whole is masked.
+    plain = sorted(forms, key=len, reverse=True)
+    encoded: list[re.Pattern[str]] = []
+
+    def mask(text: str) -> str:
+        if "%" in text or "+" in text:
+            # Built on first need: compiling costs more than most answers take to mask.
+            if not encoded:
+                alternatives = sorted(parts, key=len, reverse=True)
+                encoded.append(
+                    re.compile("|".join(_percent_encoded(part).pattern for part in alternatives))
+                )
+            text = encoded[0].sub(_MASK, text)
+        for form in plain:
+            if form in text:
+                text = text.replace(form, _MASK)
+        return text
+
+    return mask
 
 
 def _unused_key(key: str, taken: Set[Any]) -> str:
