@@ -319,6 +319,36 @@ async def test_secrets_of_a_rejected_task_request_are_masked_in_its_dead_letter(
     assert not untouched.redacted
 
 
+@pytest.mark.parametrize(
+    "original",
+    [
+        pytest.param(
+            {
+                "taskId": "task-1",
+                "taskMetadata": json.dumps({"webhookAuth": "Bearer sk-live-SECRET123"}),
+                "prompt": "make a video",
+            },
+            id="metadata-encoded-twice",
+        ),
+        pytest.param(
+            {"taskId": "task-1", "followers": ["u", "sent with Bearer sk-live-SECRET123"]},
+            id="a-bearer-token-in-a-list",
+        ),
+        pytest.param(json.dumps({"webhookAuth": "sk-live-SECRET123"}), id="a-whole-string"),
+    ],
+)
+async def test_a_secret_inside_a_string_of_a_json_original_is_masked(original: object) -> None:
+    encoded = json.dumps(original).encode()
+
+    [(sent, letter)] = await dead_letters_of(encoded)
+
+    assert b"SECRET123" not in sent
+    assert b"SECRET123" not in base64.b64decode(letter.value_base64)
+    assert b"**********" in base64.b64decode(letter.value_base64)
+    assert letter.redacted
+    assert letter.value_sha256 is None
+
+
 async def dead_letters_of(*values: bytes) -> list[tuple[bytes, DeadLetter]]:
     """Reject `values` as task requests in memory; return each dead letter, as sent and parsed."""
     topics = Topics(f"unit-{uuid.uuid4().hex[:8]}")

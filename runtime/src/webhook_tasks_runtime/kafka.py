@@ -469,7 +469,8 @@ def _position(record: _Record) -> _Position:
 def _without_secrets(value: bytes) -> tuple[bytes, bool]:
     """Return what a dead letter may keep of `value`, and whether secrets were hidden.
 
-    JSON keeps everything but the values of secret-named keys, masked at any depth. Bytes
+    JSON keeps everything but the values of secret-named keys, masked at any depth, and
+    strings that may hold a secret themselves (a document double-encoded as a string). Bytes
     that are not JSON are kept as they are unless they may hold a secret: a secret key name
     anywhere, in any case, read with or without undoing JSON escapes, or `Bearer` and a
     token. Then none of them is kept: in bytes no parser can read, where a secret ends
@@ -485,6 +486,11 @@ def _without_secrets(value: bytes) -> tuple[bytes, bool]:
         if _may_hold_secret(value):
             return b"", True
         return value, False
+    if isinstance(document, str):
+        document = [document]  # masked as an item, then unwrapped
+        if not _mask_secrets(document):
+            return value, False
+        return json.dumps(document[0]).encode(), True
     if not _mask_secrets(document):
         return value, False
     # ASCII: a string may hold a lone surrogate (valid as a JSON escape), which UTF-8 cannot.
@@ -513,7 +519,12 @@ def _unescaped(escape: re.Match[str]) -> str:
 
 
 def _mask_secrets(document: Any) -> bool:
-    """Mask in place the values of secret-named keys at any depth; return whether there were any."""
+    """Mask in place secret-named keys' values and strings that may hold a secret, at any depth.
+
+    Return whether there were any. A string is looked at as unparsed bytes are: it may be
+    a JSON document itself (`"taskMetadata": "{\"webhookAuth\": ...}"`), which the schema
+    refused, so no key of it was ever read.
+    """
     masked = False
     # A stack, not recursion: a document json.loads could nest is not too deep to walk.
     pending = [document]
@@ -521,14 +532,23 @@ def _mask_secrets(document: Any) -> bool:
         node = pending.pop()
         if isinstance(node, dict):
             for key, value in node.items():
-                if key.casefold() in _SECRET_KEYS:
+                if key.casefold() in _SECRET_KEYS or _is_secret_text(value):
                     node[key] = _MASK
                     masked = True
                 else:
                     pending.append(value)
         elif isinstance(node, list):
-            pending.extend(node)
+            for index, item in enumerate(node):
+                if _is_secret_text(item):
+                    node[index] = _MASK
+                    masked = True
+                else:
+                    pending.append(item)
     return masked
+
+
+def _is_secret_text(value: Any) -> bool:
+    return isinstance(value, str) and _may_hold_secret(value.encode(errors="surrogatepass"))
 
 
 def create_broker(
