@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -937,7 +938,14 @@ def parse_sync_result(
             " dispatcher cannot read (it asks for answers uncompressed)"
         )
     try:
-        data = json.loads(result.body)
+        data = json.loads(result.body, parse_constant=_not_finite, parse_float=_finite)
+    except _NotFiniteError:
+        # PostgreSQL's jsonb has no NaN or Infinity: stored, such a result would fail the
+        # write and the request would be sent again, answered again, and fail the same way.
+        return (
+            "the external service's answer held a number JSON cannot carry"
+            " (NaN, Infinity, or beyond 1.8e308)"
+        )
     except ValueError:
         return "the external service's answer was not JSON"
     if not isinstance(data, dict):
@@ -951,6 +959,21 @@ def parse_sync_result(
     if isinstance(answer, ProgressCallback):
         return "the external service answered with progress instead of a result"
     return answer
+
+
+class _NotFiniteError(ValueError):
+    """A JSON number with no finite value."""
+
+
+def _not_finite(constant: str) -> float:
+    raise _NotFiniteError(constant)
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _NotFiniteError(text)
+    return number
 
 
 async def _finish_as_reported(

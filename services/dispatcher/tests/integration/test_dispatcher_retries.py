@@ -358,6 +358,26 @@ async def test_a_sync_answer_echoing_webhook_auth_is_masked_in_events_and_record
     assert not [item for item in stored if credential in item]
 
 
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+async def test_a_sync_answer_with_a_number_json_cannot_carry_fails_the_task_once(
+    under_test: DispatcherUnderTest, number: str
+) -> None:
+    answer = '{"status": "success", "metadata": {"score": ' + number + "}}"
+    under_test.service.answer = lambda request: httpx.Response(200, content=answer.encode())
+    request = task_request(mode="sync")
+
+    await under_test.dispatcher.dispatch(request)
+    assert await under_test.dispatcher.send_due() == 1
+    under_test.clock.advance(3600)
+    assert await under_test.dispatcher.send_due() == 0, "an answered request is not sent again"
+
+    task = await the_task(under_test, request.task_id)
+    assert task.status.value == "failed"
+    assert task.status_reason is not None
+    assert "a number JSON cannot carry" in task.status_reason
+    assert len(under_test.service.received) == 1
+
+
 @pytest.mark.parametrize("encoding", ["gzip", "br"])
 async def test_a_compressed_sync_answer_is_read_or_its_encoding_named(
     under_test: DispatcherUnderTest, encoding: str
