@@ -563,6 +563,8 @@ class Sighting:
     """The trace of the task's dispatch, when it was traced."""
     auth_fingerprints: str | None = None
     """Keyed fingerprints of the task's webhookAuth, when it had one."""
+    deadline_at: datetime | None = None
+    """When the task expires unless a callback comes first (None until it is initiated)."""
 
 
 async def lock_and_record(
@@ -580,7 +582,7 @@ async def lock_and_record(
     record = await conn.fetchrow(
         """
         WITH task AS (
-            SELECT status, traceparent, auth_fingerprints
+            SELECT status, traceparent, auth_fingerprints, deadline_at
             FROM tasks WHERE correlation_id = $2 FOR UPDATE
         ), seen AS (
             INSERT INTO task_history (event_id, correlation_id, kind, outcome, recorded_at)
@@ -591,6 +593,7 @@ async def lock_and_record(
         SELECT (SELECT status FROM task) AS status,
             (SELECT traceparent FROM task) AS traceparent,
             (SELECT auth_fingerprints FROM task) AS auth_fingerprints,
+            (SELECT deadline_at FROM task) AS deadline_at,
             coalesce((SELECT first FROM seen), false) AS first
         """,
         event_id,
@@ -604,6 +607,7 @@ async def lock_and_record(
         status=TaskStatus(status) if status is not None else None,
         traceparent=record["traceparent"],
         auth_fingerprints=record["auth_fingerprints"],
+        deadline_at=record["deadline_at"],
     )
 
 

@@ -53,7 +53,7 @@ from . import repository as repo
 from .batching import GroupCommit
 from .breaker import BreakerState, CircuitBreakers
 from .client import DeliveryResult, OutboundRequest, WebhookClient, origin_of
-from .domain import TaskStatus, status_after_callback, why_not_applied
+from .domain import OPEN_STATUSES, TaskStatus, status_after_callback, why_not_applied
 from .metrics import ATTEMPTS, DEADLINE_WAIT_SECONDS, REQUESTS_IN_FLIGHT
 from .retry import GiveUp, Retry, RetryPolicy, is_retryable, parse_retry_after
 from .sealing import RequestSealer, SealError
@@ -735,6 +735,10 @@ class Dispatcher:
                 return
             callback = await self._without_echoed_auth(callback, sighting)
             before = sighting.status
+            if _accepted_after_deadline(callback, sighting):
+                before = (
+                    await self._expire_first(conn, callback.correlation_id, sighting, now) or before
+                )
             if target is None:
                 row = await repo.record_progress(
                     conn,
@@ -759,6 +763,43 @@ class Dispatcher:
         # Only now is the transaction committed: the relay may publish what it queued.
         self._after_commit()
         self._trace_application(kind, callback.correlation_id, sighting, row, started)
+
+    async def _expire_first(
+        self,
+        conn: asyncpg.Connection,
+        correlation_id: str,
+        sighting: repo.Sighting,
+        now: datetime,
+    ) -> TaskStatus | None:
+        """Expire the task as its deadline would have; return its new state if it did."""
+        assert sighting.deadline_at is not None
+        # The gateway took this callback after the task's deadline, which this process had
+        # not applied (it was stopped, or behind). Applied now, it decides as it would have
+        # on time: the task expires, and the callback is a late one.
+        row = await repo.finish(
+            conn,
+            correlation_id,
+            TaskStatus.EXPIRED,
+            now=now,
+            reason="no callback before the deadline",
+            only_if_deadline_not_after=sighting.deadline_at,
+        )
+        if row is None:
+            return None
+        expiry = derived_event_id(row.correlation_id, "deadline", sighting.deadline_at.isoformat())
+        await repo.lock_and_record(
+            conn, event_id=str(expiry), correlation_id=row.correlation_id, kind="deadline", now=now
+        )
+        await self._settle(
+            conn,
+            expiry,
+            "deadline",
+            sighting.status,
+            row,
+            _expired(row),
+            detail="the deadline passed before the gateway took the callback handled with it",
+        )
+        return row.status
 
     async def _without_echoed_auth(
         self, callback: CallbackReceived, sighting: repo.Sighting
@@ -886,13 +927,14 @@ class Dispatcher:
         event: LifecycleEvent | None,
         *,
         said: str | None = None,
+        detail: str | None = None,
     ) -> None:
         if row is not None and event is not None:
             await repo.settle_history(
                 conn,
                 str(event_id),
                 applied=True,
-                detail=None,
+                detail=detail,
                 from_status=before.value if before else None,
                 to_status=row.status.value,
             )
@@ -1095,6 +1137,20 @@ def _late_result(row: repo.TaskRow, callback: CallbackReceived) -> TaskResultArr
         task=_ref(row),
         result_url=callback.result_url,
         metadata=callback.metadata,
+    )
+
+
+CLOCK_SKEW_ALLOWANCE = timedelta(seconds=1)
+"""How far the gateway's clock may run ahead of the dispatcher's: a callback stamped within
+this of a deadline is taken as on time."""
+
+
+def _accepted_after_deadline(callback: CallbackReceived, sighting: repo.Sighting) -> bool:
+    """Tell whether the gateway took `callback` after the deadline of an open task."""
+    return (
+        sighting.status in OPEN_STATUSES
+        and sighting.deadline_at is not None
+        and callback.occurred_at > sighting.deadline_at + CLOCK_SKEW_ALLOWANCE
     )
 
 

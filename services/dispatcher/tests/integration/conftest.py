@@ -47,7 +47,9 @@ class FakeClock:
     """A clock the test moves by hand."""
 
     def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+        # From the real time: a callback a test makes is stamped by the real clock, and is on
+        # time for a deadline this clock sets unless the test stamps it otherwise.
+        self.now = datetime.now(UTC).replace(microsecond=0)
 
     def __call__(self) -> datetime:
         return self.now

@@ -26,6 +26,7 @@ from webhook_tasks_contracts import (
     lifecycle_event_adapter,
 )
 from webhook_tasks_dispatcher import repository as repo
+from webhook_tasks_dispatcher.service import CLOCK_SKEW_ALLOWANCE
 from webhook_tasks_runtime.catch_up import GroupBehindError
 
 from .conftest import DispatcherUnderTest
@@ -466,6 +467,64 @@ async def test_a_callback_the_database_refuses_fails_alone_and_its_batch_still_a
     async with under_test.pool.acquire() as conn:
         statuses = [(await repo.find_tasks(conn, task.task_id))[0].status for task in tasks]
     assert [status.value for status in statuses] == ["completed", "failed", "initiated"]
+
+
+@pytest.mark.parametrize(
+    ("status", "fields", "events"),
+    [
+        ("success", {"result_url": "https://cdn/late.mp4"}, [TaskExpired, TaskResultArrivedLate]),
+        ("error", {"error": "too late"}, [TaskExpired]),
+        ("progress", {"progress": 50}, [TaskExpired]),
+    ],
+)
+async def test_a_callback_the_gateway_took_after_the_deadline_loses_though_handled_first(
+    under_test: DispatcherUnderTest,
+    status: str,
+    fields: dict[str, object],
+    events: list[type],
+) -> None:
+    # The dispatcher was stopped at the deadline: on its return, its callbacks consumer
+    # handles a callback taken 5 s after the deadline before the deadline itself.
+    _, task = await dispatched(under_test)
+    assert task.deadline_at is not None
+    under_test.clock.advance(120)
+    late = callback(
+        task.correlation_id, status, occurred_at=task.deadline_at + timedelta(seconds=5), **fields
+    )
+
+    await under_test.dispatcher.apply_callback(late)
+    await under_test.dispatcher.apply_deadline(
+        DeadlineReached(correlation_id=task.correlation_id, deadline_at=task.deadline_at)
+    )
+
+    assert [type(event) for event in await lifecycle(under_test)] == [TaskDispatched, *events]
+    async with under_test.pool.acquire() as conn:
+        (row,) = await repo.find_tasks(conn, task.correlation_id)
+        history = await repo.history_for(conn, task.correlation_id)
+    assert row.status.value == "expired"
+    assert row.status_reason == "no callback before the deadline"
+    # In the order handled: the callback first, which applied the deadline before itself.
+    assert [(entry.kind, entry.outcome) for entry in history] == [
+        (f"callback:{status}", "ignored"),
+        ("deadline", "applied"),
+        ("deadline", "ignored"),
+    ]
+    assert "passed before the gateway took the callback" in (history[1].detail or "")
+
+
+async def test_a_callback_stamped_within_the_clock_allowance_of_its_deadline_wins(
+    under_test: DispatcherUnderTest,
+) -> None:
+    _, task = await dispatched(under_test)
+    assert task.deadline_at is not None
+    stamped = task.deadline_at + CLOCK_SKEW_ALLOWANCE - timedelta(milliseconds=100)
+
+    await under_test.dispatcher.apply_callback(
+        callback(task.correlation_id, "success", occurred_at=stamped)
+    )
+
+    events = await lifecycle(under_test)
+    assert [type(event) for event in events] == [TaskDispatched, TaskCompleted]
 
 
 async def test_a_late_success_is_shown_once_without_a_second_outcome(
