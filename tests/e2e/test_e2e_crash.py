@@ -1,4 +1,4 @@
-"""kill -9 the notifier or the expirer in the middle of a burst: every task still ends once."""
+"""kill -9 a service in the middle of a burst: every task still ends once, as it would have."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .e2e_bursts import (
     connect,
     count_deadlines,
     count_terminal_comments,
+    ended,
     ensure_running,
     freeze_then_kill,
     http_session,
@@ -170,3 +171,46 @@ async def test_expirer_killed_mid_burst_expires_each_task_once(system: RunningSy
     finally:
         await conn.close()
         ensure_running(system, "expirer")
+
+
+async def test_callbacks_taken_after_the_deadline_while_the_dispatcher_is_down_are_late(
+    system: RunningSystem,
+) -> None:
+    count = 20
+    requests = burst_requests(system, "crash-dispatcher", count, timeouts=[3], outcome="never")
+    task_ids = [request.task_id for request in requests]
+    conn = await connect(system)
+    try:
+        await publish_all(system, requests)
+        states = await wait_until(
+            lambda: task_states(conn, task_ids),
+            lambda rows: len(rows) == count and all(r.deadline_at is not None for r in rows),
+            within=60,
+            what="every task dispatched",
+            interval=0.1,
+        )
+        await freeze_then_kill(system, "dispatcher")
+        correlation_ids = [state.correlation_id for state in states]
+        # The expirer, still running, reaches every deadline; the callbacks come 2 s later.
+        await wait_until(
+            lambda: count_deadlines(conn, correlation_ids),
+            lambda pending: pending == 0,
+            within=30,
+            what="every deadline reached",
+            interval=0.05,
+        )
+        await asyncio.sleep(2.0)
+        async with http_session() as http:
+            answers = await asyncio.gather(
+                *(post_success(http, system, cid) for cid in correlation_ids)
+            )
+        assert tally(answers) == {202: count}
+
+        system.stack.start_service("dispatcher")
+        found, _ = await ended(system, task_ids)
+        # As with the dispatcher running throughout: expired, and the success a late result.
+        assert_each_ended_once(found, count, "expired", "expired")
+        assert tally(outcome.late_results for outcome in found.values()) == {1: count}
+    finally:
+        await conn.close()
+        ensure_running(system, "dispatcher")
