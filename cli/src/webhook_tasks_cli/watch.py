@@ -151,7 +151,9 @@ class EventWatcher:
         )
         # The Markdown the chat receives, indented, each line as it reads: escapes included,
         # and a long link on one line, whole, for a pipe or a log to keep.
-        text = Text("\n").join(literal(f"    {row}") for row in event.text.splitlines())
+        text = Text("\n").join(
+            literal(f"    {row}" if row else "") for row in event.text.splitlines()
+        )
         line = Group(heading, text)
         waiting = event.kind in ("result", "error", "expired") and (
             event.correlation_id not in self._outcomes_told
