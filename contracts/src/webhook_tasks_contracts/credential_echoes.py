@@ -223,6 +223,8 @@ def _credential_parts(secret: SecretStr) -> set[str]:
 
 
 def _masked(text: str, key: bytes, known: set[bytes]) -> str:
+    if len(text) < _SHORTEST_FINGERPRINTED:
+        return text  # most metadata keys: nothing so short is looked for
     found: set[str] = set()
     encoded: set[str] = set()
     for token in _TOKEN.findall(text):

@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 CALLBACK_ROUTE = CALLBACK_PATH
 _SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 _MAX_LOGGED_ID = 200
-_MASKED_INLINE_BYTES = 16 * 1024
+_MASKED_INLINE_BYTES = 1024
 """Larger callbacks of a task sent with a credential are masked in a worker thread."""
 _JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 
@@ -255,8 +255,8 @@ class _CallbackEndpoint:
         # The task was sent with a credential: an external service that echoes it (a request
         # dump in metadata, `?auth=` in a URL) must not put it into Kafka.
         mask = functools.partial(self._tokens.fingerprints.mask_callback, event, verified.echoes)
-        # Masking a large text takes long (about 3 s for 1 MiB of base64): off the event loop,
-        # such a callback holds up none of the others.
+        # Masking takes long (5-6 s for 1 MiB of base64 or a query string, 36-88 ms for 16 KiB):
+        # off the event loop, such a callback holds up none of the others.
         masked = await asyncio.to_thread(mask) if len(body) > _MASKED_INLINE_BYTES else mask()
         if masked is not event:
             logger.warning("the callback echoed the task's webhookAuth; it is masked")

@@ -38,6 +38,18 @@ from .problems import problem_response
 _UPGRADE_HEADER = re.compile(rb"\r\nupgrade:", re.IGNORECASE)
 """The Upgrade header's name at the start of a header line; renamed, the offer is ignored."""
 _IGNORED_UPGRADE = b"\r\nx-ignored-upgrade:"
+_UPGRADE_LINE_START = b"\r\nupgrade:"
+_UPGRADE_LINE_BYTES = frozenset(_UPGRADE_LINE_START + _UPGRADE_LINE_START.upper())
+
+
+def _upgrade_header_begun(data: bytes) -> int:
+    """Return how many bytes at the end of `data` may begin an Upgrade header line, if any."""
+    if not data or data[-1] not in _UPGRADE_LINE_BYTES:
+        return 0  # most reads: a body's last byte
+    for length in range(min(len(_UPGRADE_LINE_START) - 1, len(data)), 0, -1):
+        if data[-length:].lower() == _UPGRADE_LINE_START[:length]:
+            return length
+    return 0
 
 
 class CoalescingTransport(asyncio.Transport):
@@ -144,9 +156,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Serve the connection through a transport that sends each turn's writes as one."""
-        self._in_head = False
+        self._in_head = False  # between a request's first byte and the end of its headers
+        self._request_open = False  # between a request's first byte and its last
         self._head_bytes = 0
         self._messages = 0
+        self._fed_tail = b""  # the last bytes given to the parser
+        self._held = b""  # the start of an Upgrade header, kept for the next read to complete
+        self._refusal: tuple[int, str, str] | None = None
         self._read_deadline: asyncio.TimerHandle | None = None
         super().connection_made(CoalescingTransport(transport))
 
@@ -156,16 +172,36 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        """Parse `data`, refusing a head that keeps growing past the limit."""
-        if self.transport.is_closing():
+        """Parse `data` with any offer to upgrade renamed away, held back if a read splits it."""
+        if self.transport.is_closing() or self._refusal is not None:
             return
+        if self._held:
+            data, self._held = self._held + data, b""
         if b"pgrade" in data or b"PGRADE" in data:
             data = _UPGRADE_HEADER.sub(_IGNORED_UPGRADE, data)
-        # Counted only while one head spans reads: a read that ends a head, or holds other
-        # requests before it, may be large for good reasons (pipelining, a body).
-        counted, messages = self._in_head, self._messages
+        keep = _upgrade_header_begun(data)
+        # Not the end of a head: "\r\n" after "\r\n" ends it, and must not wait for more.
+        if keep and (self._fed_tail + data[:-keep])[-2:] != b"\r\n":
+            self._feed(data[:-keep])
+            if self._in_head:
+                self._held = data[-keep:]
+                return
+            data = data[-keep:]
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        if not data or self.transport.is_closing() or self._refusal is not None:
+            return
+        was_open, was_in_head, messages = self._request_open, self._in_head, self._messages
         super().data_received(data)
-        if counted and self._in_head and self._messages == messages:
+        self._fed_tail = (self._fed_tail + data)[-2:]
+        if not self._in_head:
+            return
+        # A read is counted when the head fills it all, or began it: a read holding other
+        # requests before the head may be large for good reasons (pipelining).
+        continued = was_in_head and self._messages == messages
+        began_the_read = not was_open and self._messages == messages + 1
+        if continued or began_the_read:
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
                 self._refuse(
@@ -178,10 +214,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         """Start a request: its head is counted and it has a deadline to arrive whole."""
         super().on_message_begin()
         self._messages += 1
-        self._in_head = True
+        self._in_head = self._request_open = True
         self._head_bytes = 0
         self._cancel_read_deadline()
-        self._read_deadline = self.loop.call_later(self.read_timeout_seconds, self._too_slow)
+        if not self._answering():
+            self._start_read_deadline()
+        # Else it waits behind an answer still being written (pipelined), and uvicorn reads
+        # no more of it meanwhile: its time starts once that answer is written.
 
     def on_headers_complete(self) -> None:
         """End the head; uvicorn starts the app."""
@@ -190,12 +229,31 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         """The request arrived whole in time: the app may take as long as it needs."""
+        self._request_open = False
         self._cancel_read_deadline()
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        """Go on with a request read meanwhile: refuse it, or give it its time to arrive."""
+        super().on_response_complete()
+        if self._refusal is not None:
+            status, slug, detail = self._refusal
+            self._refusal = None
+            self._refuse(status, slug, detail)
+        elif self._request_open and self._read_deadline is None:
+            self._start_read_deadline()
+
     def send_400_response(self, msg: str) -> None:
         """Answer what the parser cannot read as problem+json, then close."""
-        self._refuse(400, "invalid-http-request", "The request is not valid HTTP/1.1.")
+        self._refuse(400, "invalid-http-request", "The request is not valid HTTP/1.x.")
+
+    def _answering(self) -> bool:
+        """Tell whether an earlier request's answer is still being made or written."""
+        cycle = self.cycle
+        return cycle is not None and not cycle.response_complete
+
+    def _start_read_deadline(self) -> None:
+        self._read_deadline = self.loop.call_later(self.read_timeout_seconds, self._too_slow)
 
     def _too_slow(self) -> None:
         self._read_deadline = None
@@ -212,6 +270,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, slug: str, detail: str) -> None:
         if self.transport.is_closing():
+            return
+        if self._in_head and self._answering():
+            # A later request's refusal must not come before the answer to an earlier one.
+            self._refusal = (status, slug, detail)
+            self.flow.pause_reading()
             return
         response = problem_response(status, slug=slug, detail=detail)
         head = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())]

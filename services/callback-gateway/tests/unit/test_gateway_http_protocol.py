@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -174,10 +175,26 @@ H2C_OFFER = b"connection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-setti
     "reads",
     [
         [b"POST /cb HTTP/1.1\r\nhost: x\r\n" + H2C_OFFER + b"content-length: 2\r\n\r\n{}"],
-        [b"POST /cb HTTP/1.1\r\nhost: x\r\n" + H2C_OFFER + b"content-length: 2\r\n\r\n", b"{}"],
+        [
+            b"POST /cb HTTP/1.1\r\nhost: x\r\n" + H2C_OFFER + b"content-length: 2\r\n\r\n",
+            b"{}",
+        ],
         [
             b"POST /cb HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: upgrade\r\n"
             b"transfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        ],
+        # A read ending inside the offer: before its line's CRLF ends, after it, in its name.
+        [
+            b"POST /cb HTTP/1.1\r\nconnection: upgrade\r\nhost: x\r",
+            b"\nUpgrade: h2c\r\ncontent-length: 2\r\n\r\n{}",
+        ],
+        [
+            b"POST /cb HTTP/1.1\r\nconnection: upgrade\r\nhost: x\r\n",
+            b"Upgrade: h2c\r\ncontent-length: 2\r\n\r\n{}",
+        ],
+        [
+            b"POST /cb HTTP/1.1\r\nconnection: upgrade\r\nhost: x\r\nUpg",
+            b"rade: h2c\r\ncontent-length: 2\r\n\r\n{}",
         ],
     ],
 )
@@ -270,4 +287,86 @@ async def test_what_the_parser_refuses_is_answered_as_a_problem() -> None:
     assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert b"application/problem+json" in answer
     assert b'"type":"urn:webhook-tasks:problem:invalid-http-request"' in answer
+    assert transport.closed
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        [b"POST /cb HTTP/1.1\r\ncontent-length: 0\r\n", b"\r\n"],
+        [b"POST /cb HTTP/1.1\r\ncontent-length: 0\r\n\r", b"\n"],
+        [b"POST /cb HTTP/1.1\r\ncontent-length: 0\r\n\r\n"],
+    ],
+)
+async def test_a_head_ending_in_a_read_of_its_own_is_answered_at_once(reads: list[bytes]) -> None:
+    protocol, transport = connection()
+
+    for data in reads:
+        protocol.data_received(data)
+    await answered(protocol)
+
+    (answer,) = transport.writes
+    assert answer.startswith(b"HTTP/1.1 202 Accepted\r\n")
+
+
+async def test_a_long_head_in_one_read_is_refused_too() -> None:
+    protocol, transport = connection(max_head_bytes=4096)
+
+    protocol.data_received(b"POST /cb HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 8000)
+
+    (answer,) = transport.writes
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert transport.closed
+
+
+async def slow_then_echo(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "http" and scope["path"] == "/slow":
+        await asyncio.sleep(1.0)
+    await echo_length(scope, receive, send)
+
+
+def statuses(transport: RecordingTransport) -> list[bytes]:
+    """Return the status codes of the answers written, in order (one write may hold several)."""
+    return re.findall(rb"HTTP/1.1 (\d{3}) ", b"".join(transport.writes))
+
+
+def connection_to(
+    app: Any, *, read_timeout_seconds: float
+) -> tuple[CoalescingHttpToolsProtocol, RecordingTransport]:
+    protocol_class = CoalescingHttpToolsProtocol.configured(
+        max_head_bytes=4096, read_timeout_seconds=read_timeout_seconds
+    )
+    config = uvicorn.Config(app, http=protocol_class, log_config=None)
+    protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def test_a_request_waiting_behind_a_slow_answer_is_not_timed_meanwhile() -> None:
+    protocol, transport = connection_to(slow_then_echo, read_timeout_seconds=0.4)
+    slow = b"POST /slow HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}"
+
+    # The second request, pipelined, is read in part while the first is answered (1 s),
+    # and its time (0.4 s) starts once that answer is written: its rest comes at 0.9 s.
+    protocol.data_received(slow + b"POST /cb HTTP/1.1\r\ncontent-len")
+    await asyncio.sleep(0.9)
+    protocol.data_received(b"gth: 3\r\n\r\n{ }")
+    for _ in range(3):
+        await answered(protocol)
+
+    assert statuses(transport) == [b"202", b"202"]
+    assert b"".join(transport.writes).endswith(b"3")
+
+
+async def test_a_later_requests_refusal_waits_for_the_earlier_answer() -> None:
+    protocol, transport = connection_to(slow_then_echo, read_timeout_seconds=30)
+
+    protocol.data_received(b"POST /slow HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}")
+    protocol.data_received(b"POST /cb HTTP/1.1\r\nx-big: ")
+    protocol.data_received(b"a" * 5000)
+    for _ in range(3):
+        await answered(protocol)
+
+    assert statuses(transport) == [b"202", b"431"]
     assert transport.closed

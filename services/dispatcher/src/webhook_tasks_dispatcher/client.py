@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 import ssl
 import time
 import zlib
@@ -260,7 +261,9 @@ class WebhookClient:
         except aiohttp.ClientResponseError as error:
             # A status line, header or chunk that no HTTP parser takes: the host answered
             # nothing usable, as if it had not answered (retried, and counted by its breaker).
-            return DeliveryResult("unreachable", _elapsed_ms(started), error=_invalid_http(error))
+            return DeliveryResult(
+                "unreachable", _elapsed_ms(started), error=_invalid_http(error, mask)
+            )
         except httpx.HTTPError as error:
             refused = _in_chain(error, UrlRefusedError)
             if refused is not None:
@@ -405,9 +408,12 @@ def _describe(error: Exception, mask: Masker | None) -> str:
     return text[:500]
 
 
-def _invalid_http(error: aiohttp.ClientResponseError) -> str:
-    # aiohttp's message goes on to quote the offending bytes, which may be anything at all.
-    what = error.message.split("\n", 1)[0].split(": b'", 1)[0].rstrip(": ")
+def _invalid_http(error: aiohttp.ClientResponseError, mask: Masker | None) -> str:
+    # aiohttp's message goes on to quote the offending bytes, which may be anything at all
+    # (its pure-Python parser quotes them in its first line: "Bad status line 'Bearer ...'").
+    what = re.split(r"""[\n'"]|: b'""", error.message, maxsplit=1)[0].rstrip(": ")
+    if mask is not None:
+        what = mask(what)
     return f"the answer was not valid HTTP ({what[:200] or 'unreadable'})"
 
 
