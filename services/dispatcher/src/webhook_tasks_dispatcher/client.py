@@ -22,7 +22,7 @@ from webhook_tasks_contracts import Masker, WebhookAck, credential_masker
 from webhook_tasks_runtime.timeouts import within
 
 from .guard import TransientResolutionError, UrlGuard, UrlRefusedError, guarded_resolver
-from .signing import resolved_path, signature_headers
+from .signing import ambiguous_path, resolved_path, signature_headers
 
 MAX_STORED_BODY_CHARS = 2000
 """Response bodies are kept for diagnosis only; a page of text is enough and bounds the row."""
@@ -346,6 +346,11 @@ def _parsed_url(url: str) -> httpx.URL:
     # Parsing a URL is a sizeable share of a request's CPU; a service's URL rarely changes.
     parsed = httpx.URL(url)
     path = urlsplit(url).path
+    if ambiguous_path(path):
+        # Its signing secret could be another path's, wherever the server takes it to.
+        raise httpx.InvalidURL(
+            "the path has '.' or '..' beside an encoded slash, which servers resolve differently"
+        )
     resolved = resolved_path(path)
     # Sent to the path its signing key was chosen for: httpx applies "..", but leaves "%2e%2e"
     # for the server, which may or may not apply it (RFC 3986 says the two are the same).

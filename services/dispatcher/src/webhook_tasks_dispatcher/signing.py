@@ -16,6 +16,9 @@ _PREFIX = "whsec_"
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 _ENCODED_UNRESERVED = re.compile(r"%(2[dDeE]|5[fF]|7[eE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA])")
 """A %-encoded letter, digit, "-", ".", "_" or "~": the same character to a server."""
+_ENCODED_SEPARATOR = re.compile(r"%2[fF]|%5[cC]|\\")
+"""A slash or backslash that some servers take as a separator and others as a character."""
+_ANY_SEPARATOR = re.compile(r"/|%2[fF]|%5[cC]|\\")
 
 _Origin = tuple[str, str, int | None]
 """Scheme, host (lower case, no trailing dot) and port (the scheme's default when absent)."""
@@ -125,6 +128,16 @@ def resolved_path(path: str) -> str:
         if last:
             resolved.append("")  # "/a/b/.." is "/a/", a directory
     return "/" + "/".join(resolved)
+
+
+def ambiguous_path(path: str) -> bool:
+    """Tell whether servers may resolve `path` differently: "." or ".." by an encoded slash."""
+    # Some servers (nginx) decode "%2F" and then apply "..": "/tenant-b/..%2Ftenant-a/hook" is
+    # tenant-a's there, and tenant-b's to resolved_path, which keeps "%2F" as a character.
+    decoded = _ENCODED_UNRESERVED.sub(lambda found: chr(int(found.group(1), 16)), path)
+    if not _ENCODED_SEPARATOR.search(decoded):
+        return False
+    return any(segment in (".", "..") for segment in _ANY_SEPARATOR.split(decoded))
 
 
 def _within(path: str, prefix: str) -> bool:

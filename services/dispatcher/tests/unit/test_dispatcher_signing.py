@@ -196,3 +196,42 @@ async def test_a_request_is_signed_with_the_key_of_the_path_it_is_sent_to(path: 
     Webhook(tenant_a).verify(request.content, headers)
     with pytest.raises(WebhookVerificationError):
         Webhook(tenant_b).verify(request.content, headers)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/tenant-b/..%2Ftenant-a/hook", "/tenant-b/%2e%2e%2ftenant-a/hook", "/tenant-b/..%5Cx"],
+)
+async def test_a_path_servers_resolve_differently_is_never_sent(path: str) -> None:
+    sent: list[httpx.Request] = []
+
+    async def resolve_publicly(host: str, port: int) -> list[str]:
+        return ["93.184.216.34"]
+
+    client = WebhookClient(
+        httpx.MockTransport(lambda request: sent.append(request)),  # type: ignore[func-returns-value]
+        guard=UrlGuard(resolve=resolve_publicly),
+    )
+    url = "https://api.partner.com" + path
+    result = await client.send(OutboundRequest(url, b"{}", "msg_c"), now=utc_now())
+
+    assert (result.outcome, result.unsendable) == ("refused", True)
+    assert "resolve differently" in result.reason
+    assert sent == []
+
+
+async def test_an_encoded_slash_alone_is_sent_as_it_is() -> None:
+    sent: list[httpx.Request] = []
+
+    async def resolve_publicly(host: str, port: int) -> list[str]:
+        return ["93.184.216.34"]
+
+    def service(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(202)
+
+    client = WebhookClient(httpx.MockTransport(service), guard=UrlGuard(resolve=resolve_publicly))
+    url = "https://api.partner.com/files/a%2Fb.mp4"
+    await client.send(OutboundRequest(url, b"{}", "msg_c"), now=utc_now())
+
+    assert sent[0].url.raw_path == b"/files/a%2Fb.mp4"
