@@ -33,6 +33,8 @@ class NewTask:
     timeout_seconds: int
     auth_fingerprints: str | None = None
     """Keyed fingerprints of webhookAuth, to mask it where a callback echoes it."""
+    earlier_idempotency_key: str | None = None
+    """The key an earlier release gave the same request (task ids holding "/" or "%")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +198,11 @@ async def insert_tasks(conn: asyncpg.Connection, claims: Sequence[Claim]) -> set
                 $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::text[], $9::text[], $10::integer[], $11::timestamptz[],
                 $12::timestamptz[], $13::bytea[], $14::text[], $15::timestamptz[],
-                $16::double precision[], $17::text[], $18::text[]
+                $16::double precision[], $17::text[], $18::text[], $19::text[]
             ) AS c(
                 correlation_id, idempotency_key, task_id, user_id, project_id, assistant_id,
                 followers, webhook_url, mode, timeout_seconds, created_at, lease_until, body,
-                auth, due_at, lease_seconds, traceparent, auth_fingerprints
+                auth, due_at, lease_seconds, traceparent, auth_fingerprints, earlier_key
             )
         ), recorded AS (
             INSERT INTO tasks (
@@ -213,6 +215,10 @@ async def insert_tasks(conn: asyncpg.Connection, claims: Sequence[Claim]) -> set
                 timeout_seconds, 'pending', lease_until, created_at, created_at, traceparent,
                 auth_fingerprints
             FROM input
+            WHERE earlier_key IS NULL OR NOT EXISTS (
+                SELECT 1 FROM tasks
+                WHERE tasks.idempotency_key = input.earlier_key AND tasks.task_id = input.task_id
+            )
             ON CONFLICT (idempotency_key) DO NOTHING
             RETURNING correlation_id
         )
@@ -246,6 +252,7 @@ async def insert_tasks(conn: asyncpg.Connection, claims: Sequence[Claim]) -> set
         [claim.lease_seconds for claim in claims],
         [claim.request.traceparent for claim in claims],
         [claim.task.auth_fingerprints for claim in claims],
+        [claim.task.earlier_idempotency_key for claim in claims],
     )
     return {record["correlation_id"] for record in records}
 

@@ -212,6 +212,7 @@ class Dispatcher:
         new_task = repo.NewTask(
             correlation_id=correlation_id,
             idempotency_key=request.idempotency_key,
+            earlier_idempotency_key=_earlier_idempotency_key(request),
             task_id=request.task_id,
             user_id=request.user_id,
             project_id=request.project_id,
@@ -1138,6 +1139,14 @@ def _late_result(row: repo.TaskRow, callback: CallbackReceived) -> TaskResultArr
         result_url=callback.result_url,
         metadata=callback.metadata,
     )
+
+
+def _earlier_idempotency_key(request: TaskRequested) -> str | None:
+    """Return the key releases before migration 0008 gave `request`, where it differs."""
+    # While such a release still runs beside this one (a rolling upgrade), it records the
+    # task under that key: the same event must not be dispatched again here.
+    earlier = f"{request.task_id}/{request.request_id or request.event_id}"
+    return earlier if earlier != request.idempotency_key else None
 
 
 CLOCK_SKEW_ALLOWANCE = timedelta(seconds=1)

@@ -19,16 +19,19 @@ MIGRATIONS = runtime_migrations() + load_migrations("webhook_tasks_dispatcher")
 UNAMBIGUOUS_KEYS = "webhook_tasks_dispatcher/0008_unambiguous_idempotency_keys.sql"
 
 
+@pytest.mark.parametrize("slash_first", [True, False])
 async def test_tasks_whose_ids_and_request_ids_read_alike_are_each_dispatched(
-    under_test: DispatcherUnderTest,
+    under_test: DispatcherUnderTest, slash_first: bool
 ) -> None:
     prefix = f"orders-{uuid.uuid4().hex[:8]}"
     one = task_request().model_copy(update={"task_id": f"{prefix}/42", "request_id": "retry-1"})
     other = task_request().model_copy(update={"task_id": prefix, "request_id": "42/retry-1"})
+    first, second = (one, other) if slash_first else (other, one)
 
+    await under_test.dispatcher.dispatch(first)
+    await under_test.dispatcher.dispatch(second)
+    await under_test.dispatcher.dispatch(other)
     await under_test.dispatcher.dispatch(one)
-    await under_test.dispatcher.dispatch(other)
-    await under_test.dispatcher.dispatch(other)
 
     assert len(under_test.service.received) == 2
     count = await under_test.pool.fetchval("SELECT count(*) FROM tasks")
@@ -87,3 +90,21 @@ async def test_upgrading_rewrites_the_keys_of_task_ids_with_a_slash_or_percent_s
     # What the dispatcher computes now for the same requests: a replay is still a duplicate.
     replayed = task_request().model_copy(update={"task_id": "orders/42", "request_id": "retry-1"})
     assert replayed.idempotency_key == keys["c1"]
+
+
+async def test_a_request_an_earlier_release_recorded_during_the_upgrade_is_a_duplicate(
+    under_test: DispatcherUnderTest,
+) -> None:
+    request = task_request().model_copy(
+        update={"task_id": f"orders/{uuid.uuid4().hex[:8]}", "request_id": "retry-1"}
+    )
+    await under_test.dispatcher.dispatch(request)
+    # As a replica of the earlier release, still running during a rolling upgrade, records
+    # it: under the key without the task id escaped.
+    earlier = f"{request.task_id}/retry-1"
+    await under_test.pool.execute("UPDATE tasks SET idempotency_key = $1", earlier)
+
+    await under_test.dispatcher.dispatch(request)
+
+    assert len(under_test.service.received) == 1
+    assert await under_test.pool.fetchval("SELECT count(*) FROM tasks") == 1
