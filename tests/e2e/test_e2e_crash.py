@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 
 import pytest
 from webhook_tasks_contracts import UserNotified, notification_event_adapter
@@ -177,7 +178,7 @@ async def test_callbacks_taken_after_the_deadline_while_the_dispatcher_is_down_a
     system: RunningSystem,
 ) -> None:
     count = 20
-    requests = burst_requests(system, "crash-dispatcher", count, timeouts=[3], outcome="never")
+    requests = burst_requests(system, "crash-dispatcher", count, timeouts=[4], outcome="never")
     task_ids = [request.task_id for request in requests]
     conn = await connect(system)
     try:
@@ -189,17 +190,36 @@ async def test_callbacks_taken_after_the_deadline_while_the_dispatcher_is_down_a
             what="every task dispatched",
             interval=0.1,
         )
-        await freeze_then_kill(system, "dispatcher")
         correlation_ids = [state.correlation_id for state in states]
+        # Killed once it has published that each task was dispatched (so the expirer learns of
+        # every deadline), and before the first deadline.
+        await wait_until(
+            lambda: conn.fetchval(
+                "SELECT count(*) FROM dispatcher.outbox WHERE key = ANY($1::text[])",
+                correlation_ids,
+            ),
+            lambda unpublished: unpublished == 0,
+            within=30,
+            what="every task announced as dispatched",
+            interval=0.02,
+        )
+        await freeze_then_kill(system, "dispatcher")
+        first = min(state.deadline_at for state in states if state.deadline_at is not None)
+        assert datetime.now(UTC) < first, "killed after a deadline: the test proves nothing"
         # The expirer, still running, reaches every deadline; the callbacks come 2 s later.
         await wait_until(
-            lambda: count_deadlines(conn, correlation_ids),
-            lambda pending: pending == 0,
-            within=30,
+            lambda: conn.fetchval(
+                "SELECT count(*) FROM expirer.watched_tasks"
+                " WHERE correlation_id = ANY($1::text[]) AND announced_at IS NOT NULL",
+                correlation_ids,
+            ),
+            lambda announced: announced == count,
+            within=60,
             what="every deadline reached",
             interval=0.05,
         )
-        await asyncio.sleep(2.0)
+        last = max(state.deadline_at for state in states if state.deadline_at is not None)
+        await asyncio.sleep(max(0.0, (last - datetime.now(UTC)).total_seconds()) + 2.0)
         async with http_session() as http:
             answers = await asyncio.gather(
                 *(post_success(http, system, cid) for cid in correlation_ids)
