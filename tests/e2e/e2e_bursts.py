@@ -113,6 +113,19 @@ async def task_states(conn: asyncpg.Connection, task_ids: Sequence[str]) -> list
     return [TaskState(**dict(row)) for row in rows]
 
 
+async def every_task_dispatched(
+    conn: asyncpg.Connection, task_ids: Sequence[str]
+) -> list[TaskState]:
+    """Wait until every task was sent and accepted (it has a deadline); return their rows."""
+    return await wait_until(
+        lambda: task_states(conn, task_ids),
+        lambda rows: len(rows) == len(task_ids) and all(r.deadline_at is not None for r in rows),
+        within=60,
+        what="every task dispatched",
+        interval=0.1,
+    )
+
+
 async def count_terminal_comments(conn: asyncpg.Connection, correlation_ids: Sequence[str]) -> int:
     """Return how many terminal comments the notifier wrote on these tasks."""
     value: int = await conn.fetchval(

@@ -16,17 +16,17 @@ import pytest
 from webhook_tasks_runtime.embedded import EmbeddedKafka, EmbeddedPostgres
 from webhook_tasks_runtime.infra import Infrastructure
 
-from .conftest import RunningSystem, running_system, wait_until
+from .conftest import RunningSystem, running_system
 from .e2e_bursts import (
     assert_each_ended_once,
     burst_requests,
     connect,
     ended,
+    every_task_dispatched,
     http_session,
     post_success,
     publish_all,
     tally,
-    task_states,
     warm_up,
 )
 
@@ -70,11 +70,7 @@ async def test_callbacks_refused_while_the_broker_hangs_go_through_after_it(
     await publish_all(system, requests)
     conn = await connect(system)
     try:
-        states = await wait_until(
-            lambda: task_states(conn, task_ids),
-            lambda rows: len(rows) == WAVE and all(r.status == "initiated" for r in rows),
-            what="every task dispatched",
-        )
+        states = await every_task_dispatched(conn, task_ids)
     finally:
         await conn.close()
     waiting = {state.correlation_id for state in states}

@@ -18,6 +18,7 @@ from .e2e_bursts import (
     count_terminal_comments,
     ended,
     ensure_running,
+    every_task_dispatched,
     freeze_then_kill,
     http_session,
     outcomes,
@@ -61,13 +62,7 @@ async def test_notifier_killed_mid_burst_writes_each_outcome_once(system: Runnin
     conn = await connect(system)
     try:
         await publish_all(system, requests)
-        states = await wait_until(
-            lambda: task_states(conn, task_ids),
-            lambda rows: len(rows) == BURST and all(r.status == "initiated" for r in rows),
-            within=60,
-            what="every task dispatched",
-            interval=0.1,
-        )
+        states = await every_task_dispatched(conn, task_ids)
         correlation_ids = [state.correlation_id for state in states]
 
         async def kill_once_comments_appear() -> int:
@@ -121,13 +116,7 @@ async def test_expirer_killed_mid_burst_expires_each_task_once(system: RunningSy
     conn = await connect(system)
     try:
         await publish_all(system, requests)
-        states = await wait_until(
-            lambda: task_states(conn, task_ids),
-            lambda rows: len(rows) == BURST and all(r.deadline_at is not None for r in rows),
-            within=60,
-            what="every task dispatched",
-            interval=0.1,
-        )
+        states = await every_task_dispatched(conn, task_ids)
         correlation_ids = [state.correlation_id for state in states]
         await wait_until(
             lambda: count_deadlines(conn, correlation_ids),
@@ -183,13 +172,7 @@ async def test_callbacks_taken_after_the_deadline_while_the_dispatcher_is_down_a
     conn = await connect(system)
     try:
         await publish_all(system, requests)
-        states = await wait_until(
-            lambda: task_states(conn, task_ids),
-            lambda rows: len(rows) == count and all(r.deadline_at is not None for r in rows),
-            within=60,
-            what="every task dispatched",
-            interval=0.1,
-        )
+        states = await every_task_dispatched(conn, task_ids)
         correlation_ids = [state.correlation_id for state in states]
         # Killed once it has published that each task was dispatched (so the expirer learns of
         # every deadline), and before the first deadline.

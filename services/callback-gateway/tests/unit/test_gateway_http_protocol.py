@@ -149,12 +149,13 @@ async def echo_length(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def connection(
-    *, max_head_bytes: int = 64 * 1024, read_timeout_seconds: float = 30.0
+    app: Any = None, *, max_head_bytes: int = 64 * 1024, read_timeout_seconds: float = 30.0
 ) -> tuple[CoalescingHttpToolsProtocol, RecordingTransport]:
+    """Return a connection to `app` (echo_length by default) over a transport that records."""
     protocol_class = CoalescingHttpToolsProtocol.configured(
         max_head_bytes=max_head_bytes, read_timeout_seconds=read_timeout_seconds
     )
-    config = uvicorn.Config(echo_length, http=protocol_class, log_config=None)
+    config = uvicorn.Config(app or echo_length, http=protocol_class, log_config=None)
     protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
     transport = RecordingTransport()
     protocol.connection_made(transport)
@@ -330,21 +331,8 @@ def statuses(transport: RecordingTransport) -> list[bytes]:
     return re.findall(rb"HTTP/1.1 (\d{3}) ", b"".join(transport.writes))
 
 
-def connection_to(
-    app: Any, *, read_timeout_seconds: float
-) -> tuple[CoalescingHttpToolsProtocol, RecordingTransport]:
-    protocol_class = CoalescingHttpToolsProtocol.configured(
-        max_head_bytes=4096, read_timeout_seconds=read_timeout_seconds
-    )
-    config = uvicorn.Config(app, http=protocol_class, log_config=None)
-    protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
-    transport = RecordingTransport()
-    protocol.connection_made(transport)
-    return protocol, transport
-
-
 async def test_a_request_waiting_behind_a_slow_answer_is_not_timed_meanwhile() -> None:
-    protocol, transport = connection_to(slow_then_echo, read_timeout_seconds=0.4)
+    protocol, transport = connection(slow_then_echo, max_head_bytes=4096, read_timeout_seconds=0.4)
     slow = b"POST /slow HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}"
 
     # The second request, pipelined, is read in part while the first is answered (1 s),
@@ -360,7 +348,7 @@ async def test_a_request_waiting_behind_a_slow_answer_is_not_timed_meanwhile() -
 
 
 async def test_a_later_requests_refusal_waits_for_the_earlier_answer() -> None:
-    protocol, transport = connection_to(slow_then_echo, read_timeout_seconds=30)
+    protocol, transport = connection(slow_then_echo, max_head_bytes=4096)
 
     protocol.data_received(b"POST /slow HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}")
     protocol.data_received(b"POST /cb HTTP/1.1\r\nx-big: ")

@@ -114,7 +114,7 @@ def resolved_path(path: str) -> str:
     """Return `path` as the server resolves it: encoded letters decoded, "." and ".." applied."""
     # Else "/tenant-b/../tenant-a/hook", or "/tenant-b/%2e%2e/...", would be signed with
     # tenant-b's secret and delivered to tenant-a, which could replay it to tenant-b.
-    decoded = _ENCODED_UNRESERVED.sub(lambda found: chr(int(found.group(1), 16)), path)
+    decoded = _unreserved_decoded(path)
     resolved: list[str] = []
     segments = decoded.split("/")[1:] if decoded.startswith("/") else decoded.split("/")
     for index, segment in enumerate(segments):
@@ -134,10 +134,15 @@ def ambiguous_path(path: str) -> bool:
     """Tell whether servers may resolve `path` differently: "." or ".." by an encoded slash."""
     # Some servers (nginx) decode "%2F" and then apply "..": "/tenant-b/..%2Ftenant-a/hook" is
     # tenant-a's there, and tenant-b's to resolved_path, which keeps "%2F" as a character.
-    decoded = _ENCODED_UNRESERVED.sub(lambda found: chr(int(found.group(1), 16)), path)
+    decoded = _unreserved_decoded(path)
     if not _ENCODED_SEPARATOR.search(decoded):
         return False
     return any(segment in (".", "..") for segment in _ANY_SEPARATOR.split(decoded))
+
+
+def _unreserved_decoded(path: str) -> str:
+    """Return `path` with its %-encoded letters, digits and "-._~" decoded, as servers read them."""
+    return _ENCODED_UNRESERVED.sub(lambda found: chr(int(found.group(1), 16)), path)
 
 
 def _within(path: str, prefix: str) -> bool:
