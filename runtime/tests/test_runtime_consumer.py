@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -142,6 +143,33 @@ async def test_a_failing_handler_gets_the_event_again_and_offsets_follow_effects
     finally:
         await consumer.stop()
     assert sum(offset or 0 for offset in committed) == 1
+
+
+@pytest.mark.integration
+async def test_a_consumer_asks_for_no_topic_to_be_created(
+    infrastructure: Infrastructure, unique_topics: Topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FastStream would create a topic it reads with one partition on one broker; the topics
+    # are the operator's (deploy/kubernetes/topics.yaml) or `webhook-tasks up`'s to create.
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    requested: list[object] = []
+    create_topics = AIOKafkaAdminClient.create_topics
+
+    async def recording(self: AIOKafkaAdminClient, *args: Any, **kwargs: Any) -> Any:
+        requested.append(args)
+        return await create_topics(self, *args, **kwargs)
+
+    monkeypatch.setattr(AIOKafkaAdminClient, "create_topics", recording)
+
+    async def ignore(event: Ping) -> None:
+        return None
+
+    topic = unique_topics.deadline_reached
+    async with subscribed(infrastructure, unique_topics, "absent", topic, ignore) as (_, broker):
+        await broker.start()
+
+    assert requested == []
 
 
 @pytest.mark.integration

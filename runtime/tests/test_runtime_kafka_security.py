@@ -130,6 +130,30 @@ def test_settings_that_cannot_work_are_refused_with_the_reason_and_no_secret(
     assert PASSWORD not in str(refused.value)
 
 
+def test_an_empty_security_setting_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As a Secret key left empty gives it: the example Secret's KAFKA_SASL_PASSWORD with
+    # PLAINTEXT, the ConfigMap's default.
+    for name in ("KAFKA_SASL_PASSWORD", "KAFKA_SASL_USERNAME", "KAFKA_SSL_CA_FILE"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", " ")
+
+    read = KafkaSecuritySettings()
+
+    assert read.kafka_sasl_password is None
+    assert read.kafka_ssl_ca_file is None
+    assert read.kafka_client_options() == {}
+
+
+def test_an_empty_password_does_not_satisfy_sasl() -> None:
+    with pytest.raises(ValidationError, match="SASL_SSL needs KAFKA_SASL_PASSWORD"):
+        settings(
+            kafka_security_protocol="SASL_SSL",
+            kafka_sasl_mechanism="PLAIN",
+            kafka_sasl_username="svc",
+            kafka_sasl_password="",
+        )
+
+
 def test_a_tls_file_that_cannot_be_used_is_named_when_the_settings_are_read(
     tmp_path: Path,
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,35 @@ def test_the_example_secret_holds_every_key_a_deployment_reads_and_no_other() ->
     read = {ref["key"] for service in SETTINGS for ref in secret_refs(service).values()}
 
     assert set(example_secret()) == read
+
+
+def deployed_environment(service: str, secret: dict[str, str]) -> dict[str, str]:
+    """Return the environment a pod of `service` gets from the manifests and `secret`."""
+    container = deployment(service)["spec"]["template"]["spec"]["containers"][0]
+    environment = dict(documents("configmap.yaml")[0]["data"])
+    for item in container.get("env", []):
+        if "value" in item:
+            environment[item["name"]] = item["value"]
+        elif (key := item["valueFrom"]["secretKeyRef"]["key"]) in secret:
+            environment[item["name"]] = secret[key]
+    return environment
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS))
+def test_each_service_starts_with_the_example_secret_filled_in(
+    service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As an operator fills it in: each CHANGE-ME placeholder replaced, every other value kept.
+    filled = {
+        key: re.sub(r"CHANGE-ME[-A-Z0-9]*", lambda _: secrets.token_hex(32), value)
+        for key, value in example_secret().items()
+    }
+    for name in setting_names(SETTINGS[service]):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in deployed_environment(service, filled).items():
+        monkeypatch.setenv(name, value)
+
+    SETTINGS[service]()
 
 
 def test_kafka_topics_match_the_contract() -> None:

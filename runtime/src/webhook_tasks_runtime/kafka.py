@@ -32,7 +32,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faststream import AckPolicy
 from faststream.exceptions import NackMessage
-from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka import KafkaBroker, KafkaMessage, Topic
 from faststream.security import BaseSecurity
 from opentelemetry.context import Context, attach, detach
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -288,7 +288,9 @@ def register_consumer(
     duration = BATCH_SECONDS.labels(spec.name)
 
     subscriber = broker.subscriber(
-        spec.topic,
+        # Never created here: FastStream would make it one partition on one broker, where
+        # production wants the partitions and replicas deploy/kubernetes/topics.yaml gives it.
+        Topic(spec.topic, declare=False),
         group_id=spec.group_id,
         batch=True,
         max_records=spec.max_records,
