@@ -64,9 +64,10 @@ async def create_pool(dsn: str, schema: str, *, max_size: int = 10) -> asyncpg.P
 
 
 async def migrate(pool: asyncpg.Pool, schema: str, migrations: list[Migration]) -> list[str]:
-    """Create `schema` and apply the migrations it has not seen yet; return their names.
+    """Create `schema` if missing and apply the migrations it has not seen yet; return their names.
 
-    An advisory lock serialises replicas that start at once.
+    An advisory lock serialises replicas that start at once. A schema that exists, made by a
+    DBA and owned by the services' role, needs no privilege on the database itself.
     """
     _check_schema_name(schema)
     lock_key = int.from_bytes(
@@ -75,7 +76,12 @@ async def migrate(pool: asyncpg.Pool, schema: str, migrations: list[Migration]) 
     applied: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        # Only when missing: PostgreSQL asks for CREATE on the database even with IF NOT
+        # EXISTS, which a role given a schema of its own by the DBA need not have.
+        if not await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema
+        ):
+            await conn.execute(f'CREATE SCHEMA "{schema}"')
         await conn.execute(
             f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
             " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"

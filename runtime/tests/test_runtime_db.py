@@ -1,0 +1,53 @@
+"""Migrations: applied once, and under a role that owns its schema but not the database."""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from webhook_tasks_runtime.db import Migration, create_pool, migrate
+from webhook_tasks_runtime.infra import Infrastructure
+
+MIGRATIONS = [Migration("test/0001_things.sql", "CREATE TABLE things (id int PRIMARY KEY);")]
+
+
+def as_role(database_url: str, role: str, password: str) -> str:
+    """Return `database_url` with `role` and `password` in place of its user."""
+    parts = urlsplit(database_url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{role}:{password}@{host}"))
+
+
+@pytest.mark.integration
+async def test_a_role_owning_a_schema_made_for_it_migrates_without_create_on_the_database(
+    infrastructure: Infrastructure, unique_schema: str
+) -> None:
+    # As on a managed PostgreSQL: the DBA creates the schema for the services' role, which
+    # is not the database's owner and has no CREATE on it.
+    role, password = f"svc_{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
+    admin = await asyncpg.connect(infrastructure.database_url)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        await admin.execute(f'CREATE SCHEMA "{unique_schema}" AUTHORIZATION {role}')
+        database = await admin.fetchval("SELECT current_database()")
+        assert not await admin.fetchval(
+            "SELECT has_database_privilege($1, $2, 'CREATE')", role, database
+        )
+        pool = await create_pool(
+            as_role(infrastructure.database_url, role, password), unique_schema
+        )
+        try:
+            first = await migrate(pool, unique_schema, MIGRATIONS)
+            again = await migrate(pool, unique_schema, MIGRATIONS)
+            await pool.execute("INSERT INTO things (id) VALUES (1)")
+        finally:
+            await pool.close()
+    finally:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{unique_schema}" CASCADE')
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
+
+    assert first == ["test/0001_things.sql"]
+    assert again == []
