@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import secrets
 from pathlib import Path
@@ -18,7 +19,9 @@ from webhook_tasks_dispatcher.settings import DispatcherSettings
 from webhook_tasks_expirer.settings import ExpirerSettings
 from webhook_tasks_gateway.settings import GatewaySettings
 from webhook_tasks_notifier.settings import NotifierSettings
+from webhook_tasks_runtime.kafka import create_broker
 from webhook_tasks_runtime.settings import KAFKA_MAX_MESSAGE_BYTES
+from webhook_tasks_runtime.worker import FINAL_FLUSH_SECONDS, KAFKA_REQUEST_TIMEOUT_MS
 
 from bench.dispatcher import DEPLOYED_REPLICAS
 from bench.system import DEPLOYED_PARTITIONS
@@ -257,3 +260,52 @@ def test_every_pod_can_trust_a_kafka_ca_it_is_given_and_starts_without_one(servi
         "readOnly": True,
     }
     assert "/etc/webhook-tasks/kafka-ca/" in (MANIFESTS / "configmap.yaml").read_text()
+
+
+WORKERS = ("dispatcher", "expirer", "notifier")
+
+
+def pod_spec(service: str) -> dict[str, Any]:
+    spec: dict[str, Any] = deployment(service)["spec"]["template"]["spec"]
+    return spec
+
+
+@pytest.mark.parametrize("service", WORKERS)
+def test_a_worker_has_minutes_to_start_before_liveness_counts(service: str) -> None:
+    # Its /healthz answers only after the migrations, which may be long on an upgrade.
+    container = pod_spec(service)["containers"][0]
+    startup = container["startupProbe"]
+
+    assert startup["httpGet"] == container["livenessProbe"]["httpGet"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+
+
+def test_the_gateway_serves_until_traffic_has_left_then_has_time_to_close() -> None:
+    spec = pod_spec("callback-gateway")
+    sleep, seconds = spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    shutdown = GatewaySettings.model_fields["gateway_shutdown_timeout_seconds"].default
+
+    assert sleep == "sleep"
+    assert int(seconds) >= 5
+    assert spec["terminationGracePeriodSeconds"] > (
+        int(seconds) + shutdown + KAFKA_REQUEST_TIMEOUT_MS / 1000
+    )
+
+
+@pytest.mark.parametrize("service", WORKERS)
+def test_a_worker_has_time_to_finish_its_batch_flush_and_close(service: str) -> None:
+    batch = inspect.signature(create_broker).parameters["graceful_timeout"].default
+
+    assert pod_spec(service)["terminationGracePeriodSeconds"] > (
+        batch + FINAL_FLUSH_SECONDS + KAFKA_REQUEST_TIMEOUT_MS / 1000
+    )
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS))
+def test_a_budget_lets_a_drain_evict_pods_that_are_not_ready(service: str) -> None:
+    # All replicas go unready together while Kafka or PostgreSQL is away.
+    (budget,) = [
+        doc for doc in documents(f"{service}.yaml") if doc["kind"] == "PodDisruptionBudget"
+    ]
+
+    assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"

@@ -15,7 +15,7 @@ from webhook_tasks_contracts import CALLBACK_PATH_PREFIX
 from webhook_tasks_runtime.kafka import KafkaPublisher
 from webhook_tasks_runtime.logging import configure_logging
 from webhook_tasks_runtime.observability import HealthServer
-from webhook_tasks_runtime.worker import run_until_signalled
+from webhook_tasks_runtime.worker import KAFKA_REQUEST_TIMEOUT_MS, run_until_signalled
 
 from .app import create_app
 from .http_protocol import CoalescingHttpToolsProtocol
@@ -45,6 +45,8 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
             client_id=CLIENT_ID,
             # aiokafka's default (1 MiB) would refuse a callback at the body limit.
             max_request_size=settings.kafka_max_request_bytes,
+            # As the workers': a stop waits no longer than this for Kafka (aiokafka's: 40 s).
+            request_timeout_ms=KAFKA_REQUEST_TIMEOUT_MS,
             **settings.kafka_client_options(),
         ),
         max_retry_delay=settings.gateway_kafka_retry_max_seconds,
