@@ -7,8 +7,14 @@ PACKAGES := contracts runtime services/dispatcher services/callback-gateway serv
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: venv run test test-unit test-integration test-e2e lint fmt bench bench-quick wrk h2load clean
+.PHONY: help venv run test test-unit test-integration test-e2e lint fmt bench bench-quick wrk h2load clean
 
+## help: list the targets below with what each does
+.DEFAULT_GOAL := venv
+help:
+	@sed -n 's/^## //p' $(MAKEFILE_LIST)
+
+## venv: create .venv with every package installed editable, at the pinned versions
 venv: $(STAMP)
 
 $(STAMP): constraints.txt requirements-dev.txt bench/requirements.txt $(PYPROJECTS)
@@ -26,12 +32,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PYTEST)
 
+## test-unit: the tests that need no PostgreSQL, Kafka or processes
 test-unit: $(STAMP)
 	$(PYTEST) -m "not integration and not e2e"
 
+## test-integration: the tests on real PostgreSQL and Kafka
 test-integration: $(STAMP)
 	$(PYTEST) -m integration
 
+## test-e2e: the whole system through real processes
 test-e2e: $(STAMP)
 	$(PYTEST) -m e2e
 
@@ -39,6 +48,7 @@ test-e2e: $(STAMP)
 bench: $(STAMP) wrk h2load
 	$(BIN)/python -m bench $(ARGS)
 
+## bench-quick: the benchmarks' smoke run
 bench-quick: $(STAMP) wrk h2load
 	$(BIN)/python -m bench --quick $(ARGS)
 
@@ -70,14 +80,17 @@ h2load:
 			|| echo "h2load is not installed (apt-get install nghttp2-client): the gateway latency rows use the in-repo Python open-loop client"; \
 	}
 
+## lint: ruff (format check and lint) and mypy
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy contracts/src runtime/src services/*/src cli/src bench
 
+## fmt: format and fix with ruff
 fmt: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+## clean: remove .venv
 clean:
 	rm -rf $(VENV)
