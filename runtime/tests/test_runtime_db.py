@@ -1,13 +1,14 @@
-"""Migrations: applied once, and under a role that owns its schema but not the database."""
+"""The pool and migrations: bounded waits, and a role that owns its schema but not the database."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from webhook_tasks_runtime.db import Migration, create_pool, migrate
+from webhook_tasks_runtime.db import DATABASE_AWAY, Migration, create_pool, migrate
 from webhook_tasks_runtime.infra import Infrastructure
 
 MIGRATIONS = [Migration("test/0001_things.sql", "CREATE TABLE things (id int PRIMARY KEY);")]
@@ -51,3 +52,41 @@ async def test_a_role_owning_a_schema_made_for_it_migrates_without_create_on_the
 
     assert first == ["test/0001_things.sql"]
     assert again == []
+
+
+@pytest.mark.integration
+async def test_a_statement_unanswered_within_the_timeout_fails_and_frees_its_connection(
+    infrastructure: Infrastructure, unique_schema: str
+) -> None:
+    # As a server that hangs: the work fails as while PostgreSQL is away, in bounded time.
+    pool = await create_pool(
+        infrastructure.database_url, unique_schema, max_size=1, statement_timeout=0.5
+    )
+    try:
+        started = time.monotonic()
+        with pytest.raises(DATABASE_AWAY):
+            await pool.execute("SELECT pg_sleep(30)")
+        waited = time.monotonic() - started
+
+        answer = await pool.fetchval("SELECT 1")
+    finally:
+        await pool.close()
+
+    assert waited < 10
+    assert answer == 1
+
+
+@pytest.mark.integration
+async def test_a_migration_may_run_longer_than_a_statement_may(
+    infrastructure: Infrastructure, unique_schema: str
+) -> None:
+    slow = Migration("test/0001_slow.sql", "SELECT pg_sleep(1.5); CREATE TABLE things (id int);")
+    pool = await create_pool(infrastructure.database_url, unique_schema, statement_timeout=0.5)
+    try:
+        applied = await migrate(pool, unique_schema, [slow])
+        await pool.execute("INSERT INTO things (id) VALUES (1)")
+    finally:
+        await pool.execute(f'DROP SCHEMA "{unique_schema}" CASCADE')
+        await pool.close()
+
+    assert applied == ["test/0001_slow.sql"]

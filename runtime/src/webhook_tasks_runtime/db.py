@@ -17,7 +17,7 @@ SCHEMA_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
 _SCHEMA_NAME = re.compile(SCHEMA_NAME_PATTERN)
 
 DATABASE_AWAY: tuple[type[Exception], ...] = (
-    OSError,  # refused, reset, no socket file, timed out
+    OSError,  # refused, reset, no socket file, timed out (TimeoutError: no answer in time)
     asyncpg.PostgresConnectionError,  # the connection broke, or was never made
     asyncpg.OperatorInterventionError,  # shutting down, starting up, crashed
     asyncpg.TooManyConnectionsError,
@@ -49,13 +49,28 @@ def runtime_migrations() -> list[Migration]:
     return load_migrations(__package__ or "webhook_tasks_runtime", "runtime")
 
 
-async def create_pool(dsn: str, schema: str, *, max_size: int = 10) -> asyncpg.Pool:
-    """Open a pool whose connections work in `schema`."""
+MIGRATION_TIMEOUT_SECONDS = 24 * 3600.0
+"""How long one migration may run: a rewrite of a large table may take minutes, and a replica
+waits as long for the lock another one migrates under."""
+
+
+async def create_pool(
+    dsn: str, schema: str, *, max_size: int = 10, statement_timeout: float = 30.0
+) -> asyncpg.Pool:
+    """Open a pool whose connections work in `schema`; none waits long for PostgreSQL.
+
+    Connecting, and each statement's answer, take at most `statement_timeout` seconds: a
+    server that hangs, or a connection dropped without a word (a failover), then fails the
+    work with TimeoutError (one of DATABASE_AWAY) rather than holding it, and its
+    connection, for ever.
+    """
     _check_schema_name(schema)
     pool = await asyncpg.create_pool(
         dsn,
         min_size=1,
         max_size=max_size,
+        timeout=statement_timeout,
+        command_timeout=statement_timeout,
         server_settings={"search_path": schema, "application_name": f"webhook-tasks-{schema}"},
         reset=_keep_session,
     )
@@ -75,7 +90,9 @@ async def migrate(pool: asyncpg.Pool, schema: str, migrations: list[Migration]) 
     )
     applied: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1)", lock_key, timeout=MIGRATION_TIMEOUT_SECONDS
+        )
         # Only when missing: PostgreSQL asks for CREATE on the database even with IF NOT
         # EXISTS, which a role given a schema of its own by the DBA need not have.
         if not await conn.fetchval(
@@ -92,7 +109,7 @@ async def migrate(pool: asyncpg.Pool, schema: str, migrations: list[Migration]) 
         for migration in migrations:
             if migration.name in done:
                 continue
-            await conn.execute(migration.sql)
+            await conn.execute(migration.sql, timeout=MIGRATION_TIMEOUT_SECONDS)
             await conn.execute(
                 f'INSERT INTO "{schema}".schema_migrations (name) VALUES ($1)',  # noqa: S608
                 migration.name,

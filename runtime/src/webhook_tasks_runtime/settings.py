@@ -75,6 +75,9 @@ class DatabaseSettings(RuntimeSettings):
     database_schema: str = Field(pattern=SCHEMA_NAME_PATTERN)
     """The PostgreSQL schema this service owns; each service sets its own default."""
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    """Longest wait for PostgreSQL to connect, or to answer one statement; the work is then
+    retried as while PostgreSQL is away. Migrations are not bound by it."""
     kafka_max_message_bytes: int = Field(default=KAFKA_MAX_MESSAGE_BYTES, ge=1024, le=64 * 2**20)
     """The largest record the producer sends (its max_request_size); the topics it publishes to
     must allow as much in their max.message.bytes."""

@@ -130,7 +130,10 @@ async def _open_pool(settings: DatabaseSettings) -> asyncpg.Pool:
     url = settings.database_url.get_secret_value()
     try:
         return await create_pool(
-            url, settings.database_schema, max_size=settings.database_pool_size
+            url,
+            settings.database_schema,
+            max_size=settings.database_pool_size,
+            statement_timeout=settings.database_timeout_seconds,
         )
     except Exception as error:
         if not _may_quote_password(error, url):

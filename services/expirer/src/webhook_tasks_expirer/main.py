@@ -32,7 +32,10 @@ async def serve(settings: ExpirerSettings, stop: asyncio.Event, *, clock: Clock 
         # The scanner's own connections: a burst of lifecycle events holding every pooled
         # connection must not make a deadline wait for one.
         scanner_pool = await create_pool(
-            settings.database_url.get_secret_value(), settings.database_schema, max_size=2
+            settings.database_url.get_secret_value(),
+            settings.database_schema,
+            max_size=2,
+            statement_timeout=settings.database_timeout_seconds,
         )
         resources.exit_stack.push_async_callback(scanner_pool.close)
         scanner = DeadlineScanner(
