@@ -225,6 +225,20 @@ def service_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
         yield read
 
 
+def test_faststream_lines_are_written_as_the_services_own(
+    service_logs: Callable[[], list[dict[str, Any]]],
+) -> None:
+    # FastStream logs a failed batch or commit on a logger it gave a coloured handler.
+    logging.getLogger("faststream").error("the offsets could not be committed")
+
+    lines = [line for line in service_logs() if line["logger"] == "faststream"]
+
+    assert [(line["level"], line["message"]) for line in lines] == [
+        ("error", "the offsets could not be committed")
+    ]
+    assert all(line["service"] == "test" for line in lines)
+
+
 OUTAGE_SECONDS = 5
 
 

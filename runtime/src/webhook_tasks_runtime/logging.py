@@ -244,6 +244,14 @@ def configure_logging(service: str, *, level: str = "INFO", fmt: str = "json") -
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # FastStream gives its logger, on import, a coloured handler of its own and stops it
+    # propagating: its lines (a batch that failed, a commit refused) bypassed the format,
+    # the correlation ids and the throttle. The brokers log through that logger.
+    import faststream  # noqa: F401 (imported for that logger, before it is adopted)
+
+    adopted = logging.getLogger("faststream")
+    adopted.handlers.clear()
+    adopted.propagate = True
     # The Kafka client and FastStream log every fetch and rebalance at INFO.
     for noisy in ("aiokafka", "faststream", "httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

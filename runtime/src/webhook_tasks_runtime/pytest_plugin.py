@@ -156,6 +156,8 @@ def service_logs(service: str, *, level: str) -> Iterator[Callable[[], list[dict
         {name: logging.getLogger(name).level for name in _NOISY_LOGGERS},
     )
     lookups = {name: getattr(logging, name) for name in _RECORD_LOOKUPS}
+    faststream = logging.getLogger("faststream")
+    faststream_saved = (faststream.handlers[:], faststream.propagate)
     configure_logging(service, level=level, fmt="json")
     written = io.StringIO()
     [handler] = root.handlers
@@ -174,6 +176,7 @@ def service_logs(service: str, *, level: str) -> Iterator[Callable[[], list[dict
             logging.getLogger(name).setLevel(previous)
         for name, value in lookups.items():
             setattr(logging, name, value)
+        faststream.handlers[:], faststream.propagate = faststream_saved
 
 
 @pytest.fixture
