@@ -19,6 +19,7 @@ from typing import Protocol
 import asyncpg
 from aiokafka.errors import MessageSizeTooLargeError
 
+from .backoff import FailingRounds
 from .kafka import MessagePublisher, OutgoingMessage
 from .observability import OUTBOX_PUBLISHED
 
@@ -148,15 +149,16 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Flush whenever woken, and every `idle_interval` in case another process wrote rows."""
+        rounds = FailingRounds("outbox flush", logger, first=self._retry_delay)
         while True:
             try:
                 await self.flush()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("outbox flush failed; retrying")
-                await asyncio.sleep(self._retry_delay)
+            except Exception as error:
+                await asyncio.sleep(rounds.failed(error))
                 continue
+            rounds.succeeded()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._idle_interval)
             self._wakeup.clear()

@@ -41,7 +41,7 @@ from webhook_tasks_contracts import (
     derived_event_id,
     utc_now,
 )
-from webhook_tasks_runtime.backoff import RetryDelays
+from webhook_tasks_runtime.backoff import FailingRounds, RetryDelays
 from webhook_tasks_runtime.catch_up import CatchUp, NoCatchUp
 from webhook_tasks_runtime.db import DATABASE_AWAY
 from webhook_tasks_runtime.leases import claim_or_hand_back
@@ -300,7 +300,9 @@ class Dispatcher:
         """Send due requests (first sync requests and every retry) until cancelled."""
         # Cancelled, it gives the requests being sent `shutdown_grace` seconds to finish, then
         # stops the rest and makes them due at once, for the next process.
-        delays = retry_delays or RetryDelays(1.0, 10.0)
+        rounds = FailingRounds(
+            "claiming due requests", logger, delays=retry_delays or RetryDelays(1.0, 10.0)
+        )
         try:
             while True:
                 free = self._max_in_flight - len(self._in_flight) - self._reserved
@@ -311,17 +313,12 @@ class Dispatcher:
                         claimed = await claim_or_hand_back(
                             self._lease_due(min(free, batch_size)), self._hand_back_claimed
                         )
-                    except Exception:
+                    except Exception as error:
                         # The database is away (a restart, a failover): the due requests wait
                         # in it, and the process stays up to send them once it answers.
-                        delay = delays.next_delay()
-                        logger.exception(
-                            "claiming due requests failed; retrying",
-                            extra={"retry_in_seconds": delay},
-                        )
-                        await asyncio.sleep(delay)
+                        await asyncio.sleep(rounds.failed(error))
                         continue
-                    delays.reset()
+                    rounds.succeeded()
                 for pending in claimed:
                     self._send_in_background(pending)
                 if len(claimed) < min(max(free, 1), batch_size):

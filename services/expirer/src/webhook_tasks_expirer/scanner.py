@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 from webhook_tasks_contracts import DeadlineReached, Topics, derived_event_id, utc_now
+from webhook_tasks_runtime.backoff import FailingRounds
 from webhook_tasks_runtime.logging import correlation_context
 from webhook_tasks_runtime.outbox import add_events_to_outbox
 
@@ -72,6 +73,7 @@ class DeadlineScanner:
 
     async def run(self) -> None:
         """Scan, sleep until the next deadline or one poll interval, and again until cancelled."""
+        rounds = FailingRounds("deadline scan", logger, first=self._retry_delay)
         while True:
             self._wake_at = None
             self._wakeup.clear()
@@ -79,10 +81,10 @@ class DeadlineScanner:
                 await self.scan()
                 async with self._pool.acquire() as conn:
                     upcoming = await next_deadline(conn)
-            except Exception:
-                logger.exception("deadline scan failed; retrying")
-                await asyncio.sleep(self._retry_delay)
+            except Exception as error:
+                await asyncio.sleep(rounds.failed(error))
                 continue
+            rounds.succeeded()
             now = self._clock()
             delay = seconds_until_next_scan(now, upcoming, self._poll_interval)
             self._wake_at = now + timedelta(seconds=delay)

@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 from standardwebhooks import Webhook
 from webhook_tasks_contracts import utc_now
+from webhook_tasks_runtime.backoff import FailingRounds
 from webhook_tasks_runtime.leases import claim_or_hand_back
 
 from . import repository
@@ -152,6 +153,7 @@ class HttpSink:
 
     async def run(self) -> None:
         """Deliver whenever woken or a retry falls due, and prune now and then, until cancelled."""
+        rounds = FailingRounds("sink delivery round", logger, first=self._idle_interval)
         while True:
             self._wakeup.clear()
             try:
@@ -159,12 +161,14 @@ class HttpSink:
                 await self._prune_when_due()
                 async with self._pool.acquire() as conn:
                     upcoming = await repository.next_sink_attempt(conn)
-            except Exception:
-                logger.exception("sink delivery round failed; retrying")
-                upcoming = None
-            delay = self._idle_interval
-            if upcoming is not None:
-                delay = max(0.0, min(delay, (upcoming - self._clock()).total_seconds()))
+            except Exception as error:
+                # Woken early all the same: a new comment may be delivered once it can.
+                delay = rounds.failed(error)
+            else:
+                rounds.succeeded()
+                delay = self._idle_interval
+                if upcoming is not None:
+                    delay = max(0.0, min(delay, (upcoming - self._clock()).total_seconds()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), delay)
 
