@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
+from typing import TypeVar
 
 import asyncpg
+
+from .backoff import RetryDelays
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +29,40 @@ DATABASE_AWAY: tuple[type[Exception], ...] = (
     asyncpg.TooManyConnectionsError,
 )
 """Errors that say PostgreSQL cannot be reached for now, rather than that the work is wrong."""
+
+T = TypeVar("T")
+
+
+async def retry_while_database_away(
+    work: Callable[[], Awaitable[T]],
+    *,
+    give_up_at: float,
+    what: str,
+    extra: Mapping[str, object] | None = None,
+) -> T:
+    """Await `work()`; while PostgreSQL is away, again, until `give_up_at` (time.monotonic).
+
+    For a write that records an effect already had (a request answered, a message posted):
+    left unrecorded, the effect would be had again once its claim ran out.
+    """
+    delays = RetryDelays(0.5, 5.0)
+    while True:
+        try:
+            return await work()
+        except DATABASE_AWAY as error:
+            delay = delays.next_delay()
+            if time.monotonic() + delay > give_up_at:
+                raise
+            logger.warning(
+                "%s failed; retrying",
+                what,
+                extra={
+                    **(extra or {}),
+                    "error": str(error) or type(error).__name__,
+                    "retry_in_seconds": delay,
+                },
+            )
+            await asyncio.sleep(delay)
 
 
 @dataclass(frozen=True, slots=True)

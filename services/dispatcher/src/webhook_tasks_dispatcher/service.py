@@ -43,7 +43,7 @@ from webhook_tasks_contracts import (
 )
 from webhook_tasks_runtime.backoff import FailingRounds, RetryDelays
 from webhook_tasks_runtime.catch_up import CatchUp, NoCatchUp
-from webhook_tasks_runtime.db import DATABASE_AWAY
+from webhook_tasks_runtime.db import retry_while_database_away
 from webhook_tasks_runtime.leases import claim_or_hand_back
 from webhook_tasks_runtime.logging import correlation_context
 from webhook_tasks_runtime.outbox import add_events_to_outbox
@@ -498,25 +498,12 @@ class Dispatcher:
         dropped, once its lease ran out. Past half the lease, it is left to that.
         """
         spent = (self._clock() - started).total_seconds()
-        give_up_at = time.monotonic() + self._lease.total_seconds() / 2 - spent
-        delays = RetryDelays(0.5, 5.0)
-        while True:
-            try:
-                await self._settle_dispatch(pending, started, result)
-                return
-            except DATABASE_AWAY as error:
-                delay = delays.next_delay()
-                if time.monotonic() + delay > give_up_at:
-                    raise
-                logger.warning(
-                    "recording the answer failed; retrying",
-                    extra={
-                        "outcome": result.outcome,
-                        "error": str(error) or type(error).__name__,
-                        "retry_in_seconds": delay,
-                    },
-                )
-                await asyncio.sleep(delay)
+        await retry_while_database_away(
+            lambda: self._settle_dispatch(pending, started, result),
+            give_up_at=time.monotonic() + self._lease.total_seconds() / 2 - spent,
+            what="recording the answer",
+            extra={"outcome": result.outcome},
+        )
 
     def _span(
         self,

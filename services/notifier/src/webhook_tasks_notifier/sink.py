@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ import httpx
 from standardwebhooks import Webhook
 from webhook_tasks_contracts import utc_now
 from webhook_tasks_runtime.backoff import FailingRounds
+from webhook_tasks_runtime.db import retry_while_database_away
 from webhook_tasks_runtime.leases import claim_or_hand_back
 
 from . import repository
@@ -104,13 +106,16 @@ class HttpSink:
         """POST every delivery that is due, once each; return how many the sink accepted."""
         accepted = 0
         while True:
+            # A delivery posted but not recorded is posted again once its lease runs out: its
+            # record is tried for up to half the lease, while PostgreSQL is away.
+            record_until = time.monotonic() + self._lease.total_seconds() / 2
             batch = await claim_or_hand_back(
                 self._lease_due(), lambda taken: self._hand_back({item.id for item in taken})
             )
             unsettled = {delivery.id for delivery in batch}
             try:
                 results = await asyncio.gather(
-                    *(self._deliver(delivery, unsettled) for delivery in batch)
+                    *(self._deliver(delivery, unsettled, record_until) for delivery in batch)
                 )
             except asyncio.CancelledError:
                 await self._hand_back(unsettled)
@@ -180,23 +185,31 @@ class HttpSink:
         self._next_prune_at = now + self._prune_interval
         await self.prune_finished()
 
-    async def _deliver(self, delivery: SinkDelivery, unsettled: set[int]) -> bool:
+    async def _deliver(
+        self, delivery: SinkDelivery, unsettled: set[int], record_until: float
+    ) -> bool:
         error = await self._post(delivery)
         now = self._clock()
-        async with self._pool.acquire() as conn:
-            if error is None:
-                await repository.forget_sink_delivery(conn, delivery.id)
-            elif delivery.attempts >= self._max_attempts:
-                await repository.give_up_sink_delivery(conn, delivery.id, error, now)
-            else:
-                retry_at = now + self._backoff.after(delivery.attempts)
-                await repository.retry_sink_delivery_later(conn, delivery.id, error, retry_at)
-        unsettled.discard(delivery.id)
         extra = {
             "correlation_id": delivery.correlation_id,
             "event_id": str(delivery.event_id),
             "attempt": delivery.attempts,
         }
+
+        async def record() -> None:
+            async with self._pool.acquire() as conn:
+                if error is None:
+                    await repository.forget_sink_delivery(conn, delivery.id)
+                elif delivery.attempts >= self._max_attempts:
+                    await repository.give_up_sink_delivery(conn, delivery.id, error, now)
+                else:
+                    retry_at = now + self._backoff.after(delivery.attempts)
+                    await repository.retry_sink_delivery_later(conn, delivery.id, error, retry_at)
+
+        await retry_while_database_away(
+            record, give_up_at=record_until, what="recording a sink delivery", extra=extra
+        )
+        unsettled.discard(delivery.id)
         if error is None:
             logger.info("delivered to the sink", extra=extra)
         elif delivery.attempts >= self._max_attempts:

@@ -235,6 +235,54 @@ async def test_a_failing_sink_is_retried_with_growing_delays(
     assert await pool.fetchval("SELECT count(*) FROM sink_deliveries") == 0
 
 
+class FlakyPool:
+    """A pool whose acquire() fails as while PostgreSQL is away, for the calls numbered."""
+
+    def __init__(self, pool: asyncpg.Pool, failing: set[int]) -> None:
+        self._pool = pool
+        self._failing = failing
+        self.calls = 0
+
+    def acquire(self) -> Any:
+        self.calls += 1
+        if self.calls in self._failing:
+            raise ConnectionRefusedError(111, "Connect call failed")
+        return self._pool.acquire()
+
+
+async def test_a_delivery_posted_while_postgresql_goes_away_is_recorded_once_it_is_back(
+    pool: asyncpg.Pool,
+    http: httpx.AsyncClient,
+    receiver: Receiver,
+    clock: FakeClock,
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+) -> None:
+    sink = sink_for(pool, http, receiver.url, clock)
+    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+    await handler.handle(completed())
+    # Call 1 claims the three deliveries; the first two records after their POSTs fail.
+    flaky = FlakyPool(pool, failing={2, 3})
+    sink = HttpSink(
+        flaky,  # type: ignore[arg-type]
+        http,
+        url=receiver.url,
+        secret=SECRET,
+        clock=clock,
+        backoff=BACKOFF,
+    )
+
+    assert await sink.deliver_due() == 3
+
+    assert flaky.calls >= 6
+    assert len(receiver.verified) == 3
+    assert await pool.fetchval("SELECT count(*) FROM sink_deliveries") == 0
+    clock.advance(120)  # past the lease: nothing is posted again
+    assert await sink.deliver_due() == 0
+    assert len(receiver.verified) == 3
+
+
 async def test_an_unreachable_sink_is_given_up_after_the_last_attempt(
     pool: asyncpg.Pool,
     http: httpx.AsyncClient,
