@@ -485,9 +485,14 @@ class Dispatcher:
             now=self._clock(),
         )
         await self._settle_dispatch_retrying(pending, now, result)
-        if closed:
-            await self._resume_held(origin)
-        await self._resume_one_waiting_for_slot(origin)
+        # The attempt is recorded: what follows frees other requests, and its failure is none
+        # of this attempt's. Those requests then go when their hold ends, as recorded.
+        try:
+            if closed:
+                await self._resume_held(origin)
+            await self._resume_one_waiting_for_slot(origin)
+        except Exception:
+            logger.exception("releasing held requests early failed; they go when their hold ends")
 
     async def _settle_dispatch_retrying(
         self, pending: repo.PendingRequest, started: datetime, result: DeliveryResult

@@ -12,7 +12,7 @@ from webhook_tasks_dispatcher.client import WebhookClient
 from webhook_tasks_dispatcher.guard import UrlGuard
 
 from .conftest import DispatcherUnderTest, HeldService, resolve_publicly, with_service
-from .test_dispatcher_retries import the_task
+from .test_dispatcher_retries import attempts, the_task
 from .test_dispatcher_service import task_request
 
 pytestmark = pytest.mark.integration
@@ -214,3 +214,44 @@ async def test_a_request_held_for_a_slot_goes_as_soon_as_one_frees(
         with pytest.raises(asyncio.CancelledError):
             await sender
     assert (await the_task(under_test, first.task_id)).status.value == "completed"
+
+
+async def test_a_failure_to_free_held_requests_is_no_failure_of_the_answered_attempt(
+    under_test: DispatcherUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = HeldService(body={"status": "success", "resultUrl": "https://cdn.example.com/v"})
+    webhooks = WebhookClient(
+        httpx.MockTransport(service),
+        guard=UrlGuard(resolve=resolve_publicly),
+        max_requests_per_host=1,
+        timeout_seconds=0.3,
+    )
+    dispatcher = under_test.another(webhooks=webhooks)
+    first, second = task_request(mode="sync", timeoutSeconds=900), task_request()
+
+    async def database_away(*_args: object, **_kwargs: object) -> int:
+        raise ConnectionRefusedError(111, "Connect call failed")
+
+    await dispatcher.dispatch(first)
+    sender = asyncio.create_task(dispatcher.run_sender(poll_interval=30))
+    try:
+        await service.wait_for(1)  # the sync request holds the host's one slot
+        await dispatcher.dispatch(second)  # waits 0.3 s for it, then is held
+        # Freeing the held request, once the first is answered and recorded, finds
+        # PostgreSQL away.
+        monkeypatch.setattr(repo, "release_held_requests", database_away)
+        service.answer.set()
+        async with asyncio.timeout(10):
+            while (await the_task(under_test, first.task_id)).status.value != "completed":
+                await asyncio.sleep(0.05)
+        await dispatcher.drain()
+    finally:
+        sender.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sender
+
+    answered = await the_task(under_test, first.task_id)
+    assert [attempt.outcome for attempt in await attempts(under_test, answered)] == ["accepted"]
+    held = await the_task(under_test, second.task_id)
+    assert held.status.value == "pending"
+    assert "every request this host may have is in flight" in (held.status_reason or "")
