@@ -8,7 +8,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from webhook_tasks_runtime.db import DATABASE_AWAY, Migration, create_pool, migrate
+from webhook_tasks_runtime.db import (
+    DATABASE_AWAY,
+    Migration,
+    create_pool,
+    migrate,
+    retry_while_database_away,
+)
 from webhook_tasks_runtime.infra import Infrastructure
 
 MIGRATIONS = [Migration("test/0001_things.sql", "CREATE TABLE things (id int PRIMARY KEY);")]
@@ -90,3 +96,46 @@ async def test_a_migration_may_run_longer_than_a_statement_may(
         await pool.close()
 
     assert applied == ["test/0001_slow.sql"]
+
+
+async def test_a_record_is_written_again_while_postgresql_is_away_then_kept() -> None:
+    tries: list[int] = []
+
+    async def write() -> str:
+        tries.append(len(tries))
+        if len(tries) == 1:
+            raise ConnectionRefusedError(111, "Connect call failed")
+        if len(tries) == 2:
+            # A failover's standby, still answering at the primary's address.
+            raise asyncpg.ReadOnlySQLTransactionError("read-only transaction")
+        return "recorded"
+
+    result = await retry_while_database_away(
+        write, give_up_at=time.monotonic() + 10, what="recording"
+    )
+
+    assert result == "recorded"
+    assert len(tries) == 3
+
+
+async def test_a_record_that_is_wrong_is_not_tried_again() -> None:
+    tries = 0
+
+    async def write() -> None:
+        nonlocal tries
+        tries += 1
+        raise asyncpg.UniqueViolationError("duplicate key")
+
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await retry_while_database_away(write, give_up_at=time.monotonic() + 10, what="recording")
+    assert tries == 1
+
+
+async def test_the_tries_end_at_the_given_time_with_the_last_error() -> None:
+    async def write() -> None:
+        raise ConnectionRefusedError(111, "Connect call failed")
+
+    started = time.monotonic()
+    with pytest.raises(ConnectionRefusedError):
+        await retry_while_database_away(write, give_up_at=started + 1.0, what="recording")
+    assert time.monotonic() - started <= 1.0

@@ -27,6 +27,8 @@ DATABASE_AWAY: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError,  # the connection broke, or was never made
     asyncpg.OperatorInterventionError,  # shutting down, starting up, crashed
     asyncpg.TooManyConnectionsError,
+    # Mid-failover, the writes' address may lead to a standby for a while.
+    asyncpg.ReadOnlySQLTransactionError,
 )
 """Errors that say PostgreSQL cannot be reached for now, rather than that the work is wrong."""
 
