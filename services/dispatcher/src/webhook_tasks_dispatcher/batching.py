@@ -3,7 +3,9 @@
 Each caller awaits its own result as if it ran alone. Items submitted while a
 batch is being written wait for the next one, so batches grow with the load
 instead of every item paying its own round trips. A batch that fails is tried
-again item by item, so one bad item fails only its own caller.
+again item by item, so one bad item fails only its own caller; one that fails
+because PostgreSQL is away fails every caller at once, as each item alone would,
+one connection timeout after another.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
+
+from webhook_tasks_runtime.db import DATABASE_AWAY
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -59,8 +63,9 @@ class GroupCommit(Generic[ItemT, ResultT]):
         try:
             results = await self._run_batch([item for item, _ in batch])
         except Exception as error:
-            if len(batch) == 1:
-                _fail(batch[0][1], error)
+            if len(batch) == 1 or isinstance(error, DATABASE_AWAY):
+                for _, future in batch:
+                    _fail(future, error)
                 return
             for single in batch:
                 await self._write([single])

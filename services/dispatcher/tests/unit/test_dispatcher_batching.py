@@ -76,6 +76,24 @@ async def test_a_failing_batch_is_retried_item_by_item_so_only_the_bad_item_fail
     assert writer.batches == [[1, -2, 3], [1], [-2], [3]]
 
 
+async def test_a_batch_failing_because_postgresql_is_away_fails_every_caller_at_once() -> None:
+    # Item by item, each would wait out its own connection timeout in turn.
+    batches: list[list[int]] = []
+
+    async def away(items: Sequence[int]) -> list[int]:
+        batches.append(list(items))
+        raise ConnectionRefusedError(111, "Connect call failed")
+
+    commit = GroupCommit(away)
+
+    results = await asyncio.gather(
+        *(commit.submit(item) for item in (1, 2, 3)), return_exceptions=True
+    )
+
+    assert all(isinstance(result, ConnectionRefusedError) for result in results)
+    assert batches == [[1, 2, 3]]
+
+
 async def test_a_cancelled_caller_does_not_break_the_batch_for_the_others() -> None:
     pause = asyncio.Event()
     writer = Recorder(pause=pause)
