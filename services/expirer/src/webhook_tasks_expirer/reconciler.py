@@ -79,7 +79,13 @@ class Reconciler:
         repairs = Repairs()
         now = self._clock()
         async with self._pool.acquire() as conn:
-            repairs.dropped = await drop_finished_leftovers(conn)
+            dropped: set[str] = set()
+            for table in ("deadlines", "watched_tasks"):
+                after: str | None = ""
+                while after is not None:
+                    ids, after = await drop_finished_leftovers(conn, table, after, self._batch_size)
+                    dropped.update(ids)
+            repairs.dropped = sorted(dropped)
             while True:
                 restored = await restore_missing_deadlines(conn, now, self._batch_size)
                 repairs.restored += restored

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 import asyncpg
 
@@ -212,24 +213,39 @@ async def take_stuck_tasks(
     return sorted((_watched(row) for row in rows), key=lambda task: task.deadline_at)
 
 
-async def drop_finished_leftovers(conn: asyncpg.Connection) -> list[str]:
-    """Delete deadlines and watch rows of tasks already finished; return their ids."""
-    rows = await conn.fetch(
-        """
-        WITH dropped_deadlines AS (
-            DELETE FROM deadlines d USING finished_tasks f
-            WHERE d.correlation_id = f.correlation_id
-            RETURNING d.correlation_id
-        ), dropped_watches AS (
-            DELETE FROM watched_tasks w USING finished_tasks f
-            WHERE w.correlation_id = f.correlation_id
-            RETURNING w.correlation_id
+LeftoverTable = Literal["deadlines", "watched_tasks"]
+"""The tables that hold a row per open task, and so none for a finished one."""
+
+
+async def drop_finished_leftovers(
+    conn: asyncpg.Connection, table: LeftoverTable, after: str, limit: int
+) -> tuple[list[str], str | None]:
+    """Delete, of the `limit` rows of `table` next after `after`, those of finished tasks.
+
+    Return the ids deleted and the last id looked at, None once no row is left to look at.
+    Each call reads at most `limit` rows of `table`, and `finished_tasks` by its key: the
+    sweep stays short however many tasks are open or finished.
+    """
+    if table not in ("deadlines", "watched_tasks"):
+        raise ValueError(f"not a table of open tasks: {table!r}")
+    row = await conn.fetchrow(
+        f"""
+        WITH chunk AS (
+            SELECT correlation_id FROM {table}
+            WHERE correlation_id > $1 ORDER BY correlation_id LIMIT $2
+        ), dropped AS (
+            DELETE FROM {table} AS t USING chunk AS c, finished_tasks AS f
+            WHERE t.correlation_id = c.correlation_id AND f.correlation_id = c.correlation_id
+            RETURNING t.correlation_id
         )
-        SELECT correlation_id FROM dropped_deadlines
-        UNION SELECT correlation_id FROM dropped_watches
-        """
+        SELECT (SELECT max(correlation_id) FROM chunk) AS last,
+               ARRAY(SELECT correlation_id FROM dropped) AS dropped
+        """,  # noqa: S608 (the table is one of two names checked above)
+        after,
+        limit,
     )
-    return sorted(row["correlation_id"] for row in rows)
+    assert row is not None
+    return sorted(row["dropped"]), row["last"]
 
 
 async def prune_finished_tasks(conn: asyncpg.Connection, before: datetime, limit: int) -> int:

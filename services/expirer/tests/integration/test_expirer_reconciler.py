@@ -185,6 +185,28 @@ async def test_leftovers_of_finished_tasks_are_dropped(
         assert await conn.fetchval("SELECT count(*) FROM watched_tasks") == 0
 
 
+async def test_leftovers_are_dropped_in_batches_among_many_open_tasks(
+    expirer_pool: asyncpg.Pool, unique_topics: Topics, clock: FakeClock
+) -> None:
+    # Each statement reads a batch of open tasks, so none outlasts the statement timeout.
+    async with expirer_pool.acquire() as conn:
+        for index in range(7):
+            await start_deadline(conn, f"open-{index}", "task-1", clock.now + timedelta(hours=1))
+        await conn.executemany(
+            "INSERT INTO finished_tasks (correlation_id) VALUES ($1)",
+            [("open-1",), ("open-4",), ("open-6",), ("never-open",)],
+        )
+    reconciler = reconciler_for(expirer_pool, unique_topics, clock, Noticed(), batch_size=2)
+
+    repairs = await reconciler.sweep()
+
+    assert repairs.dropped == ["open-1", "open-4", "open-6"]
+    left = await expirer_pool.fetch("SELECT correlation_id FROM deadlines ORDER BY 1")
+    assert [row["correlation_id"] for row in left] == ["open-0", "open-2", "open-3", "open-5"]
+    watched = await expirer_pool.fetch("SELECT correlation_id FROM watched_tasks ORDER BY 1")
+    assert [row["correlation_id"] for row in watched] == ["open-0", "open-2", "open-3", "open-5"]
+
+
 async def test_tombstones_older_than_the_retention_are_pruned_in_batches(
     expirer_pool: asyncpg.Pool, unique_topics: Topics, clock: FakeClock
 ) -> None:
