@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
@@ -139,3 +140,31 @@ async def test_the_tries_end_at_the_given_time_with_the_last_error() -> None:
     with pytest.raises(ConnectionRefusedError):
         await retry_while_database_away(write, give_up_at=started + 1.0, what="recording")
     assert time.monotonic() - started <= 1.0
+
+
+async def test_a_retry_that_hangs_is_given_up_at_the_given_time() -> None:
+    # Past it, the claim the record is for may be another process's.
+    tries = 0
+
+    async def write() -> None:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            raise ConnectionRefusedError(111, "Connect call failed")
+        await asyncio.sleep(30)
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await retry_while_database_away(write, give_up_at=started + 1.0, what="recording")
+    assert time.monotonic() - started < 5
+
+
+async def test_the_first_try_is_made_in_full_however_late() -> None:
+    # A request answered after half its claim (a long sync answer) is still recorded.
+    async def write() -> str:
+        await asyncio.sleep(0.2)
+        return "recorded"
+
+    late = time.monotonic() - 60
+
+    assert await retry_while_database_away(write, give_up_at=late, what="recording") == "recorded"

@@ -42,15 +42,18 @@ async def retry_while_database_away(
     what: str,
     extra: Mapping[str, object] | None = None,
 ) -> T:
-    """Await `work()`; while PostgreSQL is away, again, until `give_up_at` (time.monotonic).
+    """Await `work()`; while PostgreSQL is away, again; give up at `give_up_at` (time.monotonic).
 
     For a write that records an effect already had (a request answered, a message posted):
     left unrecorded, the effect would be had again once its claim ran out.
     """
     delays = RetryDelays(0.5, 5.0)
+    bound: float | None = None  # the first try is made in full, however late it comes
     while True:
         try:
-            return await work()
+            # A retry ends by `give_up_at` too: past it, another process may hold the claim.
+            async with asyncio.timeout(bound):
+                return await work()
         except DATABASE_AWAY as error:
             delay = delays.next_delay()
             if time.monotonic() + delay > give_up_at:
@@ -65,6 +68,7 @@ async def retry_while_database_away(
                 },
             )
             await asyncio.sleep(delay)
+            bound = max(give_up_at - time.monotonic(), 0.0)
 
 
 @dataclass(frozen=True, slots=True)

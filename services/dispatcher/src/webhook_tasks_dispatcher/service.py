@@ -43,7 +43,7 @@ from webhook_tasks_contracts import (
 )
 from webhook_tasks_runtime.backoff import FailingRounds, RetryDelays
 from webhook_tasks_runtime.catch_up import CatchUp, NoCatchUp
-from webhook_tasks_runtime.db import retry_while_database_away
+from webhook_tasks_runtime.db import DATABASE_AWAY, retry_while_database_away
 from webhook_tasks_runtime.leases import claim_or_hand_back
 from webhook_tasks_runtime.logging import correlation_context
 from webhook_tasks_runtime.outbox import add_events_to_outbox
@@ -403,6 +403,14 @@ class Dispatcher:
             started = self._clock()
             try:
                 await self._attempt(pending)
+            except _AnswerNotRecordedError as unrecorded:
+                # Not a failed attempt: recorded as one once PostgreSQL is back, it would
+                # count against the limit and could fail a task the service accepted.
+                logger.warning(
+                    "the answer could not be recorded while PostgreSQL was away; the request "
+                    "goes again once its claim runs out",
+                    extra={"outcome": unrecorded.outcome, "error": str(unrecorded.__cause__)},
+                )
             except Exception as error:
                 logger.exception("sending a request failed in the dispatcher")
                 # Recorded as an attempt, so a failure that recurs every time meets the
@@ -503,12 +511,15 @@ class Dispatcher:
         dropped, once its lease ran out. Past half the lease, it is left to that.
         """
         spent = (self._clock() - started).total_seconds()
-        await retry_while_database_away(
-            lambda: self._settle_dispatch(pending, started, result),
-            give_up_at=time.monotonic() + self._lease.total_seconds() / 2 - spent,
-            what="recording the answer",
-            extra={"outcome": result.outcome},
-        )
+        try:
+            await retry_while_database_away(
+                lambda: self._settle_dispatch(pending, started, result),
+                give_up_at=time.monotonic() + self._lease.total_seconds() / 2 - spent,
+                what="recording the answer",
+                extra={"outcome": result.outcome},
+            )
+        except DATABASE_AWAY as error:
+            raise _AnswerNotRecordedError(result.outcome) from error
 
     def _span(
         self,
@@ -991,6 +1002,14 @@ def parse_sync_result(
     if isinstance(answer, ProgressCallback):
         return "the external service answered with progress instead of a result"
     return answer
+
+
+class _AnswerNotRecordedError(Exception):
+    """An attempt's outcome could not be recorded before half its claim had passed."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(f"the {outcome} answer could not be recorded")
+        self.outcome = outcome
 
 
 class _NotFiniteError(ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -10,6 +11,7 @@ from prometheus_client import REGISTRY
 from webhook_tasks_dispatcher import repository as repo
 from webhook_tasks_dispatcher.client import WebhookClient
 from webhook_tasks_dispatcher.guard import UrlGuard
+from webhook_tasks_dispatcher.service import Dispatcher
 
 from .conftest import DispatcherUnderTest, HeldService, resolve_publicly, with_service
 from .test_dispatcher_retries import attempts, the_task
@@ -255,3 +257,32 @@ async def test_a_failure_to_free_held_requests_is_no_failure_of_the_answered_att
     held = await the_task(under_test, second.task_id)
     assert held.status.value == "pending"
     assert "every request this host may have is in flight" in (held.status_reason or "")
+
+
+async def test_an_answer_left_unrecorded_while_postgresql_is_away_is_no_failed_attempt(
+    under_test: DispatcherUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Recording the acceptance finds PostgreSQL away until the retries give up (after half
+    # the lease, 1 s here); the writes after that find it back.
+    dispatcher = under_test.another(dispatch_lease=timedelta(seconds=2))
+
+    async def database_away(*_args: object, **_kwargs: object) -> None:
+        raise ConnectionRefusedError(111, "Connect call failed")
+
+    monkeypatch.setattr(Dispatcher, "_settle_acceptance", database_away)
+    request = task_request()  # the service answers 202: accepted
+    await dispatcher.dispatch(request)
+    await dispatcher.drain()
+
+    task = await the_task(under_test, request.task_id)
+    # Recorded as a failed attempt, it would count against the limit, be sent again at once
+    # and, on the last attempt, fail a task the service accepted. It goes again only once
+    # its claim runs out, as when the process dies after sending.
+    assert await attempts(under_test, task) == []
+    assert task.status.value == "pending"
+    claimed = await under_test.pool.fetchrow(
+        "SELECT attempts, next_attempt_at FROM dispatch_requests WHERE correlation_id = $1",
+        task.correlation_id,
+    )
+    assert claimed is not None
+    assert claimed["next_attempt_at"] > under_test.clock()
