@@ -6,18 +6,20 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import socket
 import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
+from faststream.kafka import KafkaBroker
 from pydantic import SecretStr, TypeAdapter
 from webhook_tasks_contracts import Topics
 from webhook_tasks_runtime import worker
-from webhook_tasks_runtime.embedded import EmbeddedKafka
+from webhook_tasks_runtime.db import Migration
+from webhook_tasks_runtime.embedded import EmbeddedKafka, free_port
 from webhook_tasks_runtime.infra import Infrastructure
 from webhook_tasks_runtime.kafka import ConsumerSpec, OutgoingMessage, ensure_topics
 from webhook_tasks_runtime.outbox import add_to_outbox
@@ -136,7 +138,11 @@ async def relay_is_empty(relay: Any) -> bool:
 
 @pytest.mark.integration
 async def test_a_start_that_fails_halfway_stops_what_it_started(
-    database: str, unique_schema: str, unique_topics: Topics, infrastructure: Infrastructure
+    database: str,
+    unique_schema: str,
+    unique_topics: Topics,
+    infrastructure: Infrastructure,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     bootstrap = infrastructure.kafka_bootstrap_servers
     await ensure_topics(bootstrap, [unique_topics.task_requested])
@@ -151,26 +157,84 @@ async def test_a_start_that_fails_halfway_stops_what_it_started(
     async def build(resources: WorkerResources) -> WorkerParts:
         return WorkerParts(consumers=[one_consumer(unique_topics)], background=[background])
 
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        settings = worker_settings(
-            database,
-            unique_schema,
-            bootstrap,
-            unique_topics,
-            health_host="127.0.0.1",
-            health_port=taken.getsockname()[1],
+    async def refused(_broker: KafkaBroker) -> None:
+        raise OSError("the consumers could not start")
+
+    # The last step of the start fails: the relay and the loops already run.
+    monkeypatch.setattr(KafkaBroker, "start", refused)
+    settings = worker_settings(database, unique_schema, bootstrap, unique_topics)
+    before = asyncio.all_tasks()
+    with pytest.raises(OSError, match="could not start"):
+        await serve_worker(
+            name="test", settings=settings, migrations=[], build=build, stop=asyncio.Event()
         )
-        before = asyncio.all_tasks()
-        with pytest.raises(OSError, match="in use"):
-            await serve_worker(
-                name="test", settings=settings, migrations=[], build=build, stop=asyncio.Event()
-            )
 
     assert cancelled.is_set()
     left = [task for task in asyncio.all_tasks() - before if not task.done()]
     assert left == [], "the relay, the loops and the consumers are stopped"
+
+
+@pytest.mark.integration
+async def test_healthz_answers_during_a_long_migration_and_readyz_once_consuming(
+    database: str, unique_schema: str, unique_topics: Topics, infrastructure: Infrastructure
+) -> None:
+    # A liveness probe that got no answer while migrations ran would kill the pod, and the
+    # next start would begin the migration again.
+    bootstrap = infrastructure.kafka_bootstrap_servers
+    await ensure_topics(bootstrap, [unique_topics.task_requested])
+    port = free_port()
+    settings = worker_settings(
+        database, unique_schema, bootstrap, unique_topics, health_host="127.0.0.1", health_port=port
+    )
+    slow = Migration("test/0001_slow.sql", "SELECT pg_sleep(3);")
+
+    async def build(_resources: WorkerResources) -> WorkerParts:
+        return WorkerParts(consumers=[one_consumer(unique_topics)])
+
+    async def status(path: str) -> int | None:
+        try:
+            async with httpx.AsyncClient(timeout=2, trust_env=False) as client:
+                return (await client.get(f"http://127.0.0.1:{port}{path}")).status_code
+        except httpx.TransportError:
+            return None
+
+    stop = asyncio.Event()
+    service = asyncio.create_task(
+        serve_worker(name="test", settings=settings, migrations=[slow], build=build, stop=stop)
+    )
+    try:
+        await wait_until(lambda: _answers(status("/healthz")), within=10)
+        migrating = await rows_applied(database, unique_schema) == 0
+        during = (await status("/healthz"), await status("/readyz"))
+        await wait_until(lambda: _is(status("/readyz"), 200), within=60)
+    finally:
+        stop.set()
+        await asyncio.wait_for(service, 30)
+
+    assert migrating, "the probes were asked while the migration ran"
+    assert during == (200, 503)
+
+
+async def _answers(status: Awaitable[int | None]) -> bool:
+    return await status is not None
+
+
+async def _is(status: Awaitable[int | None], expected: int) -> bool:
+    return await status == expected
+
+
+async def rows_applied(database_url: str, schema: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        exists = await conn.fetchval("SELECT to_regclass($1)", f"{schema}.schema_migrations")
+        if exists is None:
+            return 0
+        count: int = await conn.fetchval(
+            f'SELECT count(*) FROM "{schema}".schema_migrations'  # noqa: S608
+        )
+    finally:
+        await conn.close()
+    return count
 
 
 SECRET = "Zk3q9Lm"

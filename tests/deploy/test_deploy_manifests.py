@@ -270,16 +270,6 @@ def pod_spec(service: str) -> dict[str, Any]:
     return spec
 
 
-@pytest.mark.parametrize("service", WORKERS)
-def test_a_worker_has_minutes_to_start_before_liveness_counts(service: str) -> None:
-    # Its /healthz answers only after the migrations, which may be long on an upgrade.
-    container = pod_spec(service)["containers"][0]
-    startup = container["startupProbe"]
-
-    assert startup["httpGet"] == container["livenessProbe"]["httpGet"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
-
-
 def test_the_gateway_serves_until_traffic_has_left_then_has_time_to_close() -> None:
     spec = pod_spec("callback-gateway")
     sleep, seconds = spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]

@@ -65,9 +65,23 @@ async def serve_worker(
     Whatever was started is stopped, also when a later step of the start fails.
     """
     schema = settings.database_schema
+    started = False
+    database_answers: Callable[[], Awaitable[bool]] | None = None
+
+    async def ready() -> bool:
+        return started and database_answers is not None and await database_answers()
+
     async with AsyncExitStack() as stack:
+        if settings.health_port is not None:
+            # First, so /healthz answers while a long migration runs (a liveness probe would
+            # otherwise kill it, and the next start would begin it again); /readyz says ready
+            # once consuming. Stopped last: probes answer till the end.
+            health = HealthServer(host=settings.health_host, port=settings.health_port, ready=ready)
+            await health.start()
+            stack.push_async_callback(health.stop)
         pool = await _open_pool(settings)
         stack.push_async_callback(pool.close)
+        database_answers = _database_answers(pool)
         await migrate(pool, schema, runtime_migrations() + migrations)
 
         publisher = KafkaPublisher.create(
@@ -99,28 +113,26 @@ async def serve_worker(
                 fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
                 poll_interval_ms=settings.kafka_poll_interval_ms,
             )
-        health = None
-        if settings.health_port is not None:
-            health = HealthServer(
-                host=settings.health_host, port=settings.health_port, ready=_database_answers(pool)
-            )
-            # Registered before the shutdown below, so it runs after it: probes answer till the end.
-            stack.push_async_callback(health.stop)
         tasks: list[asyncio.Task[None]] = []
         # Run last to first, each even if one before failed: stop consuming (in-flight batches
         # finish), stop the relay and the loops, then publish what the outbox still holds.
         stack.push_async_callback(_drain_outbox, relay)
         stack.push_async_callback(_cancel, tasks)
         stack.push_async_callback(broker.stop)
-        stack.callback(logger.info, "service stopping")
+
+        def stopping() -> None:
+            nonlocal started
+            started = False  # not ready any more: in-flight work finishes, nothing new comes
+            logger.info("service stopping")
+
+        stack.callback(stopping)
 
         tasks.append(asyncio.create_task(relay.run(), name=f"{name}-outbox-relay"))
         tasks += [
             asyncio.create_task(loop(), name=f"{name}-{loop.__name__}") for loop in parts.background
         ]
         await broker.start()
-        if health is not None:
-            await health.start()
+        started = True
         logger.info("service started", extra={"schema": schema})
         await _wait_for_stop_or_failure(stop, tasks)
     logger.info("service stopped")
