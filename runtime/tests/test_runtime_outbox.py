@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -164,3 +165,36 @@ async def test_a_row_too_large_for_kafka_is_set_aside_and_the_rows_around_it_go_
     (logged,) = caplog.records
     assert logged.levelno == logging.ERROR
     assert (logged.topic, logged.key, logged.size_bytes) == (topic, "c-2", len(oversized))  # type: ignore[attr-defined]
+
+
+class SlowPublisher(Publisher):
+    """Takes `seconds` to have each batch acknowledged, as a Kafka under load may."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    async def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        await asyncio.sleep(self.seconds)
+        await super().publish_many(messages)
+
+
+async def test_a_relay_waits_for_another_replicas_publish_longer_than_a_statement_may(
+    infrastructure: Infrastructure, pool: asyncpg.Pool, unique_schema: str
+) -> None:
+    # Replicas take turns publishing under one lock; a turn may outlast the statement timeout.
+    quick = await create_pool(infrastructure.database_url, unique_schema, statement_timeout=0.5)
+    try:
+        slow, waiting = SlowPublisher(1.5), Publisher()
+        first = OutboxRelay(quick, slow, schema=unique_schema)
+        second = OutboxRelay(quick, waiting, schema=unique_schema)
+        async with pool.acquire() as conn, conn.transaction():
+            await add_to_outbox(conn, messages("1", "2"))
+        holding = asyncio.create_task(first.flush())
+        await asyncio.sleep(0.3)  # the first relay holds the lock, publishing
+
+        assert await second.flush() == 0  # waited past 0.5 s, then found the rows gone
+        assert await holding == 2
+    finally:
+        await quick.close()
+    assert [m.value for m in slow.sent] == [b"1", b"2"]

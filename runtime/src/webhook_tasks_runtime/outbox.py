@@ -69,6 +69,10 @@ async def add_events_to_outbox(
     )
 
 
+_LOCK_WAIT_SECONDS = 600.0
+"""How long a relay waits for another replica's to finish publishing a batch."""
+
+
 class OutboxRelay:
     """Publish committed outbox rows in id order; one relay at a time per schema."""
 
@@ -114,7 +118,10 @@ class OutboxRelay:
         async with self._pool.acquire() as conn, conn.transaction():
             # A transaction-scoped lock keeps relays of several replicas from interleaving,
             # so each task's events leave in the order they were written.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
+            # Held while the holder publishes, which may take longer than a statement may.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1)", self._lock_key, timeout=_LOCK_WAIT_SECONDS
+            )
             rows = await conn.fetch(
                 "SELECT id, topic, key, payload, traceparent FROM outbox ORDER BY id LIMIT $1",
                 self._batch_size,
@@ -149,7 +156,8 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Flush whenever woken, and every `idle_interval` in case another process wrote rows."""
-        rounds = FailingRounds("outbox flush", logger, first=self._retry_delay)
+        # At most 5 s apart: once Kafka or PostgreSQL is back, events go soon.
+        rounds = FailingRounds("outbox flush", logger, first=self._retry_delay, longest=5.0)
         while True:
             try:
                 await self.flush()

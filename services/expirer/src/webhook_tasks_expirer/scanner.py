@@ -73,7 +73,8 @@ class DeadlineScanner:
 
     async def run(self) -> None:
         """Scan, sleep until the next deadline or one poll interval, and again until cancelled."""
-        rounds = FailingRounds("deadline scan", logger, first=self._retry_delay)
+        # At most 5 s apart: once PostgreSQL is back, deadlines that passed go soon.
+        rounds = FailingRounds("deadline scan", logger, first=self._retry_delay, longest=5.0)
         while True:
             self._wake_at = None
             self._wakeup.clear()

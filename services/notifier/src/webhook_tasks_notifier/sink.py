@@ -114,13 +114,18 @@ class HttpSink:
             )
             unsettled = {delivery.id for delivery in batch}
             try:
-                results = await asyncio.gather(
-                    *(self._deliver(delivery, unsettled, record_until) for delivery in batch)
+                # Each delivery settles before a failure is raised: none is left running.
+                outcomes = await asyncio.gather(
+                    *(self._deliver(delivery, unsettled, record_until) for delivery in batch),
+                    return_exceptions=True,
                 )
             except asyncio.CancelledError:
                 await self._hand_back(unsettled)
                 raise
-            accepted += sum(results)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            accepted += sum(outcome for outcome in outcomes if outcome is True)
             if len(batch) < self._batch_size:
                 return accepted
 
@@ -167,13 +172,14 @@ class HttpSink:
                 async with self._pool.acquire() as conn:
                     upcoming = await repository.next_sink_attempt(conn)
             except Exception as error:
-                # Woken early all the same: a new comment may be delivered once it can.
-                delay = rounds.failed(error)
-            else:
-                rounds.succeeded()
-                delay = self._idle_interval
-                if upcoming is not None:
-                    delay = max(0.0, min(delay, (upcoming - self._clock()).total_seconds()))
+                # Not cut short by a new comment: each would start a round that fails again.
+                # Comments queued meanwhile go in the next round.
+                await asyncio.sleep(rounds.failed(error))
+                continue
+            rounds.succeeded()
+            delay = self._idle_interval
+            if upcoming is not None:
+                delay = max(0.0, min(delay, (upcoming - self._clock()).total_seconds()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), delay)
 

@@ -559,3 +559,31 @@ async def attempts_and_due(pool: asyncpg.Pool) -> list[tuple[int, datetime]]:
     """Return each sink delivery's attempts and when it is next due."""
     rows = await pool.fetch("SELECT attempts, next_attempt_at FROM sink_deliveries")
     return [(row["attempts"], row["next_attempt_at"]) for row in rows]
+
+
+async def test_while_rounds_fail_new_comments_do_not_start_more_of_them(
+    pool: asyncpg.Pool, http: httpx.AsyncClient, receiver: Receiver, clock: FakeClock
+) -> None:
+    # Each comment wakes the sink; while PostgreSQL is away each round fails, and a round per
+    # comment would write a line per comment.
+    away = FlakyPool(pool, failing=set(range(1, 100_000)))
+    sink = HttpSink(
+        away,  # type: ignore[arg-type]
+        http,
+        url=receiver.url,
+        secret=SECRET,
+        clock=clock,
+        idle_interval=0.1,
+    )
+    running = asyncio.create_task(sink.run())
+    try:
+        for _ in range(150):
+            sink.wake()
+            await asyncio.sleep(0.01)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+    # Backing off from 0.1 s, doubling: 0.1 + 0.2 + 0.4 + 0.8 covers the 1.5 s or so.
+    assert away.calls <= 8
