@@ -25,6 +25,7 @@ from webhook_tasks_runtime.kafka import message_for
 from webhook_tasks_runtime.logging import correlation_context
 from webhook_tasks_runtime.timeouts import within
 
+from .admission import BodyBudget, Held, bytes_to_hold
 from .callbacks import (
     callback_event,
     delivery_event_id,
@@ -170,6 +171,9 @@ class _CallbackEndpoint:
         self._max_event_bytes = settings.max_event_bytes
         self._publish_timeout = settings.gateway_publish_timeout_seconds
         self._retry_after = settings.gateway_retry_after_seconds
+        self._in_flight = BodyBudget(
+            settings.gateway_max_bytes_in_flight, retry_after_seconds=self._retry_after
+        )
         self._per_client = _buckets(
             settings.gateway_rate_limit_per_client,
             settings.gateway_rate_limit_per_client_burst,
@@ -190,9 +194,12 @@ class _CallbackEndpoint:
         """Verify, validate and publish one callback; return 202 once Kafka has it."""
         params = scope["path_params"]
         correlation_id: str = params["correlation_id"]
+        held: list[Held] = []
         with correlation_context(_loggable(correlation_id)):
             try:
-                event = await self._event_from(scope, receive, correlation_id, params["token"])
+                event = await self._event_from(
+                    scope, receive, correlation_id, params["token"], held
+                )
                 await self._publish(event)
             except ProblemError as problem:
                 CALLBACKS.labels(problem.slug).inc()
@@ -212,6 +219,9 @@ class _CallbackEndpoint:
                     # on a kept-alive connection its next request would be read as that body.
                     response.headers["connection"] = "close"
                 return response
+            finally:
+                for each in held:
+                    each.release()
             ACCEPTED.inc()
             # Kafka now holds the callback with its event id: that is the record. A line per
             # accepted callback at INFO cost ~10% of the gateway's CPU under load; refusals,
@@ -225,8 +235,9 @@ class _CallbackEndpoint:
             return _Accepted(correlation_id)
 
     async def _event_from(
-        self, scope: Scope, receive: Receive, correlation_id: str, token: str
+        self, scope: Scope, receive: Receive, correlation_id: str, token: str, held: list[Held]
     ) -> CallbackReceived:
+        """Verify and read one callback; what it holds of the byte budget goes into `held`."""
         headers = scope["headers"]
         if self._per_client is not None:
             _spend(self._per_client, _client_address(scope), "from this client")
@@ -237,9 +248,9 @@ class _CallbackEndpoint:
         signed = self._signatures.expect(verified.endpoint, Headers(raw=headers))
         require_json(header_value(headers, b"content-type"))
         require_identity_encoding(header_value(headers, b"content-encoding"))
-        body = await read_body(
-            receive, header_value(headers, b"content-length"), self._max_body_bytes
-        )
+        declared = header_value(headers, b"content-length")
+        held.append(self._in_flight.hold(bytes_to_hold(declared, self._max_body_bytes)))
+        body = await read_body(receive, declared, self._max_body_bytes)
         if signed is not None:
             signed.verify(body)
         # Counted once token and signature verify, so no stranger can spend a task's allowance.

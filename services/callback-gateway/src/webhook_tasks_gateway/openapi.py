@@ -104,7 +104,12 @@ def callback_responses() -> dict[str, dict[str, Any]]:
             "Too many callbacks from this client or for this correlation id (when configured).",
             _RETRY_AFTER,
         ),
-        "503": _problem("Kafka could not take the callback; send it again later.", _RETRY_AFTER),
+        "503": _problem(
+            "Kafka could not take the callback (callback-not-stored), or the callbacks being"
+            " handled hold as many bytes as the gateway may (gateway-busy); send it again"
+            " after Retry-After.",
+            _RETRY_AFTER,
+        ),
     }
 
 

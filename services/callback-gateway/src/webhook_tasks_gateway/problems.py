@@ -8,7 +8,9 @@
      ├── BodyTooLargeError          413  over the body (or event) size limit
      ├── UnsupportedMediaTypeError  415  not JSON, or compressed
      ├── RateLimitedError           429  over the rate limit; carries Retry-After
-     └── CallbackNotStoredError     503  Kafka did not take the callback; carries Retry-After
+     └── ServiceUnavailableError    503  the callback cannot be taken now; carries Retry-After
+          ├── CallbackNotStoredError     Kafka did not take the callback
+          └── GatewayBusyError           callbacks in progress hold the gateway's byte budget
 
 Details never quote a token, a key or an exception's text.
 """
@@ -182,17 +184,32 @@ class RateLimitedError(ProblemError):
         return {"Retry-After": str(self.retry_after_seconds)}
 
 
-class CallbackNotStoredError(ProblemError):
-    """Kafka did not acknowledge the callback in time; the sender should retry."""
+class ServiceUnavailableError(ProblemError):
+    """Nothing wrong with the callback, but it cannot be taken now: 503, retry after a while."""
 
     status = 503
-    slug = "callback-not-stored"
-    title = "Callback not stored"
+    reason = "The callback cannot be taken right now; retry later."
 
     def __init__(self, retry_after_seconds: int) -> None:
-        super().__init__("The callback could not be stored right now; retry later.")
+        super().__init__(self.reason)
         self.retry_after_seconds = retry_after_seconds
 
     def headers(self) -> dict[str, str]:
         """Return Retry-After."""
         return {"Retry-After": str(self.retry_after_seconds)}
+
+
+class CallbackNotStoredError(ServiceUnavailableError):
+    """Kafka did not acknowledge the callback in time; the sender should retry."""
+
+    slug = "callback-not-stored"
+    title = "Callback not stored"
+    reason = "The callback could not be stored right now; retry later."
+
+
+class GatewayBusyError(ServiceUnavailableError):
+    """The callbacks being handled hold as many bytes as the gateway may; the sender retries."""
+
+    slug = "gateway-busy"
+    title = "Gateway busy"
+    reason = "The gateway is handling as much callback data as it may; retry later."

@@ -6,7 +6,7 @@ import ipaddress
 import re
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 from webhook_tasks_runtime.settings import CallbackTokenSettings, RuntimeSettings
 
@@ -32,6 +32,10 @@ class GatewaySettings(RuntimeSettings, CallbackTokenSettings):
     gateway_port: int = Field(default=8080, ge=0, le=65535)
     """0 lets the operating system choose a free port."""
     gateway_max_body_bytes: int = Field(default=MIB, ge=1, le=64 * MIB)
+    gateway_max_bytes_in_flight: int = Field(default=32 * MIB, ge=1, le=4096 * MIB)
+    """Bytes of callback bodies held at once, from reading to Kafka's acknowledgement; past
+    them a callback gets 503 before its body is read. Each takes 4-9 times its body in memory:
+    32 MiB suits the manifests' 512 MiB limit. At least GATEWAY_MAX_BODY_BYTES."""
     gateway_max_event_bytes: int | None = Field(default=None, ge=1024, le=64 * MIB)
     """Largest event published; unset, a body at its limit plus EVENT_ENVELOPE_BYTES. The
     callback-received topic's max.message.bytes must take it plus KAFKA_RECORD_OVERHEAD_BYTES."""
@@ -79,6 +83,15 @@ class GatewaySettings(RuntimeSettings, CallbackTokenSettings):
     def kafka_max_request_bytes(self) -> int:
         """Return the producer's max_request_size: room for the largest event as a record."""
         return self.max_event_bytes + KAFKA_RECORD_OVERHEAD_BYTES
+
+    @model_validator(mode="after")
+    def _a_largest_callback_fits_in_flight(self) -> GatewaySettings:
+        if self.gateway_max_bytes_in_flight < self.gateway_max_body_bytes:
+            raise ValueError(
+                "GATEWAY_MAX_BYTES_IN_FLIGHT must be at least GATEWAY_MAX_BODY_BYTES, "
+                "or a callback at the body limit could never be taken"
+            )
+        return self
 
     @field_validator("gateway_signing_secrets")
     @classmethod

@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from webhook_tasks_contracts import CallbackReceived, CallbackTokens, callback_url
 from webhook_tasks_gateway import GatewaySettings
+from webhook_tasks_runtime.kafka import OutgoingMessage
 from webhook_tasks_runtime.pytest_plugin import service_logs
 
 PROBLEM = "application/problem+json"
@@ -544,6 +545,92 @@ class TestKafkaUnavailable:
                 await request
 
         assert hanging.messages == []
+
+
+class GatedPublisher:
+    """Keep each message; acknowledge only once the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.messages: list[OutgoingMessage] = []
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def publish(self, message: OutgoingMessage) -> None:
+        self.waiting += 1
+        await self.gate.wait()
+        self.messages.append(message)
+
+
+class TestBytesInFlight:
+    async def test_past_the_budget_a_callback_gets_503_until_those_in_flight_are_stored(
+        self,
+        make_client: Callable[..., httpx.AsyncClient],
+        make_settings: Callable[..., GatewaySettings],
+        tokens: CallbackTokens,
+    ) -> None:
+        # Each callback holds its Content-Length until Kafka has it: two fit, not three.
+        ids = [f"corr-{uuid.uuid4()}" for _ in range(4)]
+        bodies = [json.dumps(success_body(cid, metadata={"log": "x" * 800})) for cid in ids]
+        gated = GatedPublisher()
+        gateway = make_settings(
+            gateway_max_body_bytes=1000, gateway_max_bytes_in_flight=2 * len(bodies[0]) + 10
+        )
+
+        async def post(index: int) -> httpx.Response:
+            return await http.post(
+                tokens.callback_url("http://gateway", ids[index]),
+                content=bodies[index],
+                headers={"content-type": "application/json"},
+            )
+
+        async with make_client(gated, gateway_settings=gateway) as http:
+            first = [asyncio.create_task(post(index)) for index in (0, 1)]
+            while gated.waiting < 2:
+                await asyncio.sleep(0.01)
+            refused = await post(2)
+            gated.gate.set()
+            stored = [await each for each in first]
+            after = await post(3)
+
+        problem = assert_problem(refused, 503)
+        assert problem["type"].endswith("gateway-busy")
+        assert refused.headers["retry-after"] == "5"
+        assert [response.status_code for response in (*stored, after)] == [202, 202, 202]
+        assert len(gated.messages) == 3
+
+    async def test_bytes_held_by_a_refused_callback_are_given_back(
+        self,
+        make_client: Callable[..., httpx.AsyncClient],
+        make_settings: Callable[..., GatewaySettings],
+        publisher_class: Any,
+        tokens: CallbackTokens,
+    ) -> None:
+        # Kafka does not answer in time: 503, and the bytes are free for the next callback.
+        hanging = publisher_class(hang=True)
+        # Room for one such callback at a time (about 900 bytes), not two.
+        gateway = make_settings(
+            gateway_max_body_bytes=1000,
+            gateway_max_bytes_in_flight=1000,
+            gateway_publish_timeout_seconds=0.05,
+        )
+
+        async with make_client(hanging, gateway_settings=gateway) as http:
+            statuses = []
+            for _ in range(3):
+                cid = f"corr-{uuid.uuid4()}"
+                response = await http.post(
+                    tokens.callback_url("http://gateway", cid),
+                    json=success_body(cid, metadata={"log": "x" * 800}),
+                )
+                statuses.append(assert_problem(response, 503)["type"])
+
+        assert all(kind.endswith("callback-not-stored") for kind in statuses)
+
+    def test_the_budget_takes_at_least_one_callback_at_the_body_limit(
+        self, make_settings: Callable[..., GatewaySettings]
+    ) -> None:
+        with pytest.raises(ValidationError, match="at least GATEWAY_MAX_BODY_BYTES"):
+            make_settings(gateway_max_body_bytes=2048, gateway_max_bytes_in_flight=1024)
 
 
 class TestRouting:
