@@ -185,9 +185,8 @@ async def test_a_sender_out_of_slots_sends_the_next_due_request_as_soon_as_one_f
             await sender
 
 
-async def test_a_request_held_for_a_slot_goes_as_soon_as_one_frees(
-    under_test: DispatcherUnderTest,
-) -> None:
+def one_slot_per_host(under_test: DispatcherUnderTest) -> tuple[HeldService, Dispatcher]:
+    """Return a held service answering sync requests, and a dispatcher with one slot per host."""
     service = HeldService(body={"status": "success", "resultUrl": "https://cdn.example.com/v"})
     webhooks = WebhookClient(
         httpx.MockTransport(service),
@@ -195,7 +194,13 @@ async def test_a_request_held_for_a_slot_goes_as_soon_as_one_frees(
         max_requests_per_host=1,
         timeout_seconds=0.3,  # the longest wait for a slot; a sync request has its task's
     )
-    dispatcher = under_test.another(webhooks=webhooks)
+    return service, under_test.another(webhooks=webhooks)
+
+
+async def test_a_request_held_for_a_slot_goes_as_soon_as_one_frees(
+    under_test: DispatcherUnderTest,
+) -> None:
+    service, dispatcher = one_slot_per_host(under_test)
     first, second = task_request(mode="sync", timeoutSeconds=900), task_request()
     await dispatcher.dispatch(first)
     # The clock stands still, and polling alone would look again only 30 s on.
@@ -221,14 +226,7 @@ async def test_a_request_held_for_a_slot_goes_as_soon_as_one_frees(
 async def test_a_failure_to_free_held_requests_is_no_failure_of_the_answered_attempt(
     under_test: DispatcherUnderTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service = HeldService(body={"status": "success", "resultUrl": "https://cdn.example.com/v"})
-    webhooks = WebhookClient(
-        httpx.MockTransport(service),
-        guard=UrlGuard(resolve=resolve_publicly),
-        max_requests_per_host=1,
-        timeout_seconds=0.3,
-    )
-    dispatcher = under_test.another(webhooks=webhooks)
+    service, dispatcher = one_slot_per_host(under_test)
     first, second = task_request(mode="sync", timeoutSeconds=900), task_request()
 
     async def database_away(*_args: object, **_kwargs: object) -> int:
