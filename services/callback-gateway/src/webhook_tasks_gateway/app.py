@@ -25,7 +25,7 @@ from webhook_tasks_runtime.kafka import message_for
 from webhook_tasks_runtime.logging import correlation_context
 from webhook_tasks_runtime.timeouts import within
 
-from .admission import BodyBudget, Held, bytes_to_hold
+from .admission import BodyBudget, Held
 from .callbacks import (
     callback_event,
     delivery_event_id,
@@ -172,7 +172,9 @@ class _CallbackEndpoint:
         self._publish_timeout = settings.gateway_publish_timeout_seconds
         self._retry_after = settings.gateway_retry_after_seconds
         self._in_flight = BodyBudget(
-            settings.gateway_max_bytes_in_flight, retry_after_seconds=self._retry_after
+            settings.gateway_max_bytes_in_flight,
+            body_limit=self._max_body_bytes,
+            retry_after_seconds=self._retry_after,
         )
         self._per_client = _buckets(
             settings.gateway_rate_limit_per_client,
@@ -194,7 +196,7 @@ class _CallbackEndpoint:
         """Verify, validate and publish one callback; return 202 once Kafka has it."""
         params = scope["path_params"]
         correlation_id: str = params["correlation_id"]
-        held: list[Held] = []
+        held = self._in_flight.holder(correlation_id)
         with correlation_context(_loggable(correlation_id)):
             try:
                 event = await self._event_from(
@@ -220,8 +222,7 @@ class _CallbackEndpoint:
                     response.headers["connection"] = "close"
                 return response
             finally:
-                for each in held:
-                    each.release()
+                held.release()
             ACCEPTED.inc()
             # Kafka now holds the callback with its event id: that is the record. A line per
             # accepted callback at INFO cost ~10% of the gateway's CPU under load; refusals,
@@ -235,9 +236,9 @@ class _CallbackEndpoint:
             return _Accepted(correlation_id)
 
     async def _event_from(
-        self, scope: Scope, receive: Receive, correlation_id: str, token: str, held: list[Held]
+        self, scope: Scope, receive: Receive, correlation_id: str, token: str, held: Held
     ) -> CallbackReceived:
-        """Verify and read one callback; what it holds of the byte budget goes into `held`."""
+        """Verify and read one callback, its body's bytes held in `held` as they arrive."""
         headers = scope["headers"]
         if self._per_client is not None:
             _spend(self._per_client, _client_address(scope), "from this client")
@@ -248,9 +249,9 @@ class _CallbackEndpoint:
         signed = self._signatures.expect(verified.endpoint, Headers(raw=headers))
         require_json(header_value(headers, b"content-type"))
         require_identity_encoding(header_value(headers, b"content-encoding"))
-        declared = header_value(headers, b"content-length")
-        held.append(self._in_flight.hold(bytes_to_hold(declared, self._max_body_bytes)))
-        body = await read_body(receive, declared, self._max_body_bytes)
+        body = await read_body(
+            receive, header_value(headers, b"content-length"), self._max_body_bytes, held.take
+        )
         if signed is not None:
             signed.verify(body)
         # Counted once token and signature verify, so no stranger can spend a task's allowance.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from uuid import UUID
 
 from pydantic import ValidationError
@@ -63,8 +63,13 @@ def header_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | N
     return None
 
 
-async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """Return the body (`declared`: its Content-Length), refused once known to exceed `limit`."""
+async def read_body(
+    receive: Receive, declared: str | None, limit: int, hold: Callable[[int], None]
+) -> bytes:
+    """Return the body (`declared`: its Content-Length), refused once known to exceed `limit`.
+
+    `hold` is told the size of each part as it arrives, and may refuse it by raising.
+    """
     if declared is not None and declared.isascii() and declared.isdigit():
         digits = declared.lstrip("0")
         # Longer than the limit's digits is larger: int() would refuse thousands of them.
@@ -83,6 +88,7 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
         size += len(chunk)
         if size > limit:
             raise BodyTooLargeError(f"The body exceeds the limit of {limit} bytes.")
+        hold(len(chunk))
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

@@ -33,9 +33,10 @@ class GatewaySettings(RuntimeSettings, CallbackTokenSettings):
     """0 lets the operating system choose a free port."""
     gateway_max_body_bytes: int = Field(default=MIB, ge=1, le=64 * MIB)
     gateway_max_bytes_in_flight: int = Field(default=32 * MIB, ge=1, le=4096 * MIB)
-    """Bytes of callback bodies held at once, from reading to Kafka's acknowledgement; past
-    them a callback gets 503 before its body is read. Each takes 4-9 times its body in memory:
-    32 MiB suits the manifests' 512 MiB limit. At least GATEWAY_MAX_BODY_BYTES."""
+    """Bytes of callback bodies held at once, from their arrival to Kafka's acknowledgement;
+    past them, or past one correlation id's share (an eighth, at least GATEWAY_MAX_BODY_BYTES),
+    a callback gets 503. Each takes 4-9 times its body in memory: 32 MiB suits the manifests'
+    512 MiB limit. At least GATEWAY_MAX_BODY_BYTES."""
     gateway_max_event_bytes: int | None = Field(default=None, ge=1024, le=64 * MIB)
     """Largest event published; unset, a body at its limit plus EVENT_ENVELOPE_BYTES. The
     callback-received topic's max.message.bytes must take it plus KAFKA_RECORD_OVERHEAD_BYTES."""

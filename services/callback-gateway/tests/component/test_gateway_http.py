@@ -598,6 +598,40 @@ class TestBytesInFlight:
         assert [response.status_code for response in (*stored, after)] == [202, 202, 202]
         assert len(gated.messages) == 3
 
+    async def test_a_small_body_sent_in_chunks_holds_only_its_own_bytes(
+        self,
+        make_client: Callable[..., httpx.AsyncClient],
+        make_settings: Callable[..., GatewaySettings],
+        tokens: CallbackTokens,
+    ) -> None:
+        # Streams (Go readers, Java publishers, Node streams) send no Content-Length.
+        ids = [f"corr-{uuid.uuid4()}" for _ in range(5)]
+        gated = GatedPublisher()
+        gateway = make_settings(gateway_max_body_bytes=1000, gateway_max_bytes_in_flight=1000)
+
+        async def post(cid: str) -> httpx.Response:
+            body = json.dumps(success_body(cid)).encode()
+
+            async def chunks() -> AsyncIterator[bytes]:
+                yield body[:20]
+                yield body[20:]
+
+            return await http.post(
+                tokens.callback_url("http://gateway", cid),
+                content=chunks(),
+                headers={"content-type": "application/json"},
+            )
+
+        async with make_client(gated, gateway_settings=gateway) as http:
+            posts = [asyncio.create_task(post(cid)) for cid in ids]
+            async with asyncio.timeout(10):
+                while gated.waiting + sum(each.done() for each in posts) < len(ids):
+                    await asyncio.sleep(0.01)
+            gated.gate.set()
+            answers = [await each for each in posts]
+
+        assert [answer.status_code for answer in answers] == [202] * 5
+
     async def test_bytes_held_by_a_refused_callback_are_given_back(
         self,
         make_client: Callable[..., httpx.AsyncClient],

@@ -1,41 +1,58 @@
-"""The bytes a callback holds of the gateway's budget, and the budget's refusals."""
+"""The bytes callbacks hold of the gateway's budget, and its refusals."""
 
 from __future__ import annotations
 
 import pytest
-from webhook_tasks_gateway.admission import BodyBudget, bytes_to_hold
+from webhook_tasks_gateway.admission import BodyBudget
 from webhook_tasks_gateway.problems import GatewayBusyError
 
 
-@pytest.mark.parametrize(
-    ("declared", "held"),
-    [
-        ("512", 512),
-        ("0", 0),
-        ("000512", 512),
-        ("1000", 1000),
-        ("1001", 0),  # refused (413) before it is read
-        ("9" * 400, 0),  # ditto, without reading thousands of digits as a number
-        (None, 1000),  # chunked: as much as it may have
-        ("12a", 1000),  # not a length: counted as it arrives, up to the limit
-        ("١٢", 1000),  # digits, but not ASCII ones
-    ],
-)
-def test_a_callback_holds_its_declared_length_or_the_limit(declared: str | None, held: int) -> None:
-    assert bytes_to_hold(declared, 1000) == held
-
-
-def test_the_budget_refuses_what_would_exceed_it_and_takes_back_what_is_released() -> None:
-    budget = BodyBudget(1000, retry_after_seconds=7)
-    first = budget.hold(600)
+def test_bytes_are_held_as_they_arrive_and_refused_past_the_budget() -> None:
+    budget = BodyBudget(1000, body_limit=100, retry_after_seconds=7)
+    callbacks = [budget.holder(f"corr-{index}") for index in range(11)]
+    for held in callbacks[:10]:
+        held.take(60)
+        held.take(40)
 
     with pytest.raises(GatewayBusyError) as refused:
-        budget.hold(500)
-    first.release()
-    second = budget.hold(1000)
+        callbacks[10].take(1)
+    callbacks[0].release()
+    callbacks[10].take(100)
 
     assert refused.value.headers() == {"Retry-After": "7"}
     assert budget.held == 1000
-    second.release()
-    second.release()  # once only: a second release gives back nothing
+
+
+def test_one_correlation_id_holds_at_most_an_eighth() -> None:
+    # One valid callback URL must not be enough to keep every other task's callbacks out.
+    budget = BodyBudget(8000, body_limit=100, retry_after_seconds=5)
+    same = [budget.holder("corr-greedy") for _ in range(11)]
+    for held in same[:10]:
+        held.take(100)
+
+    with pytest.raises(GatewayBusyError):
+        same[10].take(1)
+    budget.holder("corr-other").take(100)
+
+    assert budget.held == 1100
+
+
+def test_the_share_is_at_least_one_body_at_the_limit() -> None:
+    budget = BodyBudget(1000, body_limit=1000, retry_after_seconds=5)
+
+    budget.holder("corr-1").take(1000)
+
+    assert budget.held == 1000
+
+
+def test_a_release_gives_back_everything_once() -> None:
+    budget = BodyBudget(1000, body_limit=100, retry_after_seconds=5)
+    held = budget.holder("corr-1")
+    held.take(30)
+    held.take(20)
+
+    held.release()
+    held.release()
+
     assert budget.held == 0
+    budget.holder("corr-1").take(100)

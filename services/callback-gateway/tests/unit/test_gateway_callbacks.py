@@ -42,6 +42,10 @@ def test_other_media_types_are_refused(content_type: str | None) -> None:
         require_json(content_type)
 
 
+def hold_nothing(_size: int) -> None:
+    return None
+
+
 def fields_of(body: object, correlation_id: str = "c-1") -> list[str]:
     with pytest.raises(InvalidBodyError) as refused:
         parse_callback(json.dumps(body).encode(), correlation_id)
@@ -156,7 +160,7 @@ async def test_body_arriving_in_chunks_is_joined() -> None:
         {"type": "http.request", "body": b"1}", "more_body": False},
     )
 
-    assert await read_body(receive, None, 100) == b'{"a":1}'
+    assert await read_body(receive, None, 100, hold_nothing) == b'{"a":1}'
 
 
 async def test_body_growing_past_the_limit_is_refused_without_reading_on() -> None:
@@ -166,7 +170,7 @@ async def test_body_growing_past_the_limit_is_refused_without_reading_on() -> No
     )
 
     with pytest.raises(BodyTooLargeError):
-        await read_body(receive, "10", 100)
+        await read_body(receive, "10", 100, hold_nothing)
 
 
 @pytest.mark.parametrize("declared", ["101", "0" * 10 + "101", "9" * 5000])
@@ -174,7 +178,7 @@ async def test_a_declared_length_over_the_limit_is_refused_before_reading(declar
     receive = receiving()  # nothing to read: the header alone decides
 
     with pytest.raises(BodyTooLargeError) as refused:
-        await read_body(receive, declared, 100)
+        await read_body(receive, declared, 100, hold_nothing)
 
     assert "9" * 10 not in refused.value.response().body.decode()
 
@@ -185,7 +189,7 @@ async def test_a_declared_length_within_the_limit_or_unreadable_leaves_it_to_the
 ) -> None:
     receive = receiving({"type": "http.request", "body": b'{"a":1}', "more_body": False})
 
-    assert await read_body(receive, declared, 100) == b'{"a":1}'
+    assert await read_body(receive, declared, 100, hold_nothing) == b'{"a":1}'
 
 
 async def test_client_gone_before_the_body_is_a_body_problem() -> None:
@@ -194,7 +198,7 @@ async def test_client_gone_before_the_body_is_a_body_problem() -> None:
     )
 
     with pytest.raises(InvalidBodyError, match="disconnected"):
-        await read_body(receive, None, 100)
+        await read_body(receive, None, 100, hold_nothing)
 
 
 @pytest.mark.parametrize(
