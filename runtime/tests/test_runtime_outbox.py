@@ -186,8 +186,8 @@ async def test_a_relay_waits_for_another_replicas_publish_longer_than_a_statemen
     quick = await create_pool(infrastructure.database_url, unique_schema, statement_timeout=0.5)
     try:
         slow, waiting = SlowPublisher(1.5), Publisher()
-        first = OutboxRelay(quick, slow, schema=unique_schema)
-        second = OutboxRelay(quick, waiting, schema=unique_schema)
+        first = OutboxRelay(quick, slow, schema=unique_schema, lock_wait_step=0.2)
+        second = OutboxRelay(quick, waiting, schema=unique_schema, lock_wait_step=0.2)
         async with pool.acquire() as conn, conn.transaction():
             await add_to_outbox(conn, messages("1", "2"))
         holding = asyncio.create_task(first.flush())

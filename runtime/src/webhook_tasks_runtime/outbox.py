@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -70,7 +71,7 @@ async def add_events_to_outbox(
 
 
 _LOCK_WAIT_SECONDS = 600.0
-"""How long a relay waits for another replica's to finish publishing a batch."""
+"""How long a relay waits, in all, for another replica's to finish publishing a batch."""
 
 
 class OutboxRelay:
@@ -85,8 +86,12 @@ class OutboxRelay:
         batch_size: int = 500,
         idle_interval: float = 0.5,
         retry_delay: float = 1.0,
+        lock_wait_step: float = 5.0,
     ) -> None:
         self._pool = pool
+        # One wait for the relays' lock lasts at most `lock_wait_step`, less than a statement
+        # may: a connection that died meanwhile is noticed, and the wait goes on in steps.
+        self._lock_wait_step_ms = max(1, int(lock_wait_step * 1000))
         self._publisher = publisher
         self._batch_size = batch_size
         self._idle_interval = idle_interval
@@ -118,10 +123,7 @@ class OutboxRelay:
         async with self._pool.acquire() as conn, conn.transaction():
             # A transaction-scoped lock keeps relays of several replicas from interleaving,
             # so each task's events leave in the order they were written.
-            # Held while the holder publishes, which may take longer than a statement may.
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock($1)", self._lock_key, timeout=_LOCK_WAIT_SECONDS
-            )
+            await self._take_turn(conn)
             rows = await conn.fetch(
                 "SELECT id, topic, key, payload, traceparent FROM outbox ORDER BY id LIMIT $1",
                 self._batch_size,
@@ -141,6 +143,20 @@ class OutboxRelay:
             )
         self._published.inc(published)
         return len(rows)
+
+    async def _take_turn(self, conn: asyncpg.Connection) -> None:
+        """Wait for the relays' lock, held while one publishes, in steps a statement may take."""
+        give_up_at = time.monotonic() + _LOCK_WAIT_SECONDS
+        await conn.execute(f"SET LOCAL lock_timeout = {self._lock_wait_step_ms}")
+        while True:
+            try:
+                # A savepoint: a step that runs out leaves the batch's transaction usable.
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
+                return
+            except asyncpg.LockNotAvailableError:
+                if time.monotonic() > give_up_at:
+                    raise
 
     async def _publish_singly(self, conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> int:
         """Publish `rows` one at a time, setting aside those too large; return how many went."""

@@ -95,7 +95,9 @@ async def serve_worker(
         await publisher.start()
         stack.push_async_callback(publisher.stop)
 
-        relay = OutboxRelay(pool, publisher, schema=schema)
+        relay = OutboxRelay(
+            pool, publisher, schema=schema, lock_wait_step=settings.database_timeout_seconds / 2
+        )
         resources = WorkerResources(settings, pool, publisher, relay, stack)
         parts = await build(resources)
 
