@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
@@ -168,3 +169,23 @@ async def test_the_first_try_is_made_in_full_however_late() -> None:
     late = time.monotonic() - 60
 
     assert await retry_while_database_away(write, give_up_at=late, what="recording") == "recorded"
+
+
+async def test_a_record_tried_again_and_again_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tries = 0
+
+    async def write() -> None:
+        nonlocal tries
+        tries += 1
+        if tries < 4:
+            raise ConnectionRefusedError(111, "Connect call failed")
+
+    caplog.set_level(logging.WARNING, logger="webhook_tasks_runtime.db")
+    await retry_while_database_away(
+        write, give_up_at=time.monotonic() + 30, what="recording the answer"
+    )
+
+    assert tries == 4
+    assert [r.getMessage() for r in caplog.records] == ["recording the answer failed; retrying"]

@@ -58,7 +58,10 @@ async def retry_while_database_away(
             delay = delays.next_delay()
             if time.monotonic() + delay > give_up_at:
                 raise
-            logger.warning(
+            # One line per record at WARNING: a dispatcher with hundreds of answers in flight
+            # would otherwise write thousands during an outage of a minute.
+            logger.log(
+                logging.WARNING if bound is None else logging.DEBUG,
                 "%s failed; retrying",
                 what,
                 extra={
