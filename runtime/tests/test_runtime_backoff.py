@@ -23,7 +23,7 @@ def test_delays_double_up_to_the_longest_and_start_over() -> None:
 def test_a_run_of_failures_is_one_traceback_then_a_line_each_then_one_recovery(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    rounds = FailingRounds("outbox flush", logging.getLogger(LOGGER), first=1.0, longest=30.0)
+    rounds = FailingRounds("outbox flush", logging.getLogger(LOGGER), RetryDelays(1.0, 30.0))
     caplog.set_level(logging.INFO, logger=LOGGER)
 
     waits = []
@@ -48,7 +48,7 @@ def test_a_run_of_failures_is_one_traceback_then_a_line_each_then_one_recovery(
 def test_after_a_recovery_the_next_failure_has_its_traceback_and_the_first_delay(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    rounds = FailingRounds("deadline scan", logging.getLogger(LOGGER), first=0.5)
+    rounds = FailingRounds("deadline scan", logging.getLogger(LOGGER), RetryDelays(0.5, 30.0))
     caplog.set_level(logging.INFO, logger=LOGGER)
     for _ in range(3):
         rounds.failed(TimeoutError())

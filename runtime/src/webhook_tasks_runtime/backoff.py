@@ -29,22 +29,14 @@ class FailingRounds:
 
     The first failure of a run of them is logged with its traceback, each later one in a
     line, and the first success after them says how many there were. Between failures the
-    loop waits twice as long each time, up to `longest`: an outage of a minute writes a
-    dozen lines per loop, not one traceback a second.
+    loop waits as `delays` says, longer each time: an outage of a minute writes a dozen
+    lines per loop, not one traceback a second.
     """
 
-    def __init__(
-        self,
-        what: str,
-        logger: logging.Logger,
-        *,
-        first: float = 1.0,
-        longest: float = 30.0,
-        delays: RetryDelays | None = None,
-    ) -> None:
+    def __init__(self, what: str, logger: logging.Logger, delays: RetryDelays) -> None:
         self._what = what
         self._logger = logger
-        self._delays = delays or RetryDelays(first, longest)
+        self._delays = delays
         self._failures = 0
 
     def failed(self, error: Exception) -> float:

@@ -301,7 +301,7 @@ class Dispatcher:
         # Cancelled, it gives the requests being sent `shutdown_grace` seconds to finish, then
         # stops the rest and makes them due at once, for the next process.
         rounds = FailingRounds(
-            "claiming due requests", logger, delays=retry_delays or RetryDelays(1.0, 10.0)
+            "claiming due requests", logger, retry_delays or RetryDelays(1.0, 10.0)
         )
         try:
             while True:

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 from webhook_tasks_contracts import DeadlineReached, Topics, derived_event_id, utc_now
-from webhook_tasks_runtime.backoff import FailingRounds
+from webhook_tasks_runtime.backoff import FailingRounds, RetryDelays
 from webhook_tasks_runtime.logging import correlation_context
 from webhook_tasks_runtime.outbox import add_events_to_outbox
 
@@ -74,7 +74,7 @@ class DeadlineScanner:
     async def run(self) -> None:
         """Scan, sleep until the next deadline or one poll interval, and again until cancelled."""
         # At most 5 s apart: once PostgreSQL is back, deadlines that passed go soon.
-        rounds = FailingRounds("deadline scan", logger, first=self._retry_delay, longest=5.0)
+        rounds = FailingRounds("deadline scan", logger, RetryDelays(self._retry_delay, 5.0))
         while True:
             self._wake_at = None
             self._wakeup.clear()

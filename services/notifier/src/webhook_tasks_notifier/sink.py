@@ -23,7 +23,7 @@ import asyncpg
 import httpx
 from standardwebhooks import Webhook
 from webhook_tasks_contracts import utc_now
-from webhook_tasks_runtime.backoff import FailingRounds
+from webhook_tasks_runtime.backoff import FailingRounds, RetryDelays
 from webhook_tasks_runtime.db import retry_while_database_away
 from webhook_tasks_runtime.leases import claim_or_hand_back
 
@@ -125,7 +125,7 @@ class HttpSink:
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
-            accepted += sum(outcome for outcome in outcomes if outcome is True)
+            accepted += outcomes.count(True)
             if len(batch) < self._batch_size:
                 return accepted
 
@@ -163,7 +163,9 @@ class HttpSink:
 
     async def run(self) -> None:
         """Deliver whenever woken or a retry falls due, and prune now and then, until cancelled."""
-        rounds = FailingRounds("sink delivery round", logger, first=self._idle_interval)
+        rounds = FailingRounds(
+            "sink delivery round", logger, RetryDelays(self._idle_interval, 30.0)
+        )
         while True:
             self._wakeup.clear()
             try:
