@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,12 +26,43 @@ class EmbeddedInfrastructureError(RuntimeError):
     """An embedded server could not be started."""
 
 
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10000
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free on `host` right now."""
+    """Return a TCP port that is free on `host` now and that no outgoing connection will take."""
+    # A port the kernel hands out (bind to 0) is also what it gives the next outgoing
+    # connection's local end: between this call and the server's bind, any client on the
+    # machine may take it. Ports below the ephemeral range are only ever taken on purpose.
+    first_ephemeral = _first_ephemeral_port()
+    for _ in range(200):
+        port = random.randrange(_LOWEST_PORT, first_ephemeral)  # noqa: S311 (not a secret)
+        if port not in _handed_out and _bindable(host, port):
+            _handed_out.add(port)
+            return port
+    raise EmbeddedInfrastructureError(
+        f"no free TCP port on {host} between {_LOWEST_PORT} and {first_ephemeral}"
+    )
+
+
+def _first_ephemeral_port() -> int:
+    try:
+        low = int(_EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+    # A range set to start low leaves nothing below it; fall back on the default's floor.
+    return low if low > _LOWEST_PORT + 1000 else 32768
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket() as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def wait_for_port(host: str, port: int, *, timeout: float) -> None:

@@ -25,6 +25,7 @@ from webhook_tasks_dispatcher.client import (
 )
 from webhook_tasks_dispatcher.guard import Allowlist, UrlGuard, system_resolve
 from webhook_tasks_dispatcher.signing import decode_secret
+from webhook_tasks_runtime.embedded import free_port
 
 from .conftest import LocalServer
 
@@ -169,11 +170,7 @@ async def test_429_and_5xx_carry_status_and_retry_after(server: LocalServer) -> 
 
 
 async def test_a_closed_port_is_unreachable() -> None:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens there
     webhooks, http = client()
     try:
         result = await post(webhooks, f"http://127.0.0.1:{port}/x")
