@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from webhook_tasks_contracts import (
     REVEAL_SECRETS,
     ErrorCallback,
+    ProgressCallback,
     SuccessCallback,
     TaskCompleted,
     TaskMetadata,
@@ -24,7 +25,11 @@ from webhook_tasks_contracts import (
     derived_event_id,
     lifecycle_event_adapter,
 )
-from webhook_tasks_contracts._validators import _PLAIN_HTTP_URL, _checked_http_url
+from webhook_tasks_contracts._validators import (
+    _PLAIN_HTTP_URL,
+    MAX_ERROR_LENGTH,
+    _checked_http_url,
+)
 
 PRODUCT_SUMMARY_TASK = {
     "taskId": "task-1",
@@ -116,6 +121,46 @@ def test_a_task_without_the_webhook_flag_needs_no_url() -> None:
     assert not TaskMetadata.model_validate({}).is_webhook_task
 
 
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        None,
+        {"isWebhookTask": False, "webhookUrl": "notaurl"},
+        {"webhookUrl": "ftp://x/", "timeoutSeconds": 0},
+        {"is_webhook_task": "false", "mode": "later"},
+    ],
+)
+def test_another_kind_of_task_is_taken_whatever_its_metadata_holds(metadata: object) -> None:
+    # Not a webhook task: the dispatcher ignores it, rather than dead-letter it for a field
+    # it never uses.
+    task = TaskRequested.model_validate({**PRODUCT_SUMMARY_TASK, "taskMetadata": metadata})
+
+    assert not task.task_metadata.is_webhook_task
+
+
+@pytest.mark.parametrize(
+    ("metadata", "problem"),
+    [
+        ({"isWebhookTask": "true", "webhookUrl": "notaurl"}, "http or https"),
+        ({"isWebhookTask": "perhaps", "webhookUrl": "https://x/"}, "valid boolean"),
+        ("a string", "valid dictionary"),
+    ],
+)
+def test_a_webhook_task_with_unusable_metadata_is_still_refused(
+    metadata: object, problem: str
+) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        TaskRequested.model_validate({**PRODUCT_SUMMARY_TASK, "taskMetadata": metadata})
+
+
+def test_null_webhook_params_are_none_given() -> None:
+    metadata = TaskMetadata.model_validate(
+        {"isWebhookTask": True, "webhookUrl": "https://x/", "webhookParams": None}
+    )
+
+    assert metadata.webhook_params == {}
+
+
 def test_idempotency_key_prefers_the_request_id() -> None:
     task = TaskRequested.model_validate(PRODUCT_SUMMARY_TASK)
     with_request_id = task.model_copy(update={"request_id": "run-7"})
@@ -192,6 +237,70 @@ def test_the_product_summary_callbacks_parse() -> None:
     assert success.result_url == "https://cdn.example.com/result.mp4"
     assert isinstance(error, ErrorCallback)
     assert error.error == "Error description"
+
+
+def test_an_error_callback_is_taken_however_long_or_empty_its_error() -> None:
+    trace = "Traceback (most recent call last):\n" + "  File x, line 1\n" * 400
+
+    long = callback_body_adapter.validate_json(
+        json.dumps({"correlationId": "c", "status": "error", "error": trace})
+    )
+    for absent in ('"error": null', '"error": "  "', '"other": 1'):
+        empty = callback_body_adapter.validate_json(
+            f'{{"correlationId": "c", "status": "error", {absent}}}'
+        )
+        assert isinstance(empty, ErrorCallback)
+        assert empty.error == "The external service reported an error."
+
+    assert isinstance(long, ErrorCallback)
+    assert MAX_ERROR_LENGTH - 30 < len(long.error) <= MAX_ERROR_LENGTH
+    assert long.error.endswith(" [...]")
+    assert trace.startswith(long.error.removesuffix(" [...]"))
+
+
+def test_a_word_the_cut_falls_in_goes_whole() -> None:
+    # An echoed credential cut in two would escape the masking that looks for it whole.
+    secret = "sk_live_" + "q" * 40
+    for at in range(MAX_ERROR_LENGTH - 50, MAX_ERROR_LENGTH):
+        text = "e" * (at - 1) + " " + secret + " more words"
+        error = callback_body_adapter.validate_json(
+            json.dumps({"correlationId": "c", "status": "error", "error": text})
+        )
+        assert isinstance(error, ErrorCallback)
+        assert "sk_live" not in error.error or secret in error.error, at
+
+
+def test_a_long_progress_message_is_cut_not_refused() -> None:
+    progress = callback_body_adapter.validate_json(
+        json.dumps({"correlationId": "c", "status": "progress", "message": "step " * 1000})
+    )
+    one_word = callback_body_adapter.validate_json(
+        json.dumps({"correlationId": "c", "status": "progress", "message": "m" * 5000})
+    )
+
+    assert isinstance(progress, ProgressCallback)
+    assert progress.message == "step " * 198 + "step [...]"
+    assert isinstance(one_word, ProgressCallback)
+    assert one_word.message == "[...]"
+
+
+def test_a_pre_signed_result_url_of_a_few_kilobytes_is_taken_as_given() -> None:
+    url = "https://bucket.s3.amazonaws.com/out.mp4?X-Amz-Security-Token=" + "A" * 3000
+    success = callback_body_adapter.validate_json(
+        json.dumps({"correlationId": "c", "status": "success", "resultUrl": url})
+    )
+
+    assert isinstance(success, SuccessCallback)
+    assert success.result_url == url
+
+
+def test_an_empty_result_url_or_null_metadata_is_none_given() -> None:
+    success = callback_body_adapter.validate_json(
+        '{"correlationId": "c", "status": "success", "resultUrl": "", "metadata": null}'
+    )
+
+    assert isinstance(success, SuccessCallback)
+    assert (success.result_url, success.metadata) == (None, {})
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,20 @@ import re
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, Field, SecretStr, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_validator,
+)
 
-MAX_URL_LENGTH = 2048
+MAX_URL_LENGTH = 8192
+"""Long enough for pre-signed storage URLs (a session token alone can be 1-2 KB)."""
 MAX_ERROR_LENGTH = 4000
+MAX_MESSAGE_LENGTH = 1000
 MAX_ID_LENGTH = 200
 
 # Spaces, C0 controls and DEL: one regex search, not a Python loop over every character.
@@ -51,6 +61,33 @@ HttpUrlString = Annotated[
     AfterValidator(_require_http_url),
 ]
 """An absolute http(s) URL kept exactly as given (pydantic's HttpUrl would normalise it)."""
+
+CLIPPED_MARK = " [...]"
+"""What ends a text cut to its field's limit."""
+
+
+def clipped(limit: int) -> BeforeValidator:
+    """Cut a longer text to `limit` characters, marked as cut, rather than refuse it."""
+
+    def clip(value: Any) -> Any:
+        # A service that sends a whole stack trace as its error still gets its outcome through:
+        # refused, the callback's 4xx is final for it and the task would only time out.
+        if isinstance(value, str) and len(value) > limit:
+            return _clip(value, limit)
+        return value
+
+    return BeforeValidator(clip)
+
+
+def _clip(text: str, limit: int) -> str:
+    kept = text[: limit - len(CLIPPED_MARK)]
+    if not text[len(kept)].isspace() and kept and not kept[-1].isspace():
+        # The cut word goes whole: were it a credential the sender echoed, a part of it would
+        # escape the masking that looks for whole credentials once the callback is parsed.
+        words = kept.rsplit(maxsplit=1)
+        kept = words[0] if len(words) == 2 else ""
+    return (kept.rstrip() + CLIPPED_MARK).lstrip()
+
 
 Progress = Annotated[float, Field(ge=0, le=100, strict=True)]
 """A percentage: a JSON number (not text, not a boolean) from 0 to 100."""

@@ -24,6 +24,8 @@ from pydantic import (
     SecretStr,
     SerializationInfo,
     TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
     field_serializer,
     field_validator,
     model_validator,
@@ -95,6 +97,11 @@ class TaskMetadata(StorableText):
             raise ValueError("webhookAuth must be printable ASCII (an HTTP header value)")
         return value
 
+    @field_validator("webhook_params", mode="before")
+    @classmethod
+    def _null_params_are_none_given(cls, value: Any) -> Any:
+        return {} if value is None else value
+
     @field_validator("webhook_params")
     @classmethod
     def _params_keep_reserved_fields(cls, params: dict[str, Any]) -> dict[str, Any]:
@@ -117,6 +124,22 @@ class TaskMetadata(StorableText):
         return value.get_secret_value() if context.get(REVEAL_SECRETS) else "**********"
 
 
+def _says_webhook_task(metadata: Any) -> bool:
+    """Return whether raw task metadata asks for a webhook task, read as TaskMetadata reads it."""
+    if isinstance(metadata, TaskMetadata):
+        return metadata.is_webhook_task
+    if not isinstance(metadata, dict):
+        return True  # not metadata at all: let its error stand
+    flag = metadata.get("isWebhookTask", metadata.get("is_webhook_task", False))
+    try:
+        return _LAX_BOOL.validate_python(flag)
+    except ValidationError:
+        return True  # neither yes nor no: the error says so
+
+
+_LAX_BOOL: TypeAdapter[bool] = TypeAdapter(bool)
+
+
 class TaskRequested(Event):
     """An upstream system asks for a task to run. Keyed by `task_id`."""
 
@@ -134,6 +157,23 @@ class TaskRequested(Event):
     request_id: Identifier | None = None
     """Idempotency key of this request; `event_id` when absent."""
     task_metadata: TaskMetadata = Field(default_factory=TaskMetadata)
+
+    @field_validator("task_metadata", mode="wrap")
+    @classmethod
+    def _only_webhook_tasks_need_webhook_settings(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler
+    ) -> TaskMetadata:
+        # Other tasks share the topic, and their metadata is none of the webhook settings'
+        # business: such a task is ignored, not dead-lettered for a field it does not use.
+        if value is None:
+            return TaskMetadata()
+        try:
+            metadata: TaskMetadata = handler(value)
+        except ValidationError:
+            if _says_webhook_task(value):
+                raise
+            return TaskMetadata()
+        return metadata
 
     @property
     def idempotency_key(self) -> str:

@@ -18,12 +18,24 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from ._validators import MAX_ERROR_LENGTH, HttpUrlString, Identifier, Progress, StorableText
+from ._validators import (
+    CLIPPED_MARK,
+    MAX_ERROR_LENGTH,
+    MAX_MESSAGE_LENGTH,
+    HttpUrlString,
+    Identifier,
+    Progress,
+    StorableText,
+    clipped,
+)
 
 RESERVED_REQUEST_FIELDS = frozenset(
     {"correlationId", "callbackUrl", "prompt", "taskId", "userId", "projectId"}
 )
 """Fields of the webhook request that `webhookParams` may not override."""
+
+DEFAULT_ERROR = "The external service reported an error."
+"""An error callback's reason when it gives none."""
 
 
 class _WireModel(StorableText):
@@ -94,7 +106,19 @@ class SuccessCallback(_WireModel):
     correlation_id: Identifier
     status: Literal["success"]
     result_url: HttpUrlString | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra={"type": ["object", "null"]}
+    )
+
+    @field_validator("result_url", mode="before")
+    @classmethod
+    def _empty_url_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _null_metadata_is_none_given(cls, value: Any) -> Any:
+        return {} if value is None else value
 
 
 class ErrorCallback(_WireModel):
@@ -102,9 +126,21 @@ class ErrorCallback(_WireModel):
 
     correlation_id: Identifier
     status: Literal["error"]
-    error: str = Field(
-        default="The external service reported an error.", max_length=MAX_ERROR_LENGTH
+    error: Annotated[str, clipped(MAX_ERROR_LENGTH)] = Field(
+        default=DEFAULT_ERROR,
+        description=f"Shown to the user. Null or blank: the default. Longer than "
+        f"{MAX_ERROR_LENGTH} characters: cut at a word, ending in {CLIPPED_MARK.strip()}.",
+        json_schema_extra={"type": ["string", "null"]},
     )
+
+    @field_validator("error", mode="before")
+    @classmethod
+    def _null_error_is_none_given(cls, value: Any) -> Any:
+        return (
+            DEFAULT_ERROR
+            if value is None or (isinstance(value, str) and not value.strip())
+            else value
+        )
 
 
 class ProgressCallback(_WireModel):
@@ -113,7 +149,11 @@ class ProgressCallback(_WireModel):
     correlation_id: Identifier
     status: Literal["progress"]
     progress: Progress | None = None
-    message: str | None = Field(default=None, max_length=1000)
+    message: Annotated[str | None, clipped(MAX_MESSAGE_LENGTH)] = Field(
+        default=None,
+        description=f"Longer than {MAX_MESSAGE_LENGTH} characters: cut at a word, ending in "
+        f"{CLIPPED_MARK.strip()}.",
+    )
 
 
 CallbackBody = Annotated[

@@ -66,6 +66,12 @@ class DeliveryResult:
             return f"the webhook URL was refused: {self.error}"
         if self.outcome == "failed":
             return f"the dispatcher could not send the request ({self.error})"
+        if self.status_code is not None and 300 <= self.status_code < 400:
+            # Not followed: a redirect could lead past the SSRF guard's check of the URL.
+            return (
+                f"the external service answered HTTP {self.status_code}, a redirect, which is "
+                "not followed: set webhookUrl to the URL it redirects to"
+            )
         if self.status_code is not None:
             return f"the external service answered HTTP {self.status_code}"
         if self.timed_out:

@@ -997,8 +997,14 @@ def parse_sync_result(
     data["correlationId"] = correlation_id
     try:
         answer = callback_body_adapter.validate_python(data)
-    except ValidationError:
-        return "the external service's answer had no result (expected status success or error)"
+    except ValidationError as error:
+        if data.get("status") not in ("success", "error", "progress"):
+            return "the external service's answer had no result (expected status success or error)"
+        # Which field, and why: never the value, which may be anything the service sent.
+        first = error.errors(include_url=False, include_input=False, include_context=False)[0]
+        where = ".".join(str(part) for part in first["loc"][1:]) or "the answer"
+        why = first["msg"].removeprefix("Value error, ")
+        return f"the external service's result was invalid: {where}: {why}"
     if isinstance(answer, ProgressCallback):
         return "the external service answered with progress instead of a result"
     return answer

@@ -95,6 +95,22 @@ async def test_non_2xx_is_rejected_with_the_status(status: int) -> None:
     assert f"HTTP {status}" in result.reason
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirect_is_not_followed_and_the_reason_says_what_to_change(status: int) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, headers={"location": "https://svc/elsewhere"})
+
+    result = await client_for(handler).send("https://svc/", {}, auth=None)
+
+    assert [request.url.path for request in seen] == ["/"]
+    assert (result.outcome, result.status_code) == ("rejected", status)
+    assert f"HTTP {status}, a redirect, which is not followed" in result.reason
+    assert "set webhookUrl" in result.reason
+
+
 async def test_a_connection_error_is_unreachable_and_never_echoes_the_secret() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError(f"refused while sending {request.headers['authorization']}")

@@ -86,6 +86,11 @@ _SECRET_WORDS = frozenset(
     {"password", "passwd", "secret", "token", "apikey", "auth", "authorization", "credential"}
     | {"credentials", "signature", "cookie"}
 )
+# Words that make a key a measure or a state of a secret rather than the secret itself.
+_ABOUT_A_SECRET = frozenset(
+    {"count", "counts", "usage", "used", "limit", "length", "status", "valid", "verified"}
+    | {"type", "expires", "expiry", "expired", "ttl", "scheme", "algorithm"}
+)
 _SECRET_PHRASES = ("api key", "private key", "access key", "client secret")
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 # Bidi embeddings, overrides and isolates reorder what follows them ("invoice\u202egnp.exe"
@@ -300,8 +305,11 @@ def _as_text(value: Any) -> str:
         return value
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, int | float):
-        return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        # Every digit the service sent (52.520008 stays so, not 52.52); whole numbers as such.
+        return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
+    if isinstance(value, int):
+        return str(value)
     return json.dumps(_without_secrets(value), ensure_ascii=False, default=str)
 
 
@@ -319,7 +327,10 @@ def _without_secrets(value: Any) -> Any:
 
 def _looks_secret(label: str) -> bool:
     lowered = label.lower()
-    return bool(_SECRET_WORDS.intersection(lowered.split())) or any(
+    words = lowered.split()
+    if _ABOUT_A_SECRET.intersection(words):
+        return False  # "Token count", "Signature status": facts about one, not one
+    return bool(_SECRET_WORDS.intersection(words)) or any(
         phrase in lowered for phrase in _SECRET_PHRASES
     )
 

@@ -451,3 +451,24 @@ def test_template_override_with_a_misspelt_file_name_is_refused(tmp_path: Path) 
 
     with pytest.raises(TemplateError, match=r"results\.md"):
         load_templates(tmp_path)
+
+
+def test_numbers_in_metadata_keep_every_digit_the_service_sent() -> None:
+    event = completed(latitude=52.520008, fileSizeBytes=131072000.0, price=1234567.89, tiny=1e-07)
+
+    text = render_comment(event, TEMPLATES).text.replace("\\", "")
+
+    assert "- Latitude: 52.520008" in text
+    assert "- File size bytes: 131072000" in text
+    assert "- Price: 1234567.89" in text
+    assert "- Tiny: 1e-07" in text
+
+
+def test_facts_about_a_credential_are_shown_but_the_credential_is_not() -> None:
+    event = completed(tokenCount=1523, signatureStatus="valid", authToken="tok-789")
+
+    text = render_comment(event, TEMPLATES).text
+
+    assert "- Token count: 1523" in text
+    assert "- Signature status: valid" in text
+    assert "tok-789" not in text
