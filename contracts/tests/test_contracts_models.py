@@ -469,3 +469,22 @@ def test_the_fast_url_check_accepts_only_urls_the_full_rules_accept(url: str) ->
 )
 def test_common_urls_take_the_fast_check(url: str) -> None:
     assert _PLAIN_HTTP_URL.fullmatch(url)
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00"])
+def test_a_time_no_consumer_can_store_is_refused_so_its_event_is_dead_lettered(
+    moment: str,
+) -> None:
+    # Valid with its zone, yet outside years 1-9999 in UTC: taken, it failed every write.
+    with pytest.raises(ValidationError, match="years 1 to 9999 in UTC"):
+        TaskRequested.model_validate({**PRODUCT_SUMMARY_TASK, "occurredAt": moment})
+    with pytest.raises(ValidationError, match="years 1 to 9999 in UTC"):
+        lifecycle_event_adapter.validate_python(
+            {
+                "type": "task.expired",
+                "correlation_id": "c",
+                "task": {"task_id": "t", "user_id": "u", "project_id": "p"},
+                "deadline_at": moment,
+                "timeout_seconds": 60,
+            }
+        )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     Field,
@@ -88,6 +90,19 @@ def _clip(text: str, limit: int) -> str:
         kept = words[0] if len(words) == 2 else ""
     return (kept.rstrip() + CLIPPED_MARK).lstrip()
 
+
+def _storable_instant(value: datetime) -> datetime:
+    # 0001-01-01T00:00+01:00 is a valid time with a zone, yet in UTC it falls before year 1:
+    # no consumer could store it, and its event would fail every delivery for good.
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must fall within the years 1 to 9999 in UTC") from None
+    return value
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(_storable_instant)]
+"""A time with its zone that every consumer can store."""
 
 Progress = Annotated[float, Field(ge=0, le=100, strict=True)]
 """A percentage: a JSON number (not text, not a boolean) from 0 to 100."""

@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,7 +31,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from ._validators import HttpUrlString, Identifier, Progress, StorableText
+from ._validators import HttpUrlString, Identifier, Instant, Progress, StorableText
 from .payloads import RESERVED_REQUEST_FIELDS
 
 SCHEMA_VERSION = 1
@@ -62,7 +61,7 @@ class Event(StorableText):
 
     event_id: UUID = Field(default_factory=uuid4)
     schema_version: Literal[1] = 1
-    occurred_at: AwareDatetime = Field(default_factory=utc_now)
+    occurred_at: Instant = Field(default_factory=utc_now)
 
 
 class TaskMetadata(StorableText):
@@ -207,7 +206,7 @@ class TaskDispatched(LifecycleEvent):
     """The external service accepted the request; the deadline starts."""
 
     type: Literal["task.dispatched"] = "task.dispatched"
-    deadline_at: AwareDatetime
+    deadline_at: Instant
     timeout_seconds: int
     webhook_host: str
     ack_status: str | None = None
@@ -220,7 +219,7 @@ class TaskProgressed(LifecycleEvent):
     """The external service reported progress; the deadline moves to `deadline_at`."""
 
     type: Literal["task.progressed"] = "task.progressed"
-    deadline_at: AwareDatetime
+    deadline_at: Instant
     progress: Progress | None = None
     message: str | None = None
 
@@ -248,7 +247,7 @@ class TaskExpired(LifecycleEvent):
     """Terminal: no result arrived before the deadline."""
 
     type: Literal["task.expired"] = "task.expired"
-    deadline_at: AwareDatetime
+    deadline_at: Instant
     timeout_seconds: int
 
 
@@ -299,7 +298,7 @@ class DeadlineReached(Event):
 
     type: Literal["deadline.reached"] = "deadline.reached"
     correlation_id: str
-    deadline_at: AwareDatetime
+    deadline_at: Instant
 
 
 CommentKind = Literal["result", "error", "expired", "progress", "late_result"]
@@ -365,4 +364,4 @@ class DeadLetter(BaseModel):
     their values masked in `value_base64`, which is then the document re-serialised, not the
     bytes received. An original that is not JSON but names such a key or holds a bearer token
     is left out: `value_base64` is empty while `value_size` is not 0."""
-    rejected_at: AwareDatetime = Field(default_factory=utc_now)
+    rejected_at: Instant = Field(default_factory=utc_now)

@@ -13,6 +13,7 @@ from webhook_tasks_contracts import (
     TaskProgressed,
     TaskRef,
 )
+from webhook_tasks_notifier import comments
 from webhook_tasks_notifier.comment_templates import TemplateError, load_templates
 from webhook_tasks_notifier.comments import (
     escape_markdown,
@@ -472,3 +473,52 @@ def test_facts_about_a_credential_are_shown_but_the_credential_is_not() -> None:
     assert "- Token count: 1523" in text
     assert "- Signature status: valid" in text
     assert "tok-789" not in text
+
+
+def test_a_credential_after_an_authorization_scheme_word_is_hidden() -> None:
+    reason = "storage rejected: Authorization: Token 9944b09199c62bcf9418ad846dd0e4bb, retry"
+
+    text = render_comment(failed(reason), TEMPLATES).text
+
+    assert "9944b091" not in text
+    assert "retry" in text
+
+
+def test_metadata_under_plural_or_short_secret_names_is_left_out() -> None:
+    event = completed(
+        secrets={"db": "hunter2-prod"}, tokens={"refresh": "1//0gLq8Zr"}, pwd="hunter3", size=3
+    )
+
+    text = render_comment(event, TEMPLATES).text
+
+    assert "hunter2-prod" not in text
+    assert "1//0gLq8Zr" not in text
+    assert "hunter3" not in text
+    assert "- Size: 3" in text
+
+
+def test_only_what_can_be_shown_is_searched_for_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Masking is regular expressions over the text: over a megabyte of metadata it took the
+    # notifier's event loop minutes. What it is given is bounded by what is shown.
+    searched: list[int] = []
+    redact = comments.redact_secrets
+
+    def measured(text: str) -> str:
+        searched.append(len(text))
+        return redact(text)
+
+    monkeypatch.setattr(comments, "redact_secrets", measured)
+    huge = "v1.2-" * 200_000
+
+    text = render_comment(completed(title=huge, notes=huge), TEMPLATES).text
+
+    assert max(searched) <= comments.MAX_VALUE_LENGTH + 8192
+    assert "v1.2-v1.2-" in text.replace("\\", "")
+
+
+def test_a_credential_that_starts_within_the_shown_text_is_hidden_whole() -> None:
+    secret = "sk_live_" + "Q" * 60
+    for at in range(comments.MAX_VALUE_LENGTH - 70, comments.MAX_VALUE_LENGTH):
+        text = render_comment(completed(notes="n" * at + " " + secret), TEMPLATES).text
+        assert "sk_live" not in text or secret in text, at
+        assert "QQQQQQQQ" not in text, at
