@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from webhook_tasks_cli import config
 from webhook_tasks_cli.config import (
     STACK_FILE_ENV,
     ConfigurationError,
@@ -117,3 +123,62 @@ def test_show_given_only_a_database_url_goes_there() -> None:
 
     assert done.returncode == 1
     assert done.stderr.startswith("error: cannot reach PostgreSQL"), done.stderr
+
+
+def describe_stack(path: Path, stack: StackConfig, pid: object) -> None:
+    """Write the stack file as `up` would, but naming `pid` as its process."""
+    path.write_text(json.dumps({**dataclasses.asdict(stack), "pid": pid}))
+
+
+@pytest.mark.parametrize("pid", ["abc", 99999999999999999999, 0, -1, True, 1.5, [1]])
+def test_a_stack_file_naming_no_process_describes_no_running_stack(
+    stack: StackConfig, no_stack: Path, pid: object
+) -> None:
+    describe_stack(no_stack, stack, pid)
+
+    with pytest.raises(ConfigurationError) as error:
+        database_url()
+
+    assert str(error.value) == (
+        f"no running stack found ({no_stack} names no process): start one with "
+        "`webhook-tasks up`, or set DATABASE_URL"
+    )
+
+
+@pytest.fixture
+def other_program() -> Iterator[int]:
+    """Run a program that is not webhook-tasks; return its pid."""
+    sleep = shutil.which("sleep")
+    if sleep is None:
+        pytest.skip("no sleep program to run")
+    process = subprocess.Popen([sleep, "60"])
+    try:
+        yield process.pid
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="no /proc to tell by")
+def test_a_stack_whose_process_is_now_another_program_is_not_running(
+    stack: StackConfig, no_stack: Path, other_program: int
+) -> None:
+    describe_stack(no_stack, stack, other_program)
+
+    with pytest.raises(ConfigurationError) as error:
+        database_url()
+
+    assert f"(process {other_program} of {no_stack} is not webhook-tasks)" in str(error.value)
+
+
+def test_without_proc_a_live_process_is_taken_for_the_stack(
+    stack: StackConfig,
+    no_stack: Path,
+    other_program: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(config, "PROC", tmp_path / "no-proc")
+    describe_stack(no_stack, stack, other_program)
+
+    assert database_url() == stack.database_url

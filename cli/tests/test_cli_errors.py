@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from webhook_tasks_cli.operations import OperationError, send_callback
 
 from .conftest import run
 
@@ -132,3 +135,60 @@ def test_a_service_given_a_tls_file_it_cannot_read_says_which_in_one_line(
     assert done.returncode == 1
     assert done.stderr.startswith(f"error: invalid settings: {setting} cannot be used"), done.stderr
     assert "Traceback" not in done.stderr
+
+
+CALLBACK_TOKEN_KEYS = "k1:base64:" + "Zk3q9" * 8 + "Lmk="
+
+
+@pytest.mark.parametrize(
+    ("base_url", "reason"),
+    [
+        ("http://127.0.0.1:99999", "must have a port from 1 to 65535"),
+        ("http://gw.example/\udcff", "must be printable UTF-8 text"),
+        ("gw.example", "must be an absolute http or https URL"),
+    ],
+)
+def test_a_gateway_url_no_callback_can_be_posted_to_is_one_line(base_url: str, reason: str) -> None:
+    done = run(
+        "-m",
+        "webhook_tasks_cli",
+        "callback",
+        "c1",
+        "success",
+        PUBLIC_CALLBACK_BASE_URL=base_url,
+        CALLBACK_TOKEN_KEYS=CALLBACK_TOKEN_KEYS,
+    )
+
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: the gateway's URL (PUBLIC_CALLBACK_BASE_URL) {reason}"
+    assert "Zk3" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    ("failure", "named"),
+    [
+        (ExceptionGroup("connecting", [OverflowError("port must be 0-65535")]), "OverflowError"),
+        (httpx.InvalidURL("http://gw.example/v1/callbacks/c1/s3cret"), "InvalidURL"),
+        (
+            UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed"),
+            "UnicodeEncodeError",
+        ),
+    ],
+)
+async def test_a_callback_that_cannot_be_sent_is_one_line_without_the_url(
+    failure: Exception, named: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def post(*args: Any, **kwargs: Any) -> httpx.Response:
+        raise failure
+
+    monkeypatch.setattr(httpx.AsyncClient, "post", post)
+
+    with pytest.raises(OperationError) as error:
+        await send_callback(
+            None,
+            "c1",
+            {"correlationId": "c1", "status": "success"},
+            callback_url="http://gw.example/v1/callbacks/c1/s3cret",
+        )
+
+    assert str(error.value) == f"cannot reach the gateway: {named}"

@@ -6,6 +6,7 @@ import dataclasses
 import io
 from datetime import UTC, datetime
 
+import pytest
 from rich.console import Console
 from webhook_tasks_cli.operations import TaskReport
 from webhook_tasks_cli.render import MAX_SHOWN_BODY_CHARS, render_reports
@@ -203,3 +204,70 @@ def test_progress_is_shown_as_reported_never_in_exponent_form() -> None:
     report = TaskReport(task, [], [], None, [], [])
 
     assert "progress        0.00001% warming up" in printed_report(report)
+
+
+def unwrapped(text: str) -> str:
+    """Return `text` without its whitespace: what is left whatever the lines were wrapped at."""
+    return "".join(text.split())
+
+
+REFUSED = "connection refused ([Errno 111] Connect call failed ('127.0.0.1', 18093))"
+ACCEPTED_BODY = (
+    '{"correlationId":"bff1f8a0-5b7e-4c1a-9d2f-0e6c3a1b2c4d","status":"submitted",'
+    '"estimatedCompletion":"2026-01-01T12:05:00Z"}'
+)
+IGNORED = "the task had already completed; it said: the render farm is busy, try again later"
+
+
+@pytest.mark.parametrize("width", [50, 60, 70, 80])
+def test_every_attempt_and_history_entry_is_shown_whole_on_a_narrow_console(width: int) -> None:
+    report = TaskReport(
+        TASK,
+        [
+            attempt(1, status_code=None, outcome="unreachable", error=REFUSED, retry_at=RETRY_AT),
+            attempt(2, status_code=202, outcome="accepted", body=ACCEPTED_BODY),
+        ],
+        [
+            HistoryRow("e1", "callback:error", "ignored", IGNORED, None, None, STARTED),
+            HistoryRow(
+                "e2", "callback:success", "applied", None, "initiated", "completed", RETRY_AT
+            ),
+        ],
+        None,
+        [],
+        [],
+    )
+
+    shown = printed_report(report, width=width)
+
+    assert all(len(line) <= width for line in shown.splitlines())
+    assert "…" not in shown
+    for text in [
+        "#1  2026-01-01T12:00:00.000+00:00  unreachable  HTTP -  12 ms",
+        "retry at 2026-01-01T12:00:05.000+00:00",
+        f"error: {REFUSED}",
+        "#2  2026-01-01T12:00:00.000+00:00  accepted  HTTP 202  12 ms",
+        f"body: {ACCEPTED_BODY}",
+        "2026-01-01T12:00:00.000+00:00 callback:error ignored",
+        IGNORED,
+        "2026-01-01T12:00:05.000+00:00 callback:success applied",
+        "initiated -> completed",
+    ]:
+        assert unwrapped(text) in unwrapped(shown), text
+
+
+def test_the_history_is_a_table_where_it_fits() -> None:
+    history = HistoryRow("e1", "callback:error", "ignored", IGNORED, None, None, STARTED)
+
+    shown = printed_report(TaskReport(TASK, [], [history], None, [], []), width=120)
+
+    assert "┃ at " in shown
+    assert unwrapped(IGNORED) in unwrapped(shown.replace("│", ""))
+
+
+def test_a_chat_comment_s_heading_is_shown_whole_on_a_narrow_console() -> None:
+    comment = Comment(1, "c1", "t1", "late_result", "Hi", STARTED, STARTED)
+
+    shown = printed_report(TaskReport(TASK, [], [], None, [comment], []), width=50)
+
+    assert "chat comment (late_result) 2026-01-01T12:00:00.000+00:00" in shown

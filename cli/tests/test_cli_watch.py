@@ -14,6 +14,7 @@ from webhook_tasks_contracts import (
     TaskCompleted,
     TaskDispatched,
     TaskFailed,
+    TaskProgressed,
     TaskRef,
     Topics,
 )
@@ -36,6 +37,7 @@ TOPIC_OF = {
     TaskDispatched: TOPICS.task_lifecycle,
     TaskCompleted: TOPICS.task_lifecycle,
     TaskFailed: TOPICS.task_lifecycle,
+    TaskProgressed: TOPICS.task_lifecycle,
     CallbackReceived: TOPICS.callback_received,
     ChatCommentPosted: TOPICS.notifications,
 }
@@ -121,7 +123,7 @@ def test_text_from_outside_is_printed_as_it_reads_not_as_markup() -> None:
     on_a_terminal = printed(dispatched, callback, failed, terminal=True)
 
     assert "task dispatched render[v2][/x] to svc" in text
-    assert f"callback received for c1: error error {MARKUP!r}" in text
+    assert f"callback received for c1: error {MARKUP!r}" in text
     assert f"task failed c1: {MARKUP}" in text
     assert "\x1b]8;" not in on_a_terminal  # no hidden hyperlink
 
@@ -159,3 +161,29 @@ def test_an_event_that_cannot_be_printed_does_not_stop_the_ones_after_it() -> No
     watcher.handle(TOPICS.callback_received, CALLBACK.model_dump_json().encode())
 
     assert "callback received for c1" in str(shown[-1])
+
+
+def test_an_error_callback_names_its_status_once_whichever_event_comes_first() -> None:
+    callback = CallbackReceived(correlation_id="c1", status="error", error="bad input")
+    failed = TaskFailed(correlation_id="c1", task=TASK, cause="callback_error", reason="bad input")
+
+    in_order = printed(DISPATCHED, callback, failed)
+    overtaken = printed(DISPATCHED, failed, callback)
+
+    assert "callback received for c1: error 'bad input'" in in_order
+    assert "callback received for c1: error 'bad input'" in overtaken
+
+
+def test_progress_is_printed_as_show_prints_it() -> None:
+    progressed = [
+        TaskProgressed(
+            correlation_id="c1", task=TASK, deadline_at=DISPATCHED.deadline_at, progress=value
+        )
+        for value in (40.0, 42.5, 0.00001)
+    ]
+
+    text = printed(DISPATCHED, *progressed)
+
+    assert "progress 40% on c1" in text
+    assert "progress 42.5% on c1" in text
+    assert "progress 0.00001% on c1" in text

@@ -120,9 +120,6 @@ class GatewayConfig:
 
 # Each command reads only the settings it uses: one set for another purpose (DATABASE_URL
 # for `show`) must neither be ignored nor make another command ask for what it never uses.
-_NO_STACK = "no running stack found: start one with `webhook-tasks up`, or set "
-
-
 def kafka_config() -> StackConfig:
     """Return where to publish: KAFKA_BOOTSTRAP_SERVERS and its settings, else the stack's."""
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -162,9 +159,12 @@ def gateway_config() -> GatewayConfig:
 
 
 def _require_stack(settings: str) -> StackConfig:
-    stack = _running_stack()
-    if stack is None:
-        raise ConfigurationError(_NO_STACK + settings)
+    stack = _read_stack()
+    if isinstance(stack, str):
+        why = f" ({stack})" if stack else ""
+        raise ConfigurationError(
+            f"no running stack found{why}: start one with `webhook-tasks up`, or set {settings}"
+        )
     return stack
 
 
@@ -199,14 +199,37 @@ def kafka_client_options(security: dict[str, str]) -> dict[str, Any]:
         raise ConfigurationError(str(error)) from None
 
 
-def _running_stack() -> StackConfig | None:
+def running_stack() -> StackConfig | None:
+    """Return the stack a running `webhook-tasks up` describes, if one does."""
+    stack = _read_stack()
+    return None if isinstance(stack, str) else stack
+
+
+MAX_PID = 2**31 - 1
+"""The largest process id any system gives (a pid_t); beyond it, os.kill overflows."""
+PROC = Path("/proc")
+"""Where Linux tells each process's command line; elsewhere, or unmounted, it is missing."""
+
+
+def _read_stack() -> StackConfig | str:
+    """Return the running stack the stack file describes, else why there is none."""
+    path = stack_file()
     try:
-        data = json.loads(stack_file().read_text())
+        data = json.loads(path.read_text())
         config = StackConfig(**data)
     except (OSError, ValueError, TypeError):
-        return None
-    if config.pid is not None and not _alive(config.pid):
-        return None
+        return ""
+    pid = config.pid
+    if pid is None:
+        return config
+    # Written by `up` as its own pid; anything else would signal a process group or overflow.
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= MAX_PID:
+        return f"{path} names no process"
+    if not _alive(pid):
+        return ""
+    if not _runs_webhook_tasks(pid):
+        # The pid of an `up` that ended without tidying up (a reboot), reused by another program.
+        return f"process {pid} of {path} is not webhook-tasks"
     return config
 
 
@@ -218,3 +241,15 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _runs_webhook_tasks(pid: int) -> bool:
+    """Return whether process `pid` runs webhook-tasks, as far as can be told cheaply."""
+    try:
+        command = (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        # No /proc to ask (not Linux, or not mounted): the pid is all there is to go by.
+        return True
+    # `up` runs as `python .../webhook-tasks up` or `python -m webhook_tasks_cli up`.
+    words = command.decode(errors="replace").lower()
+    return any(word in words for word in ("webhook-tasks", "webhook_tasks", "python", "pypy"))

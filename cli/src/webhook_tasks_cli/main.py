@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import sys
 import uuid
 from enum import StrEnum
@@ -25,8 +26,16 @@ from .config import (
     kafka_config,
     service_schemas,
 )
-from .operations import OperationError, inspect_tasks, publish_task, send_callback
+from .operations import (
+    OperationError,
+    inspect_tasks,
+    is_utf8,
+    publish_task,
+    send_callback,
+    url_problem,
+)
 from .render import render_reports
+from .stack import StackError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -38,10 +47,30 @@ app = typer.Typer(
 console = Console(highlight=False, soft_wrap=True, emoji=False)
 errors = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
+AUTH_ENV_VAR = "WEBHOOK_AUTH"
+
+
+def _utf8(value: Any) -> Any:
+    """Refuse text given as bytes that are not UTF-8; return the value as given."""
+    texts = value if isinstance(value, list) else [value]
+    if any(isinstance(text, str) and not is_utf8(text) for text in texts):
+        # Such text can be neither sent nor looked up: refused here, it is not silently lost.
+        raise typer.BadParameter("is not UTF-8 text")
+    return value
+
+
+def _postable_url(value: str | None) -> str | None:
+    """Refuse a URL no callback can be posted to; return it as given."""
+    problem = url_problem(value) if value is not None else None
+    if problem:
+        raise typer.BadParameter(problem)
+    return value
+
 
 DispatcherSchema = Annotated[
     str | None,
     typer.Option(
+        callback=_utf8,
         envvar=SCHEMA_ENV_VARS["dispatcher"],
         help="The dispatcher's DATABASE_SCHEMA, where it is not the default.",
     ),
@@ -49,6 +78,7 @@ DispatcherSchema = Annotated[
 ExpirerSchema = Annotated[
     str | None,
     typer.Option(
+        callback=_utf8,
         envvar=SCHEMA_ENV_VARS["expirer"],
         help="The expirer's DATABASE_SCHEMA, where it is not the default.",
     ),
@@ -56,6 +86,7 @@ ExpirerSchema = Annotated[
 NotifierSchema = Annotated[
     str | None,
     typer.Option(
+        callback=_utf8,
         envvar=SCHEMA_ENV_VARS["notifier"],
         help="The notifier's DATABASE_SCHEMA, where it is not the default.",
     ),
@@ -89,6 +120,7 @@ def up(
     """Start PostgreSQL, Kafka and the four services; print each step until Ctrl-C."""
     from .up import run_up
 
+    _quiet_kafka_client_logs()
     run_up(demo=demo, gateway_port=gateway_port, console=console)
 
 
@@ -127,7 +159,9 @@ def notifier() -> None:
 @app.command("demo-service")
 def demo_service(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8090,
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(callback=_utf8, help="Interface to listen on.")
+    ] = "127.0.0.1",
     delay: Annotated[float, typer.Option(min=0, help="Default seconds before calling back.")] = 2.0,
 ) -> None:
     """Run the demo external service (a pretend video generator)."""
@@ -149,13 +183,24 @@ def demo_service(
 
 @app.command()
 def submit(
-    webhook_url: Annotated[str, typer.Option(help="The external service's endpoint.")],
-    prompt: Annotated[str, typer.Option(help="The user's prompt.")],
+    webhook_url: Annotated[
+        str, typer.Option(callback=_utf8, help="The external service's endpoint.")
+    ],
+    prompt: Annotated[str, typer.Option(callback=_utf8, help="The user's prompt.")],
     auth: Annotated[
-        str | None, typer.Option(help="Authorization header value for the service.")
+        str | None,
+        typer.Option(
+            callback=_utf8,
+            envvar=AUTH_ENV_VAR,
+            help=(
+                f"Authorization header value for the service. Better given as {AUTH_ENV_VAR}: "
+                "an option's value shows in `ps` and in shell history."
+            ),
+        ),
     ] = None,
     param: Annotated[
-        list[str] | None, typer.Option(help="KEY=VALUE merged into the request body.")
+        list[str] | None,
+        typer.Option(callback=_utf8, help="KEY=VALUE merged into the request body."),
     ] = None,
     timeout: Annotated[
         int, typer.Option(min=1, help="Seconds to wait for the callback (sync: for the answer).")
@@ -164,10 +209,16 @@ def submit(
         TaskMode,
         typer.Option(help="callback: the service calls back; sync: its answer is the result."),
     ] = TaskMode.callback,
-    task_id: Annotated[str | None, typer.Option(help="Task id (default: a new one).")] = None,
-    user_id: Annotated[str, typer.Option(help="The task's user.")] = "cli-user",
-    project_id: Annotated[str, typer.Option(help="The task's project.")] = "cli-project",
-    follower: Annotated[list[str] | None, typer.Option(help="Another user to notify.")] = None,
+    task_id: Annotated[
+        str | None, typer.Option(callback=_utf8, help="Task id (default: a new one).")
+    ] = None,
+    user_id: Annotated[str, typer.Option(callback=_utf8, help="The task's user.")] = "cli-user",
+    project_id: Annotated[
+        str, typer.Option(callback=_utf8, help="The task's project.")
+    ] = "cli-project",
+    follower: Annotated[
+        list[str] | None, typer.Option(callback=_utf8, help="Another user to notify.")
+    ] = None,
 ) -> None:
     """Publish a task event as an upstream system would; print the task id."""
     try:
@@ -206,17 +257,24 @@ _OPTIONS_OF_STATUS = {
 
 @app.command()
 def callback(
-    correlation_id: Annotated[str, typer.Argument(help="The task's correlation id.")],
+    correlation_id: Annotated[
+        str, typer.Argument(callback=_utf8, help="The task's correlation id.")
+    ],
     status: Annotated[CallbackStatus, typer.Argument(help="success, error or progress.")],
-    result_url: Annotated[str | None, typer.Option(help="Link to the result (success).")] = None,
-    error: Annotated[str | None, typer.Option(help="Reason (error).")] = None,
-    metadata: Annotated[list[str] | None, typer.Option(help="KEY=VALUE about the result.")] = None,
+    result_url: Annotated[
+        str | None, typer.Option(callback=_utf8, help="Link to the result (success).")
+    ] = None,
+    error: Annotated[str | None, typer.Option(callback=_utf8, help="Reason (error).")] = None,
+    metadata: Annotated[
+        list[str] | None, typer.Option(callback=_utf8, help="KEY=VALUE about the result.")
+    ] = None,
     progress: Annotated[
         float | None, typer.Option(min=0, max=100, help="Percent done (progress).")
     ] = None,
-    message: Annotated[str | None, typer.Option(help="Progress message.")] = None,
+    message: Annotated[str | None, typer.Option(callback=_utf8, help="Progress message.")] = None,
     callback_url: Annotated[
-        str | None, typer.Option(help="Post here instead of minting a URL.")
+        str | None,
+        typer.Option(callback=_postable_url, help="Post here instead of minting a URL."),
     ] = None,
     dispatcher_schema: DispatcherSchema = None,
 ) -> None:
@@ -259,7 +317,9 @@ def callback(
 
 @app.command()
 def show(
-    task_or_correlation_id: Annotated[str, typer.Argument(help="A task id or a correlation id.")],
+    task_or_correlation_id: Annotated[
+        str, typer.Argument(callback=_utf8, help="A task id or a correlation id.")
+    ],
     dispatcher_schema: DispatcherSchema = None,
     expirer_schema: ExpirerSchema = None,
     notifier_schema: NotifierSchema = None,
@@ -300,10 +360,33 @@ def _pairs(pairs: list[str] | None, *, option: str) -> dict[str, Any]:
         if not sep or not key.strip():
             raise typer.BadParameter(f"expects KEY=VALUE, got {pair!r}", param_hint=f"'{option}'")
         try:
-            result[key.strip()] = json.loads(value)
+            result[key.strip()] = json.loads(
+                value, parse_constant=_not_a_json_number, parse_float=_finite_float
+            )
+        except _NonFiniteNumberError:
+            # Python's json reads NaN and Infinity, which the wire's JSON cannot carry.
+            raise typer.BadParameter(
+                f"{key.strip()}: JSON has no NaN or Infinity", param_hint=f"'{option}'"
+            ) from None
         except ValueError:
             result[key.strip()] = value
     return result
+
+
+class _NonFiniteNumberError(ValueError):
+    """A VALUE holds NaN or an infinity."""
+
+
+def _not_a_json_number(constant: str) -> Any:
+    raise _NonFiniteNumberError(constant)
+
+
+def _finite_float(text: str) -> float:
+    # A number too large for a float (1e999) reads as infinity.
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFiniteNumberError(text)
+    return value
 
 
 def _quiet_kafka_client_logs() -> None:
@@ -315,7 +398,7 @@ def main() -> None:
     """Run the command line; errors become one line on stderr and a non-zero exit."""
     try:
         app()
-    except (OperationError, ConfigurationError, EmbeddedInfrastructureError) as error:
+    except (OperationError, ConfigurationError, EmbeddedInfrastructureError, StackError) as error:
         errors.print(f"error: {error}", markup=False)
         sys.exit(1)
     except ValidationError as error:

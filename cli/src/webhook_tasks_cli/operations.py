@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -108,16 +109,64 @@ async def send_callback(
     if callback_url is None:
         dispatcher_schema = (schemas or service_schemas()).dispatcher
         callback_url = await _mint_callback_url(config, correlation_id, dispatcher_schema)
+        problem = url_problem(callback_url)
+        if problem:
+            raise OperationError(f"the gateway's URL (PUBLIC_CALLBACK_BASE_URL) {problem}")
     try:
         async with httpx.AsyncClient(timeout=CONNECT_TIMEOUT_SECONDS, trust_env=False) as http:
             response = await http.post(callback_url, json=body)
-    except httpx.HTTPError as error:
+    except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError, OverflowError) as error:
+        # Named by type alone: the URL, token included, is in many of their messages.
         raise OperationError(f"cannot reach the gateway: {type(error).__name__}") from None
+    except ExceptionGroup as group:
+        # Connecting tries each address at once (happy eyeballs): each failure is in the group.
+        raise OperationError(f"cannot reach the gateway: {_first_cause(group)}") from None
     try:
         parsed: dict[str, Any] | str = response.json()
     except ValueError:
         parsed = response.text
     return GatewayAnswer(response.status_code, parsed)
+
+
+def url_problem(url: str) -> str | None:
+    """Return why a callback cannot be posted to `url`; None if it can."""
+    # Each reason quotes none of the URL: a callback URL carries its token.
+    if not url.isprintable() or not is_utf8(url):
+        return "must be printable UTF-8 text"
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed IPv6 bracket
+        return "must be an absolute http or https URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an absolute http or https URL"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return "must have a port from 1 to 65535"
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL:
+        return "is not a URL that can be posted to"
+    return None
+
+
+def is_utf8(text: str) -> bool:
+    """Return whether `text` can be encoded, so sent or stored, as UTF-8."""
+    # Bytes that are not UTF-8 come from the shell as lone surrogates, which nothing can send.
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _first_cause(group: BaseExceptionGroup[Any]) -> str:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return type(error).__name__
 
 
 async def _mint_callback_url(
@@ -163,7 +212,7 @@ async def inspect_tasks(
     from webhook_tasks_notifier import repository as notifier_repository
 
     schemas = schemas or service_schemas()
-    conn = await _connect(database_url)
+    conn = await connect(database_url)
     try:
         await _require_schemas(conn, asdict(schemas))
         await _use_schema(conn, schemas.dispatcher)
@@ -191,7 +240,7 @@ async def inspect_tasks(
 async def _is_known_correlation_id(
     database_url: str, dispatcher_schema: str, correlation_id: str
 ) -> bool:
-    conn = await _connect(database_url)
+    conn = await connect(database_url)
     try:
         await _require_schemas(conn, {"dispatcher": dispatcher_schema})
         await _use_schema(conn, dispatcher_schema)
@@ -231,7 +280,8 @@ async def _use_schema(conn: asyncpg.Connection, schema: str) -> None:
     await conn.execute("SELECT set_config('search_path', quote_ident($1), false)", schema)
 
 
-async def _connect(database_url: str) -> asyncpg.Connection:
+async def connect(database_url: str) -> asyncpg.Connection:
+    """Connect to PostgreSQL; raise OperationError, never quoting the URL, when it cannot."""
     try:
         return await asyncpg.connect(database_url, timeout=CONNECT_TIMEOUT_SECONDS)
     except (OSError, asyncpg.PostgresError, TimeoutError) as error:

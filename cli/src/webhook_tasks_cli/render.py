@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.padding import Padding
@@ -13,10 +14,13 @@ from rich.table import Table
 from rich.text import Text
 
 from .operations import TaskReport
-from .terminal import Folded, literal, printable
+from .terminal import Folded, literal, plain_number, printable
 
 MAX_SHOWN_BODY_CHARS = 200
 """How much of a stored response body `show` prints, escapes included."""
+HISTORY_COLUMNS = ("at", "what", "outcome", "detail")
+MIN_DETAIL_WIDTH = 24
+"""The narrowest the history table's detail column gets; narrower, the history is a list."""
 
 
 def render_reports(console: Console, reports: list[TaskReport]) -> None:
@@ -44,7 +48,7 @@ def render_reports(console: Console, reports: list[TaskReport]) -> None:
             )
         if task.progress is not None:
             summary.add_row(
-                "progress", literal(f"{_number(task.progress)}% {task.progress_message or ''}")
+                "progress", literal(f"{plain_number(task.progress)}% {task.progress_message or ''}")
             )
         if task.result_url:
             summary.add_row("result", literal(task.result_url))
@@ -54,26 +58,10 @@ def render_reports(console: Console, reports: list[TaskReport]) -> None:
             _render_attempts(console, report.attempts)
 
         if report.history:
-            history = Table(title="callbacks and deadlines", title_justify="left")
-            for column in ("at", "what", "outcome"):
-                history.add_column(column, no_wrap=True)
-            history.add_column("detail", overflow="fold")
-            for entry in report.history:
-                change = (
-                    f"{entry.from_status} -> {entry.to_status}"
-                    if entry.outcome == "applied"
-                    else ""
-                )
-                history.add_row(
-                    _time(entry.recorded_at),
-                    literal(entry.kind),
-                    literal(entry.outcome),
-                    literal(entry.detail or change),
-                )
-            console.print(history)
+            _render_history(console, report.history)
 
         for comment in report.comments:
-            console.rule(literal(f"chat comment ({comment.kind}) {_time(comment.created_at)}"))
+            _rule(console, literal(f"chat comment ({comment.kind}) {_time(comment.created_at)}"))
             # Markdown, as the chat shows it (the notifier escaped what came from outside),
             # each link's URL written out: a log or a pipe keeps no hidden hyperlink.
             console.print(Folded(Markdown(comment.text, hyperlinks=False)))
@@ -88,20 +76,77 @@ def _render_attempts(console: Console, attempts: list[Any]) -> None:
     console.print(Text("dispatch attempts", style="table.title"))
     for attempt in attempts:
         summary = (
-            f"#{attempt.attempt}  {_time(attempt.started_at)}  {attempt.outcome}"
+            f"{_time(attempt.started_at)}  {attempt.outcome}"
             f"  HTTP {attempt.status_code or '-'}  {attempt.latency_ms:.0f} ms"
         )
-        details = []
+        console.print(_hanging(f"#{attempt.attempt}", summary, indent=2, gap=2))
         if attempt.retry_at:
-            details.append(f"retry at {_time(attempt.retry_at)}")
+            console.print(_hanging("retry at", _time(attempt.retry_at), indent=6))
         if attempt.error:
-            details.append(f"error: {printable(attempt.error)}")
+            console.print(_hanging("error:", printable(attempt.error), indent=6))
         if attempt.response_body:
             body = _shortened(printable(attempt.response_body), MAX_SHOWN_BODY_CHARS)
-            details.append(f"body: {body}")
-        console.print(Padding(Text(summary), (0, 0, 0, 2), expand=False))
-        for detail in details:
-            console.print(Padding(Text(detail), (0, 0, 0, 6), expand=False))
+            console.print(_hanging("body:", body, indent=6))
+
+
+def _render_history(console: Console, history: list[Any]) -> None:
+    rows = [
+        (
+            _time(entry.recorded_at),
+            printable(entry.kind),
+            printable(entry.outcome),
+            printable(
+                entry.detail
+                or (
+                    f"{entry.from_status} -> {entry.to_status}"
+                    if entry.outcome == "applied"
+                    else ""
+                )
+            ),
+        )
+        for entry in history
+    ]
+    fixed = [
+        max(cell_len(text) for text in column)
+        for column in zip(HISTORY_COLUMNS, *rows, strict=True)
+    ]
+    detail_width = min(fixed[3], MIN_DETAIL_WIDTH)
+    # Borders and a space either side of each cell: 3 per column and 1 more.
+    if sum(fixed[:3]) + detail_width + 3 * len(HISTORY_COLUMNS) + 1 <= console.width:
+        table = Table(title="callbacks and deadlines", title_justify="left")
+        for column in HISTORY_COLUMNS[:3]:
+            table.add_column(column, no_wrap=True)
+        table.add_column("detail", overflow="fold", min_width=detail_width)
+        for row in rows:
+            table.add_row(*(Text(text) for text in row))
+        console.print(table)
+        return
+    # Too narrow for the table to show every cell whole: a line per entry, as for attempts.
+    console.print(Text("callbacks and deadlines", style="table.title"))
+    for at, what, outcome, detail in rows:
+        console.print(_hanging(at, f"{what}  {outcome}", indent=2, gap=2))
+        if detail:
+            console.print(_hanging(None, detail, indent=6))
+
+
+def _hanging(label: str | None, text: str, *, indent: int, gap: int = 1) -> Padding:
+    """Return `label` and `text` indented, the text wrapped under itself and never cut."""
+    # A grid, not a Padding of the Text: the console soft-wraps, so a padded Text is cut.
+    line = Table.grid(padding=(0, gap, 0, 0))
+    if label is not None:
+        line.add_column(no_wrap=True)
+    line.add_column(overflow="fold")
+    line.add_row(*([] if label is None else [Text(label)]), Text(text))
+    return Padding(line, (0, 0, 0, indent), expand=False)
+
+
+def _rule(console: Console, title: Text) -> None:
+    # A rule cuts a title too long for it: such a title goes under a bare rule, whole.
+    if title.cell_len + 4 <= console.width:
+        console.rule(title)
+    else:
+        console.rule()
+        console.print(title)
 
 
 def _shortened(text: str, limit: int) -> str:
@@ -121,8 +166,3 @@ def _without_query(url: str) -> str:
     # A query string may carry a key of the external service's; it is not ours to print.
     parts = urlsplit(url)
     return parts._replace(query="", fragment="").geturl()
-
-
-def _number(value: float) -> str:
-    # As reported, never in exponent form (1e-05): 0.00001, 42.5, 100.
-    return f"{value:f}".rstrip("0").rstrip(".")

@@ -17,6 +17,12 @@ def literal(text: object, style: str = "") -> Text:
     return Text(printable(str(text)), style=style)
 
 
+def plain_number(value: float) -> str:
+    """Return `value` as reported, never in exponent form: 0.00001, 42.5, 100."""
+    # `show` and the step printer both print progress: 40%, not 40.0%.
+    return f"{value:f}".rstrip("0").rstrip(".")
+
+
 class Folded:
     """Render `renderable` wrapped at the width, a word too long for a line folded onto the next."""
 

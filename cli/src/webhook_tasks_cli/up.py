@@ -12,6 +12,7 @@ import socket
 import time
 import uuid
 
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.markup import escape
 from webhook_tasks_contracts import TaskMetadata, TaskRequested, Topics
@@ -27,11 +28,12 @@ from .config import (
     kafka_client_options,
     kafka_security_from_env,
     remove_stack_file,
+    running_stack,
     stack_file,
     write_stack_file,
 )
-from .operations import OperationError, publish_task
-from .stack import Stack, StackOptions
+from .operations import OperationError, connect, publish_task
+from .stack import Stack, StackError, StackOptions
 from .watch import EventWatcher
 
 RESTART_DELAYS = (0.0, 1.0, 5.0, 15.0, 30.0)
@@ -42,8 +44,20 @@ RAN_A_WHILE_SECONDS = 60.0
 DEMO_DELAY_SECONDS = 3
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+"""Each stops the stack: SIGHUP comes when its terminal closes or its SSH session drops."""
+
+
 def run_up(*, demo: bool, gateway_port: int, console: Console) -> None:
-    """Run the stack until SIGINT or SIGTERM, then stop everything it started."""
+    """Run the stack until a stop signal, then stop everything it started."""
+    running = running_stack()
+    if running is not None and running.pid != os.getpid():
+        # Started anew, it would clear the running stack's logs and take its stack file.
+        raise OperationError(
+            f"a stack is already running (process {running.pid}, gateway "
+            f"{running.gateway_url or 'unknown'}): stop it first, or give this one a state "
+            "directory of its own with XDG_STATE_HOME or WEBHOOK_TASKS_STACK_FILE"
+        )
     if not _port_free(gateway_port):
         raise OperationError(f"port {gateway_port} is in use: pass --gateway-port with a free one")
     external = bool(os.environ.get("DATABASE_URL") and os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
@@ -57,7 +71,7 @@ def run_up(*, demo: bool, gateway_port: int, console: Console) -> None:
         asyncio.run(_run(infra, demo=demo, gateway_port=gateway_port, console=console))
     finally:
         infra.close()
-        console.print("stopped")
+        _say(console, "stopped")
 
 
 async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console: Console) -> None:
@@ -73,17 +87,26 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
     # An external Kafka is reached as the services reach it; the embedded one in plain text.
     security = kafka_security_from_env() if infra.source == "environment" else {}
     client_options = kafka_client_options(security)
-    await ensure_topics(
-        infra.kafka_bootstrap_servers,
-        [name for name in topics.all() if name not in large],
-        client_options=client_options,
-    )
-    await ensure_topics(
-        infra.kafka_bootstrap_servers,
-        sorted(large),
-        configs={"max.message.bytes": max_message_bytes},
-        client_options=client_options,
-    )
+    try:
+        await ensure_topics(
+            infra.kafka_bootstrap_servers,
+            [name for name in topics.all() if name not in large],
+            client_options=client_options,
+        )
+        await ensure_topics(
+            infra.kafka_bootstrap_servers,
+            sorted(large),
+            configs={"max.message.bytes": max_message_bytes},
+            client_options=client_options,
+        )
+    except (KafkaError, OSError) as error:
+        raise OperationError(
+            f"cannot reach Kafka at {infra.kafka_bootstrap_servers}: "
+            f"{str(error) or type(error).__name__}"
+        ) from None
+    if infra.source == "environment":
+        # Else every service would exit at start and be started again, for ever.
+        await _require_database(infra.database_url)
     options = StackOptions(
         database_url=infra.database_url,
         kafka_bootstrap_servers=infra.kafka_bootstrap_servers,
@@ -102,7 +125,7 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     config = StackConfig(
         kafka_bootstrap_servers=infra.kafka_bootstrap_servers,
@@ -119,7 +142,13 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
         await watcher.start()
         watching = asyncio.create_task(watcher.run())
         console.print(f"starting services (logs in {options.log_dir})...", markup=False)
-        await asyncio.to_thread(stack.start)
+        try:
+            await asyncio.to_thread(stack.start)
+        except StackError:
+            if stop.is_set():
+                # Ctrl-C reaches the services too: their exit is the stop, not a failure.
+                return
+            raise
         write_stack_file(config)
         if demo:
             demo_url = await asyncio.to_thread(stack.start_demo_service, free_port())
@@ -133,7 +162,7 @@ async def _run(infra: Infrastructure, *, demo: bool, gateway_port: int, console:
         )
         await _supervise(stack, stop, console)
     finally:
-        console.print("stopping...")
+        _say(console, "stopping...")
         await _shut_down(watcher, watching, stack, console)
 
 
@@ -150,7 +179,7 @@ async def _shut_down(
             # A printer that ended on its own error must not leave the services running.
             failure = (await asyncio.gather(watching, return_exceptions=True))[0]
             if isinstance(failure, Exception):
-                console.print(f"the step printer had stopped: {failure!r}", markup=False)
+                _say(console, f"the step printer had stopped: {failure!r}")
         await watcher.stop()
     finally:
         try:
@@ -159,24 +188,34 @@ async def _shut_down(
             remove_stack_file(os.getpid())
 
 
-async def _supervise(stack: Stack, stop: asyncio.Event, console: Console) -> None:
+async def _supervise(
+    stack: Stack, stop: asyncio.Event, console: Console, *, poll_interval: float = 1.0
+) -> None:
     """Until `stop` is set, start again any service that exits, as Kubernetes would, saying so."""
     crashes: dict[str, int] = {}
     started: dict[str, float] = {}
-    while not await _stopped_within(stop, 1.0):
+    restart_at: dict[str, float] = {}  # each on its own clock: one's wait holds up no other
+    while not await _stopped_within(stop, poll_interval):
+        now = time.monotonic()
         for service, code in stack.exited().items():
+            if service in restart_at:
+                continue
             # One that ran a while starts again at once; one that keeps exiting, ever later.
-            recently = time.monotonic() - started.get(service, 0.0) < RAN_A_WHILE_SECONDS
+            recently = now - started.get(service, 0.0) < RAN_A_WHILE_SECONDS
             crashes[service] = crashes.get(service, 0) + 1 if recently else 1
             delay = RESTART_DELAYS[min(crashes[service], len(RESTART_DELAYS)) - 1]
-            console.print(
+            restart_at[service] = now + delay
+            _say(
+                console,
                 f"[red]{service} exited with code {code}[/]; starting it again in {delay:g}s "
-                f"(log: {escape(str(stack.log_file(service)))})"
+                f"(log: {escape(str(stack.log_file(service)))})",
+                markup=True,
             )
-            if await _stopped_within(stop, delay):
-                return
-            stack.start_service(service)
-            started[service] = time.monotonic()
+        for service, due in list(restart_at.items()):
+            if due <= time.monotonic():
+                del restart_at[service]
+                stack.start_service(service)
+                started[service] = time.monotonic()
 
 
 async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
@@ -201,6 +240,18 @@ async def _submit_demo_task(config: StackConfig, webhook_url: str, console: Cons
     )
     await publish_task(config, request)
     console.print(f"[bold]demo task submitted:[/] {request.task_id} -> {escape(webhook_url)}")
+
+
+def _say(console: Console, text: str, *, markup: bool = False) -> None:
+    """Print a line of the stop; a terminal that hung up must not keep the stop from its end."""
+    with contextlib.suppress(OSError):
+        console.print(text, markup=markup)
+
+
+async def _require_database(database_url: str) -> None:
+    """Raise OperationError, naming why, unless PostgreSQL at `database_url` answers."""
+    conn = await connect(database_url)
+    await conn.close()
 
 
 def _development_key() -> str:

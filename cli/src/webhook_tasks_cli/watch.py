@@ -26,7 +26,7 @@ from webhook_tasks_contracts import (
     notification_event_adapter,
 )
 
-from .terminal import literal
+from .terminal import literal, plain_number
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def _describe_lifecycle(event: AnyLifecycleEvent) -> RenderableType | None:
         )
         return Group(dispatched, accepted)
     if isinstance(event, TaskProgressed):
-        progress = event.progress if event.progress is not None else "?"
+        progress = plain_number(event.progress) if event.progress is not None else "?"
         return _line(f"progress {progress}% on {cid}")
     if isinstance(event, TaskCompleted):
         return _line(("task completed", "green"), f" {cid}")
@@ -226,7 +226,7 @@ def _describe_callback(callback: CallbackReceived) -> Text:
     if callback.status == "success" and callback.result_url:
         detail = f" resultUrl {callback.result_url}"
     elif callback.status == "error" and callback.error:
-        detail = f" error {callback.error!r}"
+        detail = f" {callback.error!r}"
     return _line(
         ("callback received", "bold"),
         f" for {callback.correlation_id}: {callback.status}{detail}",
