@@ -316,6 +316,12 @@ class ChatCommentPosted(Event):
     edited: bool = False
     """A new text for a comment announced before (the same `comment_id`): a progress comment
     is kept up to date in place, so show this text instead of the earlier one, not beside it."""
+    revision: int | None = Field(default=None, ge=1)
+    """Orders the texts of one comment: 1 for its first text, greater for each later one (not
+    always by one: a text superseded before it was sent is skipped). Show an edit only if its
+    revision is greater than the last one shown for its `comment_id`; a smaller or equal one is
+    a stale or repeated text arriving late. Absent (None) only on events written before the
+    field existed, which carry no order."""
 
 
 class UserNotified(Event):

@@ -106,12 +106,7 @@ class LifecycleHandler:
             )
             if self._sink is not None:
                 await repository.queue_sink_deliveries(
-                    conn,
-                    [
-                        (item.event_id, item.correlation_id, item.model_dump_json().encode())
-                        for item in announcements
-                    ],
-                    self._clock(),
+                    conn, [_sink_delivery(item) for item in announcements], self._clock()
                 )
         self._relay.wake()
         if self._sink is not None:
@@ -142,6 +137,7 @@ class LifecycleHandler:
             kind=comment.kind,
             text=comment.text,
             edited=comment.updated_at > comment.created_at,
+            revision=comment.revision,
         )
         told = [
             UserNotified(
@@ -157,6 +153,16 @@ class LifecycleHandler:
             for notification in notifications
         ]
         return [posted, *told]
+
+
+def _sink_delivery(item: ChatCommentPosted | UserNotified) -> repository.QueuedDelivery:
+    """Return the sink's delivery of `item`; a comment's text keeps its comment and revision."""
+    payload = item.model_dump_json().encode()
+    if isinstance(item, ChatCommentPosted):
+        return repository.QueuedDelivery(
+            item.event_id, item.correlation_id, payload, item.comment_id, item.revision
+        )
+    return repository.QueuedDelivery(item.event_id, item.correlation_id, payload)
 
 
 def users_to_tell(task: TaskRef) -> list[str]:

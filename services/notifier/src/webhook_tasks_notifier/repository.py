@@ -10,7 +10,7 @@ from uuid import UUID
 import asyncpg
 from webhook_tasks_contracts import CommentKind, LifecycleEvent
 
-_COMMENT_COLUMNS = "id, correlation_id, task_id, kind, text, created_at, updated_at"
+_COMMENT_COLUMNS = "id, correlation_id, task_id, kind, text, revision, created_at, updated_at"
 _NOTIFICATION_COLUMNS = "id, correlation_id, comment_id, user_id, kind, created_at"
 
 
@@ -25,6 +25,8 @@ class Comment:
     text: str
     created_at: datetime
     updated_at: datetime
+    revision: int = 1
+    """1 for the comment's first text, one more for each new text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,7 @@ async def upsert_progress_comment(
     """Write or update the task's progress comment; return None if nothing changed."""
     # Nothing changes once the task has a terminal comment, nor for an event no newer
     # than the one the comment shows, so a replayed topic leaves the comment as it was.
+    # The revision moves with the text, under the row's lock: no two texts share one.
     row = await conn.fetchrow(
         f"""
         INSERT INTO comments (correlation_id, task_id, project_id, kind, text,
@@ -102,6 +105,7 @@ async def upsert_progress_comment(
             SET text = EXCLUDED.text,
                 source_event_id = EXCLUDED.source_event_id,
                 source_occurred_at = EXCLUDED.source_occurred_at,
+                revision = comments.revision + 1,
                 updated_at = now()
             WHERE comments.source_occurred_at < EXCLUDED.source_occurred_at
         RETURNING {_COMMENT_COLUMNS}
@@ -124,7 +128,8 @@ async def end_progress_comment(
     row = await conn.fetchrow(
         f"""
         UPDATE comments
-        SET text = $2, source_event_id = $3, source_occurred_at = $4, updated_at = now()
+        SET text = $2, source_event_id = $3, source_occurred_at = $4, revision = revision + 1,
+            updated_at = now()
         WHERE correlation_id = $1 AND kind = 'progress'
         RETURNING {_COMMENT_COLUMNS}
         """,  # noqa: S608 - only the fixed column list is interpolated
@@ -188,6 +193,7 @@ def _comment(row: asyncpg.Record) -> Comment:
         text=row["text"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        revision=row["revision"],
     )
 
 
@@ -203,6 +209,17 @@ def _notification(row: asyncpg.Record) -> Notification:
 
 
 @dataclass(frozen=True, slots=True)
+class QueuedDelivery:
+    """An announcement to queue for the sink; a comment's text names the comment and revision."""
+
+    event_id: UUID
+    correlation_id: str
+    payload: bytes
+    comment_id: int | None = None
+    revision: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SinkDelivery:
     """One announcement to POST to the HTTP sink, and how often that was tried."""
 
@@ -211,48 +228,92 @@ class SinkDelivery:
     correlation_id: str
     payload: bytes
     attempts: int
+    superseded: int = 0
+    """How many older texts of the same comment, still pending, its claim deleted unsent."""
 
 
 async def queue_sink_deliveries(
-    conn: asyncpg.Connection, deliveries: Sequence[tuple[UUID, str, bytes]], now: datetime
+    conn: asyncpg.Connection, deliveries: Sequence[QueuedDelivery], now: datetime
 ) -> None:
-    """Queue (event id, correlation id, payload) for the sink; an event already queued is kept."""
+    """Queue announcements for the sink; an event already queued is kept."""
     await conn.executemany(
         """
-        INSERT INTO sink_deliveries (event_id, correlation_id, payload, next_attempt_at)
-        VALUES ($1, $2, $3, $4)
+        INSERT INTO sink_deliveries
+            (event_id, correlation_id, payload, comment_id, revision, next_attempt_at)
+        VALUES ($1, $2, $3, $4, $5, $6)
         ON CONFLICT (event_id) DO NOTHING
         """,
         [
-            (event_id, correlation_id, payload, now)
-            for event_id, correlation_id, payload in deliveries
+            (
+                item.event_id,
+                item.correlation_id,
+                item.payload,
+                item.comment_id,
+                item.revision,
+                now,
+            )
+            for item in deliveries
         ],
     )
+
+
+# Taken by every replica's claim in turn (keyed by schema, as deployments may share a database).
+_CLAIM_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('sink claim:' || current_schema(), 0))"
 
 
 async def claim_sink_deliveries(
     conn: asyncpg.Connection, now: datetime, lease_until: datetime, limit: int
 ) -> list[SinkDelivery]:
-    """Claim up to `limit` due deliveries until `lease_until`, counting one more attempt each."""
+    """Claim up to `limit` due deliveries until `lease_until`, counting one more attempt each.
+
+    Of a comment's pending texts only the newest is claimed, and only while none is in flight;
+    the older ones are deleted unsent with its claim, as the newer text replaces them.
+    """
     # The lease, not a held transaction, keeps other replicas off while the POST runs;
     # a replica that dies mid-POST leaves the row to be tried again when the lease ends.
-    rows = await conn.fetch(
-        """
-        UPDATE sink_deliveries
-        SET attempts = attempts + 1, next_attempt_at = $2
-        WHERE id IN (
-            SELECT id FROM sink_deliveries
-            WHERE failed_at IS NULL AND next_attempt_at <= $1
-            ORDER BY next_attempt_at, id
-            LIMIT $3
-            FOR UPDATE SKIP LOCKED
+    async with conn.transaction():
+        # Two claims at once could each take another text of one comment, neither seeing the
+        # other's lease: they take turns, each statement seeing what the one before leased.
+        await conn.execute(_CLAIM_LOCK)
+        rows = await conn.fetch(
+            """
+            WITH due AS (
+                SELECT id FROM sink_deliveries AS d
+                WHERE failed_at IS NULL AND next_attempt_at <= $1
+                  AND (comment_id IS NULL OR NOT EXISTS (
+                      SELECT 1 FROM sink_deliveries AS other
+                      WHERE other.comment_id = d.comment_id AND other.failed_at IS NULL
+                        AND other.id <> d.id
+                        AND ((other.revision, other.id) > (d.revision, d.id)
+                             OR other.in_flight_until > $1)
+                  ))
+                ORDER BY next_attempt_at, id
+                LIMIT $3
+                FOR UPDATE SKIP LOCKED
+            ),
+            claimed AS (
+                UPDATE sink_deliveries AS d
+                SET attempts = attempts + 1, next_attempt_at = $2, in_flight_until = $2
+                FROM due
+                WHERE d.id = due.id
+                RETURNING d.id, d.event_id, d.correlation_id, d.payload, d.attempts,
+                          d.comment_id, d.revision
+            ),
+            superseded AS (
+                DELETE FROM sink_deliveries AS older
+                USING claimed
+                WHERE older.comment_id = claimed.comment_id AND older.failed_at IS NULL
+                  AND (older.revision, older.id) < (claimed.revision, claimed.id)
+                RETURNING claimed.id AS by_id
+            )
+            SELECT claimed.id, event_id, correlation_id, payload, attempts,
+                   (SELECT count(*) FROM superseded WHERE by_id = claimed.id) AS superseded
+            FROM claimed
+            """,
+            now,
+            lease_until,
+            limit,
         )
-        RETURNING id, event_id, correlation_id, payload, attempts
-        """,
-        now,
-        lease_until,
-        limit,
-    )
     deliveries = [
         SinkDelivery(
             row["id"],
@@ -260,6 +321,7 @@ async def claim_sink_deliveries(
             row["correlation_id"],
             bytes(row["payload"]),
             row["attempts"],
+            row["superseded"],
         )
         for row in rows
     ]
@@ -272,7 +334,8 @@ async def release_sink_deliveries(
     """Make claimed deliveries due now, their attempt uncounted: their sender is stopping."""
     await conn.execute(
         """
-        UPDATE sink_deliveries SET attempts = attempts - 1, next_attempt_at = $2
+        UPDATE sink_deliveries
+        SET attempts = attempts - 1, next_attempt_at = $2, in_flight_until = NULL
         WHERE id = ANY($1::bigint[]) AND failed_at IS NULL
         """,
         delivery_ids,
@@ -290,7 +353,10 @@ async def retry_sink_delivery_later(
 ) -> None:
     """Record a failed attempt and when to try again."""
     await conn.execute(
-        "UPDATE sink_deliveries SET last_error = $2, next_attempt_at = $3 WHERE id = $1",
+        """
+        UPDATE sink_deliveries SET last_error = $2, next_attempt_at = $3, in_flight_until = NULL
+        WHERE id = $1
+        """,
         delivery_id,
         error,
         next_attempt_at,
@@ -302,7 +368,10 @@ async def give_up_sink_delivery(
 ) -> None:
     """Record the last failed attempt of a delivery that will not be tried again."""
     await conn.execute(
-        "UPDATE sink_deliveries SET last_error = $2, failed_at = $3 WHERE id = $1",
+        """
+        UPDATE sink_deliveries SET last_error = $2, failed_at = $3, in_flight_until = NULL
+        WHERE id = $1
+        """,
         delivery_id,
         error,
         now,
@@ -310,9 +379,24 @@ async def give_up_sink_delivery(
 
 
 async def next_sink_attempt(conn: asyncpg.Connection) -> datetime | None:
-    """Return when the earliest pending delivery is due, if any."""
+    """Return when the earliest pending delivery can be claimed, if any."""
+    # As the claim sees them: a comment's newest text, not before another of its texts has
+    # left flight (greatest() skips a NULL), lest the loop wake for nothing it may take.
     value: datetime | None = await conn.fetchval(
-        "SELECT min(next_attempt_at) FROM sink_deliveries WHERE failed_at IS NULL"
+        """
+        SELECT min(greatest(d.next_attempt_at, (
+            SELECT max(other.in_flight_until) FROM sink_deliveries AS other
+            WHERE other.comment_id = d.comment_id AND other.failed_at IS NULL
+              AND other.id <> d.id
+        )))
+        FROM sink_deliveries AS d
+        WHERE d.failed_at IS NULL
+          AND (d.comment_id IS NULL OR NOT EXISTS (
+              SELECT 1 FROM sink_deliveries AS newer
+              WHERE newer.comment_id = d.comment_id AND newer.failed_at IS NULL
+                AND (newer.revision, newer.id) > (d.revision, d.id)
+          ))
+        """
     )
     return value
 

@@ -22,7 +22,8 @@ class NotifierSettings(DatabaseSettings):
         return f"{self.topic_prefix}.notifier"
 
     notification_sink_url: AnyHttpUrl | None = None
-    """Where to POST every comment and notification as well; off when unset."""
+    """Where to POST every comment and notification as well; off when unset. No `user:pass@`:
+    requests are authenticated by their signature."""
     notification_sink_secret: SecretStr | None = None
     """The Standard Webhooks secret (`whsec_<base64>`) the sink's requests are signed with."""
     notification_sink_max_attempts: int = Field(default=12, ge=1, le=100)
@@ -33,6 +34,19 @@ class NotifierSettings(DatabaseSettings):
     """Seconds one POST to the sink may take."""
     notification_sink_retention: float = Field(default=7 * 24 * 3600, gt=0)
     """Seconds a delivery given up on is kept (to see what the sink missed) before it is pruned."""
+
+    @field_validator("notification_sink_url")
+    @classmethod
+    def _sink_url_without_credentials(cls, value: AnyHttpUrl | None) -> AnyHttpUrl | None:
+        # httpx would send them as an Authorization header, which the aiohttp transport refuses
+        # on every POST; the signature already authenticates each request. Quotes nothing.
+        if value is not None and (value.username is not None or value.password is not None):
+            raise ValueError(
+                "NOTIFICATION_SINK_URL must not hold a user name or password (user:pass@): "
+                "the sink authenticates each request with its Standard Webhooks signature "
+                "(NOTIFICATION_SINK_SECRET); have the receiver verify that instead"
+            )
+        return value
 
     @field_validator("notification_sink_secret")
     @classmethod

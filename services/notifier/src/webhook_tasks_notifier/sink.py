@@ -6,7 +6,10 @@ same JSON the notifications topic carries, signed per Standard Webhooks
 (`webhook-id` is the event id, so a receiver drops a repeat). Delivery is at
 least once: a failure or a crash mid-POST means the announcement comes again.
 A delivered row is deleted at once; one given up on is kept for the retention
-(to see what the sink missed), then pruned.
+(to see what the sink missed), then pruned. A comment's texts go one at a time:
+only its newest pending text is sent, never while another is in flight, and the
+older ones it supersedes are deleted unsent (the receiver would drop them anyway,
+by their `revision`).
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ class HttpSink:
         self._pool = pool
         self._http = http
         self._url = url
+        self._url_secrets = _url_secrets(url)
         self._signer = Webhook(secret)
         self._clock = clock
         self._backoff = backoff
@@ -196,13 +200,18 @@ class HttpSink:
     async def _deliver(
         self, delivery: SinkDelivery, unsettled: set[int], record_until: float
     ) -> bool:
-        error = await self._post(delivery)
-        now = self._clock()
         extra = {
             "correlation_id": delivery.correlation_id,
             "event_id": str(delivery.event_id),
             "attempt": delivery.attempts,
         }
+        if delivery.superseded:
+            logger.info(
+                "older texts of the comment dropped unsent",
+                extra={**extra, "superseded": delivery.superseded},
+            )
+        error = await self._post(delivery)
+        now = self._clock()
 
         async def record() -> None:
             async with self._pool.acquire() as conn:
@@ -239,9 +248,37 @@ class HttpSink:
         }
         try:
             response = await self._http.post(self._url, content=delivery.payload, headers=headers)
-        except httpx.HTTPError as failure:
-            return f"{type(failure).__name__}: {failure}"[:MAX_ERROR_LENGTH]
+        except Exception as failure:
+            # Not only httpx's errors: one the transport raises instead (aiohttp refusing the
+            # request) must count as a failed attempt too, or the delivery is never given up.
+            return self._reason(failure)
         if 200 <= response.status_code < 300:
             return None
         # Only the status: a response body could echo anything, secrets included.
         return f"HTTP {response.status_code}"
+
+    def _reason(self, failure: Exception) -> str:
+        """Return `failure` as a short reason quoting no credential, path or query of the URL."""
+        message = str(failure)
+        for secret in self._url_secrets:
+            message = message.replace(secret, "[redacted]")
+        return f"{type(failure).__name__}: {message}"[:MAX_ERROR_LENGTH]
+
+
+def _url_secrets(url: str) -> list[str]:
+    """Return the parts of `url` a failure's message must not quote, longest first."""
+    # A sink URL often carries its credential in the path or query (…/hooks/<token>).
+    parsed = httpx.URL(url)
+    parts = {
+        url,
+        str(parsed),
+        str(parsed.copy_with(fragment=None)),
+        parsed.userinfo.decode("ascii", "replace"),
+        parsed.username,
+        parsed.password or "",
+        parsed.raw_path.decode("ascii", "replace"),
+        parsed.path,
+        parsed.query.decode("ascii", "replace"),
+    }
+    # "/" alone names nothing; an empty part would match everywhere.
+    return sorted((part for part in parts if part not in ("", "/")), key=len, reverse=True)

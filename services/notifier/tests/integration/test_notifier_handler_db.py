@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -172,11 +173,13 @@ async def test_progress_keeps_one_comment_up_to_date_and_ignores_replays(
     queued = [event for _, _, event in await outbox(pool)]
     assert [(type(e).__name__, e.kind) for e in queued] == [("ChatCommentPosted", "progress")] * 2
     assert len({e.event_id for e in queued}) == 2
-    # One comment: the second announcement replaces the first's text in the chat.
-    assert [(e.comment_id, e.edited) for e in queued] == [  # type: ignore[union-attr]
-        (comments[0].id, False),
-        (comments[0].id, True),
+    # One comment: the second announcement replaces the first's text in the chat; the replays
+    # wrote nothing, so no revision was spent on them.
+    assert [(e.comment_id, e.edited, e.revision) for e in queued] == [  # type: ignore[union-attr]
+        (comments[0].id, False, 1),
+        (comments[0].id, True, 2),
     ]
+    assert comments[0].revision == 2
     assert await pool.fetchval("SELECT count(*) FROM notifications") == 0
 
 
@@ -203,10 +206,10 @@ async def test_the_outcome_gives_the_progress_comment_its_last_text_once(
     ]
     posted = [e for _, _, e in await outbox(pool) if isinstance(e, ChatCommentPosted)]
     # The progress comment, the outcome, then the progress comment's last text in its place.
-    assert [(e.comment_id, e.kind, e.edited) for e in posted] == [
-        (comments[0].id, "progress", False),
-        (comments[1].id, "expired", False),
-        (comments[0].id, "progress", True),
+    assert [(e.comment_id, e.kind, e.edited, e.revision) for e in posted] == [
+        (comments[0].id, "progress", False, 1),
+        (comments[1].id, "expired", False, 1),
+        (comments[0].id, "progress", True, 2),
     ]
     assert posted[2].text == comments[0].text
     assert len({e.event_id for e in posted}) == 3
@@ -302,3 +305,17 @@ async def test_announcements_continue_the_trace_their_lifecycle_event_came_in(
     traces = {(row["key"], row["traceparent"]) for row in rows}
     # Every announcement of a task (its comment, each user told) names the same trace.
     assert traces == {("corr-traced", traceparent), ("corr-untraced", None)}
+
+
+async def test_an_announcement_written_before_revisions_existed_still_parses(
+    handler: LifecycleHandler, pool: asyncpg.Pool
+) -> None:
+    await handler.handle(progressed(10, datetime(2030, 1, 1, tzinfo=UTC)))
+    payload = await pool.fetchval("SELECT payload FROM outbox ORDER BY id LIMIT 1")
+    older = json.loads(payload)
+    del older["revision"]
+
+    event = notification_event_adapter.validate_python(older)
+
+    assert isinstance(event, ChatCommentPosted)
+    assert event.revision is None

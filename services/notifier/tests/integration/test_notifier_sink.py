@@ -33,7 +33,7 @@ from webhook_tasks_notifier.handlers import LifecycleHandler
 from webhook_tasks_notifier.main import serve
 from webhook_tasks_notifier.repository import SinkDelivery
 from webhook_tasks_notifier.settings import NotifierSettings
-from webhook_tasks_notifier.sink import Backoff, HttpSink
+from webhook_tasks_notifier.sink import Backoff, HttpSink, create_http_client
 from webhook_tasks_runtime.db import create_pool, load_migrations, migrate, runtime_migrations
 from webhook_tasks_runtime.embedded import free_port
 from webhook_tasks_runtime.infra import Infrastructure
@@ -66,7 +66,13 @@ class Receiver:
     url: str
     answers: list[int] = field(default_factory=list)
     verified: list[tuple[str, Any]] = field(default_factory=list)
+    accepted: list[Any] = field(default_factory=list)
+    """The events answered with a 2xx, in the order they were answered: what a chat shows."""
     refused: int = 0
+    hold_first: asyncio.Event | None = None
+    """When set, the next request is answered only once this event is set."""
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    most_in_flight_per_comment: int = 0
 
 
 @pytest.fixture
@@ -74,6 +80,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     port = free_port()
     state = Receiver(url=f"http://127.0.0.1:{port}/hooks/chat")
     verifier = Webhook(SECRET)
+    in_flight: dict[int | None, int] = {}
 
     async def receive(request: web.Request) -> web.Response:
         body = await request.read()
@@ -82,10 +89,24 @@ async def receiver() -> AsyncIterator[Receiver]:
         except WebhookVerificationError:
             state.refused += 1
             return web.Response(status=401)
+        event = notification_event_adapter.validate_json(body)
+        comment_id = getattr(event, "comment_id", None)
+        in_flight[comment_id] = in_flight.get(comment_id, 0) + 1
+        if comment_id is not None:
+            state.most_in_flight_per_comment = max(
+                state.most_in_flight_per_comment, in_flight[comment_id]
+            )
+        state.arrived.set()
+        try:
+            if state.hold_first is not None:
+                held, state.hold_first = state.hold_first, None
+                await held.wait()
+        finally:
+            in_flight[comment_id] -= 1
         status = state.answers.pop(0) if state.answers else 204
-        state.verified.append(
-            (request.headers["webhook-id"], notification_event_adapter.validate_json(body))
-        )
+        state.verified.append((request.headers["webhook-id"], event))
+        if 200 <= status < 300:
+            state.accepted.append(event)
         return web.Response(status=status)
 
     app = web.Application()
@@ -158,6 +179,12 @@ def handler_for(
     )
 
 
+def progressed(progress: float, at: datetime) -> TaskProgressed:
+    return TaskProgressed(
+        correlation_id="corr-1", task=TASK, deadline_at=at, progress=progress, occurred_at=at
+    )
+
+
 def completed() -> TaskCompleted:
     return TaskCompleted(
         correlation_id="corr-1",
@@ -181,10 +208,12 @@ async def test_each_comment_and_notification_is_posted_once_signed(
     await handler.handle(
         TaskProgressed(correlation_id="corr-1", task=TASK, deadline_at=clock.now, progress=40)
     )
+    # Sent before the task ends: a text still pending then would be superseded by the last one.
+    assert await sink.deliver_due() == 1
     await handler.handle(completed())
     await handler.handle(completed())  # redelivered: nothing new to announce
 
-    assert await sink.deliver_due() == 5
+    assert await sink.deliver_due() == 4
     assert await sink.deliver_due() == 0
 
     assert receiver.refused == 0
@@ -587,3 +616,264 @@ async def test_while_rounds_fail_new_comments_do_not_start_more_of_them(
 
     # Backing off from 0.1 s, doubling: 0.1 + 0.2 + 0.4 + 0.8 covers the 1.5 s or so.
     assert away.calls <= 8
+
+
+async def test_the_services_own_http_client_posts_signed_deliveries(
+    pool: asyncpg.Pool,
+    receiver: Receiver,
+    clock: FakeClock,
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+) -> None:
+    async with create_http_client(timeout_seconds=5) as http:
+        sink = sink_for(pool, http, receiver.url, clock)
+        handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+        await handler.handle(completed())
+
+        assert await sink.deliver_due() == 3
+
+    assert receiver.refused == 0
+    assert len(receiver.accepted) == 3
+    assert await pool.fetchval("SELECT count(*) FROM sink_deliveries") == 0
+
+
+async def test_a_post_the_services_transport_refuses_is_a_failed_attempt_given_up_and_pruned(
+    pool: asyncpg.Pool,
+    receiver: Receiver,
+    clock: FakeClock,
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Credentials in the URL become an Authorization header, which the aiohttp transport
+    # refuses with a ValueError (not an httpx error) before anything is sent, on every POST.
+    url = receiver.url.replace("http://", "http://sinkbot:hunter2-pw@") + "?key=k3y-query"
+    async with create_http_client(timeout_seconds=5) as http:
+        sink = sink_for(pool, http, url, clock, max_attempts=3)
+        handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+        await handler.handle(completed())
+
+        with caplog.at_level(logging.INFO):
+            for _ in range(5):
+                assert await sink.deliver_due() == 0
+                clock.advance(BACKOFF.longest.total_seconds())
+
+    rows = await pool.fetch("SELECT attempts, failed_at, last_error FROM sink_deliveries")
+    assert [row["attempts"] for row in rows] == [3, 3, 3]
+    assert all(row["failed_at"] is not None for row in rows)
+    assert all(
+        row["last_error"].startswith("ValueError: Cannot combine AUTHORIZATION header")
+        for row in rows
+    )
+    given_up = [r for r in caplog.records if r.getMessage() == "sink delivery given up"]
+    assert len(given_up) == 3
+    logged = " ".join(str(vars(record)) for record in caplog.records)
+    for secret in ("hunter2-pw", "sinkbot", "k3y-query"):
+        assert secret not in logged
+        assert all(secret not in row["last_error"] for row in rows)
+    assert receiver.verified == []
+    # Given up on, so pruned once past the retention, as any other.
+    clock.advance(timedelta(days=7).total_seconds() + 1)
+    assert await sink.prune_finished() == 3
+
+
+async def test_an_unexpected_error_while_posting_is_recorded_without_the_urls_secrets(
+    pool: asyncpg.Pool,
+    clock: FakeClock,
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+) -> None:
+    url = "https://chat.example/hooks/T0/tok3n-path?key=k3y-query"
+
+    async def broken(request: httpx.Request) -> httpx.Response:
+        query = request.url.query.decode()
+        raise RuntimeError(f"no route for {request.url} ({request.url.path}, {query})")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(broken)) as http:
+        sink = sink_for(pool, http, url, clock)
+        handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+        await handler.handle(completed())
+
+        assert await sink.deliver_due() == 0
+
+    rows = await pool.fetch("SELECT attempts, failed_at, last_error FROM sink_deliveries")
+    assert [(row["attempts"], row["failed_at"]) for row in rows] == [(1, None)] * 3
+    assert {row["last_error"] for row in rows} == {
+        "RuntimeError: no route for [redacted] ([redacted], [redacted])"
+    }
+    assert await attempts_and_due(pool) == [(1, clock.now + BACKOFF.first)] * 3
+
+
+def progress_texts(events: list[Any]) -> list[tuple[int | None, str]]:
+    """Return (revision, text) of each progress comment text among `events`, in order."""
+    return [
+        (event.revision, event.text)
+        for event in events
+        if isinstance(event, ChatCommentPosted) and event.kind == "progress"
+    ]
+
+
+ENDED = "**No longer in progress**: the task completed. The outcome is in the comment below."
+
+
+async def test_a_retried_stale_edit_never_reaches_the_chat_after_the_newer_text(
+    pool: asyncpg.Pool,
+    http: httpx.AsyncClient,
+    receiver: Receiver,
+    clock: FakeClock,
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+) -> None:
+    sink = sink_for(pool, http, receiver.url, clock)
+    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+    await handler.handle(progressed(40, clock.now))
+    assert await sink.deliver_due() == 1
+    receiver.answers = [503]  # once, on the 90% update
+    await handler.handle(progressed(90, clock.now + timedelta(seconds=5)))
+    assert await sink.deliver_due() == 0
+    await handler.handle(completed())  # while the 90% update waits for its retry
+
+    await sink.deliver_due()
+    for _ in range(6):  # well past every retry the 90% update could have
+        clock.advance(BACKOFF.longest.total_seconds())
+        await sink.deliver_due()
+
+    assert progress_texts(receiver.accepted) == [(1, "**In progress** 40%"), (3, ENDED)]
+    # A chat applying each edit whose revision is greater than the last it showed.
+    shown: dict[int, tuple[int, str]] = {}
+    for event in receiver.accepted:
+        if isinstance(event, ChatCommentPosted):
+            assert event.revision is not None
+            if event.revision > shown.get(event.comment_id, (0, ""))[0]:
+                shown[event.comment_id] = (event.revision, event.text)
+    progress_id = next(
+        event.comment_id
+        for event in receiver.accepted
+        if isinstance(event, ChatCommentPosted) and event.kind == "progress"
+    )
+    assert shown[progress_id] == (3, ENDED)
+    assert await pool.fetchval("SELECT count(*) FROM sink_deliveries") == 0
+
+
+async def test_of_a_comments_pending_texts_only_the_newest_is_sent(
+    pool: asyncpg.Pool,
+    http: httpx.AsyncClient,
+    receiver: Receiver,
+    clock: FakeClock,
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = sink_for(pool, http, receiver.url, clock)
+    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+    for step, percent in enumerate((10, 20, 30)):
+        await handler.handle(progressed(percent, clock.now + timedelta(seconds=step)))
+
+    with caplog.at_level(logging.INFO, logger="webhook_tasks_notifier.sink"):
+        assert await sink.deliver_due() == 1
+
+    assert progress_texts(receiver.accepted) == [(3, "**In progress** 30%")]
+    assert await pool.fetchval("SELECT count(*) FROM sink_deliveries") == 0
+    dropped = [r for r in caplog.records if r.getMessage().startswith("older texts")]
+    assert [getattr(record, "superseded", None) for record in dropped] == [2]
+
+
+async def test_a_comment_never_has_two_texts_in_flight_even_across_replicas(
+    pool: asyncpg.Pool,
+    http: httpx.AsyncClient,
+    receiver: Receiver,
+    clock: FakeClock,
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+) -> None:
+    first, second = (
+        sink_for(pool, http, receiver.url, clock),
+        sink_for(pool, http, receiver.url, clock),
+    )
+    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, first, clock)
+    await handler.handle(progressed(10, clock.now))
+    held = receiver.hold_first = asyncio.Event()
+    posting = asyncio.create_task(first.deliver_due())
+    try:
+        await asyncio.wait_for(receiver.arrived.wait(), 10)
+        await handler.handle(progressed(20, clock.now + timedelta(seconds=5)))
+
+        assert await second.deliver_due() == 0  # the 10% text is still in flight
+        async with pool.acquire() as conn:
+            # Nothing to take before that text leaves flight: an idle loop does not spin.
+            upcoming = await repository.next_sink_attempt(conn)
+        assert upcoming is not None
+        assert upcoming > clock.now
+    finally:
+        held.set()
+        delivered_first = await asyncio.wait_for(posting, 10)
+
+    assert delivered_first == 1
+    assert await second.deliver_due() == 1
+    assert progress_texts(receiver.accepted) == [
+        (1, "**In progress** 10%"),
+        (2, "**In progress** 20%"),
+    ]
+    assert receiver.most_in_flight_per_comment == 1
+
+
+async def test_texts_queued_before_revisions_existed_are_superseded_by_newer_ones(
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+    http: httpx.AsyncClient,
+    receiver: Receiver,
+    clock: FakeClock,
+) -> None:
+    migrations = runtime_migrations() + load_migrations("webhook_tasks_notifier")
+    earlier = [m for m in migrations if not m.name.endswith("0005_comment_revisions.sql")]
+    assert len(earlier) == len(migrations) - 1
+    pool = await create_pool(infrastructure.database_url, unique_schema, max_size=4)
+    try:
+        await migrate(pool, unique_schema, earlier)
+        # As the notifier left them: a progress comment whose 90% update waits for a retry.
+        comment_id = await pool.fetchval(
+            """
+            INSERT INTO comments (correlation_id, task_id, project_id, kind, text,
+                                  source_event_id, source_occurred_at)
+            VALUES ('corr-1', 'task-1', 'project-1', 'progress', '**In progress** 90%',
+                    gen_random_uuid(), now())
+            RETURNING id
+            """
+        )
+        stale = ChatCommentPosted(
+            correlation_id="corr-1",
+            task=TASK,
+            comment_id=comment_id,
+            kind="progress",
+            text="**In progress** 90%",
+            edited=True,
+        )
+        await pool.execute(
+            """
+            INSERT INTO sink_deliveries
+                (event_id, correlation_id, payload, attempts, next_attempt_at, last_error)
+            VALUES ($1, 'corr-1', $2, 1, $3, 'HTTP 503')
+            """,
+            stale.event_id,
+            stale.model_dump_json(exclude={"revision"}).encode(),
+            clock.now + timedelta(seconds=2),
+        )
+        await migrate(pool, unique_schema, migrations)
+        sink = sink_for(pool, http, receiver.url, clock)
+        handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+        await handler.handle(completed())
+
+        assert await sink.deliver_due() == 4
+        clock.advance(60)
+        assert await sink.deliver_due() == 0
+        assert progress_texts(receiver.accepted) == [(2, ENDED)]
+        assert await pool.fetchval("SELECT count(*) FROM sink_deliveries") == 0
+    finally:
+        await pool.close()

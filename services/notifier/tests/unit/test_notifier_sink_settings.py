@@ -42,6 +42,25 @@ def test_a_signed_sink_is_accepted() -> None:
     assert str(settings.notification_sink_url) == "https://chat.example.com/hooks"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://sinkbot:hunter2-pw@chat.example.com/hooks",
+        "https://sinkbot@chat.example.com/hooks",
+        "https://:hunter2-pw@chat.example.com/hooks",
+    ],
+)
+def test_a_sink_url_with_credentials_is_refused_without_quoting_them(url: str) -> None:
+    # The aiohttp transport refuses such a URL on every POST: it would never deliver.
+    with pytest.raises(ValidationError) as refused:
+        NotifierSettings(**BASE, notification_sink_url=url, notification_sink_secret=SECRET)
+    message = str(refused.value)
+    assert "must not hold a user name or password" in message
+    assert "Standard Webhooks signature (NOTIFICATION_SINK_SECRET)" in message
+    assert "hunter2" not in message
+    assert "sinkbot" not in message
+
+
 def test_backoff_doubles_up_to_the_longest_wait() -> None:
     backoff = Backoff(first=timedelta(seconds=1), longest=timedelta(seconds=10))
     assert [backoff.after(n).total_seconds() for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
