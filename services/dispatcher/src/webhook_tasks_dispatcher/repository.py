@@ -291,7 +291,9 @@ async def settle_accepted(
             DELETE FROM dispatch_requests AS r USING input AS i
             WHERE r.correlation_id = i.correlation_id
         )
-        UPDATE tasks AS t SET status = 'initiated', deadline_at = i.deadline_at,
+        UPDATE tasks AS t SET status = 'initiated',
+            -- A heartbeat taken before the 2xx may have set a later one: it stands.
+            deadline_at = greatest(t.deadline_at, i.deadline_at),
             dispatched_at = i.settled_at, updated_at = i.settled_at, ack_status = i.ack_status,
             estimated_completion = i.estimated_completion, claimed_until = NULL,
             status_reason = NULL
@@ -511,15 +513,21 @@ async def record_progress(
     correlation_id: str,
     *,
     now: datetime,
+    taken_at: datetime,
     progress: float | None,
     message: str | None,
 ) -> TaskRow | None:
-    """Extend an open task's deadline by its timeout from now; None if it is not open."""
+    """Extend an open task's deadline by its timeout from when the heartbeat was taken.
+
+    Return None if the task is not open. From `taken_at` (the gateway's time), not from
+    when it is applied: a dispatcher that was stopped or lagging must not extend it more.
+    """
     record = await conn.fetchrow(
         """
         UPDATE tasks SET progress = coalesce($3, progress), progress_message = $4,
             deadline_at = greatest(
-                deadline_at, $2::timestamptz + make_interval(secs => timeout_seconds)
+                deadline_at,
+                least($2::timestamptz, $6::timestamptz) + make_interval(secs => timeout_seconds)
             ),
             updated_at = $2
         WHERE correlation_id = $1 AND status = ANY($5::text[])
@@ -530,6 +538,7 @@ async def record_progress(
         progress,
         message,
         _OPEN,
+        taken_at,
     )
     return TaskRow.from_record(record) if record else None
 

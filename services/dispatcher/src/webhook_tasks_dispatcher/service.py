@@ -745,6 +745,7 @@ class Dispatcher:
                     conn,
                     callback.correlation_id,
                     now=now,
+                    taken_at=callback.occurred_at,
                     progress=callback.progress,
                     message=callback.message,
                 )

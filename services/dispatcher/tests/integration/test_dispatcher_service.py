@@ -26,6 +26,7 @@ from webhook_tasks_contracts import (
     lifecycle_event_adapter,
 )
 from webhook_tasks_dispatcher import repository as repo
+from webhook_tasks_dispatcher.domain import TaskStatus
 from webhook_tasks_dispatcher.service import CLOCK_SKEW_ALLOWANCE
 from webhook_tasks_runtime.catch_up import GroupBehindError
 
@@ -302,7 +303,7 @@ async def test_deadline_expires_an_open_task_but_not_after_progress_moved_it(
 
     under_test.clock.advance(30)
     await under_test.dispatcher.apply_callback(
-        callback(task.correlation_id, "progress", progress=50)
+        callback(task.correlation_id, "progress", progress=50, occurred_at=under_test.clock.now)
     )
     await under_test.dispatcher.apply_deadline(
         DeadlineReached(correlation_id=task.correlation_id, deadline_at=old_deadline)
@@ -318,6 +319,48 @@ async def test_deadline_expires_an_open_task_but_not_after_progress_moved_it(
     )
     events = await lifecycle(under_test)
     assert [type(event) for event in events] == [TaskDispatched, TaskProgressed, TaskExpired]
+
+
+@pytest.mark.parametrize("applied_late_by", [0, 600])
+async def test_a_heartbeat_extends_from_when_the_gateway_took_it_however_late_it_is_applied(
+    under_test: DispatcherUnderTest, applied_late_by: int
+) -> None:
+    # Timeout 60 s. The gateway takes a heartbeat 30 s in (deadline now 90 s in) and a success
+    # 100 s in: past that deadline, whether the dispatcher ran throughout or was stopped (or
+    # its callbacks consumer lagged) for ten minutes. The outcome must not depend on which.
+    _, task = await dispatched(under_test)
+    assert task.deadline_at is not None
+    sent_at = task.deadline_at - timedelta(seconds=60)
+    heartbeat = callback(
+        task.correlation_id, "progress", progress=10, occurred_at=sent_at + timedelta(seconds=30)
+    )
+    success = callback(
+        task.correlation_id,
+        "success",
+        result_url="https://cdn.example.com/r.mp4",
+        occurred_at=sent_at + timedelta(seconds=100),
+    )
+    dispatcher = under_test.dispatcher
+
+    under_test.clock.now = heartbeat.occurred_at + timedelta(seconds=applied_late_by)
+    await dispatcher.apply_callback(heartbeat)
+    if not applied_late_by:
+        under_test.clock.now = sent_at + timedelta(seconds=90)
+        await dispatcher.apply_deadline(
+            DeadlineReached(correlation_id=task.correlation_id, deadline_at=under_test.clock.now)
+        )
+        under_test.clock.now = success.occurred_at
+    await dispatcher.apply_callback(success)
+    await dispatcher.apply_deadline(
+        DeadlineReached(correlation_id=task.correlation_id, deadline_at=task.deadline_at)
+    )
+
+    async with under_test.pool.acquire() as conn:
+        (row,) = await repo.find_tasks(conn, task.correlation_id)
+    assert row.status is TaskStatus.EXPIRED
+    assert row.deadline_at == sent_at + timedelta(seconds=90)
+    events = await lifecycle(under_test)
+    assert [type(event) for event in events][-2:] == [TaskExpired, TaskResultArrivedLate]
 
 
 async def test_a_credential_too_short_to_look_for_is_sent_under_a_plain_callback_token(

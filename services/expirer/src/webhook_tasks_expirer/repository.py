@@ -21,47 +21,28 @@ class DueDeadline:
 # Each write below is one statement, so one round trip and atomic without a transaction:
 # the handlers run one per lifecycle event, and round trips were most of their cost.
 
-_KEEP_EXISTING = "DO NOTHING"
-_MOVE_LATER = """DO UPDATE SET deadline_at = EXCLUDED.deadline_at, updated_at = now()
-                WHERE deadlines.deadline_at < EXCLUDED.deadline_at"""
 
-
-async def start_deadline(
+async def store_deadline(
     conn: asyncpg.Connection, correlation_id: str, task_id: str, deadline_at: datetime
 ) -> bool:
-    """Store a task's first deadline unless it has one or is finished; return whether stored."""
-    # An existing deadline is kept: it is either this same event again or a later move.
-    return await _store_deadline(conn, correlation_id, task_id, deadline_at, _KEEP_EXISTING)
-
-
-async def extend_deadline(
-    conn: asyncpg.Connection, correlation_id: str, task_id: str, deadline_at: datetime
-) -> bool:
-    """Move a task's deadline later unless the task is finished; return whether it changed."""
-    # Only later: heartbeats extend the deadline, and a replay of older progress events
-    # must not bring back a deadline that may already have passed.
+    """Store a task's deadline, or move it later, unless the task is finished; return whether."""
+    # Only later: heartbeats extend the deadline, and a replay of older events must not bring
+    # back a deadline that may already have passed. A first deadline too: a heartbeat the
+    # gateway took before the 2xx stores an earlier one, and the 2xx's own must replace it.
     # An upsert, not an update: when the scanner already fired the old deadline, the
     # dispatcher may still be waiting on the task, so the new deadline must be kept.
-    return await _store_deadline(conn, correlation_id, task_id, deadline_at, _MOVE_LATER)
-
-
-async def _store_deadline(
-    conn: asyncpg.Connection,
-    correlation_id: str,
-    task_id: str,
-    deadline_at: datetime,
-    on_conflict: str,
-) -> bool:
     # `open` has a row while the task is not finished; `watched` remembers the latest
     # deadline even after the scanner deletes the deadline row.
     stored = await conn.fetchval(
-        f"""
+        """
         WITH open AS (
             SELECT WHERE NOT EXISTS (SELECT 1 FROM finished_tasks WHERE correlation_id = $1)
         ), stored AS (
             INSERT INTO deadlines (correlation_id, task_id, deadline_at)
             SELECT $1, $2, $3 FROM open
-            ON CONFLICT (correlation_id) {on_conflict}
+            ON CONFLICT (correlation_id) DO UPDATE
+                SET deadline_at = EXCLUDED.deadline_at, updated_at = now()
+                WHERE deadlines.deadline_at < EXCLUDED.deadline_at
             RETURNING true
         ), watched AS (
             INSERT INTO watched_tasks (correlation_id, task_id, deadline_at)
@@ -71,7 +52,7 @@ async def _store_deadline(
                 WHERE watched_tasks.deadline_at < EXCLUDED.deadline_at
         )
         SELECT EXISTS (SELECT FROM stored)
-        """,  # noqa: S608 - only the fixed conflict clauses above are interpolated
+        """,
         correlation_id,
         task_id,
         deadline_at,
@@ -283,14 +264,14 @@ class PostgresDeadlineStore:
         self._pool = pool
 
     async def start(self, correlation_id: str, task_id: str, deadline_at: datetime) -> bool:
-        """Store a first deadline; return whether it was stored."""
+        """Store a first deadline (or move an earlier one later); return whether it was stored."""
         async with self._pool.acquire() as conn:
-            return await start_deadline(conn, correlation_id, task_id, deadline_at)
+            return await store_deadline(conn, correlation_id, task_id, deadline_at)
 
     async def extend(self, correlation_id: str, task_id: str, deadline_at: datetime) -> bool:
         """Move a deadline later; return whether it changed."""
         async with self._pool.acquire() as conn:
-            return await extend_deadline(conn, correlation_id, task_id, deadline_at)
+            return await store_deadline(conn, correlation_id, task_id, deadline_at)
 
     async def finish(self, correlation_id: str) -> None:
         """Drop the deadline and remember the task as finished."""

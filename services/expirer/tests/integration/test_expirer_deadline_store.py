@@ -101,6 +101,18 @@ async def test_an_older_progress_event_never_pulls_the_deadline_back(
     assert noticed == [DEADLINE, later]
 
 
+async def test_a_heartbeat_taken_before_the_2xx_gives_way_to_the_later_deadline_of_the_2xx(
+    handler: LifecycleHandler, expirer_pool: asyncpg.Pool
+) -> None:
+    # The gateway takes callbacks while the task is still pending: the heartbeat's deadline
+    # comes first, the acceptance's later one after. Kept, the earlier one fired, the
+    # dispatcher ignored it as moved, and nothing was left to expire the task on time.
+    await handler(progressed(DEADLINE - timedelta(seconds=2)))
+    await handler(dispatched())
+
+    assert await stored_deadline(expirer_pool) == DEADLINE
+
+
 async def test_progress_after_the_deadline_fired_sets_a_new_one(
     handler: LifecycleHandler, expirer_pool: asyncpg.Pool
 ) -> None:

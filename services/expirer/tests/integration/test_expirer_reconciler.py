@@ -11,9 +11,8 @@ from webhook_tasks_contracts import DeadlineReached, Topics
 from webhook_tasks_expirer.reconciler import Reconciler
 from webhook_tasks_expirer.repository import (
     deadline_for,
-    extend_deadline,
     finish_task,
-    start_deadline,
+    store_deadline,
     take_due_deadlines,
 )
 
@@ -59,10 +58,10 @@ async def test_a_healthy_store_needs_no_repair(
     expirer_pool: asyncpg.Pool, unique_topics: Topics, clock: FakeClock
 ) -> None:
     async with expirer_pool.acquire() as conn:
-        await start_deadline(conn, "waiting", "task-1", clock.now + timedelta(seconds=30))
-        await start_deadline(conn, "ended", "task-2", clock.now + timedelta(seconds=30))
+        await store_deadline(conn, "waiting", "task-1", clock.now + timedelta(seconds=30))
+        await store_deadline(conn, "ended", "task-2", clock.now + timedelta(seconds=30))
         await finish_task(conn, "ended")
-        await start_deadline(conn, "just-fired", "task-3", clock.now - timedelta(seconds=1))
+        await store_deadline(conn, "just-fired", "task-3", clock.now - timedelta(seconds=1))
         async with conn.transaction():
             await take_due_deadlines(conn, clock.now, 10)
     noticed = Noticed()
@@ -82,8 +81,8 @@ async def test_a_lost_deadline_still_ahead_is_restored_and_logged(
 ) -> None:
     later = clock.now + timedelta(seconds=30)
     async with expirer_pool.acquire() as conn:
-        await start_deadline(conn, "lost", "task-1", clock.now + timedelta(seconds=10))
-        await extend_deadline(conn, "lost", "task-1", later)
+        await store_deadline(conn, "lost", "task-1", clock.now + timedelta(seconds=10))
+        await store_deadline(conn, "lost", "task-1", later)
         # What a crash or a careless restore might leave: the task, but no deadline.
         await conn.execute("DELETE FROM deadlines WHERE correlation_id = 'lost'")
     noticed = Noticed()
@@ -107,7 +106,7 @@ async def test_a_stuck_task_is_announced_again_once_per_grace(
 ) -> None:
     deadline = clock.now
     async with expirer_pool.acquire() as conn:
-        await start_deadline(conn, "stuck", "task-1", deadline)
+        await store_deadline(conn, "stuck", "task-1", deadline)
         async with conn.transaction():
             # The scanner fired it; then no terminal event ever came.
             assert len(await take_due_deadlines(conn, clock.now, 10)) == 1
@@ -140,7 +139,7 @@ async def test_a_passed_deadline_lost_before_it_fired_is_announced_at_once(
 ) -> None:
     deadline = clock.now + timedelta(seconds=5)
     async with expirer_pool.acquire() as conn:
-        await start_deadline(conn, "lost", "task-1", deadline)
+        await store_deadline(conn, "lost", "task-1", deadline)
         await conn.execute("DELETE FROM deadlines WHERE correlation_id = 'lost'")
     reconciler = reconciler_for(expirer_pool, unique_topics, clock, Noticed())
     assert (await reconciler.sweep()).restored != []
@@ -158,7 +157,7 @@ async def test_a_deadline_announced_late_gets_its_full_grace(
 ) -> None:
     # Stored and fired long after it passed, as after a consumer backlog.
     async with expirer_pool.acquire() as conn:
-        await start_deadline(conn, "late", "task-1", clock.now - GRACE * 3)
+        await store_deadline(conn, "late", "task-1", clock.now - GRACE * 3)
         async with conn.transaction():
             assert len(await take_due_deadlines(conn, clock.now, 10)) == 1
     reconciler = reconciler_for(expirer_pool, unique_topics, clock, Noticed())
@@ -172,7 +171,7 @@ async def test_leftovers_of_finished_tasks_are_dropped(
     expirer_pool: asyncpg.Pool, unique_topics: Topics, clock: FakeClock
 ) -> None:
     async with expirer_pool.acquire() as conn:
-        await start_deadline(conn, "ended", "task-1", clock.now + timedelta(seconds=30))
+        await store_deadline(conn, "ended", "task-1", clock.now + timedelta(seconds=30))
         # A tombstone written without the deletes that normally go with it.
         await conn.execute("INSERT INTO finished_tasks (correlation_id) VALUES ('ended')")
 
@@ -191,7 +190,7 @@ async def test_leftovers_are_dropped_in_batches_among_many_open_tasks(
     # Each statement reads a batch of open tasks, so none outlasts the statement timeout.
     async with expirer_pool.acquire() as conn:
         for index in range(7):
-            await start_deadline(conn, f"open-{index}", "task-1", clock.now + timedelta(hours=1))
+            await store_deadline(conn, f"open-{index}", "task-1", clock.now + timedelta(hours=1))
         await conn.executemany(
             "INSERT INTO finished_tasks (correlation_id) VALUES ($1)",
             [("open-1",), ("open-4",), ("open-6",), ("never-open",)],

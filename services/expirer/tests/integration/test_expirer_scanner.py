@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from webhook_tasks_contracts import DeadlineReached, Topics, derived_event_id
 from webhook_tasks_expirer import repository
-from webhook_tasks_expirer.repository import deadline_for, start_deadline
+from webhook_tasks_expirer.repository import deadline_for, store_deadline
 from webhook_tasks_expirer.scanner import DeadlineScanner
 
 from .conftest import FakeClock
@@ -47,7 +47,7 @@ def scanner_for(
 async def store_deadlines(pool: asyncpg.Pool, deadlines: dict[str, datetime]) -> None:
     async with pool.acquire() as conn:
         for correlation_id, deadline_at in deadlines.items():
-            assert await start_deadline(conn, correlation_id, f"task-{correlation_id}", deadline_at)
+            assert await store_deadline(conn, correlation_id, f"task-{correlation_id}", deadline_at)
 
 
 async def outbox_events(pool: asyncpg.Pool) -> list[tuple[str, str, DeadlineReached]]:
@@ -240,7 +240,7 @@ async def test_a_task_finishing_while_its_deadline_fires_waits_rather_than_deadl
 ) -> None:
     now = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
     async with expirer_pool.acquire() as conn:
-        await repository.start_deadline(conn, "cid-race", "task-race", now - timedelta(seconds=1))
+        await repository.store_deadline(conn, "cid-race", "task-race", now - timedelta(seconds=1))
     firing = asyncio.Event()
 
     async def fire() -> None:
