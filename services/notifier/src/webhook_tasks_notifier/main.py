@@ -70,6 +70,7 @@ async def _sink(settings: NotifierSettings, resources: WorkerResources) -> HttpS
             longest=timedelta(seconds=settings.notification_sink_longest_retry),
         ),
         max_attempts=settings.notification_sink_max_attempts,
+        timeout=settings.notification_sink_timeout,
         retention=timedelta(seconds=settings.notification_sink_retention),
     )
 

@@ -52,6 +52,12 @@ class Backoff:
         return min(self.longest, self.first * (1 << max(0, attempts - 1)))
 
 
+def lease_for(timeout: float) -> timedelta:
+    """Return how long a claimed delivery stays off other replicas if a POST takes `timeout` s."""
+    # The POST, then its record, tried for up to half the lease (see `deliver_due`).
+    return max(timedelta(seconds=60), timedelta(seconds=2 * timeout + 10))
+
+
 def create_http_client(*, timeout_seconds: float) -> httpx.AsyncClient:
     """Return the sink's HTTP client, on the aiohttp transport (measured fastest here)."""
     from httpx_aiohttp import AiohttpTransport
@@ -79,7 +85,8 @@ class HttpSink:
         backoff: Backoff = Backoff(),
         max_attempts: int = 12,
         batch_size: int = 50,
-        lease: timedelta = timedelta(seconds=60),
+        timeout: float = 10.0,
+        lease: timedelta | None = None,
         idle_interval: float = 1.0,
         retention: timedelta = timedelta(days=7),
         prune_interval: timedelta = timedelta(hours=1),
@@ -94,7 +101,8 @@ class HttpSink:
         self._backoff = backoff
         self._max_attempts = max_attempts
         self._batch_size = batch_size
-        self._lease = lease
+        self._timeout = timeout
+        self._lease = lease if lease is not None else lease_for(timeout)
         self._idle_interval = idle_interval
         self._retention = retention
         self._prune_interval = prune_interval
@@ -247,7 +255,15 @@ class HttpSink:
             "webhook-signature": self._signer.sign(message_id, timestamp, body),
         }
         try:
-            response = await self._http.post(self._url, content=delivery.payload, headers=headers)
+            # One bound on the whole POST: httpx's timeout is per phase and per read, so a
+            # receiver dripping its answer would otherwise outlast the lease, and another
+            # replica would post the comment's next text while this one is still in flight.
+            async with asyncio.timeout(self._timeout):
+                response = await self._http.post(
+                    self._url, content=delivery.payload, headers=headers
+                )
+        except TimeoutError:
+            return f"TimeoutError: no whole answer within {self._timeout:g} s"
         except Exception as failure:
             # Not only httpx's errors: one the transport raises instead (aiohttp refusing the
             # request) must count as a failed attempt too, or the delivery is never given up.

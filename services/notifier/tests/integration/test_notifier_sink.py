@@ -264,6 +264,54 @@ async def test_a_failing_sink_is_retried_with_growing_delays(
     assert await pool.fetchval("SELECT count(*) FROM sink_deliveries") == 0
 
 
+async def test_a_receiver_dripping_its_answer_is_a_failed_attempt_once_the_timeout_passes(
+    pool: asyncpg.Pool,
+    clock: FakeClock,
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+) -> None:
+    # Each byte comes well within httpx's per-read timeout; the whole answer would take 30 s.
+    async def drip(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(status=200)
+        response.content_length = 100
+        await response.prepare(request)
+        for _ in range(100):
+            await response.write(b".")
+            await asyncio.sleep(0.3)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/hooks/chat", drip)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with create_http_client(timeout_seconds=1) as http:
+            sink = HttpSink(
+                pool,
+                http,
+                url=f"http://127.0.0.1:{port}/hooks/chat",
+                secret=SECRET,
+                clock=clock,
+                backoff=BACKOFF,
+                timeout=1.0,
+            )
+            handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+            await handler.handle(completed())
+
+            assert await asyncio.wait_for(sink.deliver_due(), 10) == 0
+    finally:
+        await runner.cleanup()
+
+    rows = await pool.fetch("SELECT attempts, failed_at, last_error FROM sink_deliveries")
+    assert [(row["attempts"], row["failed_at"]) for row in rows] == [(1, None)] * 3
+    assert {row["last_error"] for row in rows} == {"TimeoutError: no whole answer within 1 s"}
+    assert await attempts_and_due(pool) == [(1, clock.now + BACKOFF.first)] * 3
+
+
 class FlakyPool:
     """A pool whose acquire() fails as while PostgreSQL is away, for the calls numbered."""
 

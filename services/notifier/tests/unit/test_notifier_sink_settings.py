@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 from webhook_tasks_notifier.settings import NotifierSettings
-from webhook_tasks_notifier.sink import Backoff
+from webhook_tasks_notifier.sink import Backoff, lease_for
 
 BASE = {"database_url": "postgresql://db/x", "kafka_bootstrap_servers": "kafka:9092"}
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -70,3 +70,13 @@ def test_deliveries_given_up_on_are_kept_a_week_by_default() -> None:
     assert NotifierSettings(**BASE).notification_sink_retention == 7 * 24 * 3600
     with pytest.raises(ValidationError):
         NotifierSettings(**BASE, notification_sink_retention=0)
+
+
+@pytest.mark.parametrize(("timeout", "lease"), [(1, 60), (10, 60), (25, 60), (30, 70), (300, 610)])
+def test_a_claimed_delivery_stays_leased_past_its_post_and_its_record(
+    timeout: float, lease: int
+) -> None:
+    # The record is tried for up to half the lease: both must end before another replica
+    # may take the delivery, or a comment would have two texts in flight.
+    assert lease_for(timeout) == timedelta(seconds=lease)
+    assert lease_for(timeout) / 2 >= timedelta(seconds=timeout)
