@@ -91,7 +91,8 @@ async def upsert_progress_comment(
 ) -> Comment | None:
     """Write or update the task's progress comment; return None if nothing changed."""
     # Nothing changes once the task has a terminal comment, nor for an event no newer
-    # than the one the comment shows, so a replayed topic leaves the comment as it was.
+    # than the one the comment shows, so a replayed topic leaves the comment as it was,
+    # nor for one whose text the comment already shows.
     # The revision moves with the text, under the row's lock: no two texts share one.
     row = await conn.fetchrow(
         f"""
@@ -108,6 +109,9 @@ async def upsert_progress_comment(
                 revision = comments.revision + 1,
                 updated_at = now()
             WHERE comments.source_occurred_at < EXCLUDED.source_occurred_at
+                -- A heartbeat repeating the shown text is no edit: a service reporting
+                -- "50%" every ten seconds must not announce (and POST) the same text again.
+                AND comments.text <> EXCLUDED.text
         RETURNING {_COMMENT_COLUMNS}
         """,  # noqa: S608 - only the fixed column list is interpolated
         event.correlation_id,

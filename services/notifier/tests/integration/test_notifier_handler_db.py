@@ -183,6 +183,23 @@ async def test_progress_keeps_one_comment_up_to_date_and_ignores_replays(
     assert await pool.fetchval("SELECT count(*) FROM notifications") == 0
 
 
+async def test_a_heartbeat_repeating_the_shown_text_is_not_announced_again(
+    handler: LifecycleHandler, pool: asyncpg.Pool
+) -> None:
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    for seconds, percent in [(0, 50), (10, 50), (20, 50), (30, 60), (40, 60)]:
+        await handler.handle(progressed(percent, start + timedelta(seconds=seconds)))
+
+    posted = [e for _, _, e in await outbox(pool) if isinstance(e, ChatCommentPosted)]
+    assert [(e.text, e.revision) for e in posted] == [
+        ("**In progress** 50%", 1),
+        ("**In progress** 60%", 2),
+    ]
+    async with pool.acquire() as conn:
+        comments = await comments_for(conn, ["corr-1"])
+    assert [(c.text, c.revision) for c in comments] == [("**In progress** 60%", 2)]
+
+
 async def test_the_outcome_gives_the_progress_comment_its_last_text_once(
     handler: LifecycleHandler, pool: asyncpg.Pool
 ) -> None:
