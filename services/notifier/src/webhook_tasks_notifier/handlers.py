@@ -139,13 +139,16 @@ class LifecycleHandler:
             edited=comment.updated_at > comment.created_at,
             revision=comment.revision,
         )
+        # One user's notification names no one else: the followers list is the task's
+        # business, and repeated in each of a thousand followers' events it grew quadratically.
+        addressed = task.model_copy(update={"followers": ()})
         told = [
             UserNotified(
                 event_id=derived_event_id("user.notified", key, notification.user_id)
                 if notification.kind != "late_result"
                 else derived_event_id("user.notified", key, notification.user_id, "late_result"),
                 correlation_id=key,
-                task=task,
+                task=addressed,
                 user_id=notification.user_id,
                 kind=notification.kind,
                 text=comment.text,

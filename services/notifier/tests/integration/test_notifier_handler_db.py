@@ -113,6 +113,9 @@ async def test_terminal_event_writes_one_comment_notifications_and_outbox_events
     assert events[0].text == comments[0].text
     told = [event for event in events[1:] if isinstance(event, UserNotified)]
     assert [event.user_id for event in told] == ["owner", "ann", "bob"]
+    # The comment names the task's followers; a user's notification names no one else.
+    assert events[0].task.followers == ("ann", "owner", "bob")
+    assert [event.task for event in told] == [TASK.model_copy(update={"followers": ()})] * 3
     assert len({event.event_id for event in events}) == len(events) == 4
 
 
