@@ -73,7 +73,7 @@ async def task(infrastructure: Infrastructure, schemas: ServiceSchemas) -> TaskR
         await conn.execute(f'SET search_path TO "{schemas.dispatcher}"')
         await dispatcher_repository.insert_tasks(conn, [claim(ref, correlation_id)])
         await conn.execute(f'SET search_path TO "{schemas.expirer}"')
-        await expirer_repository.start_deadline(conn, correlation_id, ref.task_id, DEADLINE)
+        await expirer_repository.store_deadline(conn, correlation_id, ref.task_id, DEADLINE)
         await conn.execute(f'SET search_path TO "{schemas.notifier}"')
         completed = TaskCompleted(correlation_id=correlation_id, task=ref)
         await notifier_repository.insert_terminal_comment(conn, completed, "result", COMMENT)
