@@ -80,11 +80,12 @@ h2load:
 			|| echo "h2load is not installed (apt-get install nghttp2-client): the gateway latency rows use the in-repo Python open-loop client"; \
 	}
 
-## lint: ruff (format check and lint) and mypy
+## lint: ruff (format check and lint) and mypy (sources, bench and tests)
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy contracts/src runtime/src services/*/src cli/src bench
+	$(BIN)/mypy contracts/src runtime/src services/*/src cli/src bench \
+		contracts/tests runtime/tests services/*/tests cli/tests tests
 
 ## fmt: format and fix with ruff
 fmt: $(STAMP)

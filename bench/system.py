@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
-import psutil  # type: ignore[import-untyped]
+import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from webhook_tasks_cli.stack import Stack, StackOptions

@@ -14,6 +14,7 @@ from webhook_tasks_contracts import (
     CallbackKeyError,
     CallbackTokens,
     CredentialFingerprints,
+    Fingerprints,
     VerifiedToken,
     callback_url,
     parse_callback_keys,
@@ -21,8 +22,16 @@ from webhook_tasks_contracts import (
 
 KEY_A = CallbackKey("a", b"a" * 32)
 KEY_B = CallbackKey("b", b"b" * 32)
-ECHOES = CredentialFingerprints([KEY_A]).of(SecretStr("Bearer tk_live_0123456789"))
-OTHER_ECHOES = CredentialFingerprints([KEY_A]).of(SecretStr("Bearer tk_live_9876543210"))
+
+
+def fingerprints_of(secret: str) -> Fingerprints:
+    fingerprints = CredentialFingerprints([KEY_A]).of(SecretStr(secret))
+    assert fingerprints is not None
+    return fingerprints
+
+
+ECHOES = fingerprints_of("Bearer tk_live_0123456789")
+OTHER_ECHOES = fingerprints_of("Bearer tk_live_9876543210")
 
 
 def test_a_minted_token_verifies_for_its_correlation_id_only() -> None:

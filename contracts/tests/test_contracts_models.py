@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -31,7 +32,7 @@ from webhook_tasks_contracts._validators import (
     _checked_http_url,
 )
 
-PRODUCT_SUMMARY_TASK = {
+PRODUCT_SUMMARY_TASK: dict[str, Any] = {
     "taskId": "task-1",
     "userId": "user-1",
     "projectId": "project-1",
@@ -85,7 +86,9 @@ def test_webhook_auth_is_masked_unless_the_publisher_asks_to_reveal_it() -> None
         ({"isWebhookTask": True, "webhookUrl": "https://u@x/"}, "credentials"),
     ],
 )
-def test_invalid_task_metadata_is_refused_with_the_reason(metadata: dict, problem: str) -> None:
+def test_invalid_task_metadata_is_refused_with_the_reason(
+    metadata: dict[str, Any], problem: str
+) -> None:
     with pytest.raises(ValidationError, match=problem):
         TaskMetadata.model_validate(metadata)
 
@@ -430,7 +433,7 @@ def test_topics_are_prefixed_and_include_dead_letters() -> None:
 def test_a_task_event_with_a_nul_character_is_refused_naming_the_field(
     change: dict[str, object], field: str
 ) -> None:
-    metadata = dict(PRODUCT_SUMMARY_TASK["taskMetadata"])  # type: ignore[call-overload]
+    metadata: dict[str, object] = dict(PRODUCT_SUMMARY_TASK["taskMetadata"])
     event = dict(PRODUCT_SUMMARY_TASK, taskMetadata=metadata)
     for key, value in change.items():
         (metadata if key.startswith("webhook") else event)[key] = value

@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import TypedDict, Unpack
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -23,6 +24,11 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 3
 
 
+class CatchUpOptions(TypedDict, total=False):
+    timeout: float
+    reading_interval: float
+
+
 class Topic:
     """A fresh topic, a producer keyed like the services', and a group that commits by hand."""
 
@@ -35,7 +41,7 @@ class Topic:
             bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False
         )
 
-    def catch_up(self, **options: float) -> GroupCatchUp:
+    def catch_up(self, **options: Unpack[CatchUpOptions]) -> GroupCatchUp:
         return GroupCatchUp(
             self.bootstrap,
             topic=self.name,

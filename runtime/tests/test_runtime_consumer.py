@@ -262,12 +262,12 @@ def test_the_poll_interval_defaults_to_20_ms_and_is_configurable(
 ) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
     monkeypatch.delenv("KAFKA_POLL_INTERVAL_MS", raising=False)
-    assert RuntimeSettings(_env_file=None).kafka_poll_interval_ms == 20  # type: ignore[call-arg]
+    assert RuntimeSettings(_env_file=None).kafka_poll_interval_ms == 20
     monkeypatch.setenv("KAFKA_POLL_INTERVAL_MS", "50")
-    assert RuntimeSettings(_env_file=None).kafka_poll_interval_ms == 50  # type: ignore[call-arg]
+    assert RuntimeSettings(_env_file=None).kafka_poll_interval_ms == 50
     monkeypatch.setenv("KAFKA_POLL_INTERVAL_MS", "0")
     with pytest.raises(ValidationError, match="kafka_poll_interval_ms"):
-        RuntimeSettings(_env_file=None)  # type: ignore[call-arg]
+        RuntimeSettings(_env_file=None)
 
 
 async def records_in(

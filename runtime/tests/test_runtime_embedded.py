@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 
 import pytest
@@ -33,6 +34,6 @@ def test_a_port_in_use_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
         listener.listen()
         taken = listener.getsockname()[1]
         tries = iter([taken, taken, 23456])
-        monkeypatch.setattr(embedded.random, "randrange", lambda *_: next(tries))
+        monkeypatch.setattr(random, "randrange", lambda *_: next(tries))
 
         assert embedded.free_port() == 23456

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 from webhook_tasks_runtime.settings import KAFKA_MAX_MESSAGE_BYTES, DatabaseSettings
 
 
-def settings(**values: object) -> DatabaseSettings:
-    return DatabaseSettings(  # type: ignore[arg-type]
+def settings(**values: Any) -> DatabaseSettings:
+    return DatabaseSettings(
         kafka_bootstrap_servers="kafka:9092", database_schema="expirer", **values
     )
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import TypeAdapter
-from webhook_tasks_cli.operations import publish_task
+from webhook_tasks_cli.operations import TaskReport, publish_task
 from webhook_tasks_contracts import CallbackReceived, TaskMetadata, TaskRequested, callback_url
 
 from .conftest import RunningSystem, finished, terminal_comments, unique_task_id, wait_until
@@ -129,7 +129,9 @@ async def test_duplicate_callbacks_give_one_outcome_and_one_comment(system: Runn
     }
     late_error = {"correlationId": correlation_id, "status": "error", "error": "late"}
     async with httpx.AsyncClient(trust_env=False) as http:
-        answers = await asyncio.gather(http.post(url, json=success), http.post(url, json=success))
+        answers = list(
+            await asyncio.gather(http.post(url, json=success), http.post(url, json=success))
+        )
         # Sent once both successes are durable, so the dispatcher sees it after them.
         answers.append(await http.post(url, json=late_error))
     assert [answer.status_code for answer in answers] == [202, 202, 202]
@@ -260,10 +262,11 @@ async def test_progress_keeps_one_comment_that_ends_with_the_task(system: Runnin
         for percent in (10, 90):
             progress = {"correlationId": correlation_id, "status": "progress", "progress": percent}
             assert (await http.post(url, json=progress)).status_code == 202
-            await wait_until(
-                lambda: system.reports(task_id),
-                lambda r, percent=percent: any(f"{percent}%" in c.text for c in r[0].comments),
-            )
+
+            def shows(reports: list[TaskReport], percent: int = percent) -> bool:
+                return any(f"{percent}%" in c.text for c in reports[0].comments)
+
+            await wait_until(lambda: system.reports(task_id), shows)
         success = {"correlationId": correlation_id, "status": "success", "metadata": {}}
         assert (await http.post(url, json=success)).status_code == 202
 

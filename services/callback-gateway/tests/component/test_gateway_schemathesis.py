@@ -10,6 +10,7 @@ import hypothesis
 import schemathesis
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
+from requests.structures import CaseInsensitiveDict
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -55,18 +56,20 @@ MEDIA_TYPES = st.sampled_from([None, None, None, "text/plain", "application/clou
 
 
 def aim_at_the_gateway(
-    case: schemathesis.Case, tokens: CallbackTokens, media_type: str | None
+    case: schemathesis.Case[Any], tokens: CallbackTokens, media_type: str | None
 ) -> None:
     """Give most generated callbacks a URL whose token verifies, so bodies get validated."""
     if case.operation.path != CALLBACK_PATH:
         return
     if media_type is not None:
-        case.headers = {**(case.headers or {}), "Content-Type": media_type}
+        headers = CaseInsensitiveDict(case.headers)
+        headers["Content-Type"] = media_type
+        case.headers = headers
     parameters = case.path_parameters or {}
     body = case.body
     # Path parameters are held percent-encoded, as sent; the token covers the decoded id.
-    if isinstance(body, dict) and isinstance(body.get("correlationId"), str):
-        correlation_id = body["correlationId"]
+    if isinstance(body, dict) and isinstance(claimed := body.get("correlationId"), str):
+        correlation_id = claimed
         parameters["correlation_id"] = quote(correlation_id, safe="")
     else:
         correlation_id = unquote(str(parameters.get("correlation_id", "")))
@@ -100,7 +103,8 @@ def test_generated_requests_get_documented_answers_and_never_a_5xx(
     )
     statuses: dict[int, int] = {}
 
-    with asgi.get_client(app) as session:
+    # schemathesis types an ASGI app's messages as dict, Starlette as MutableMapping.
+    with asgi.get_client(app) as session:  # type: ignore[arg-type]
 
         @hypothesis.settings(
             max_examples=MIN_CASES + 100,

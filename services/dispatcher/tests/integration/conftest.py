@@ -242,10 +242,10 @@ def settings_for(
         "log_level": "DEBUG",
     }
     return DispatcherSettings(
-        database_url=infrastructure.database_url,  # type: ignore[arg-type]
+        database_url=infrastructure.database_url,
         database_schema=schema,
         topic_prefix=topics.prefix,
-        callback_token_keys=f"t:base64:{base64.b64encode(os.urandom(32)).decode()}",  # type: ignore[arg-type]
+        callback_token_keys=f"t:base64:{base64.b64encode(os.urandom(32)).decode()}",
         public_callback_base_url="http://gateway.invalid",
         environment="test",
         **(defaults | overrides),

@@ -531,7 +531,7 @@ async def test_a_failing_server_opens_no_circuit_for_another_port_of_its_host(
     dispatcher = under_test.another(
         breakers=CircuitBreakers(failure_threshold=1, cool_down=timedelta(seconds=30))
     )
-    under_test.service.answer = lambda request: httpx.Response(  # type: ignore[assignment]
+    under_test.service.answer = lambda request: httpx.Response(
         503 if request.url.port == 8443 else 202
     )
     failing = task_request(webhookUrl="https://svc.example.com:8443/generate")
@@ -680,7 +680,7 @@ class FailingClient(WebhookClient):
     def __init__(self) -> None:
         self.calls = 0
 
-    async def send(self, request: object, *, now: object) -> DeliveryResult:  # type: ignore[override]
+    async def send(self, request: object, *, now: object) -> DeliveryResult:
         self.calls += 1
         raise RuntimeError("a failure that recurs on every attempt")
 
@@ -764,7 +764,7 @@ async def test_a_sender_whose_claims_fail_keeps_trying_and_sends_once_the_databa
         if failures < 2:
             failures += 1
             raise ConnectionRefusedError("the database is away")
-        return await claim(conn, now=now, limit=limit)  # type: ignore[arg-type]
+        return await claim(conn, now=now, limit=limit)
 
     monkeypatch.setattr(repo, "claim_due_requests", database_away_twice)
     sender = asyncio.create_task(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from webhook_tasks_contracts import (
     CallbackReceived,
     DeadlineReached,
+    LifecycleEvent,
     TaskCompleted,
     TaskDispatched,
     TaskExpired,
@@ -26,6 +27,7 @@ from webhook_tasks_contracts import (
     lifecycle_event_adapter,
 )
 from webhook_tasks_dispatcher import repository as repo
+from webhook_tasks_dispatcher.client import DeliveryResult
 from webhook_tasks_dispatcher.domain import TaskStatus
 from webhook_tasks_dispatcher.service import CLOCK_SKEW_ALLOWANCE
 from webhook_tasks_runtime.catch_up import GroupBehindError
@@ -74,7 +76,7 @@ async def dispatched(under_test: DispatcherUnderTest) -> tuple[TaskRequested, re
 
 
 def callback(correlation_id: str, status: str, **fields: object) -> CallbackReceived:
-    return CallbackReceived(correlation_id=correlation_id, status=status, **fields)  # type: ignore[arg-type]
+    return CallbackReceived(correlation_id=correlation_id, status=status, **fields)
 
 
 async def test_a_task_is_dispatched_in_the_product_summary_format(
@@ -282,10 +284,12 @@ async def test_a_callback_before_the_acknowledgement_still_wins(
     under_test.service.answer = answer_after_calling_back
     original = under_test.dispatcher._settle_dispatch
 
-    async def settle_late(*args: object) -> None:
+    async def settle_late(
+        pending: repo.PendingRequest, started: datetime, result: DeliveryResult
+    ) -> None:
         # The callback lands between the external service's 2xx and our commit.
         await under_test.dispatcher.apply_callback(callback(str(holder["cid"]), "success"))
-        await original(*args)  # type: ignore[arg-type]
+        await original(pending, started, result)
 
     under_test.dispatcher._settle_dispatch = settle_late  # type: ignore[method-assign]
     await under_test.dispatcher.dispatch(request)
@@ -360,7 +364,8 @@ async def test_a_heartbeat_extends_from_when_the_gateway_took_it_however_late_it
     assert row.status is TaskStatus.EXPIRED
     assert row.deadline_at == sent_at + timedelta(seconds=90)
     events = await lifecycle(under_test)
-    assert [type(event) for event in events][-2:] == [TaskExpired, TaskResultArrivedLate]
+    expected: list[type[LifecycleEvent]] = [TaskExpired, TaskResultArrivedLate]
+    assert [type(event) for event in events][-2:] == expected
 
 
 async def test_a_credential_too_short_to_look_for_is_sent_under_a_plain_callback_token(
@@ -408,7 +413,7 @@ async def test_a_callback_echoing_webhook_auth_is_applied_with_it_masked_everywh
     shown_late = next(event for event in events if isinstance(event, TaskResultArrivedLate))
     assert shown_late.result_url == "https://cdn.example.com/v.mp4?auth=**********"
     assert shown_late.metadata == {"request": {"headers": {"authorization": "Bearer **********"}}}
-    stored = [payload for _topic, _key, payload in await under_test.outbox()]
+    stored: list[bytes | str] = [payload for _topic, _key, payload in await under_test.outbox()]
     async with under_test.pool.acquire() as conn:
         stored += [
             repr(await repo.history_for(conn, correlation_id))
@@ -505,26 +510,26 @@ async def test_a_callback_the_database_refuses_fails_alone_and_its_batch_still_a
         return_exceptions=True,
     )
 
-    assert results[:2] == [None, None]
+    assert list(results[:2]) == [None, None]
     assert isinstance(results[2], Exception)
     async with under_test.pool.acquire() as conn:
         statuses = [(await repo.find_tasks(conn, task.task_id))[0].status for task in tasks]
     assert [status.value for status in statuses] == ["completed", "failed", "initiated"]
 
 
-@pytest.mark.parametrize(
-    ("status", "fields", "events"),
-    [
-        ("success", {"result_url": "https://cdn/late.mp4"}, [TaskExpired, TaskResultArrivedLate]),
-        ("error", {"error": "too late"}, [TaskExpired]),
-        ("progress", {"progress": 50}, [TaskExpired]),
-    ],
-)
+LATE_CALLBACKS: list[tuple[str, dict[str, object], list[type[LifecycleEvent]]]] = [
+    ("success", {"result_url": "https://cdn/late.mp4"}, [TaskExpired, TaskResultArrivedLate]),
+    ("error", {"error": "too late"}, [TaskExpired]),
+    ("progress", {"progress": 50}, [TaskExpired]),
+]
+
+
+@pytest.mark.parametrize(("status", "fields", "events"), LATE_CALLBACKS)
 async def test_a_callback_the_gateway_took_after_the_deadline_loses_though_handled_first(
     under_test: DispatcherUnderTest,
     status: str,
     fields: dict[str, object],
-    events: list[type],
+    events: list[type[LifecycleEvent]],
 ) -> None:
     # The dispatcher was stopped at the deadline: on its return, its callbacks consumer
     # handles a callback taken 5 s after the deadline before the deadline itself.

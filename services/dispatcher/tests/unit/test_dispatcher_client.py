@@ -295,7 +295,12 @@ async def test_a_temporary_dns_failure_is_unreachable_and_so_retried() -> None:
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
     sent: list[httpx.Request] = []
-    transport = httpx.MockTransport(lambda request: sent.append(request))  # type: ignore[arg-type,func-returns-value]
+
+    def service(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(202)
+
+    transport = httpx.MockTransport(service)
     client = Client(WebhookClient(transport, guard=UrlGuard(resolve=resolver_down)))
 
     result = await client.send("https://svc.example.com/run", {}, auth=None)

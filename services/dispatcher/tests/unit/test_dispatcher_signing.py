@@ -208,10 +208,11 @@ async def test_a_path_servers_resolve_differently_is_never_sent(path: str) -> No
     async def resolve_publicly(host: str, port: int) -> list[str]:
         return ["93.184.216.34"]
 
-    client = WebhookClient(
-        httpx.MockTransport(lambda request: sent.append(request)),  # type: ignore[func-returns-value]
-        guard=UrlGuard(resolve=resolve_publicly),
-    )
+    def service(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(202)
+
+    client = WebhookClient(httpx.MockTransport(service), guard=UrlGuard(resolve=resolve_publicly))
     url = "https://api.partner.com" + path
     result = await client.send(OutboundRequest(url, b"{}", "msg_c"), now=utc_now())
 

@@ -153,7 +153,7 @@ async def test_a_terminal_event_before_any_dispatch_still_blocks_it(
 async def test_replaying_the_whole_history_changes_nothing(
     handler: LifecycleHandler, expirer_pool: asyncpg.Pool, noticed: list[datetime]
 ) -> None:
-    history = [
+    history: list[TaskDispatched | TaskProgressed] = [
         dispatched(),
         progressed(DEADLINE + timedelta(minutes=1)),
         progressed(DEADLINE + timedelta(minutes=2)),

@@ -342,7 +342,7 @@ async def test_a_delivery_posted_while_postgresql_goes_away_is_recorded_once_it_
     # Call 1 claims the three deliveries; the first two records after their POSTs fail.
     flaky = FlakyPool(pool, failing={2, 3})
     sink = HttpSink(
-        flaky,  # type: ignore[arg-type]
+        flaky,
         http,
         url=receiver.url,
         secret=SECRET,
@@ -645,7 +645,7 @@ async def test_while_rounds_fail_new_comments_do_not_start_more_of_them(
     # comment would write a line per comment.
     away = FlakyPool(pool, failing=set(range(1, 100_000)))
     sink = HttpSink(
-        away,  # type: ignore[arg-type]
+        away,
         http,
         url=receiver.url,
         secret=SECRET,

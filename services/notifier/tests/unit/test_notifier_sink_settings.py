@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 from webhook_tasks_notifier.settings import NotifierSettings
 from webhook_tasks_notifier.sink import Backoff, lease_for
 
-BASE = {"database_url": "postgresql://db/x", "kafka_bootstrap_servers": "kafka:9092"}
+BASE: dict[str, Any] = {
+    "database_url": "postgresql://db/x",
+    "kafka_bootstrap_servers": "kafka:9092",
+}
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
