@@ -33,7 +33,21 @@ def test_a_port_in_use_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         taken = listener.getsockname()[1]
-        tries = iter([taken, taken, 23456])
+        # Of this test alone: other tests in the process were handed out ports already.
+        monkeypatch.setattr(embedded, "_handed_out", set())
+        free = _a_port_nobody_listens_on()
+        tries = iter([taken, taken, free])
         monkeypatch.setattr(random, "randrange", lambda *_: next(tries))
 
-        assert embedded.free_port() == 23456
+        assert embedded.free_port() == free
+
+
+def _a_port_nobody_listens_on() -> int:
+    for port in range(23456, 24456):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port between 23456 and 24456")
