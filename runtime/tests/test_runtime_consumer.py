@@ -18,6 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from opentelemetry import trace
+from prometheus_client import REGISTRY
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from webhook_tasks_contracts import DeadLetter, TaskRequested, Topics
 from webhook_tasks_runtime.catch_up import StoppingError
@@ -549,6 +550,8 @@ async def test_a_batch_that_keeps_failing_backs_off_and_dead_letters_its_rejects
         )
         await broker.start()
         await wait_until(lambda: len(attempts) >= 6, 10)
+        # Alerting watches this: a consumer that fails again and again.
+        assert failures_in_a_row("down") >= 5
 
     # Pauses of 0.05, 0.1, 0.2, 0.4 and 0.8 s, each plus a fetch.
     gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
@@ -590,6 +593,16 @@ async def test_the_retry_delay_starts_over_after_a_batch_succeeds(
     # Without the reset, event 2 would wait 0.8 s (the delay after event 1's 0.4 s).
     first, second = attempts[2]
     assert second - first < 0.5
+    assert failures_in_a_row("recovers") == 0
+
+
+def failures_in_a_row(consumer: str) -> float:
+    """Return the consumer's failures-in-a-row gauge as /metrics shows it."""
+    value = REGISTRY.get_sample_value(
+        "webhook_tasks_consumer_failures_in_a_row", {"consumer": consumer}
+    )
+    assert value is not None, f"no failures-in-a-row gauge for {consumer}"
+    return value
 
 
 @pytest.mark.integration
@@ -672,6 +685,14 @@ async def test_when_one_key_fails_the_other_keys_of_its_batch_stop_before_it_com
     [failure] = [record for record in caplog.records if record.message.startswith("batch failed")]
     assert failure.exc_info is not None
     assert failure.exc_info[0] is ConnectionError
+    # The event that failed, not the one cancelled with it: where to look when one keeps failing.
+    fields = vars(failure)
+    assert (fields["event_topic"], fields["event_partition"], fields["event_offset"]) == (
+        topic,
+        0,
+        0,
+    )
+    assert fields["failures_in_a_row"] == 1
 
 
 @pytest.mark.integration

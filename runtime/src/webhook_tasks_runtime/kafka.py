@@ -3,6 +3,8 @@
 A consumer commits its offsets only after its handler has returned for every
 message of a batch; a handler that raises makes the batch come again (after a
 pause that doubles while the batch keeps failing), so effects must be idempotent.
+Each failure is logged with the event that failed, and a gauge counts the failures
+in a row, so a consumer held up by one event is seen and the event found.
 A handler that raises HandlerInterrupted was stopped by the service's own stop:
 its batch comes again after the restart (or to another replica), and nothing is
 logged as a failure.
@@ -40,7 +42,12 @@ from webhook_tasks_contracts import DeadLetter, Topics
 
 from .backoff import RetryDelays
 from .logging import correlation_context
-from .observability import BATCH_SECONDS, BATCHES_FAILED, EVENTS_CONSUMED
+from .observability import (
+    BATCH_SECONDS,
+    BATCHES_FAILED,
+    CONSUMER_FAILURES_IN_A_ROW,
+    EVENTS_CONSUMED,
+)
 from .partitioning import default_partitioner
 from .tracing import context_from_headers
 
@@ -270,14 +277,20 @@ def register_consumer(
     # A failing batch comes again with the messages it rejected: each goes out once.
     already_dead_lettered: _Recent[_Position] = _Recent(_REMEMBERED_DEAD_LETTERS)
 
-    async def handle_in_order(events: list[tuple[Any, Context | None]]) -> None:
+    async def handle_in_order(
+        events: list[tuple[Any, Context | None, _Record]], failed_at: dict[int, _Record]
+    ) -> None:
         async with semaphore:
-            for event, trace_context in events:
+            for event, trace_context, record in events:
                 # The producer's trace, if it sent one, is the parent of what the handler does.
                 token = attach(trace_context) if trace_context is not None else None
                 try:
                     with correlation_context(spec.correlation_of(event)):
                         await spec.handle(event)
+                except Exception as error:
+                    # Which event failed: the log names it, for an event that fails every time.
+                    failed_at[id(error)] = record
+                    raise
                 finally:
                     if token is not None:
                         detach(token)
@@ -285,6 +298,9 @@ def register_consumer(
     handled = EVENTS_CONSUMED.labels(spec.name, "handled")
     dead_lettered = EVENTS_CONSUMED.labels(spec.name, "dead_lettered")
     failed = BATCHES_FAILED.labels(spec.name)
+    failures_in_a_row_gauge = CONSUMER_FAILURES_IN_A_ROW.labels(spec.name)
+    failures_in_a_row_gauge.set(0)
+    failures_in_a_row = 0
     duration = BATCH_SECONDS.labels(spec.name)
 
     subscriber = broker.subscriber(
@@ -312,8 +328,10 @@ def register_consumer(
             await consume_batch(bodies, message)
 
     async def consume_batch(bodies: list[bytes], message: KafkaMessage) -> None:
+        nonlocal failures_in_a_row
         records: Sequence[_Record] = _records_of(message, bodies, spec.topic)
-        by_key: dict[bytes | None, list[tuple[Any, Context | None]]] = defaultdict(list)
+        by_key: dict[bytes | None, list[tuple[Any, Context | None, _Record]]] = defaultdict(list)
+        failed_at: dict[int, _Record] = {}
         rejected: list[tuple[_Position, DeadLetter]] = []
         for record in records:
             try:
@@ -322,7 +340,7 @@ def register_consumer(
                 letter = _dead_letter(record, spec.name, _reason(error))
                 rejected.append((_position(record), letter))
                 continue
-            by_key[record.key].append((event, context_from_headers(record.headers)))
+            by_key[record.key].append((event, context_from_headers(record.headers), record))
         unsent = [
             (position, letter)
             for position, letter in rejected
@@ -339,7 +357,7 @@ def register_consumer(
                     extra={"consumer": spec.name, "count": len(unsent)},
                 )
             # One task's events keep their order; different tasks run concurrently.
-            await _run_all(handle_in_order(events) for events in by_key.values())
+            await _run_all(handle_in_order(events, failed_at) for events in by_key.values())
             dead_lettered.inc(len(rejected))
             handled.inc(len(records) - len(rejected))
         except HandlerInterrupted as interruption:
@@ -352,15 +370,28 @@ def register_consumer(
             await pause(max_retry_delay)
             # FastStream's signal to rewind without an error of its own in the log.
             raise NackMessage() from None
-        except Exception:
+        except Exception as error:
             failed.inc()
+            failures_in_a_row += 1
+            failures_in_a_row_gauge.set(failures_in_a_row)
             delay = backoff.next_delay()
-            logger.exception(
-                "batch failed; it will be delivered again",
-                extra={"consumer": spec.name, "records": len(records), "retry_in_seconds": delay},
-            )
+            extra: dict[str, Any] = {
+                "consumer": spec.name,
+                "records": len(records),
+                "retry_in_seconds": delay,
+                "failures_in_a_row": failures_in_a_row,
+            }
+            if (failing := failed_at.get(id(error))) is not None:
+                extra |= {
+                    "event_topic": failing.topic,
+                    "event_partition": failing.partition,
+                    "event_offset": failing.offset,
+                }
+            logger.exception("batch failed; it will be delivered again", extra=extra)
             await pause(delay)
             raise
+        failures_in_a_row = 0
+        failures_in_a_row_gauge.set(0)
         backoff.reset()
 
     async def pause(seconds: float) -> None:

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,12 @@ EVENTS_CONSUMED = Counter(
 BATCHES_FAILED = Counter(
     "webhook_tasks_batches_failed_total",
     "Batches whose handling failed and that will be delivered again.",
+    ["consumer"],
+)
+CONSUMER_FAILURES_IN_A_ROW = Gauge(
+    "webhook_tasks_consumer_failures_in_a_row",
+    "Times in a row the consumer's batch has failed, 0 once one succeeds: it keeps growing "
+    "while PostgreSQL is away or while an event fails every time it is handled.",
     ["consumer"],
 )
 BATCH_SECONDS = Histogram(
