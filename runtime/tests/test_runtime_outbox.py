@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
+from prometheus_client import REGISTRY
 from webhook_tasks_contracts import Topics
 from webhook_tasks_runtime.db import create_pool, migrate, runtime_migrations
 from webhook_tasks_runtime.infra import Infrastructure
@@ -79,6 +80,34 @@ async def test_a_failed_publish_keeps_the_rows_for_the_next_flush(
 
     await relay.flush()
     assert [message.value for message in publisher.sent] == [b"a", b"b"]
+
+
+async def test_the_oldest_waiting_event_shows_how_long_kafka_has_been_refusing(
+    pool: asyncpg.Pool, unique_schema: str
+) -> None:
+    publisher = Publisher()
+    relay = OutboxRelay(pool, publisher, schema=unique_schema, batch_size=2)
+    async with pool.acquire() as conn:
+        await add_to_outbox(conn, messages("a", "b", "c"))
+    # As if written a minute ago: the gauge reads the database's clock, not a wall clock here.
+    await pool.execute("UPDATE outbox SET created_at = created_at - interval '60 seconds'")
+
+    publisher.fail_next = True
+    with pytest.raises(ConnectionError):
+        await relay.flush()
+    assert 60 <= oldest_waiting(unique_schema) < 120
+
+    assert await relay.flush() == 3
+    assert oldest_waiting(unique_schema) == 0
+
+
+def oldest_waiting(schema: str) -> float:
+    """Return the relay's oldest-waiting gauge for `schema` as /metrics shows it."""
+    value = REGISTRY.get_sample_value(
+        "webhook_tasks_outbox_oldest_waiting_seconds", {"schema": schema}
+    )
+    assert value is not None, f"no oldest-waiting gauge for {schema}"
+    return value
 
 
 async def test_each_message_keeps_its_topic_key_bytes_and_trace(

@@ -42,6 +42,13 @@ OUTBOX_PUBLISHED = Counter(
     ["schema"],
 )
 
+OUTBOX_OLDEST_WAITING = Gauge(
+    "webhook_tasks_outbox_oldest_waiting_seconds",
+    "How long the oldest event in the outbox had waited when the relay last looked (0 when "
+    "it found the outbox empty): it grows while Kafka refuses or cannot be reached.",
+    ["schema"],
+)
+
 ReadinessCheck = Callable[[], Awaitable[bool]]
 
 

@@ -22,7 +22,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 
 from .backoff import FailingRounds, RetryDelays
 from .kafka import MessagePublisher, OutgoingMessage
-from .observability import OUTBOX_PUBLISHED
+from .observability import OUTBOX_OLDEST_WAITING, OUTBOX_PUBLISHED
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ class OutboxRelay:
         self._retry_delay = retry_delay
         self._wakeup = asyncio.Event()
         self._published = OUTBOX_PUBLISHED.labels(schema)
+        self._oldest_waiting = OUTBOX_OLDEST_WAITING.labels(schema)
+        self._oldest_waiting.set(0)
         digest = hashlib.sha256(f"outbox:{schema}".encode()).digest()
         self._lock_key = int.from_bytes(digest[:8], "big", signed=True)
 
@@ -124,12 +126,20 @@ class OutboxRelay:
             # A transaction-scoped lock keeps relays of several replicas from interleaving,
             # so each task's events leave in the order they were written.
             await self._take_turn(conn)
+            # Its wait by the database's clock, which stamped created_at: no skew with ours.
             rows = await conn.fetch(
-                "SELECT id, topic, key, payload, traceparent FROM outbox ORDER BY id LIMIT $1",
+                """
+                SELECT id, topic, key, payload, traceparent,
+                    extract(epoch FROM clock_timestamp() - created_at)::float8 AS waited
+                FROM outbox ORDER BY id LIMIT $1
+                """,
                 self._batch_size,
             )
             if not rows:
+                self._oldest_waiting.set(0)
                 return 0
+            # Set before publishing: while Kafka refuses, each failing round shows it growing.
+            self._oldest_waiting.set(max(0.0, rows[0]["waited"]))
             try:
                 await self._publisher.publish_many([_message_of(row) for row in rows])
                 published = len(rows)
@@ -142,6 +152,8 @@ class OutboxRelay:
                 "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows]
             )
         self._published.inc(published)
+        if len(rows) < self._batch_size:
+            self._oldest_waiting.set(0)  # all that was waiting has gone
         return len(rows)
 
     async def _take_turn(self, conn: asyncpg.Connection) -> None:
