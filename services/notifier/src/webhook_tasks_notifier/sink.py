@@ -31,6 +31,7 @@ from webhook_tasks_runtime.db import retry_while_database_away
 from webhook_tasks_runtime.leases import claim_or_hand_back
 
 from . import repository
+from .metrics import SINK_ATTEMPTS
 from .repository import SinkDelivery
 
 logger = logging.getLogger(__name__)
@@ -236,10 +237,13 @@ class HttpSink:
         )
         unsettled.discard(delivery.id)
         if error is None:
+            SINK_ATTEMPTS.labels("delivered").inc()
             logger.info("delivered to the sink", extra=extra)
         elif delivery.attempts >= self._max_attempts:
+            SINK_ATTEMPTS.labels("given_up").inc()
             logger.error("sink delivery given up", extra={**extra, "error": error})
         else:
+            SINK_ATTEMPTS.labels("failed").inc()
             logger.warning("sink delivery failed; will retry", extra={**extra, "error": error})
         return error is None
 

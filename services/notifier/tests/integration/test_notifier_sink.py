@@ -18,6 +18,7 @@ import httpx
 import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
 from standardwebhooks import Webhook, WebhookVerificationError
 from webhook_tasks_contracts import (
     ChatCommentPosted,
@@ -373,11 +374,20 @@ async def test_an_unreachable_sink_is_given_up_after_the_last_attempt(
     sink = sink_for(pool, http, nobody, clock, max_attempts=3)
     handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
     await handler.handle(completed())
+    before = sink_attempts()
 
     with caplog.at_level(logging.WARNING):
         for _ in range(5):
             await sink.deliver_due()
             clock.advance(BACKOFF.longest.total_seconds())
+
+    # What /metrics shows, for an alert on deliveries given up.
+    after = sink_attempts()
+    assert {outcome: after[outcome] - before[outcome] for outcome in after} == {
+        "delivered": 0,
+        "failed": 6,
+        "given_up": 3,
+    }
 
     rows = await pool.fetch("SELECT attempts, failed_at, last_error FROM sink_deliveries")
     assert [row["attempts"] for row in rows] == [3, 3, 3]
@@ -385,6 +395,17 @@ async def test_an_unreachable_sink_is_given_up_after_the_last_attempt(
     assert all(row["last_error"].startswith("ConnectError") for row in rows)
     given_up = [r for r in caplog.records if r.getMessage() == "sink delivery given up"]
     assert len(given_up) == 3
+
+
+def sink_attempts() -> dict[str, float]:
+    """Return the sink's attempts so far by outcome, as /metrics shows them."""
+    return {
+        outcome: REGISTRY.get_sample_value(
+            "webhook_tasks_notifier_sink_attempts_total", {"outcome": outcome}
+        )
+        or 0.0
+        for outcome in ("delivered", "failed", "given_up")
+    }
 
 
 async def test_a_request_signed_with_another_secret_is_refused_by_the_receiver(

@@ -1,0 +1,11 @@
+"""The notifier's Prometheus metrics, served at the worker's /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+SINK_ATTEMPTS = Counter(
+    "webhook_tasks_notifier_sink_attempts_total",
+    "POSTs to the HTTP sink, by outcome: delivered, failed (tried again later) or given_up.",
+    ["outcome"],
+)
