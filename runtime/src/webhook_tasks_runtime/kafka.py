@@ -289,7 +289,8 @@ def register_consumer(
                         await spec.handle(event)
                 except Exception as error:
                     # Which event failed: the log names it, for an event that fails every time.
-                    failed_at[id(error)] = record
+                    # The first to fail with it: one error raised to several handlers is theirs.
+                    failed_at.setdefault(id(error), record)
                     raise
                 finally:
                     if token is not None:

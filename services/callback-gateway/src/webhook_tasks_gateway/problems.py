@@ -184,6 +184,17 @@ class RateLimitedError(ProblemError):
         return {"Retry-After": str(self.retry_after_seconds)}
 
 
+def problem_slugs() -> set[str]:
+    """Return the slug of every kind of problem the gateway answers with."""
+    found: set[str] = set()
+    pending: list[type[ProblemError]] = [ProblemError]
+    while pending:
+        kind = pending.pop()
+        found.add(kind.slug)
+        pending.extend(kind.__subclasses__())
+    return found
+
+
 class ServiceUnavailableError(ProblemError):
     """Nothing wrong with the callback, but it cannot be taken now: 503, retry after a while."""
 

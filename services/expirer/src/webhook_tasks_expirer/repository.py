@@ -40,6 +40,10 @@ async def store_deadline(
         ), stored AS (
             INSERT INTO deadlines (correlation_id, task_id, deadline_at)
             SELECT $1, $2, $3 FROM open
+            -- Nor once it has fired: a replayed event would put the passed deadline back.
+            WHERE NOT EXISTS (
+                SELECT 1 FROM watched_tasks WHERE correlation_id = $1 AND deadline_at >= $3
+            )
             ON CONFLICT (correlation_id) DO UPDATE
                 SET deadline_at = EXCLUDED.deadline_at, updated_at = now()
                 WHERE deadlines.deadline_at < EXCLUDED.deadline_at

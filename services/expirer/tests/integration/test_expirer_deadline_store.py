@@ -16,7 +16,11 @@ from webhook_tasks_contracts import (
     TaskRef,
 )
 from webhook_tasks_expirer.handlers import AnyLifecycleEvent, LifecycleHandler
-from webhook_tasks_expirer.repository import PostgresDeadlineStore, deadline_for
+from webhook_tasks_expirer.repository import (
+    PostgresDeadlineStore,
+    deadline_for,
+    take_due_deadlines,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -121,6 +125,23 @@ async def test_progress_after_the_deadline_fired_sets_a_new_one(
     later = DEADLINE + timedelta(minutes=5)
     await handler(progressed(later))
 
+    assert await stored_deadline(expirer_pool) == later
+
+
+async def test_a_replay_after_the_deadline_fired_does_not_bring_it_back(
+    handler: LifecycleHandler, expirer_pool: asyncpg.Pool, noticed: list[datetime]
+) -> None:
+    await handler(dispatched())
+    async with expirer_pool.acquire() as conn, conn.transaction():
+        fired = await take_due_deadlines(conn, DEADLINE, limit=10)
+    assert [deadline.deadline_at for deadline in fired] == [DEADLINE]
+
+    await handler(dispatched())  # the topic replayed: fired once is enough
+
+    assert await stored_deadline(expirer_pool) is None
+    assert noticed == [DEADLINE]
+    later = DEADLINE + timedelta(minutes=5)
+    await handler(progressed(later))  # a later one still counts
     assert await stored_deadline(expirer_pool) == later
 
 

@@ -112,18 +112,19 @@ async def test_it_never_emits_a_deadline_twice(
     assert wakeups.count == 2
 
 
-async def test_a_deadline_stored_again_is_emitted_with_the_same_event_id(
+async def test_a_deadline_replayed_after_it_fired_is_not_announced_again(
     expirer_pool: asyncpg.Pool, unique_topics: Topics, clock: FakeClock
 ) -> None:
-    # Between the scan and the terminal event, a replayed TaskDispatched stores the
-    # deadline again; the repeated announcement must deduplicate downstream.
+    # Between the scan and the terminal event, a replayed TaskDispatched brings the same
+    # deadline again: it has fired, so it is neither stored nor announced a second time.
     scanner = scanner_for(expirer_pool, unique_topics, clock)
     await store_deadlines(expirer_pool, {"corr-1": clock.now})
     [first] = await scanner.scan()
-    await store_deadlines(expirer_pool, {"corr-1": clock.now})
-    [again] = await scanner.scan()
+    async with expirer_pool.acquire() as conn:
+        assert not await store_deadline(conn, "corr-1", "task-corr-1", clock.now)
 
-    assert again.event_id == first.event_id
+    assert await scanner.scan() == []
+    assert [event for _, _, event in await outbox_events(expirer_pool)] == [first]
 
 
 async def test_it_drains_more_due_deadlines_than_one_batch(

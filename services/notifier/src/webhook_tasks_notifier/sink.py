@@ -221,12 +221,20 @@ class HttpSink:
             )
         error = await self._post(delivery)
         now = self._clock()
+        if error is None:
+            outcome = "delivered"
+        elif delivery.attempts >= self._max_attempts:
+            outcome = "given_up"
+        else:
+            outcome = "failed"
+        # Counted once posted, not once recorded: a POST whose record fails happened all the same.
+        SINK_ATTEMPTS.labels(outcome).inc()
 
         async def record() -> None:
             async with self._pool.acquire() as conn:
                 if error is None:
                     await repository.forget_sink_delivery(conn, delivery.id)
-                elif delivery.attempts >= self._max_attempts:
+                elif outcome == "given_up":
                     await repository.give_up_sink_delivery(conn, delivery.id, error, now)
                 else:
                     retry_at = now + self._backoff.after(delivery.attempts)
@@ -237,13 +245,10 @@ class HttpSink:
         )
         unsettled.discard(delivery.id)
         if error is None:
-            SINK_ATTEMPTS.labels("delivered").inc()
             logger.info("delivered to the sink", extra=extra)
-        elif delivery.attempts >= self._max_attempts:
-            SINK_ATTEMPTS.labels("given_up").inc()
+        elif outcome == "given_up":
             logger.error("sink delivery given up", extra={**extra, "error": error})
         else:
-            SINK_ATTEMPTS.labels("failed").inc()
             logger.warning("sink delivery failed; will retry", extra={**extra, "error": error})
         return error is None
 

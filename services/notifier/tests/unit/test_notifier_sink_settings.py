@@ -6,7 +6,9 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
+from webhook_tasks_notifier import metrics  # noqa: F401 (registers the notifier's metrics)
 from webhook_tasks_notifier.settings import NotifierSettings
 from webhook_tasks_notifier.sink import Backoff, lease_for
 
@@ -84,3 +86,11 @@ def test_a_claimed_delivery_stays_leased_past_its_post_and_its_record(
     # may take the delivery, or a comment would have two texts in flight.
     assert lease_for(timeout) == timedelta(seconds=lease)
     assert lease_for(timeout) / 2 >= timedelta(seconds=timeout)
+
+
+def test_each_sink_outcome_is_counted_from_zero_before_it_first_happens() -> None:
+    for outcome in ("delivered", "failed", "given_up"):
+        value = REGISTRY.get_sample_value(
+            "webhook_tasks_notifier_sink_attempts_total", {"outcome": outcome}
+        )
+        assert value is not None, outcome
