@@ -8,7 +8,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -180,6 +180,21 @@ def handler_for(
     )
 
 
+HandlerWith = Callable[[HttpSink | None], LifecycleHandler]
+
+
+@pytest.fixture
+def handler_with(
+    pool: asyncpg.Pool,
+    infrastructure: Infrastructure,
+    unique_schema: str,
+    unique_topics: Topics,
+    clock: FakeClock,
+) -> HandlerWith:
+    """Return a maker of the lifecycle handler that queues deliveries for a sink."""
+    return lambda sink: handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+
+
 def progressed(progress: float, at: datetime) -> TaskProgressed:
     return TaskProgressed(
         correlation_id="corr-1", task=TASK, deadline_at=at, progress=progress, occurred_at=at
@@ -200,12 +215,10 @@ async def test_each_comment_and_notification_is_posted_once_signed(
     http: httpx.AsyncClient,
     receiver: Receiver,
     clock: FakeClock,
-    infrastructure: Infrastructure,
-    unique_schema: str,
-    unique_topics: Topics,
+    handler_with: HandlerWith,
 ) -> None:
     sink = sink_for(pool, http, receiver.url, clock)
-    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+    handler = handler_with(sink)
     await handler.handle(
         TaskProgressed(correlation_id="corr-1", task=TASK, deadline_at=clock.now, progress=40)
     )
@@ -240,12 +253,10 @@ async def test_a_failing_sink_is_retried_with_growing_delays(
     http: httpx.AsyncClient,
     receiver: Receiver,
     clock: FakeClock,
-    infrastructure: Infrastructure,
-    unique_schema: str,
-    unique_topics: Topics,
+    handler_with: HandlerWith,
 ) -> None:
     sink = sink_for(pool, http, receiver.url, clock)
-    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+    handler = handler_with(sink)
     await handler.handle(completed())
     receiver.answers = [503, 503, 503, 500, 500, 500]  # two rounds fail for all three
 
@@ -268,9 +279,7 @@ async def test_a_failing_sink_is_retried_with_growing_delays(
 async def test_a_receiver_dripping_its_answer_is_a_failed_attempt_once_the_timeout_passes(
     pool: asyncpg.Pool,
     clock: FakeClock,
-    infrastructure: Infrastructure,
-    unique_schema: str,
-    unique_topics: Topics,
+    handler_with: HandlerWith,
 ) -> None:
     # Each byte comes well within httpx's per-read timeout; the whole answer would take 30 s.
     async def drip(request: web.Request) -> web.StreamResponse:
@@ -300,7 +309,7 @@ async def test_a_receiver_dripping_its_answer_is_a_failed_attempt_once_the_timeo
                 backoff=BACKOFF,
                 timeout=1.0,
             )
-            handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+            handler = handler_with(sink)
             await handler.handle(completed())
 
             assert await asyncio.wait_for(sink.deliver_due(), 10) == 0
@@ -333,12 +342,10 @@ async def test_a_delivery_posted_while_postgresql_goes_away_is_recorded_once_it_
     http: httpx.AsyncClient,
     receiver: Receiver,
     clock: FakeClock,
-    infrastructure: Infrastructure,
-    unique_schema: str,
-    unique_topics: Topics,
+    handler_with: HandlerWith,
 ) -> None:
     sink = sink_for(pool, http, receiver.url, clock)
-    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+    handler = handler_with(sink)
     await handler.handle(completed())
     # Call 1 claims the three deliveries; the first two records after their POSTs fail.
     flaky = FlakyPool(pool, failing={2, 3})
@@ -365,14 +372,12 @@ async def test_an_unreachable_sink_is_given_up_after_the_last_attempt(
     pool: asyncpg.Pool,
     http: httpx.AsyncClient,
     clock: FakeClock,
-    infrastructure: Infrastructure,
-    unique_schema: str,
-    unique_topics: Topics,
     caplog: pytest.LogCaptureFixture,
+    handler_with: HandlerWith,
 ) -> None:
     nobody = f"http://127.0.0.1:{free_port()}/hooks"
     sink = sink_for(pool, http, nobody, clock, max_attempts=3)
-    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+    handler = handler_with(sink)
     await handler.handle(completed())
     before = sink_attempts()
 
@@ -413,13 +418,11 @@ async def test_a_request_signed_with_another_secret_is_refused_by_the_receiver(
     http: httpx.AsyncClient,
     receiver: Receiver,
     clock: FakeClock,
-    infrastructure: Infrastructure,
-    unique_schema: str,
-    unique_topics: Topics,
+    handler_with: HandlerWith,
 ) -> None:
     other = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     sink = sink_for(pool, http, receiver.url, clock, secret=other)
-    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+    handler = handler_with(sink)
     await handler.handle(completed())
 
     assert await sink.deliver_due() == 0
@@ -593,9 +596,7 @@ async def test_the_running_service_posts_outcomes_to_a_configured_sink(
 async def test_a_stop_hands_back_the_deliveries_being_posted_due_at_once(
     pool: asyncpg.Pool,
     clock: FakeClock,
-    infrastructure: Infrastructure,
-    unique_schema: str,
-    unique_topics: Topics,
+    handler_with: HandlerWith,
 ) -> None:
     arrived = asyncio.Event()
 
@@ -606,7 +607,7 @@ async def test_a_stop_hands_back_the_deliveries_being_posted_due_at_once(
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(hold)) as held:
         sink = sink_for(pool, held, "https://chat.example/hooks", clock)
-        handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+        handler = handler_with(sink)
         await handler.handle(completed())
         await stop_sink_once(sink, arrived)
 
@@ -619,13 +620,11 @@ async def test_a_stop_that_interrupts_a_claim_hands_the_claimed_deliveries_back(
     http: httpx.AsyncClient,
     receiver: Receiver,
     clock: FakeClock,
-    infrastructure: Infrastructure,
-    unique_schema: str,
-    unique_topics: Topics,
     monkeypatch: pytest.MonkeyPatch,
+    handler_with: HandlerWith,
 ) -> None:
     sink = sink_for(pool, http, receiver.url, clock)
-    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+    handler = handler_with(sink)
     await handler.handle(completed())
     claimed = asyncio.Event()
     claim = repository.claim_sink_deliveries
@@ -691,13 +690,11 @@ async def test_the_services_own_http_client_posts_signed_deliveries(
     pool: asyncpg.Pool,
     receiver: Receiver,
     clock: FakeClock,
-    infrastructure: Infrastructure,
-    unique_schema: str,
-    unique_topics: Topics,
+    handler_with: HandlerWith,
 ) -> None:
     async with create_http_client(timeout_seconds=5) as http:
         sink = sink_for(pool, http, receiver.url, clock)
-        handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+        handler = handler_with(sink)
         await handler.handle(completed())
 
         assert await sink.deliver_due() == 3
@@ -711,17 +708,15 @@ async def test_a_post_the_services_transport_refuses_is_a_failed_attempt_given_u
     pool: asyncpg.Pool,
     receiver: Receiver,
     clock: FakeClock,
-    infrastructure: Infrastructure,
-    unique_schema: str,
-    unique_topics: Topics,
     caplog: pytest.LogCaptureFixture,
+    handler_with: HandlerWith,
 ) -> None:
     # Credentials in the URL become an Authorization header, which the aiohttp transport
     # refuses with a ValueError (not an httpx error) before anything is sent, on every POST.
     url = receiver.url.replace("http://", "http://sinkbot:hunter2-pw@") + "?key=k3y-query"
     async with create_http_client(timeout_seconds=5) as http:
         sink = sink_for(pool, http, url, clock, max_attempts=3)
-        handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+        handler = handler_with(sink)
         await handler.handle(completed())
 
         with caplog.at_level(logging.INFO):
@@ -751,9 +746,7 @@ async def test_a_post_the_services_transport_refuses_is_a_failed_attempt_given_u
 async def test_an_unexpected_error_while_posting_is_recorded_without_the_urls_secrets(
     pool: asyncpg.Pool,
     clock: FakeClock,
-    infrastructure: Infrastructure,
-    unique_schema: str,
-    unique_topics: Topics,
+    handler_with: HandlerWith,
 ) -> None:
     url = "https://chat.example/hooks/T0/tok3n-path?key=k3y-query"
 
@@ -763,7 +756,7 @@ async def test_an_unexpected_error_while_posting_is_recorded_without_the_urls_se
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(broken)) as http:
         sink = sink_for(pool, http, url, clock)
-        handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+        handler = handler_with(sink)
         await handler.handle(completed())
 
         assert await sink.deliver_due() == 0
@@ -793,12 +786,10 @@ async def test_a_retried_stale_edit_never_reaches_the_chat_after_the_newer_text(
     http: httpx.AsyncClient,
     receiver: Receiver,
     clock: FakeClock,
-    infrastructure: Infrastructure,
-    unique_schema: str,
-    unique_topics: Topics,
+    handler_with: HandlerWith,
 ) -> None:
     sink = sink_for(pool, http, receiver.url, clock)
-    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+    handler = handler_with(sink)
     await handler.handle(progressed(40, clock.now))
     assert await sink.deliver_due() == 1
     receiver.answers = [503]  # once, on the 90% update
@@ -833,13 +824,11 @@ async def test_of_a_comments_pending_texts_only_the_newest_is_sent(
     http: httpx.AsyncClient,
     receiver: Receiver,
     clock: FakeClock,
-    infrastructure: Infrastructure,
-    unique_schema: str,
-    unique_topics: Topics,
     caplog: pytest.LogCaptureFixture,
+    handler_with: HandlerWith,
 ) -> None:
     sink = sink_for(pool, http, receiver.url, clock)
-    handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
+    handler = handler_with(sink)
     for step, percent in enumerate((10, 20, 30)):
         await handler.handle(progressed(percent, clock.now + timedelta(seconds=step)))
 
@@ -895,10 +884,10 @@ async def test_a_comment_never_has_two_texts_in_flight_even_across_replicas(
 async def test_texts_queued_before_revisions_existed_are_superseded_by_newer_ones(
     infrastructure: Infrastructure,
     unique_schema: str,
-    unique_topics: Topics,
     http: httpx.AsyncClient,
     receiver: Receiver,
     clock: FakeClock,
+    unique_topics: Topics,
 ) -> None:
     migrations = runtime_migrations() + load_migrations("webhook_tasks_notifier")
     earlier = [m for m in migrations if not m.name.endswith("0005_comment_revisions.sql")]
@@ -936,6 +925,7 @@ async def test_texts_queued_before_revisions_existed_are_superseded_by_newer_one
         )
         await migrate(pool, unique_schema, migrations)
         sink = sink_for(pool, http, receiver.url, clock)
+        # On this test's own pool: the fixture's would migrate the schema whole first.
         handler = handler_for(pool, infrastructure, unique_schema, unique_topics, sink, clock)
         await handler.handle(completed())
 
