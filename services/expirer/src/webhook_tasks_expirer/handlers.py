@@ -63,9 +63,7 @@ def change_for(event: AnyLifecycleEvent) -> DeadlineChange:
 class DeadlineStore(Protocol):
     """Where deadlines live; each call is idempotent and ignores finished tasks."""
 
-    async def start(self, correlation_id: str, task_id: str, deadline_at: datetime) -> bool: ...
-
-    async def extend(self, correlation_id: str, task_id: str, deadline_at: datetime) -> bool: ...
+    async def store(self, correlation_id: str, task_id: str, deadline_at: datetime) -> bool: ...
 
     async def finish(self, correlation_id: str) -> None: ...
 
@@ -83,10 +81,9 @@ class LifecycleHandler:
         """Handle one lifecycle event."""
         change = change_for(event)
         match change:
-            case StartDeadline():
-                stored = await self._store.start(*_deadline_fields(change))
-            case ExtendDeadline():
-                stored = await self._store.extend(*_deadline_fields(change))
+            case StartDeadline() | ExtendDeadline():
+                # Stored alike: a heartbeat may come before the 2xx, and only later counts.
+                stored = await self._store.store(*_deadline_fields(change))
             case FinishTask():
                 await self._store.finish(change.correlation_id)
                 return

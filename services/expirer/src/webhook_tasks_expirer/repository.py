@@ -267,13 +267,8 @@ class PostgresDeadlineStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def start(self, correlation_id: str, task_id: str, deadline_at: datetime) -> bool:
-        """Store a first deadline (or move an earlier one later); return whether it was stored."""
-        async with self._pool.acquire() as conn:
-            return await store_deadline(conn, correlation_id, task_id, deadline_at)
-
-    async def extend(self, correlation_id: str, task_id: str, deadline_at: datetime) -> bool:
-        """Move a deadline later; return whether it changed."""
+    async def store(self, correlation_id: str, task_id: str, deadline_at: datetime) -> bool:
+        """Store a deadline, or move it later; return whether it was stored."""
         async with self._pool.acquire() as conn:
             return await store_deadline(conn, correlation_id, task_id, deadline_at)
 

@@ -66,13 +66,7 @@ class FakeDeadlineStore:
         self.deadlines: dict[str, datetime] = {}
         self.finished: set[str] = set()
 
-    async def start(self, correlation_id: str, task_id: str, deadline_at: datetime) -> bool:
-        if correlation_id in self.finished or correlation_id in self.deadlines:
-            return False
-        self.deadlines[correlation_id] = deadline_at
-        return True
-
-    async def extend(self, correlation_id: str, task_id: str, deadline_at: datetime) -> bool:
+    async def store(self, correlation_id: str, task_id: str, deadline_at: datetime) -> bool:
         current = self.deadlines.get(correlation_id)
         if correlation_id in self.finished or (current is not None and current >= deadline_at):
             return False

@@ -87,7 +87,6 @@ class HttpSink:
         max_attempts: int = 12,
         batch_size: int = 50,
         timeout: float = 10.0,
-        lease: timedelta | None = None,
         idle_interval: float = 1.0,
         retention: timedelta = timedelta(days=7),
         prune_interval: timedelta = timedelta(hours=1),
@@ -103,7 +102,7 @@ class HttpSink:
         self._max_attempts = max_attempts
         self._batch_size = batch_size
         self._timeout = timeout
-        self._lease = lease if lease is not None else lease_for(timeout)
+        self._lease = lease_for(timeout)
         self._idle_interval = idle_interval
         self._retention = retention
         self._prune_interval = prune_interval
