@@ -34,6 +34,34 @@ class LoadResult:
     details: dict[str, Any] = field(default_factory=dict)
     """What the generator tells about the run besides counts and latencies (h2load)."""
 
+    @classmethod
+    def combined(cls, runs: Sequence[LoadResult]) -> LoadResult:
+        """Return one result for runs of the same load one after another: counts add up.
+
+        Where a generator gave only summaries (wrk), each percentile is the highest of the
+        runs': an upper bound, as percentiles of separate runs do not combine exactly.
+        """
+        total = cls()
+        summaries = [run.reported_latency for run in runs if run.reported_latency is not None]
+        for run in runs:
+            total.sent += run.sent
+            total.ok += run.ok
+            total.failed += run.failed
+            total.elapsed += run.elapsed
+            total.latencies_ms.extend(run.latencies_ms)
+            total.send_lag_ms.extend(run.send_lag_ms)
+            for status, count in run.statuses.items():
+                total.statuses[status] = total.statuses.get(status, 0) + count
+        if summaries:
+            total.reported_latency = Summary(
+                count=sum(summary.count for summary in summaries),
+                p50=max(summary.p50 for summary in summaries),
+                p90=max(summary.p90 for summary in summaries),
+                p99=max(summary.p99 for summary in summaries),
+                max=max(summary.max for summary in summaries),
+            )
+        return total
+
     def latency(self) -> Summary:
         """Return the latency summary of the successful requests."""
         return self.reported_latency or Summary.of(self.latencies_ms)

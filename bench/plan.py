@@ -13,7 +13,9 @@ class Plan:
 
     name: str
     gateway_seconds: float
-    """Length of each of the four gateway runs (saturation and fixed load, gateway and no-op)."""
+    """Length of each gateway load: at saturation, each server's rounds together; at the
+    fixed rate, each server's one run."""
+    gateway_rounds: int
     gateway_rate: float
     """The fixed offered load, callbacks per second, at which latency is compared."""
     dispatch_tasks: int
@@ -42,6 +44,7 @@ class Plan:
 FULL = Plan(
     name="full",
     gateway_seconds=10.0,
+    gateway_rounds=5,
     # Half of the 4,000 callbacks/s the gateway is meant to take on one process.
     gateway_rate=2000.0,
     dispatch_tasks=5000,
@@ -60,6 +63,7 @@ FULL = Plan(
 QUICK = Plan(
     name="quick",
     gateway_seconds=1.5,
+    gateway_rounds=1,
     gateway_rate=200.0,
     dispatch_tasks=300,
     e2e_rate=50.0,
