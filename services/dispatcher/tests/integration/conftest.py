@@ -253,7 +253,7 @@ def settings_for(
 
 
 async def wait_until(
-    pool: asyncpg.Pool, query: str, accept: object, service: asyncio.Task[None]
+    pool: asyncpg.Pool, query: str, accept: Callable[[Any], bool], service: asyncio.Task[None]
 ) -> None:
     """Wait until `query`'s value is accepted, failing if the service stops first."""
     async with asyncio.timeout(GENEROUS_WAIT):
@@ -263,7 +263,7 @@ async def wait_until(
                 value = await pool.fetchval(query)
             except asyncpg.UndefinedTableError:
                 value = None  # not migrated yet
-            if value is not None and accept(value):  # type: ignore[operator]
+            if value is not None and accept(value):
                 return
             await asyncio.sleep(0.1)
 

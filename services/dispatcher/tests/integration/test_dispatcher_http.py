@@ -23,7 +23,7 @@ from webhook_tasks_dispatcher.client import (
     WebhookClient,
     create_transport,
 )
-from webhook_tasks_dispatcher.guard import Allowlist, UrlGuard, system_resolve
+from webhook_tasks_dispatcher.guard import Allowlist, Resolve, UrlGuard, system_resolve
 from webhook_tasks_dispatcher.signing import decode_secret
 from webhook_tasks_runtime.embedded import free_port
 
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 def client(
     *,
     allow: list[str] | None = None,
-    resolve: object = system_resolve,
+    resolve: Resolve = system_resolve,
     max_response_bytes: int = 4096,
     timeout: float = 5.0,
     per_host: int = 32,
@@ -45,7 +45,7 @@ def client(
     guard = UrlGuard(
         allow=Allowlist.parse(["127.0.0.1/32"] if allow is None else allow),
         require_https=False,
-        resolve=resolve,  # type: ignore[arg-type]
+        resolve=resolve,
         cache_seconds=0,
     )
     http = create_transport(

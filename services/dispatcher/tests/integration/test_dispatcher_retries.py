@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import itertools
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import httpx
@@ -57,7 +58,7 @@ async def attempts(under_test: DispatcherUnderTest, task: repo.TaskRow) -> list[
         return await repo.attempts_for(conn, task.correlation_id)
 
 
-def answers(*responses: httpx.Response | Exception) -> object:
+def answers(*responses: httpx.Response | Exception) -> Callable[[httpx.Request], httpx.Response]:
     queue = list(responses)
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -73,7 +74,7 @@ async def a_task_waiting_to_retry(
     under_test: DispatcherUnderTest, status_code: int = 503
 ) -> repo.TaskRow:
     """Dispatch a task whose first request is answered `status_code`; return its row."""
-    under_test.service.answer = answers(httpx.Response(status_code))  # type: ignore[assignment]
+    under_test.service.answer = answers(httpx.Response(status_code))
     request = task_request()
     await under_test.dispatcher.dispatch(request)
     return await the_task(under_test, request.task_id)
@@ -94,7 +95,7 @@ async def run_retries(
 
 
 async def test_a_5xx_is_retried_on_schedule_until_accepted(under_test: DispatcherUnderTest) -> None:
-    under_test.service.answer = answers(  # type: ignore[assignment]
+    under_test.service.answer = answers(
         httpx.Response(503, text="busy"),
         httpx.ConnectError("connection refused"),
         httpx.Response(200, json={"status": "accepted"}),
@@ -138,7 +139,7 @@ async def test_a_5xx_is_retried_on_schedule_until_accepted(under_test: Dispatche
 async def test_an_unreachable_service_fails_the_task_after_the_last_attempt(
     under_test: DispatcherUnderTest,
 ) -> None:
-    under_test.service.answer = answers(httpx.ConnectError("connection refused"))  # type: ignore[assignment]
+    under_test.service.answer = answers(httpx.ConnectError("connection refused"))
     request = task_request()
 
     await under_test.dispatcher.dispatch(request)
@@ -168,7 +169,7 @@ async def test_an_unreachable_service_fails_the_task_after_the_last_attempt(
 
 
 async def test_429_retry_after_sets_the_next_attempt(under_test: DispatcherUnderTest) -> None:
-    under_test.service.answer = answers(  # type: ignore[assignment]
+    under_test.service.answer = answers(
         httpx.Response(429, headers={"retry-after": "42"}),
         httpx.Response(202),
     )
@@ -189,7 +190,7 @@ async def test_429_retry_after_sets_the_next_attempt(under_test: DispatcherUnder
 async def test_the_sender_sends_a_retry_when_it_is_due_not_at_its_next_poll(
     under_test: DispatcherUnderTest,
 ) -> None:
-    under_test.service.answer = answers(  # type: ignore[assignment]
+    under_test.service.answer = answers(
         httpx.Response(429, headers={"retry-after": "1"}),
         httpx.Response(202),
     )
@@ -429,7 +430,7 @@ async def test_an_open_circuit_holds_a_hosts_tasks_then_probes_and_resumes(
     dispatcher = under_test.another(
         breakers=CircuitBreakers(failure_threshold=2, cool_down=timedelta(seconds=30))
     )
-    under_test.service.answer = answers(httpx.Response(503))  # type: ignore[assignment]
+    under_test.service.answer = answers(httpx.Response(503))
     first, second, third = task_request(), task_request(), task_request()
 
     await dispatcher.dispatch(first)
@@ -556,7 +557,7 @@ async def test_signing_is_per_endpoint_and_the_webhook_id_is_stable(
     dispatcher = under_test.another(
         signing=SigningKeys({"https://svc.example.com/": SecretStr(secret)})
     )
-    under_test.service.answer = answers(httpx.Response(500), httpx.Response(202))  # type: ignore[assignment]
+    under_test.service.answer = answers(httpx.Response(500), httpx.Response(202))
     request = task_request()
     other = task_request(webhookUrl="https://elsewhere.example.com/run")
 
@@ -622,7 +623,7 @@ async def test_a_sync_request_without_an_answer_in_the_task_timeout_fails_withou
 async def test_two_senders_never_send_the_same_due_request_twice(
     under_test: DispatcherUnderTest,
 ) -> None:
-    under_test.service.answer = answers(httpx.Response(503))  # type: ignore[assignment]
+    under_test.service.answer = answers(httpx.Response(503))
     requests = [task_request() for _ in range(30)]
     patient = under_test.another(
         breakers=CircuitBreakers(failure_threshold=1000, cool_down=timedelta(seconds=1))
@@ -750,9 +751,7 @@ async def test_a_busy_host_holds_the_task_without_counting_an_attempt_or_a_failu
 async def test_a_sender_whose_claims_fail_keeps_trying_and_sends_once_the_database_answers(
     under_test: DispatcherUnderTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    under_test.service.answer = answers(  # type: ignore[assignment]
-        httpx.Response(503), httpx.Response(202)
-    )
+    under_test.service.answer = answers(httpx.Response(503), httpx.Response(202))
     dispatcher = under_test.another(clock=utc_now)
     request = task_request()
     await dispatcher.dispatch(request)

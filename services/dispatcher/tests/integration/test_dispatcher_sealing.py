@@ -22,7 +22,7 @@ async def stored_auth(under_test: DispatcherUnderTest) -> list[str]:
 async def test_the_secret_is_sealed_while_a_retry_waits_and_sent_in_the_clear(
     under_test: DispatcherUnderTest,
 ) -> None:
-    under_test.service.answer = answers(httpx.Response(503), httpx.Response(202))  # type: ignore[assignment]
+    under_test.service.answer = answers(httpx.Response(503), httpx.Response(202))
 
     await under_test.dispatcher.dispatch(task_request())
 
@@ -43,7 +43,7 @@ async def test_the_secret_is_sealed_while_a_retry_waits_and_sent_in_the_clear(
 async def test_after_key_rotation_old_seals_still_open_and_new_ones_use_the_newest_key(
     under_test: DispatcherUnderTest,
 ) -> None:
-    under_test.service.answer = answers(httpx.Response(503), httpx.Response(202))  # type: ignore[assignment]
+    under_test.service.answer = answers(httpx.Response(503), httpx.Response(202))
     await under_test.dispatcher.dispatch(task_request())
     rotated = under_test.another(sealer=RequestSealer([CallbackKey("next", b"n" * 32), *KEYS]))
 
@@ -56,7 +56,7 @@ async def test_after_key_rotation_old_seals_still_open_and_new_ones_use_the_newe
 async def test_a_seal_whose_key_was_retired_fails_the_task_with_the_reason(
     under_test: DispatcherUnderTest,
 ) -> None:
-    under_test.service.answer = answers(httpx.Response(503))  # type: ignore[assignment]
+    under_test.service.answer = answers(httpx.Response(503))
     request = task_request()
     await under_test.dispatcher.dispatch(request)
     retired = under_test.another(sealer=RequestSealer([CallbackKey("next", b"n" * 32)]))
@@ -77,7 +77,7 @@ async def test_a_seal_whose_key_was_retired_fails_the_task_with_the_reason(
 async def test_a_secret_stored_in_the_clear_by_an_earlier_version_is_still_sent(
     under_test: DispatcherUnderTest,
 ) -> None:
-    under_test.service.answer = answers(httpx.Response(503), httpx.Response(202))  # type: ignore[assignment]
+    under_test.service.answer = answers(httpx.Response(503), httpx.Response(202))
     await under_test.dispatcher.dispatch(task_request())
     await under_test.pool.execute("UPDATE dispatch_requests SET auth = $1", SECRET)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import httpx
@@ -146,10 +147,11 @@ async def test_tasks_handled_together_are_each_recorded_sent_and_announced_once(
 
     assert len(under_test.service.received) == 40
     events = await lifecycle(under_test)
-    assert sorted(event.task.task_id for event in events) == sorted(  # type: ignore[attr-defined]
+    dispatched = [event for event in events if isinstance(event, TaskDispatched)]
+    assert dispatched == events
+    assert sorted(event.task.task_id for event in dispatched) == sorted(
         request.task_id for request in requests
     )
-    assert all(isinstance(event, TaskDispatched) for event in events)
     async with under_test.pool.acquire() as conn:
         for request in requests:
             (task,) = await repo.find_tasks(conn, request.task_id)
@@ -213,9 +215,12 @@ async def test_a_task_abandoned_mid_dispatch_is_sent_once_more_after_its_lease(
     ],
 )
 async def test_a_client_error_fails_the_task_at_once(
-    under_test: DispatcherUnderTest, answer: object, cause: str, reason: str
+    under_test: DispatcherUnderTest,
+    answer: Callable[[httpx.Request], httpx.Response],
+    cause: str,
+    reason: str,
 ) -> None:
-    under_test.service.answer = answer  # type: ignore[assignment]
+    under_test.service.answer = answer
 
     _, task = await dispatched(under_test)
 
@@ -291,6 +296,7 @@ async def test_a_callback_before_the_acknowledgement_still_wins(
         await under_test.dispatcher.apply_callback(callback(str(holder["cid"]), "success"))
         await original(pending, started, result)
 
+    # Slowed down on purpose, so the callback lands first.
     under_test.dispatcher._settle_dispatch = settle_late  # type: ignore[method-assign]
     await under_test.dispatcher.dispatch(request)
 

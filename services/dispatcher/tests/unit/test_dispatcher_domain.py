@@ -6,6 +6,7 @@ import pytest
 from webhook_tasks_dispatcher.domain import (
     OPEN_STATUSES,
     TERMINAL_STATUSES,
+    CallbackStatus,
     TaskStatus,
     status_after_callback,
     why_not_applied,
@@ -21,8 +22,8 @@ def test_every_state_is_open_or_terminal_never_both() -> None:
     ("callback", "status"),
     [("success", TaskStatus.COMPLETED), ("error", TaskStatus.FAILED), ("progress", None)],
 )
-def test_callbacks_move_open_tasks(callback: str, status: TaskStatus | None) -> None:
-    assert status_after_callback(callback) == status  # type: ignore[arg-type]
+def test_callbacks_move_open_tasks(callback: CallbackStatus, status: TaskStatus | None) -> None:
+    assert status_after_callback(callback) == status
 
 
 def test_reasons_for_ignoring_say_what_happened() -> None:

@@ -8,6 +8,7 @@ import socket
 import pytest
 from webhook_tasks_dispatcher.guard import (
     Allowlist,
+    Resolve,
     TransientResolutionError,
     UrlGuard,
     UrlRefusedError,
@@ -84,17 +85,22 @@ def test_public_addresses_pass(address: str) -> None:
     assert why_forbidden(ipaddress.ip_address(address)) is None
 
 
-def resolver(table: dict[str, list[str]]) -> object:
-    calls: list[str] = []
+class Resolver:
+    """Resolves from a table, as the system's resolver would; records each host asked."""
 
-    async def resolve(host: str, port: int) -> list[str]:
-        calls.append(host)
-        if host not in table:
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+        self.calls: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.calls.append(host)
+        if host not in self.table:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return table[host]
+        return self.table[host]
 
-    resolve.calls = calls  # type: ignore[attr-defined]
-    return resolve
+
+def resolver(table: dict[str, list[str]]) -> Resolver:
+    return Resolver(table)
 
 
 DNS = {
@@ -139,7 +145,7 @@ async def test_urls(url: str, allow: list[str], require_https: bool, refusal: st
     guard = UrlGuard(
         allow=Allowlist.parse(allow),
         require_https=require_https,
-        resolve=resolver(DNS),  # type: ignore[arg-type]
+        resolve=resolver(DNS),
     )
     if refusal is None:
         await guard.check(url)
@@ -152,20 +158,20 @@ async def test_urls(url: str, allow: list[str], require_https: bool, refusal: st
 async def test_resolutions_are_cached_briefly() -> None:
     now = [0.0]
     resolve = resolver(DNS)
-    guard = UrlGuard(resolve=resolve, cache_seconds=10, monotonic=lambda: now[0])  # type: ignore[arg-type]
+    guard = UrlGuard(resolve=resolve, cache_seconds=10, monotonic=lambda: now[0])
 
     await guard.check("https://public.example.com/a")
     await guard.check("https://public.example.com/b")
     now[0] = 11
     await guard.check("https://public.example.com/c")
 
-    assert resolve.calls == ["public.example.com", "public.example.com"]  # type: ignore[attr-defined]
+    assert resolve.calls == ["public.example.com", "public.example.com"]
 
 
 async def test_a_name_that_turns_private_is_refused_after_the_cache_expires() -> None:
     now = [0.0]
     table = {"flip.example.com": ["93.184.216.34"]}
-    guard = UrlGuard(resolve=resolver(table), cache_seconds=1, monotonic=lambda: now[0])  # type: ignore[arg-type]
+    guard = UrlGuard(resolve=resolver(table), cache_seconds=1, monotonic=lambda: now[0])
     await guard.check("https://flip.example.com/")
 
     table["flip.example.com"] = ["127.0.0.1"]
@@ -178,7 +184,7 @@ async def test_a_name_that_turns_private_is_refused_after_the_cache_expires() ->
 async def test_the_connector_resolver_only_returns_checked_addresses() -> None:
     from webhook_tasks_dispatcher.guard import guarded_resolver
 
-    guard = UrlGuard(resolve=resolver(DNS))  # type: ignore[arg-type]
+    guard = UrlGuard(resolve=resolver(DNS))
     connector_resolver = guarded_resolver(guard)
 
     (found,) = await connector_resolver.resolve("public.example.com", 443)
@@ -189,7 +195,7 @@ async def test_the_connector_resolver_only_returns_checked_addresses() -> None:
         await connector_resolver.resolve("internal.corp", 443)
 
 
-def failing_resolver(error: OSError) -> object:
+def failing_resolver(error: OSError) -> Resolve:
     async def resolve(host: str, port: int) -> list[str]:
         raise error
 
@@ -204,7 +210,7 @@ def failing_resolver(error: OSError) -> object:
     ],
 )
 async def test_a_host_that_does_not_exist_is_refused(error: OSError) -> None:
-    guard = UrlGuard(resolve=failing_resolver(error))  # type: ignore[arg-type]
+    guard = UrlGuard(resolve=failing_resolver(error))
 
     with pytest.raises(UrlRefusedError, match="could not be resolved: no such host"):
         await guard.check("https://nowhere.example.com/x")
@@ -221,7 +227,7 @@ async def test_a_host_that_does_not_exist_is_refused(error: OSError) -> None:
     ],
 )
 async def test_a_resolver_failure_that_may_pass_is_transient_not_a_refusal(error: OSError) -> None:
-    guard = UrlGuard(resolve=failing_resolver(error))  # type: ignore[arg-type]
+    guard = UrlGuard(resolve=failing_resolver(error))
 
     with pytest.raises(TransientResolutionError, match="could not be resolved for now") as raised:
         await guard.check("https://flaky.example.com/x")
@@ -252,7 +258,7 @@ async def test_the_connector_resolver_raises_a_transient_failure_as_an_os_error(
     from webhook_tasks_dispatcher.guard import guarded_resolver
 
     error = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-    connector_resolver = guarded_resolver(UrlGuard(resolve=failing_resolver(error)))  # type: ignore[arg-type]
+    connector_resolver = guarded_resolver(UrlGuard(resolve=failing_resolver(error)))
 
     # aiohttp wraps an OSError from its resolver as a connect error: the request is retried.
     with pytest.raises(TransientResolutionError):

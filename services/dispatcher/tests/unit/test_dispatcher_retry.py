@@ -64,12 +64,13 @@ def test_waits_are_jittered_within_each_step_of_the_schedule() -> None:
 def test_the_same_seed_gives_the_same_schedule() -> None:
     def schedule(seed: int) -> list[float]:
         policy = RetryPolicy(rng=random.Random(seed))
-        return [
+        decisions = [
             policy.after_failure(
                 attempts_made=n, status_code=None, retry_after_seconds=None, now=NOW
-            ).delay_seconds  # type: ignore[union-attr]
+            )
             for n in range(1, 6)
         ]
+        return [decision.delay_seconds for decision in decisions if isinstance(decision, Retry)]
 
     assert schedule(1) == schedule(1)
     assert schedule(1) != schedule(2)
@@ -82,9 +83,12 @@ def test_gives_up_after_the_attempt_limit() -> None:
         for n in range(1, 5)
     ]
     assert [type(decision) for decision in decisions] == [Retry, Retry, Retry, GiveUp]
+    third, last = decisions[2], decisions[3]
+    assert isinstance(third, Retry)
+    assert isinstance(last, GiveUp)
     # Past the end of the schedule its last step repeats.
-    assert decisions[2].delay_seconds <= 2.0  # type: ignore[union-attr]
-    assert "4 attempts" in decisions[3].why  # type: ignore[union-attr]
+    assert third.delay_seconds <= 2.0
+    assert "4 attempts" in last.why
 
 
 def test_retry_after_is_honoured_and_capped() -> None:
