@@ -41,6 +41,7 @@ def test_a_run_of_failures_is_one_traceback_then_a_line_each_then_one_recovery(
     assert "Connect call failed" in caplog.text
     assert records[1:7] == [("WARNING", "outbox flush failed again; retrying", False)] * 6
     assert records[7:] == [("INFO", "outbox flush works again", False)]
+    # Fields the log call gave as `extra`.
     assert caplog.records[6].failures == 7  # type: ignore[attr-defined]
     assert "Connect call failed" in caplog.records[6].error  # type: ignore[attr-defined]
 

@@ -66,6 +66,7 @@ async def subscribed(
         ConsumerSpec(name, topic, f"{topics.prefix}.{name}", TypeAdapter(Ping), handle),
         dead_letters=publisher,
         topics=topics,
+        # `options` are register_consumer's own keywords, each of its own type.
         **options,  # type: ignore[arg-type]
     )
     try:

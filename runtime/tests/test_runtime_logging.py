@@ -98,6 +98,7 @@ def test_after_the_window_one_record_says_how_many_repeats_were_held_back(
     [summary] = written
     assert summary.name == "aiokafka"
     assert summary.levelno == logging.ERROR
+    # Set on the record by the filter.
     assert summary.suppressed_repeats == 5  # type: ignore[attr-defined]
     assert summary.getMessage() == (
         "repeated 5 more times in 5.0 s, not written: "
@@ -118,6 +119,7 @@ def test_the_count_is_written_with_the_next_record_of_any_logger_once_the_window
     clock.now += 1
     assert passed(repeats, record("webhook_tasks_runtime.worker", "service stopping")) == [True]
 
+    # Set on the record by the filter.
     assert [each.suppressed_repeats for each in written] == [1]  # type: ignore[attr-defined]
     repeats.flush()
     assert len(written) == 1, "a count is written once"
@@ -132,6 +134,7 @@ def test_a_window_without_repeats_writes_no_count(
     assert passed(repeats, record(), record()) == [True, False]
     repeats.flush()
 
+    # Set on the record by the filter.
     assert [each.suppressed_repeats for each in written] == [1]  # type: ignore[attr-defined]
 
 
@@ -146,6 +149,7 @@ def test_flush_writes_the_counts_of_windows_not_yet_over(
 
     repeats.flush()
 
+    # Set on the record by the filter.
     assert sorted((each.name, each.suppressed_repeats) for each in written) == [  # type: ignore[attr-defined]
         ("aiokafka", 1),
         ("aiokafka.consumer.fetcher", 2),
@@ -215,6 +219,7 @@ def test_threads_logging_at_once_lose_no_count(
     repeats.flush()
 
     assert outcomes.count(True) == 1
+    # Set on the record by the filter.
     assert [each.suppressed_repeats for each in written] == [7999]  # type: ignore[attr-defined]
 
 

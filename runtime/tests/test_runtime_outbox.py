@@ -193,6 +193,7 @@ async def test_a_row_too_large_for_kafka_is_set_aside_and_the_rows_around_it_go_
     assert "max_request_size" in rejected[0]["reason"]
     (logged,) = caplog.records
     assert logged.levelno == logging.ERROR
+    # Fields the log call gave as `extra`.
     assert (logged.topic, logged.key, logged.size_bytes) == (topic, "c-2", len(oversized))  # type: ignore[attr-defined]
 
 

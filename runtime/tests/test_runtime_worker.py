@@ -129,6 +129,7 @@ async def test_shutdown_while_kafka_is_away_is_quick_and_leaves_the_rows_in_the_
     assert [record.getMessage() for record in warnings] == [
         "outbox not drained at shutdown; its rows are published after the next start"
     ]
+    # A field the log call gave as `extra`.
     assert warnings[0].rows == 3  # type: ignore[attr-defined]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -113,9 +114,9 @@ def test_fixed_rate_is_the_planned_one_when_the_gateway_sustains_it() -> None:
 
 
 @pytest.mark.skipif(H2LOAD is None, reason="h2load is not installed (make bench installs it)")
-def test_h2load_offers_the_planned_rate_to_a_real_server(tmp_path: object) -> None:
+def test_h2load_offers_the_planned_rate_to_a_real_server(tmp_path: Path) -> None:
     assert H2LOAD is not None
-    server = ServerProcess("noop", tmp_path)  # type: ignore[arg-type]
+    server = ServerProcess("noop", tmp_path)
     try:
         server.wait_ready()
         result = asyncio.run(

@@ -81,6 +81,7 @@ def test_the_kustomization_lists_every_manifest_that_exists() -> None:
 @pytest.mark.parametrize("service", sorted(SETTINGS))
 def test_each_deployment_runs_its_service_command(service: str) -> None:
     container = deployment(service)["spec"]["template"]["spec"]["containers"][0]
+    # The app is a group of commands; typer types it as one command.
     commands = get_command(app).commands  # type: ignore[attr-defined]
 
     assert container["args"] == [service]

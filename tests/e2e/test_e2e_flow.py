@@ -18,6 +18,7 @@ pytestmark = pytest.mark.e2e
 
 
 def demo_task(system: RunningSystem, task_id: str, **params: object) -> TaskRequested:
+    # The parameters are JSON values; this one is the timeout's number.
     timeout = int(params.pop("timeoutSeconds", 120))  # type: ignore[call-overload]
     return TaskRequested(
         task_id=task_id,

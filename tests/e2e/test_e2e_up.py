@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -50,8 +51,8 @@ def database_of(services: list[psutil.Process]) -> str:
     raise AssertionError("no service was given an embedded DATABASE_URL")
 
 
-def read_lines(stream: object, into: queue.Queue[str]) -> None:
-    for line in stream:  # type: ignore[attr-defined]
+def read_lines(stream: Iterable[str], into: queue.Queue[str]) -> None:
+    for line in stream:
         into.put(line)
 
 

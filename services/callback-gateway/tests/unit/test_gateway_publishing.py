@@ -90,6 +90,7 @@ def cluster() -> Cluster:
 @pytest.fixture
 def publisher(cluster: Cluster) -> ReconnectingPublisher:
     return ReconnectingPublisher(
+        # A stand-in for KafkaPublisher: its methods, not its class.
         cluster.connect,  # type: ignore[arg-type]
         first_retry_delay=0.01,
         max_retry_delay=0.02,
@@ -152,6 +153,7 @@ async def test_a_publish_cancelled_by_a_timeout_counts_as_a_failure(
     async def never(message: OutgoingMessage) -> None:
         await asyncio.Event().wait()
 
+    # A publish that never returns, in place of the stand-in's.
     cluster.producers[0].publish = never  # type: ignore[method-assign]
     cluster.up = False
     with pytest.raises(TimeoutError):

@@ -214,6 +214,7 @@ async def server() -> AsyncIterator[LocalServer]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
+    # A started site has a server; aiohttp types it as optional.
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     holder["server"] = LocalServer(f"http://127.0.0.1:{port}")
     try:

@@ -67,6 +67,7 @@ def client(
 
 
 async def post(webhooks: WebhookClient, url: str, **options: object) -> DeliveryResult:
+    # `options` are OutboundRequest's own fields, each of its own type.
     request = OutboundRequest(url, b'{"correlationId":"c-1"}', "msg_c-1", **options)  # type: ignore[arg-type]
     return await webhooks.send(request, now=utc_now())
 
@@ -349,6 +350,7 @@ async def test_https_to_a_checked_address_keeps_the_name_for_sni_and_the_certifi
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context)
     await site.start()
+    # A started site has a server; aiohttp types it as optional.
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def to_loopback(host: str, port: int) -> list[str]:

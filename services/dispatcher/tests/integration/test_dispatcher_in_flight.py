@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -144,9 +145,9 @@ async def test_a_stop_that_interrupts_a_claim_hands_the_claimed_requests_back(
     claimed = asyncio.Event()
     claim = repo.claim_due_requests
 
-    async def claim_then_stall(*args: object, **options: object) -> list[repo.PendingRequest]:
+    async def claim_then_stall(*args: Any, **options: Any) -> list[repo.PendingRequest]:
         # The rows are leased on the server; the stop comes before the answer is read.
-        taken = await claim(*args, **options)  # type: ignore[arg-type]
+        taken = await claim(*args, **options)
         claimed.set()
         await asyncio.sleep(0.5)
         return taken

@@ -6,9 +6,10 @@ import asyncio
 import gzip
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
+import asyncpg
 import httpx
 import pytest
 from pydantic import SecretStr
@@ -789,12 +790,14 @@ async def test_an_answer_not_recorded_while_the_database_is_away_is_recorded_onc
     settle = repo.settle_accepted
     failures = 0
 
-    async def database_away_twice(conn: object, accepted: object) -> object:
+    async def database_away_twice(
+        conn: asyncpg.Connection, accepted: Sequence[repo.Acceptance]
+    ) -> list[repo.TaskRow]:
         nonlocal failures
         if failures < 2:
             failures += 1
             raise ConnectionResetError("the database went away")
-        return await settle(conn, accepted)  # type: ignore[arg-type]
+        return await settle(conn, accepted)
 
     monkeypatch.setattr(repo, "settle_accepted", database_away_twice)
     request = task_request()

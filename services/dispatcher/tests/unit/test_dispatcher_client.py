@@ -43,6 +43,7 @@ class Client:
 
 
 def client_for(handler: Callable[[httpx.Request], object], **options: int) -> Client:
+    # `handler` is sync or async, as MockTransport takes either.
     transport = httpx.MockTransport(handler)  # type: ignore[arg-type]
     guard = UrlGuard(resolve=resolve_publicly)
     return Client(WebhookClient(transport, guard=guard, **options))

@@ -18,6 +18,7 @@ BASE = {
 
 
 def settings(**overrides: object) -> DispatcherSettings:
+    # Values of several types, which the settings validate as they would the environment's.
     return DispatcherSettings(**(BASE | overrides))  # type: ignore[arg-type]
 
 

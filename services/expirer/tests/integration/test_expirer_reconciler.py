@@ -45,6 +45,7 @@ def reconciler_for(
         on_deadline_restored=noticed.deadline,
         clock=clock,
         grace=GRACE,
+        # `options` are Reconciler's own keywords, each of its own type.
         **options,  # type: ignore[arg-type]
     )
 
