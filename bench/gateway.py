@@ -62,17 +62,16 @@ async def run(
     for targets in (noop_targets, gateway_targets, memory_targets):
         await closed_loop(targets, concurrency=8, duration=10.0, max_requests=WARM_UP_REQUESTS)
 
-    saturated: dict[str, LoadResult] = {}
     rounds: dict[str, list[LoadResult]] = {}
     steady: dict[str, LoadResult] = {}
     process = {"no-op": "no-op server", "gateway": "gateway (alone)", "in memory": IN_MEMORY}
-    cpu_seconds: dict[str, float] = {}
+    cpu_used_ms: dict[str, float] = {}
     labelled = (("no-op", noop_targets), ("gateway", gateway_targets))
     # All are loaded by the same generator: wrk where installed, else the in-repo client.
     wrk_path = wrk.find_wrk()
     generator = "wrk" if wrk_path else "aiohttp"
-    # In short rounds, taking turns: the machine is shared, and its load drifts over seconds,
-    # so a ceiling and its figure measured in one long run each could each meet another load.
+    # In short rounds, taking turns: the machine is shared and its load drifts over seconds,
+    # so in one long run each, a figure and its ceiling could meet different loads.
     round_seconds = plan.gateway_seconds / plan.gateway_rounds
     for number in range(1, plan.gateway_rounds + 1):
         for label, targets in (*labelled, ("in memory", memory_targets)):
@@ -83,7 +82,7 @@ async def run(
             )
             cpu_before = ctx.meter.read()
             if wrk_path:
-                run = await wrk.closed_loop(
+                one_round = await wrk.closed_loop(
                     wrk_path,
                     targets,
                     connections=plan.gateway_concurrency,
@@ -91,23 +90,20 @@ async def run(
                     tick=tick,
                 )
             else:
-                run = await closed_loop(
+                one_round = await closed_loop(
                     targets,
                     concurrency=plan.gateway_concurrency,
                     duration=round_seconds,
                     max_requests=int(round_seconds * 50_000),
                     tick=tick,
                 )
-            rounds.setdefault(label, []).append(run)
-            used = ctx.meter.cpu_ms(process[label], cpu_before, 1)
-            cpu_seconds[label] = cpu_seconds.get(label, 0.0) + used / 1000
-    for label, runs in rounds.items():
-        saturated[label] = LoadResult.combined(runs)
+            rounds.setdefault(label, []).append(one_round)
+            used_ms = ctx.meter.cpu_ms(process[label], cpu_before, 1)
+            cpu_used_ms[label] = cpu_used_ms.get(label, 0.0) + used_ms
+    saturated = {label: LoadResult.combined(loads) for label, loads in rounds.items()}
     cpu_ms = {
-        label: cpu_seconds[label] * 1000 / saturated[label].ok
-        if saturated[label].ok
-        else float("nan")
-        for label in saturated
+        label: cpu_used_ms[label] / load.ok if load.ok else float("nan")
+        for label, load in saturated.items()
     }
     ratios = [
         gateway.ok_per_second / noop.ok_per_second
@@ -227,7 +223,7 @@ async def run(
     result.facts["saturated_rounds"] = {
         "seconds_each": round_seconds,
         "accepted_per_second": {
-            label: [round(run.ok_per_second) for run in runs] for label, runs in rounds.items()
+            label: [round(load.ok_per_second) for load in loads] for label, loads in rounds.items()
         },
         "gateway_to_no_op_ratio": [round(ratio, 3) for ratio in ratios],
     }
