@@ -115,3 +115,20 @@ async def test_a_shared_limit_forgets_awaits_that_ended_and_stops_sweeping() -> 
 
     assert len(limit._limits) == 0
     assert limit._sweep is None
+
+
+def test_a_shared_limit_used_in_a_new_event_loop_still_expires() -> None:
+    limit = SharedTimeLimit(0.02, resolution=0.005)
+
+    async def left_pending() -> None:
+        # The loop ends while this await is still limited, its sweep still armed.
+        asyncio.get_running_loop().create_task(limit.within(answer_after(5)))
+        await asyncio.sleep(0.001)
+
+    asyncio.run(left_pending())
+
+    async def in_the_next_loop() -> None:
+        with pytest.raises(TimeoutError):
+            await limit.within(answer_after(5))
+
+    asyncio.run(asyncio.wait_for(in_the_next_loop(), 2))

@@ -68,6 +68,7 @@ class SharedTimeLimit:
     def __init__(self, seconds: float, *, resolution: float = 0.1) -> None:
         self._seconds = seconds
         self._resolution = resolution
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._limits: deque[_Limit] = deque()
         self._sweep: asyncio.TimerHandle | None = None
 
@@ -77,6 +78,10 @@ class SharedTimeLimit:
         if task is None:
             raise RuntimeError("SharedTimeLimit.within() must be awaited inside a task")
         loop = task.get_loop()
+        if loop is not self._loop:
+            # First used, or used in another event loop (tests run one each): what the
+            # previous loop held, its sweep included, went with it.
+            self._loop, self._limits, self._sweep = loop, deque(), None
         limit = _Limit(loop.time() + self._seconds, task)
         self._limits.append(limit)
         if self._sweep is None:
