@@ -50,6 +50,7 @@ class GatewaySettings(RuntimeSettings, CallbackTokenSettings):
     """Comma-separated addresses and networks of proxies whose X-Forwarded-For names the client;
     none by default, so the peer's own address is the client."""
     gateway_publish_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    """Longest wait for Kafka to take a callback before a 503; checked every 0.1 s."""
     gateway_retry_after_seconds: int = Field(default=5, ge=1, le=3600)
     """Retry-After sent with a 503 when Kafka did not take a callback."""
     gateway_kafka_retry_max_seconds: float = Field(default=10.0, gt=0, le=600)
