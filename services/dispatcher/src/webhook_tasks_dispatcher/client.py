@@ -123,6 +123,7 @@ def create_transport(
     return AiohttpTransport(limits=limits, trust_env=False, client=session)
 
 
+@functools.lru_cache(maxsize=4096)
 def origin_of(url: str) -> str:
     """Return `host:port` of `url` (the scheme's port if none is given): one server's address."""
     parts = urlsplit(url)
@@ -211,7 +212,7 @@ class WebhookClient:
         timeout = request.timeout_seconds or self._timeout_seconds
         try:
             # Resolving counts against the timeout: a resolver that hangs holds no claim for ever.
-            await within(timeout, self._guard.check(request.url))
+            await self._guard.check(request.url, lookup_within=timeout)
         except UrlRefusedError as refusal:
             return DeliveryResult("refused", _elapsed_ms(started), error=str(refusal))
         except TransientResolutionError as failure:
@@ -338,11 +339,15 @@ class WebhookClient:
             # A transport that read the answer itself (httpx's MockTransport) left it whole.
             whole = response.content
             return whole[: self._max_response_bytes], len(whole) > self._max_response_bytes
+        if not isinstance(response.stream, httpx.AsyncByteStream):
+            raise TypeError("the transport gave a response without an async stream")
         chunks: list[bytes] = []
         size = 0
         # Raw, as sent: the cap must bound the bytes held, and a small compressed answer
         # would inflate to gigabytes before any cap saw it (the transport leaves it as sent).
-        async for chunk in response.aiter_raw():
+        # Straight from the transport's stream: aiter_raw's chunking and bookkeeping added
+        # a generator per answer, for nothing we read.
+        async for chunk in response.stream:
             chunks.append(chunk)
             size += len(chunk)
             if size > self._max_response_bytes:

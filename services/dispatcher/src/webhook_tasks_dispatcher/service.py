@@ -1072,6 +1072,7 @@ def _ref(row: repo.TaskRow) -> TaskRef:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def _host(url: str) -> str:
     return urlsplit(url).hostname or "unknown"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -96,6 +97,7 @@ class SigningKeys:
         return self._hosts.get(origin[1], self._default)
 
 
+@functools.lru_cache(maxsize=4096)
 def _split(url: str) -> tuple[_Origin, str] | None:
     # Parsed, not compared as text: "https://a.com" is a prefix of "https://a.com.evil.net".
     parts = urlsplit(url)

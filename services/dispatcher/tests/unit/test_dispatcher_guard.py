@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 
@@ -226,11 +227,15 @@ async def test_a_host_that_does_not_exist_is_refused(error: OSError) -> None:
         OSError("network is unreachable"),
     ],
 )
-async def test_a_resolver_failure_that_may_pass_is_transient_not_a_refusal(error: OSError) -> None:
+@pytest.mark.parametrize("lookup_within", [None, 5.0])
+async def test_a_resolver_failure_that_may_pass_is_transient_not_a_refusal(
+    error: OSError, lookup_within: float | None
+) -> None:
     guard = UrlGuard(resolve=failing_resolver(error))
 
     with pytest.raises(TransientResolutionError, match="could not be resolved for now") as raised:
-        await guard.check("https://flaky.example.com/x")
+        # The resolver's own TimeoutError too: only the caller's limit raises a TimeoutError.
+        await guard.check("https://flaky.example.com/x", lookup_within=lookup_within)
     assert not isinstance(raised.value, UrlRefusedError)
     # Callers that treat OSError as a failed connection keep doing so.
     assert isinstance(raised.value, OSError)
@@ -252,6 +257,35 @@ async def test_a_transient_failure_is_not_cached() -> None:
 
     await guard.check("https://flaky.example.com/x")
     assert calls == ["flaky.example.com", "flaky.example.com"]
+
+
+async def test_a_lookup_slower_than_its_limit_raises_timeout_and_caches_nothing() -> None:
+    answers: list[float] = [30.0, 0.0]
+
+    async def resolve(host: str, port: int) -> list[str]:
+        await asyncio.sleep(answers.pop(0))
+        return ["93.184.216.34"]
+
+    guard = UrlGuard(resolve=resolve)
+    with pytest.raises(TimeoutError):
+        await guard.check("https://slow.example.com/x", lookup_within=0.05)
+
+    await guard.check("https://slow.example.com/x", lookup_within=0.05)
+    assert answers == []
+
+
+async def test_a_cached_host_is_checked_within_any_limit_without_a_lookup() -> None:
+    calls: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return ["93.184.216.34"]
+
+    guard = UrlGuard(resolve=resolve)
+    await guard.check("https://public.example.com/a", lookup_within=5.0)
+    # No time at all is left: answered from the cache, the check needs none.
+    await guard.check("https://public.example.com/b", lookup_within=0.0)
+    assert calls == ["public.example.com"]
 
 
 async def test_the_connector_resolver_raises_a_transient_failure_as_an_os_error() -> None:
