@@ -51,6 +51,9 @@ async def retry_while_database_away(
     bound: float | None = None  # the first try is made in full, however late it comes
     while True:
         try:
+            if bound is None:
+                # Not even asyncio.timeout(None): its enter and exit cost every answer recorded.
+                return await work()
             # A retry ends by `give_up_at` too: past it, another process may hold the claim.
             async with asyncio.timeout(bound):
                 return await work()

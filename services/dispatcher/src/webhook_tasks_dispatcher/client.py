@@ -9,7 +9,7 @@ import re
 import ssl
 import time
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, TypeVar
@@ -145,31 +145,54 @@ class HostSlots:
         # Each host's semaphore and how many hold or wait for it; idle hosts are forgotten.
         self._hosts: dict[str, tuple[asyncio.Semaphore, int]] = {}
 
-    @contextlib.asynccontextmanager
-    async def slot(self, host: str, *, wait: float) -> AsyncIterator[bool]:
+    def slot(self, host: str, *, wait: float) -> _HostSlot:
         """Hold a slot for `host`, waiting up to `wait` seconds; yield False if none came."""
+        return _HostSlot(self, host, wait)
+
+    def _join(self, host: str) -> asyncio.Semaphore:
         semaphore, users = self._hosts.get(host, (None, 0))
         if semaphore is None:
             semaphore = asyncio.Semaphore(self._per_host)
         self._hosts[host] = (semaphore, users + 1)
-        acquired = False
+        return semaphore
+
+    def _leave(self, host: str) -> None:
+        semaphore, users = self._hosts[host]
+        if users == 1:
+            del self._hosts[host]
+        else:
+            self._hosts[host] = (semaphore, users - 1)
+
+
+class _HostSlot:
+    # A class, not @asynccontextmanager: its generator cost 1.5 µs more on every request.
+    __slots__ = ("_acquired", "_host", "_semaphore", "_slots", "_wait")
+
+    def __init__(self, slots: HostSlots, host: str, wait: float) -> None:
+        self._slots = slots
+        self._host = host
+        self._wait = wait
+        self._acquired = False
+
+    async def __aenter__(self) -> bool:
+        self._semaphore = semaphore = self._slots._join(self._host)
         try:
             if not semaphore.locked():
                 # A free slot is taken at once: no wait to bound. asyncio.timeout on every
                 # request cost 11% of the client's throughput (its timer and context manager).
-                acquired = await semaphore.acquire()
+                self._acquired = await semaphore.acquire()
             else:
                 with contextlib.suppress(TimeoutError):
-                    acquired = await within(wait, semaphore.acquire())
-            yield acquired
-        finally:
-            if acquired:
-                semaphore.release()
-            semaphore, users = self._hosts[host]
-            if users == 1:
-                del self._hosts[host]
-            else:
-                self._hosts[host] = (semaphore, users - 1)
+                    self._acquired = await within(self._wait, semaphore.acquire())
+        except BaseException:
+            self._slots._leave(self._host)
+            raise
+        return self._acquired
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._acquired:
+            self._semaphore.release()
+        self._slots._leave(self._host)
 
 
 class WebhookClient:
