@@ -168,18 +168,10 @@ async def warm_up(ctx: Context, deployment: Deployment) -> None:
         )
 
 
-async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
-    """Publish a backlog of tasks, let the dispatcher work through it, then post the same bare.
-
-    `deployment` runs the dispatcher alone; its process is metered as `ALONE`.
-    """
-    plan = ctx.plan
-    prefix = f"bench-{ctx.run_id}-d-"
-    backlog = await _dispatch_backlog(ctx, deployment, prefix, "dispatcher")
-    dispatcher_cpu_ms = ctx.meter.cpu_ms(ALONE, backlog.cpu_before, backlog.finished)
-    dispatched, seconds, rate = backlog.dispatched, backlog.seconds, backlog.rate
-
-    # The same bodies the dispatcher sent (callback URLs included), to the same endpoint.
+async def _bodies_sent(
+    ctx: Context, deployment: Deployment, prefix: str
+) -> list[tuple[str, bytes]]:
+    """Return the bodies the dispatcher sent for tasks `prefix`*, callback URLs included."""
     tasks = await fetch(
         deployment.database_url,
         "SELECT correlation_id, task_id FROM dispatcher.tasks WHERE task_id LIKE $1",
@@ -204,28 +196,79 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
         )
         for row in tasks
     ]
-    bare = await closed_loop(
-        targets or [(f"{ctx.sink.url}/ack", b"{}")],
-        concurrency=plan.dispatch_concurrency,
-        duration=60.0,
-        max_requests=len(targets) or 1,
-        tick=ctx.report("dispatcher: bare aiohttp client", len(targets)),
-    )
-    # What the HTTP exchange alone costs through the dispatcher's client (guard, headers,
-    # capped read), over the transport it uses and over httpx's own, beside the same ceiling.
-    clients = {
-        transport: await _through_webhook_client(
-            targets or [(f"{ctx.sink.url}/ack", b"{}")],
-            aiohttp_transport=transport == "aiohttp",
+    return targets or [(f"{ctx.sink.url}/ack", b"{}")]
+
+
+@dataclass
+class _Round:
+    """One round: the dispatcher's backlog, then the same bodies posted by the bare client."""
+
+    backlog: _Backlog
+    bare: LoadResult
+    client: LoadResult
+    """The dispatcher's WebhookClient alone, over the aiohttp transport it uses."""
+
+
+async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
+    """Take turns: a backlog through the dispatcher, then its bodies posted bare, in rounds.
+
+    `deployment` runs the dispatcher alone; its process is metered as `ALONE`.
+    """
+    plan = ctx.plan
+    rounds: list[_Round] = []
+    cpu_ms: list[float] = []
+    # In rounds, taking turns: the machine is shared and its load drifts over seconds, so a
+    # backlog and its ceiling measured once each, a minute apart, could meet different loads.
+    for number in range(1, plan.dispatch_rounds + 1):
+        prefix = f"bench-{ctx.run_id}-d{number}-"
+        what = f"round {number}/{plan.dispatch_rounds}"
+        backlog = await _dispatch_backlog(ctx, deployment, prefix, f"dispatcher, {what}")
+        cpu_ms.append(ctx.meter.cpu_ms(ALONE, backlog.cpu_before, backlog.finished))
+        # The same bodies the dispatcher sent (callback URLs included), to the same endpoint.
+        targets = await _bodies_sent(ctx, deployment, prefix)
+        bare = await closed_loop(
+            targets,
             concurrency=plan.dispatch_concurrency,
-            max_requests=len(targets) or 1,
-            # httpx's own transport serves a few hundred requests/s at 32 at once (httpx#3215):
-            # a while is enough to measure it.
-            duration=15.0,
-            tick=ctx.report(f"dispatcher's HTTP client, {transport} transport", len(targets)),
+            duration=60.0,
+            max_requests=len(targets),
+            tick=ctx.report(f"dispatcher: bare aiohttp client, {what}", len(targets)),
         )
-        for transport in ("aiohttp", "httpx")
+        # What the HTTP exchange alone costs through the dispatcher's client (guard, headers,
+        # capped read) over the transport it uses, beside the same ceiling.
+        client = await _through_webhook_client(
+            targets,
+            aiohttp_transport=True,
+            concurrency=plan.dispatch_concurrency,
+            max_requests=len(targets),
+            duration=60.0,
+            tick=ctx.report(f"dispatcher's HTTP client, aiohttp transport, {what}", len(targets)),
+        )
+        rounds.append(_Round(backlog, bare, client))
+    # Once, after the rounds: httpx's own transport, the one the client does not use, serves
+    # a few hundred requests/s at 32 at once (httpx#3215), and a while is enough to measure it.
+    with_httpx = await _through_webhook_client(
+        targets,
+        aiohttp_transport=False,
+        concurrency=plan.dispatch_concurrency,
+        max_requests=len(targets),
+        duration=15.0,
+        tick=ctx.report("dispatcher's HTTP client, httpx transport", len(targets)),
+    )
+    bare = LoadResult.combined([one.bare for one in rounds])
+    clients = {
+        "aiohttp": LoadResult.combined([one.client for one in rounds]),
+        "httpx": with_httpx,
     }
+    dispatched = sum(one.backlog.dispatched for one in rounds)
+    seconds = sum(one.backlog.seconds for one in rounds)
+    rate = dispatched / seconds if seconds > 0 else 0.0
+    ratios = [one.backlog.rate / one.bare.ok_per_second for one in rounds if one.bare.ok_per_second]
+    client_ratios = [
+        one.client.ok_per_second / one.bare.ok_per_second
+        for one in rounds
+        if one.bare.ok_per_second
+    ]
+    tasks = plan.dispatch_tasks * plan.dispatch_rounds
     result = PhaseResult()
     result.rows = [
         Row(
@@ -236,10 +279,12 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
             "/s",
             "higher",
             "bare aiohttp client",
-            f"{dispatched}/{plan.dispatch_tasks} tasks from a Kafka backlog, the dispatcher "
-            "alone (its TaskDispatched events go to a topic nobody consumes): consumed, "
-            "claimed, POSTed, acknowledged, committed (first claim to last commit); bare "
-            f"client: same bodies, same endpoint, {plan.dispatch_concurrency} at once",
+            f"{dispatched}/{tasks} tasks from a Kafka backlog in {plan.dispatch_rounds} "
+            f"rounds of {plan.dispatch_tasks}, each followed by the bare client (ratio per "
+            f"round {_range(ratios)}), the dispatcher alone (its TaskDispatched events go to a "
+            "topic nobody consumes): consumed, claimed, POSTed, acknowledged, committed (first "
+            "claim to last commit); bare client: same bodies, same endpoint, "
+            f"{plan.dispatch_concurrency} at once",
         ),
         *(
             Row(
@@ -252,17 +297,25 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
                 "bare aiohttp client",
                 "the dispatcher's WebhookClient (SSRF guard, headers, capped read) posting "
                 f"the same bodies through httpx's transport API over {transport}'s "
-                f"{'transport (the one it uses)' if transport == 'aiohttp' else 'own transport'}"
-                f", {plan.dispatch_concurrency} at once, in the benchmark's process as the "
+                + (
+                    f"transport (the one it uses), in each round after the bare client (ratio "
+                    f"per round {_range(client_ratios)})"
+                    if transport == "aiohttp"
+                    else "own transport, once after the rounds"
+                )
+                + f", {plan.dispatch_concurrency} at once, in the benchmark's process as the "
                 "bare client; no Kafka, no database",
             )
             for transport, load in clients.items()
         ),
     ]
     result.facts = {
-        "tasks": plan.dispatch_tasks,
-        "finished": backlog.finished,
-        "cpu_ms_per_unit": f"dispatcher (alone) CPU {dispatcher_cpu_ms:.1f} ms per task",
+        "tasks": tasks,
+        "finished": sum(one.backlog.finished for one in rounds),
+        "cpu_ms_per_unit": "dispatcher (alone) CPU "
+        f"{sum(cpu_ms) / len(cpu_ms):.1f} ms per task (rounds: "
+        + ", ".join(f"{used:.2f}" for used in cpu_ms)
+        + ")",
         "initiated": dispatched,
         "seconds": round(seconds, 3),
         "bare": {"ok": bare.ok, "failed": bare.failed, "elapsed_s": round(bare.elapsed, 3)},
@@ -274,8 +327,23 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
             }
             for transport, load in clients.items()
         },
+        "rounds": [
+            {
+                "dispatches_per_s": round(one.backlog.rate),
+                "bare_per_s": round(one.bare.ok_per_second),
+                "http_client_per_s": round(one.client.ok_per_second),
+            }
+            for one in rounds
+        ],
     }
     return result
+
+
+def _range(ratios: Sequence[float]) -> str:
+    if not ratios:
+        return "n/a"
+    low, high = min(ratios), max(ratios)
+    return f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
 
 
 @dataclass(frozen=True)

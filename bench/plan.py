@@ -19,6 +19,8 @@ class Plan:
     gateway_rate: float
     """The fixed offered load, callbacks per second, at which latency is compared."""
     dispatch_tasks: int
+    """Tasks in each backlog: each round's, and the replicas' one."""
+    dispatch_rounds: int
     e2e_rate: float
     """Tasks per second end to end, lowered to a third of the dispatch rate measured in the run."""
     e2e_seconds: float
@@ -48,6 +50,7 @@ FULL = Plan(
     # Half of the 4,000 callbacks/s the gateway is meant to take on one process.
     gateway_rate=2000.0,
     dispatch_tasks=5000,
+    dispatch_rounds=4,
     e2e_rate=100.0,
     e2e_seconds=30.0,
     quiet_rate=2.0,
@@ -66,6 +69,7 @@ QUICK = Plan(
     gateway_rounds=1,
     gateway_rate=200.0,
     dispatch_tasks=300,
+    dispatch_rounds=2,
     e2e_rate=50.0,
     e2e_seconds=2.0,
     quiet_rate=2.0,

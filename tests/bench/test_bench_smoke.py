@@ -54,6 +54,10 @@ def test_quick_benchmark_prints_the_table_and_writes_json_and_chart(tmp_path: Pa
     dispatcher = document["facts"]["dispatcher"]
     [dispatcher_row] = [row for row in document["rows"] if row["name"] == "dispatches/s"]
     assert dispatcher["initiated"] == dispatcher["tasks"], dispatcher
+    # Measured in rounds, taking turns with its ceiling: each round measured all three.
+    assert len(dispatcher["rounds"]) == 2, dispatcher
+    for one in dispatcher["rounds"]:
+        assert min(one.values()) > 0, dispatcher["rounds"]
     # The dispatcher's HTTP client alone, over each transport: every request answered 200.
     clients = [row["name"] for row in document["rows"] if "HTTP client alone" in row["name"]]
     transports = sorted(name.split(", ")[1].removesuffix(" transport") for name in clients)
