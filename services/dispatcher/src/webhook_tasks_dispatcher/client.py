@@ -146,7 +146,7 @@ class HostSlots:
         self._hosts: dict[str, tuple[asyncio.Semaphore, int]] = {}
 
     def slot(self, host: str, *, wait: float) -> _HostSlot:
-        """Hold a slot for `host`, waiting up to `wait` seconds; yield False if none came."""
+        """Hold a slot for `host`, waiting up to `wait` s; entered, it gives False if none came."""
         return _HostSlot(self, host, wait)
 
     def _join(self, host: str) -> asyncio.Semaphore:
@@ -165,7 +165,7 @@ class HostSlots:
 
 
 class _HostSlot:
-    # A class, not @asynccontextmanager: its generator cost 1.5 µs more on every request.
+    # A class, not @asynccontextmanager: its generator cost about 2 µs more on every request.
     __slots__ = ("_acquired", "_host", "_semaphore", "_slots", "_wait")
 
     def __init__(self, slots: HostSlots, host: str, wait: float) -> None:

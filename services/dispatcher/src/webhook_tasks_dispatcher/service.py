@@ -352,7 +352,7 @@ class Dispatcher:
 
     async def _reserve_sending_slot(self) -> None:
         """Wait for a free sending slot and reserve it; the caller gives the reservation up."""
-        # Not an @asynccontextmanager: its generator cost 1.5 µs more on every task consumed.
+        # Not an @asynccontextmanager: its generator cost about 2 µs more on every task consumed.
         while len(self._in_flight) + self._reserved >= self._max_in_flight:
             self._slot_freed.clear()
             await self._slot_freed.wait()
