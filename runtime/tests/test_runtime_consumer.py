@@ -26,11 +26,15 @@ from webhook_tasks_runtime.infra import Infrastructure
 from webhook_tasks_runtime.kafka import (
     KEPT_VALUE_BYTES,
     ConsumerSpec,
+    FailureStreak,
     KafkaPublisher,
     OutgoingMessage,
     create_broker,
+    ensure_topics,
     register_consumer,
 )
+from webhook_tasks_runtime.observability import CONSUMER_FAILURES_IN_A_ROW
+from webhook_tasks_runtime.partitioning import default_partitioner
 from webhook_tasks_runtime.settings import RuntimeSettings
 
 
@@ -595,6 +599,114 @@ async def test_the_retry_delay_starts_over_after_a_batch_succeeds(
     first, second = attempts[2]
     assert second - first < 0.5
     assert failures_in_a_row("recovers") == 0
+
+
+def test_a_failure_streak_is_forgotten_only_once_its_partitions_are_all_elsewhere() -> None:
+    gauge = CONSUMER_FAILURES_IN_A_ROW.labels(f"streak-{uuid.uuid4().hex[:8]}")
+    forgotten: list[bool] = []
+    streak = FailureStreak(gauge, lambda: forgotten.append(True))
+    assert gauge._value.get() == 0
+
+    assert streak.failed([("t", 0), ("t", 1)]) == 1
+    assert streak.failed([("t", 0), ("t", 1)]) == 2
+    assert gauge._value.get() == 2
+    # One of its partitions is still here: the batch comes back here, and fails here.
+    asyncio.run(streak.on_partitions_revoked({TopicPartition("t", 0), TopicPartition("t", 1)}))
+    asyncio.run(streak.on_partitions_assigned({TopicPartition("t", 1), TopicPartition("t", 2)}))
+    assert (streak.count, gauge._value.get(), forgotten) == (2, 2, [])
+    # Neither is: the failing batch is another consumer's now, and so are its failures.
+    asyncio.run(streak.on_partitions_assigned({TopicPartition("t", 2), TopicPartition("u", 0)}))
+    assert (streak.count, gauge._value.get(), forgotten) == (0, 0, [True])
+    # With nothing failing, an assignment changes nothing.
+    asyncio.run(streak.on_partitions_assigned(set()))
+    assert forgotten == [True]
+
+    assert streak.failed([("t", 2)]) == 1
+    streak.succeeded()
+    assert (streak.count, gauge._value.get()) == (0, 0)
+
+
+def test_a_batch_that_fails_after_its_partitions_were_handed_over_is_not_counted() -> None:
+    gauge = CONSUMER_FAILURES_IN_A_ROW.labels(f"streak-{uuid.uuid4().hex[:8]}")
+    streak = FailureStreak(gauge)
+    assert streak.failed([("t", 0)]) == 1
+    # Handed over while the batch was being tried again: its failure is reported, not kept.
+    asyncio.run(streak.on_partitions_assigned({TopicPartition("t", 1)}))
+    assert streak.failed([("t", 0)]) == 1
+    assert (streak.count, gauge._value.get()) == (0, 0)
+    # A batch of this consumer's own partitions counts as ever.
+    assert streak.failed([("t", 1)]) == 1
+    assert gauge._value.get() == 1
+
+
+@pytest.mark.integration
+async def test_the_failures_in_a_row_go_with_the_partitions_they_held_up(
+    infrastructure: Infrastructure, unique_topics: Topics
+) -> None:
+    topic = unique_topics.task_requested
+    await ensure_topics(infrastructure.kafka_bootstrap_servers, [topic], partitions=2)
+    group = f"{unique_topics.prefix}.moving"
+    attempts: list[Ping] = []
+    taken_over: list[Ping] = []
+
+    async def database_down(event: Ping) -> None:
+        attempts.append(event)
+        raise ConnectionError("database down")
+
+    async def database_up(event: Ping) -> None:
+        taken_over.append(event)
+
+    publisher = KafkaPublisher.create(
+        infrastructure.kafka_bootstrap_servers, enable_idempotence=False, client_id="test"
+    )
+    brokers = []
+    # A member id begins with its client id, and the assignor deals the partitions out in
+    # member id order: the second consumer ("a-...") is dealt partition 0, the failing one.
+    for client_id, name, handle in (
+        ("z-first", "moving-first", database_down),
+        ("a-second", "moving-second", database_up),
+    ):
+        broker = create_broker(infrastructure.kafka_bootstrap_servers, client_id=client_id)
+        register_consumer(
+            broker,
+            ConsumerSpec(name, topic, group, TypeAdapter(Ping), handle),
+            dead_letters=publisher,
+            topics=unique_topics,
+            retry_delay=0.05,
+            max_retry_delay=0.2,
+            fetch_max_wait_ms=infrastructure.fetch_max_wait_ms,
+        )
+        brokers.append(broker)
+    first, second = brokers
+    await publisher.start()
+    try:
+        key = key_on_partition(0, of=2)
+        await publisher.publish(OutgoingMessage(topic, key, b'{"number": 1}'))
+        await first.start()
+        await wait_until(lambda: len(attempts) >= 4, 20)
+        assert failures_in_a_row("moving-first") >= 3
+        await second.start()
+        await wait_until(lambda: bool(taken_over), 60)
+        assert taken_over == [Ping(number=1)]
+        # The first consumer holds partition 1 now, where nothing comes: no batch of its own
+        # would have set its count back, and an alert on it would fire for ever.
+        await wait_until(lambda: failures_in_a_row("moving-first") == 0, 10)
+        await asyncio.sleep(0.5)
+        assert failures_in_a_row("moving-first") == 0
+        assert failures_in_a_row("moving-second") == 0
+    finally:
+        for broker in brokers:
+            await broker.stop()
+        await publisher.stop()
+
+
+def key_on_partition(partition: int, *, of: int) -> str:
+    """Return a key that Kafka's default partitioner puts on `partition` of `of`."""
+    partitions = list(range(of))
+    while True:
+        key = uuid.uuid4().hex
+        if default_partitioner(key.encode(), partitions, partitions) == partition:
+            return key
 
 
 def failures_in_a_row(consumer: str) -> float:

@@ -4,7 +4,8 @@ A consumer commits its offsets only after its handler has returned for every
 message of a batch; a handler that raises makes the batch come again (after a
 pause that doubles while the batch keeps failing), so effects must be idempotent.
 Each failure is logged with the event that failed, and a gauge counts the failures
-in a row, so a consumer held up by one event is seen and the event found.
+in a row, so a consumer held up by one event is seen and the event found; the count
+is dropped when a rebalance gives the partitions it held up to another consumer.
 A handler that raises HandlerInterrupted was stopped by the service's own stop:
 its batch comes again after the restart (or to another replica), and nothing is
 logged as a failure.
@@ -29,7 +30,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, 
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faststream import AckPolicy
@@ -37,6 +38,7 @@ from faststream.exceptions import NackMessage
 from faststream.kafka import KafkaBroker, KafkaMessage, Topic
 from faststream.security import BaseSecurity
 from opentelemetry.context import Context, attach, detach
+from prometheus_client import Gauge
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from webhook_tasks_contracts import DeadLetter, Topics
 
@@ -260,6 +262,59 @@ async def _raw_bodies(message: Any) -> Any:
     return message.body
 
 
+class FailureStreak(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """Count a consumer's failed batches in a row, on its gauge; forget them with their partitions.
+
+    A batch that keeps failing holds its partitions up. Once a rebalance hands those to
+    another replica, the failures are that replica's to count: this one's gauge would
+    otherwise stay up until its next batch, which may be a long time coming.
+    """
+
+    def __init__(self, gauge: Gauge, on_forgotten: Callable[[], None] = lambda: None) -> None:
+        self.count = 0
+        self._gauge = gauge
+        self._on_forgotten = on_forgotten
+        self._failing: frozenset[tuple[str, int]] = frozenset()
+        self._assigned: frozenset[tuple[str, int]] | None = None
+        gauge.set(0)
+
+    def failed(self, partitions: Iterable[tuple[str, int]]) -> int:
+        """Count one more failed batch, of records from `partitions`; return the count."""
+        self.count += 1
+        count = self.count
+        self._failing = frozenset(partitions)
+        if self._assigned is not None and self._assigned.isdisjoint(self._failing):
+            # Its partitions were handed over while it ran: the batch is another's now.
+            self._forget()
+        else:
+            self._gauge.set(count)
+        return count
+
+    def succeeded(self) -> None:
+        """Start the count over: a batch went through."""
+        self.count = 0
+        self._failing = frozenset()
+        self._gauge.set(0)
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        """Keep the count: the same partitions may come back in the assignment that follows."""
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """Forget the failures if none of the partitions they held up is this consumer's now."""
+        self._assigned = frozenset((partition.topic, partition.partition) for partition in assigned)
+        if self.count and self._assigned.isdisjoint(self._failing):
+            self._forget()
+
+    def _forget(self) -> None:
+        logger.info(
+            "the partitions of the failing batch went to another consumer; its failures are "
+            "that consumer's to count",
+            extra={"failures_in_a_row": self.count},
+        )
+        self.succeeded()
+        self._on_forgotten()
+
+
 def register_consumer(
     broker: KafkaBroker,
     spec: ConsumerSpec[Any],
@@ -299,9 +354,8 @@ def register_consumer(
     handled = EVENTS_CONSUMED.labels(spec.name, "handled")
     dead_lettered = EVENTS_CONSUMED.labels(spec.name, "dead_lettered")
     failed = BATCHES_FAILED.labels(spec.name)
-    failures_in_a_row_gauge = CONSUMER_FAILURES_IN_A_ROW.labels(spec.name)
-    failures_in_a_row_gauge.set(0)
-    failures_in_a_row = 0
+    # Forgotten with the partitions they held up, the failures' back-off starts over too.
+    streak = FailureStreak(CONSUMER_FAILURES_IN_A_ROW.labels(spec.name), backoff.reset)
     duration = BATCH_SECONDS.labels(spec.name)
 
     subscriber = broker.subscriber(
@@ -321,6 +375,7 @@ def register_consumer(
         decoder=_raw_bodies,
         ack_policy=AckPolicy.NACK_ON_ERROR,
         title=spec.name,
+        listener=streak,
     )
 
     @subscriber
@@ -329,7 +384,6 @@ def register_consumer(
             await consume_batch(bodies, message)
 
     async def consume_batch(bodies: list[bytes], message: KafkaMessage) -> None:
-        nonlocal failures_in_a_row
         records: Sequence[_Record] = _records_of(message, bodies, spec.topic)
         by_key: dict[bytes | None, list[tuple[Any, Context | None, _Record]]] = defaultdict(list)
         failed_at: dict[int, _Record] = {}
@@ -373,8 +427,9 @@ def register_consumer(
             raise NackMessage() from None
         except Exception as error:
             failed.inc()
-            failures_in_a_row += 1
-            failures_in_a_row_gauge.set(failures_in_a_row)
+            failures_in_a_row = streak.failed(
+                (record.topic, record.partition) for record in records
+            )
             delay = backoff.next_delay()
             extra: dict[str, Any] = {
                 "consumer": spec.name,
@@ -391,8 +446,7 @@ def register_consumer(
             logger.exception("batch failed; it will be delivered again", extra=extra)
             await pause(delay)
             raise
-        failures_in_a_row = 0
-        failures_in_a_row_gauge.set(0)
+        streak.succeeded()
         backoff.reset()
 
     async def pause(seconds: float) -> None:
