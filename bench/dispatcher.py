@@ -23,7 +23,7 @@ from webhook_tasks_dispatcher.guard import Allowlist, UrlGuard
 from webhook_tasks_dispatcher.handlers import request_group
 
 from .load import LoadResult, Tick, closed_loop
-from .stats import PhaseResult, Row
+from .stats import PhaseResult, Row, ratio_range
 from .system import (
     DEPLOYED_PARTITIONS,
     SERVICE_ENV,
@@ -204,6 +204,8 @@ class _Round:
     """One round: the dispatcher's backlog, then the same bodies posted by the bare client."""
 
     backlog: _Backlog
+    cpu_ms: float
+    """The dispatcher's CPU milliseconds per task of the backlog."""
     bare: LoadResult
     client: LoadResult
     """The dispatcher's WebhookClient alone, over the aiohttp transport it uses."""
@@ -216,14 +218,13 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
     """
     plan = ctx.plan
     rounds: list[_Round] = []
-    cpu_ms: list[float] = []
     # In rounds, taking turns: the machine is shared and its load drifts over seconds, so a
     # backlog and its ceiling measured once each, a minute apart, could meet different loads.
     for number in range(1, plan.dispatch_rounds + 1):
         prefix = f"bench-{ctx.run_id}-d{number}-"
         what = f"round {number}/{plan.dispatch_rounds}"
         backlog = await _dispatch_backlog(ctx, deployment, prefix, f"dispatcher, {what}")
-        cpu_ms.append(ctx.meter.cpu_ms(ALONE, backlog.cpu_before, backlog.finished))
+        cpu_ms = ctx.meter.cpu_ms(ALONE, backlog.cpu_before, backlog.finished)
         # The same bodies the dispatcher sent (callback URLs included), to the same endpoint.
         targets = await _bodies_sent(ctx, deployment, prefix)
         bare = await closed_loop(
@@ -243,7 +244,7 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
             duration=60.0,
             tick=ctx.report(f"dispatcher's HTTP client, aiohttp transport, {what}", len(targets)),
         )
-        rounds.append(_Round(backlog, bare, client))
+        rounds.append(_Round(backlog, cpu_ms, bare, client))
     # Once, after the rounds: httpx's own transport, the one the client does not use, serves
     # a few hundred requests/s at 32 at once (httpx#3215), and a while is enough to measure it.
     with_httpx = await _through_webhook_client(
@@ -281,9 +282,9 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
             "bare aiohttp client",
             f"{dispatched}/{tasks} tasks from a Kafka backlog in {plan.dispatch_rounds} "
             f"rounds of {plan.dispatch_tasks}, each followed by the bare client (ratio per "
-            f"round {_range(ratios)}), the dispatcher alone (its TaskDispatched events go to a "
-            "topic nobody consumes): consumed, claimed, POSTed, acknowledged, committed (first "
-            "claim to last commit); bare client: same bodies, same endpoint, "
+            f"round {ratio_range(ratios)}), the dispatcher alone (its TaskDispatched events go "
+            "to a topic nobody consumes): consumed, claimed, POSTed, acknowledged, committed "
+            "(first claim to last commit); bare client: same bodies, same endpoint, "
             f"{plan.dispatch_concurrency} at once",
         ),
         *(
@@ -299,7 +300,7 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
                 f"the same bodies through httpx's transport API over {transport}'s "
                 + (
                     f"transport (the one it uses), in each round after the bare client (ratio "
-                    f"per round {_range(client_ratios)})"
+                    f"per round {ratio_range(client_ratios)})"
                     if transport == "aiohttp"
                     else "own transport, once after the rounds"
                 )
@@ -313,8 +314,8 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
         "tasks": tasks,
         "finished": sum(one.backlog.finished for one in rounds),
         "cpu_ms_per_unit": "dispatcher (alone) CPU "
-        f"{sum(cpu_ms) / len(cpu_ms):.1f} ms per task (rounds: "
-        + ", ".join(f"{used:.2f}" for used in cpu_ms)
+        f"{sum(one.cpu_ms for one in rounds) / len(rounds):.1f} ms per task (rounds: "
+        + ", ".join(f"{one.cpu_ms:.2f}" for one in rounds)
         + ")",
         "initiated": dispatched,
         "seconds": round(seconds, 3),
@@ -337,13 +338,6 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
         ],
     }
     return result
-
-
-def _range(ratios: Sequence[float]) -> str:
-    if not ratios:
-        return "n/a"
-    low, high = min(ratios), max(ratios)
-    return f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict
 from urllib.parse import urlsplit
 
 from . import h2load, wrk
 from .load import LoadResult, closed_loop, fixed_rate
-from .stats import PhaseResult, Row, Summary
+from .stats import PhaseResult, Row, Summary, ratio_range
 from .system import Context, Deployment, ServerProcess
 
 DISTINCT_CALLBACKS = 1000
@@ -159,7 +159,7 @@ async def run(
             "raw ASGI no-op",
             f"{generator_label}, {plan.gateway_concurrency} keep-alive connections for "
             f"{plan.gateway_seconds:g} s in {plan.gateway_rounds} rounds, taking turns with the "
-            f"no-op (ratio per round {_spread(ratios)}); 202 only after token check, "
+            f"no-op (ratio per round {ratio_range(ratios)}); 202 only after token check, "
             "validation and the acks=all Kafka write",
         ),
         Row(
@@ -242,12 +242,6 @@ async def run(
         f"no-op {cpu_ms['no-op']:.2f} ms"
     )
     return result
-
-
-def _spread(ratios: Sequence[float]) -> str:
-    if not ratios:
-        return "not measured"
-    return f"{min(ratios):.2f}-{max(ratios):.2f}" if len(ratios) > 1 else f"{ratios[0]:.2f}"
 
 
 def fixed_rate_for(planned: float, saturated: float) -> tuple[float, str]:

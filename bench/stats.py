@@ -17,6 +17,14 @@ def percentile(samples: Sequence[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
+def ratio_range(ratios: Sequence[float]) -> str:
+    """Return the lowest and highest of `ratios` as "0.19-0.21", or one figure if they agree."""
+    if not ratios:
+        return "not measured"
+    low, high = f"{min(ratios):.2f}", f"{max(ratios):.2f}"
+    return low if low == high else f"{low}-{high}"
+
+
 @dataclass(frozen=True)
 class Summary:
     """The shape of one latency distribution, in milliseconds."""
