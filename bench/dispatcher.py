@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,9 +47,17 @@ _SPAN = """
 SELECT count(*) AS tasks, min(created_at) AS first_claimed, max(dispatched_at) AS last_dispatched
 FROM dispatcher.tasks WHERE task_id LIKE $1 AND status = 'initiated'
 """
+_STATUSES = """
+SELECT a.status_code, count(*) AS attempts
+FROM dispatcher.dispatch_attempts AS a JOIN dispatcher.tasks AS t USING (correlation_id)
+WHERE t.task_id LIKE $1 GROUP BY a.status_code
+"""
 
 ALONE = "dispatcher (alone)"
 """The lone dispatcher's name in the CPU meter."""
+
+ANSWERED_IN_PROCESS = "dispatcher (requests answered in process)"
+"""The CPU meter's name of the dispatcher whose requests never reach a socket."""
 
 DEPLOYED_REPLICAS = 2
 """How many dispatchers deploy/kubernetes/dispatcher.yaml runs."""
@@ -151,10 +160,22 @@ async def _through_webhook_client(
         await transport.aclose()
 
 
+async def _posted_bare(ctx: Context, targets: Sequence[tuple[str, bytes]], what: str) -> LoadResult:
+    """Post the bodies a backlog sent (callback URLs included) with the bare aiohttp client."""
+    return await closed_loop(
+        targets,
+        concurrency=ctx.plan.dispatch_concurrency,
+        duration=60.0,
+        max_requests=len(targets),
+        tick=ctx.report(f"dispatcher: bare aiohttp client, {what}", len(targets)),
+    )
+
+
 async def warm_up(ctx: Context, deployment: Deployment) -> None:
     """Dispatch one task through `deployment`, so its dispatcher has joined its consumer group."""
-    # No progress bar: this runs while another phase may be showing its own.
-    prefix = f"bench-{ctx.run_id}-dwarm-"
+    # No progress bar: this runs while another phase may be showing its own. A prefix of its
+    # own: the deployments share one database, and an earlier warm-up's task would answer.
+    prefix = f"bench-{ctx.run_id}-dwarm-{uuid.uuid4().hex[:6]}-"
     await _publish_tasks(ctx, deployment, prefix, 1)
     initiated, other = await wait_until(
         lambda: _progress(deployment, prefix), lambda done: sum(done) >= 1, within=90
@@ -225,15 +246,8 @@ async def run(ctx: Context, deployment: Deployment) -> PhaseResult:
         what = f"round {number}/{plan.dispatch_rounds}"
         backlog = await _dispatch_backlog(ctx, deployment, prefix, f"dispatcher, {what}")
         cpu_ms = ctx.meter.cpu_ms(ALONE, backlog.cpu_before, backlog.finished)
-        # The same bodies the dispatcher sent (callback URLs included), to the same endpoint.
         targets = await _bodies_sent(ctx, deployment, prefix)
-        bare = await closed_loop(
-            targets,
-            concurrency=plan.dispatch_concurrency,
-            duration=60.0,
-            max_requests=len(targets),
-            tick=ctx.report(f"dispatcher: bare aiohttp client, {what}", len(targets)),
-        )
+        bare = await _posted_bare(ctx, targets, what)
         # What the HTTP exchange alone costs through the dispatcher's client (guard, headers,
         # capped read) over the transport it uses, beside the same ceiling.
         client = await _through_webhook_client(
@@ -433,6 +447,67 @@ async def run_replicas(ctx: Context, deployment: Deployment, bare_per_second: fl
         "initiated": backlog.dispatched,
         "seconds": round(backlog.seconds, 3),
         "cpu_ms_per_unit": f"dispatchers together CPU {cpu_ms:.1f} ms per task",
+    }
+    return result
+
+
+async def run_answered_in_process(ctx: Context, deployment: Deployment) -> PhaseResult:
+    """Take turns, in rounds: a backlog through a dispatcher whose requests are answered in
+    its own process (`bench.servers dispatcher-answered-in-process`), then the bare client.
+
+    Its process is metered as `ANSWERED_IN_PROCESS`.
+    """
+    plan = ctx.plan
+    backlogs: list[_Backlog] = []
+    bares: list[LoadResult] = []
+    cpu_ms: list[float] = []
+    for number in range(1, plan.dispatch_rounds + 1):
+        prefix = f"bench-{ctx.run_id}-da{number}-"
+        what = f"answered in process, round {number}/{plan.dispatch_rounds}"
+        backlog = await _dispatch_backlog(ctx, deployment, prefix, f"dispatcher {what}")
+        cpu_ms.append(ctx.meter.cpu_ms(ANSWERED_IN_PROCESS, backlog.cpu_before, backlog.finished))
+        bares.append(await _posted_bare(ctx, await _bodies_sent(ctx, deployment, prefix), what))
+        backlogs.append(backlog)
+    bare = LoadResult.combined(bares)
+    dispatched = sum(backlog.dispatched for backlog in backlogs)
+    seconds = sum(backlog.seconds for backlog in backlogs)
+    ratios = [
+        backlog.rate / load.ok_per_second
+        for backlog, load in zip(backlogs, bares, strict=True)
+        if load.ok_per_second
+    ]
+    # 202, the in-process answer; the external service would have answered 200.
+    answers = await fetch(deployment.database_url, _STATUSES, f"bench-{ctx.run_id}-da%")
+    result = PhaseResult()
+    result.rows = [
+        Row(
+            "Dispatcher",
+            "dispatches/s, requests answered in process",
+            dispatched / seconds if seconds > 0 else 0.0,
+            bare.ok_per_second,
+            "/s",
+            "higher",
+            "bare aiohttp client",
+            f"as the row above, {plan.dispatch_rounds} rounds of {plan.dispatch_tasks} tasks "
+            f"(ratio per round {ratio_range(ratios)}), but every request answered in the "
+            "dispatcher's own process (httpx's MockTransport: 202 and an acknowledgement; "
+            "its SSRF guard, headers and reading of the answer still run): what it costs "
+            "besides the exchange over a socket, the most any transport could give it",
+        )
+    ]
+    result.facts = {
+        "tasks": plan.dispatch_tasks * plan.dispatch_rounds,
+        "finished": sum(backlog.finished for backlog in backlogs),
+        "initiated": dispatched,
+        "seconds": round(seconds, 3),
+        "cpu_ms_per_unit": f"dispatcher CPU {sum(cpu_ms) / len(cpu_ms):.2f} ms per task (rounds: "
+        + ", ".join(f"{one:.2f}" for one in cpu_ms)
+        + ")",
+        "statuses": {str(row["status_code"]): row["attempts"] for row in answers},
+        "rounds": [
+            {"dispatches_per_s": round(backlog.rate), "bare_per_s": round(load.ok_per_second)}
+            for backlog, load in zip(backlogs, bares, strict=True)
+        ],
     }
     return result
 

@@ -88,14 +88,15 @@ async def _phases(
     # efficiency phase run in the whole system, started after them.
     lone_gateway = Deployment.create(infra, "gateway", log_dir, env)
     lone_dispatcher = Deployment.create(infra, "dispatcher", log_dir, env)
+    answered = Deployment.create(infra, "dispatcher-answered", log_dir, env)
     system = Deployment.create(infra, "system", log_dir, env)
     await create_topics(ctx.bootstrap, [lone_gateway, system])
     # Partitioned as deployed: the dispatcher is measured as one process, then as its replicas.
-    await create_topics(ctx.bootstrap, [lone_dispatcher], as_deployed=True)
+    await create_topics(ctx.bootstrap, [lone_dispatcher, answered], as_deployed=True)
     noop = ServerProcess("noop", log_dir)
     in_memory = ServerProcess("gateway-in-memory", log_dir, env=lone_gateway.stack.environment())
     meter = ctx.meter
-    with _started(noop, in_memory, lone_gateway, lone_dispatcher, system):
+    with _started(noop, in_memory, lone_gateway, lone_dispatcher, answered, system):
         # One deployment at a time: idle consumers poll the broker many times a second, and
         # that slowed its answers to the gateway (p99 at the fixed rate up to 8 times worse).
         lone_gateway.start(["callback-gateway"])
@@ -128,6 +129,21 @@ async def _phases(
         results["dispatcher replicas"] = await _metered(meter, replicas)
         results["dispatcher replicas"].facts["waited_for_idle_s"] = round(waited, 1)
         lone_dispatcher.stop()
+
+        # Started once the lone dispatcher has stopped, so the two do not share the CPUs.
+        answering = ServerProcess(
+            "dispatcher-answered-in-process", log_dir, env=answered.stack.environment()
+        )
+        with _started(answering):
+            meter.watch(dispatcher.ANSWERED_IN_PROCESS, answering.pid)
+            await dispatcher.warm_up(ctx, answered)
+            waited = await meter.settle(
+                [dispatcher.ANSWERED_IN_PROCESS], within=ctx.plan.settle_seconds
+            )
+            console.log("the dispatcher whose requests are answered in process is warm")
+            bound = await _metered(meter, dispatcher.run_answered_in_process(ctx, answered))
+            bound.facts["waited_for_idle_s"] = round(waited, 1)
+            results["dispatcher answered in process"] = bound
 
         system.start(SERVICES)
         system.stack.wait_for_gateway(timeout=90)

@@ -8,6 +8,10 @@
 # calls back at once, calls back after a delay, or holds the request as a synchronous
 # service would. It records when each request arrived
 # and when each callback was accepted, and hands the records over on `GET /records`.
+# `dispatcher-answered-in-process` is not a server: it is the dispatcher, settings from the
+# environment as the dispatcher reads them, with every request answered in its own process
+# (httpx's MockTransport, 202 and an acknowledgement) instead of over a socket: what the
+# dispatcher costs besides its HTTP exchange, the ceiling no transport could lift it past.
 
 from __future__ import annotations
 
@@ -21,12 +25,16 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import aiohttp
+import httpx
 import uvicorn
+from webhook_tasks_dispatcher.main import serve as serve_dispatcher
+from webhook_tasks_dispatcher.settings import DispatcherSettings
 from webhook_tasks_gateway.app import create_app
 from webhook_tasks_gateway.http_protocol import CoalescingHttpToolsProtocol
 from webhook_tasks_gateway.settings import GatewaySettings
 from webhook_tasks_runtime.kafka import OutgoingMessage
-from webhook_tasks_runtime.worker import settle_heap
+from webhook_tasks_runtime.logging import configure_logging
+from webhook_tasks_runtime.worker import run_until_signalled, settle_heap
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -208,12 +216,29 @@ def serve(app: App, port: int) -> None:
         uvloop.run(uvicorn.Server(config).serve())
 
 
+def _acknowledged(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(202, content=ACCEPTED, headers={"content-type": "application/json"})
+
+
+def dispatch_answered_in_process() -> None:
+    """Run the dispatcher, as it runs deployed, with its requests answered in this process."""
+    settings = DispatcherSettings()
+    configure_logging("dispatcher", level=settings.log_level, fmt=settings.log_format)
+    answered = httpx.MockTransport(_acknowledged)
+    run_until_signalled(lambda stop: serve_dispatcher(settings, stop, transport=answered))
+
+
 def main() -> None:
     """Run one server: `python -m bench.servers noop|gateway-in-memory|sink --port N`."""
     parser = argparse.ArgumentParser(prog="python -m bench.servers")
-    parser.add_argument("server", choices=["noop", "gateway-in-memory", "sink"])
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "server", choices=["noop", "gateway-in-memory", "sink", "dispatcher-answered-in-process"]
+    )
+    parser.add_argument("--port", type=int, required=True, help="unused by the dispatcher")
     args = parser.parse_args()
+    if args.server == "dispatcher-answered-in-process":
+        dispatch_answered_in_process()
+        return
     apps: dict[str, Callable[[], App]] = {
         "noop": lambda: noop_app,
         "gateway-in-memory": gateway_in_memory,

@@ -73,6 +73,14 @@ def test_quick_benchmark_prints_the_table_and_writes_json_and_chart(tmp_path: Pa
         assert busy[process] > 5, busy
     [row] = [row for row in document["rows"] if "replicas as deployed" in row["name"]]
     assert row["ceiling"] == dispatcher_row["ceiling"], row
+    # The dispatcher with its requests answered in its own process: every task sent, in rounds.
+    answered = document["facts"]["dispatcher answered in process"]
+    assert answered["initiated"] == answered["tasks"], answered
+    assert answered["statuses"] == {"202": answered["tasks"]}, answered  # the sink answers 200
+    assert len(answered["rounds"]) == 2, answered
+    for one in answered["rounds"]:
+        assert min(one.values()) > 0, answered["rounds"]
+    assert answered["cpu_percent_of_one_core"]["dispatcher (requests answered in process)"] > 5
     for stream in ("quiet", "busy"):
         end_to_end = document["facts"]["end to end"][stream]
         assert end_to_end["terminal_comments"] == end_to_end["tasks"], end_to_end

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import httpx
 from webhook_tasks_runtime.catch_up import GroupCatchUp
 from webhook_tasks_runtime.db import load_migrations
 from webhook_tasks_runtime.logging import configure_logging
@@ -22,20 +23,25 @@ from .service import Dispatcher
 from .settings import DispatcherSettings
 
 
-async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
-    """Dispatch tasks until `stop` is set."""
+async def serve(
+    settings: DispatcherSettings,
+    stop: asyncio.Event,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> None:
+    """Dispatch tasks until `stop` is set; `transport`, if given, carries the requests."""
 
     async def build(resources: WorkerResources) -> WorkerParts:
         tracing = create_tracer_provider(settings, "dispatcher")
         if tracing is not None:
             resources.exit_stack.callback(tracing.shutdown)
         guard = settings.url_guard()
-        transport = create_transport(
+        outbound = transport or create_transport(
             guard=guard,
             max_connections=settings.max_connections,
             max_connections_per_host=settings.max_connections_per_host,
         )
-        resources.exit_stack.push_async_callback(transport.aclose)
+        resources.exit_stack.push_async_callback(outbound.aclose)
         callbacks_caught_up = GroupCatchUp(
             settings.kafka_bootstrap_servers,
             topic=settings.topics.callback_received,
@@ -50,7 +56,7 @@ async def serve(settings: DispatcherSettings, stop: asyncio.Event) -> None:
         dispatcher = Dispatcher(
             pool=resources.pool,
             webhooks=WebhookClient(
-                transport,
+                outbound,
                 guard=guard,
                 max_response_bytes=settings.max_response_bytes,
                 timeout_seconds=settings.request_timeout_seconds,
