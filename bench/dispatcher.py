@@ -452,10 +452,10 @@ async def run_replicas(ctx: Context, deployment: Deployment, bare_per_second: fl
 
 
 async def run_answered_in_process(ctx: Context, deployment: Deployment) -> PhaseResult:
-    """Take turns, in rounds: a backlog through a dispatcher whose requests are answered in
-    its own process (`bench.servers dispatcher-answered-in-process`), then the bare client.
+    """Take turns, in rounds: a backlog through `deployment`'s dispatcher, then the bare client.
 
-    Its process is metered as `ANSWERED_IN_PROCESS`.
+    That dispatcher answers its requests in its own process (`python -m bench.servers
+    dispatcher-answered-in-process`); it is metered as `ANSWERED_IN_PROCESS`.
     """
     plan = ctx.plan
     backlogs: list[_Backlog] = []
