@@ -105,6 +105,7 @@ def claim(ref: TaskRef, correlation_id: str) -> dispatcher_repository.Claim:
             auth=None,
             attempts=0,
             timeout_seconds=300,
+            pending_since=NOW,
         ),
         created_at=NOW,
         lease_until=NOW,

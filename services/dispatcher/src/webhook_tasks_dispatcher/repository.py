@@ -111,6 +111,8 @@ class PendingRequest:
     attempts: int
     """How many requests were sent before this one."""
     timeout_seconds: float
+    pending_since: datetime
+    """When the task's request was recorded: it may stay pending only so long after."""
     traceparent: str | None = None
     """The dispatch's trace (W3C traceparent); None when tracing is off."""
 
@@ -126,6 +128,7 @@ class PendingRequest:
             auth=SecretStr(auth) if auth is not None else None,
             attempts=record["attempts"],
             timeout_seconds=record["timeout_seconds"],
+            pending_since=record["pending_since"],
             traceparent=record["traceparent"],
         )
 
@@ -224,10 +227,10 @@ async def insert_tasks(conn: asyncpg.Connection, claims: Sequence[Claim]) -> set
         )
         INSERT INTO dispatch_requests (
             correlation_id, webhook_url, mode, body, auth, attempts, next_attempt_at,
-            lease_seconds, timeout_seconds, traceparent
+            lease_seconds, timeout_seconds, traceparent, pending_since
         )
         SELECT correlation_id, webhook_url, mode, body, auth, 0, due_at, lease_seconds,
-            timeout_seconds, traceparent
+            timeout_seconds, traceparent, created_at
         FROM input JOIN recorded USING (correlation_id)
         RETURNING correlation_id
         """,

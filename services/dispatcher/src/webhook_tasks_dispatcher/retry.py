@@ -21,9 +21,12 @@ class Retry:
 
 @dataclass(frozen=True, slots=True)
 class GiveUp:
-    """Do not send again: the failure is permanent or the attempts are used up."""
+    """Do not send again: the failure is permanent, or the attempts or the time are used up."""
 
     why: str
+    shown: bool = False
+    """Whether `why` goes into the task's reason too: the failure alone says why there is no
+    retry, but for the pending limit, which a retry would have passed."""
 
 
 def is_retryable(status_code: int | None) -> bool:
@@ -38,6 +41,10 @@ class RetryPolicy:
     schedule: tuple[float, ...] = DEFAULT_SCHEDULE
     max_attempts: int = len(DEFAULT_SCHEDULE) + 1
     retry_after_cap_seconds: float = 600.0
+    max_pending_seconds: float = 3600.0
+    """The longest a task may wait for its request to be accepted, counted from its arrival:
+    held for its host's open circuit, its waits use no attempts, and would otherwise last as
+    long as the host stays down."""
     rng: random.Random = field(default_factory=random.Random, compare=False)
 
     def __post_init__(self) -> None:
@@ -57,8 +64,10 @@ class RetryPolicy:
         status_code: int | None,
         retry_after_seconds: float | None,
         now: datetime,
+        pending_since: datetime,
     ) -> Retry | GiveUp:
-        """Decide what follows the `attempts_made`-th failed request."""
+        """Decide what follows the `attempts_made`-th failed request of a task that arrived
+        at `pending_since`."""
         if not is_retryable(status_code):
             return GiveUp(f"HTTP {status_code} is not worth retrying")
         if attempts_made >= self.max_attempts:
@@ -69,7 +78,19 @@ class RetryPolicy:
         else:
             # Full jitter spreads a burst of failures over the whole window.
             delay = self.rng.uniform(0.0, self.backoff_bound(attempts_made))
-        return Retry(now + timedelta(seconds=delay), delay)
+        retry = Retry(now + timedelta(seconds=delay), delay)
+        if self.too_late(retry.at, pending_since=pending_since):
+            return GiveUp(self.too_late_reason, shown=True)
+        return retry
+
+    def too_late(self, next_try: datetime, *, pending_since: datetime) -> bool:
+        """Tell whether a try at `next_try` would keep the task pending longer than allowed."""
+        return next_try > pending_since + timedelta(seconds=self.max_pending_seconds)
+
+    @property
+    def too_late_reason(self) -> str:
+        """Return why a task that was pending too long was given up."""
+        return f"not accepted within {self.max_pending_seconds:g}s of the task's arrival"
 
 
 def parse_retry_after(value: str | None, *, now: datetime) -> float | None:

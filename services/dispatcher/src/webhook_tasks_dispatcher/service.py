@@ -254,6 +254,7 @@ class Dispatcher:
             else None,
             attempts=0,
             timeout_seconds=metadata.timeout_seconds,
+            pending_since=now,
             traceparent=traceparent,
         )
         lease = self._lease.total_seconds()
@@ -432,6 +433,14 @@ class Dispatcher:
         now = self._clock()
         wait_until = self._breakers.permit(origin, now)
         if wait_until is not None:
+            if self._retry.too_late(wait_until, pending_since=pending.pending_since):
+                self._no_longer_held(origin, pending.correlation_id)
+                await self._give_up_held(
+                    pending,
+                    now,
+                    f"not sent: the circuit for {origin} is open, as its last requests failed",
+                )
+                return
             await self._hold(pending, wait_until, f"waiting: circuit open for {origin}")
             if self._breakers.state(origin) is BreakerState.CLOSED:
                 # The circuit closed while this request was being held: it need not wait.
@@ -441,10 +450,7 @@ class Dispatcher:
             else:
                 self._held_for_circuit.setdefault(origin, {})[pending.correlation_id] = wait_until
             return
-        for holds in (self._held_for_circuit, self._held_for_slot):
-            held = holds.get(origin)
-            if held is not None:
-                held.pop(pending.correlation_id, None)  # no longer held: it goes now
+        self._no_longer_held(origin, pending.correlation_id)  # it goes now
         try:
             auth = self._sealer.open(pending.correlation_id, pending.auth) if pending.auth else None
         except SealError as error:
@@ -481,6 +487,9 @@ class Dispatcher:
         if result.outcome == "busy":
             # Not an attempt: the host is answering others. Queued in the database, not here.
             until = self._clock() + timedelta(seconds=self._retry.rng.uniform(1.0, 5.0))
+            if self._retry.too_late(until, pending_since=pending.pending_since):
+                await self._give_up_held(pending, now, f"not sent: {result.error} at {origin}")
+                return
             await self._hold(pending, until, f"waiting: {origin} {result.error}")
             self._held_for_slot.setdefault(origin, {})[pending.correlation_id] = until
             return
@@ -535,6 +544,23 @@ class Dispatcher:
             name, context=context, kind=kind, attributes=attributes
         )
 
+    def _no_longer_held(self, origin: str, correlation_id: str) -> None:
+        """Forget that this process held the request for `origin` (its circuit, or a slot)."""
+        for holds in (self._held_for_circuit, self._held_for_slot):
+            held = holds.get(origin)
+            if held is not None:
+                held.pop(correlation_id, None)
+
+    async def _give_up_held(self, pending: repo.PendingRequest, now: datetime, why: str) -> None:
+        """Fail a task whose request would be held past its pending limit: not sent, unreachable."""
+        ATTEMPTS.labels("unreachable").inc()
+        await self._settle_dispatch(
+            pending,
+            now,
+            DeliveryResult("unreachable", 0.0, error=f"{why}; {self._retry.too_late_reason}"),
+            give_up=True,
+        )
+
     async def _hold(self, pending: repo.PendingRequest, until: datetime, reason: str) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             await repo.reschedule_request(
@@ -585,7 +611,12 @@ class Dispatcher:
         asyncio.get_running_loop().call_later(delay, self._due.set)
 
     async def _settle_dispatch(
-        self, pending: repo.PendingRequest, started: datetime, result: DeliveryResult
+        self,
+        pending: repo.PendingRequest,
+        started: datetime,
+        result: DeliveryResult,
+        *,
+        give_up: bool = False,
     ) -> None:
         now = self._clock()
         attempt = pending.attempts + 1
@@ -594,7 +625,11 @@ class Dispatcher:
             return
         decision: Retry | GiveUp | None = None
         if result.outcome != "accepted":
-            if result.outcome == "refused" or (pending.mode == "sync" and result.timed_out):
+            if (
+                give_up
+                or result.outcome == "refused"
+                or (pending.mode == "sync" and result.timed_out)
+            ):
                 decision = GiveUp(result.reason)
             else:
                 decision = self._retry.after_failure(
@@ -602,6 +637,7 @@ class Dispatcher:
                     status_code=result.status_code,
                     retry_after_seconds=parse_retry_after(result.retry_after, now=now),
                     now=now,
+                    pending_since=pending.pending_since,
                 )
         events: list[LifecycleEvent] = []
         async with self._pool.acquire() as conn, conn.transaction():
@@ -622,7 +658,8 @@ class Dispatcher:
                 )
             else:
                 await repo.forget_request(conn, pending.correlation_id)
-                events = await self._conclude(conn, pending, result, now)
+                shown = decision.why if isinstance(decision, GiveUp) and decision.shown else None
+                events = await self._conclude(conn, pending, result, now, also=shown)
             await self._queue(conn, [(event, pending.traceparent) for event in events])
         self._after_commit()
         if isinstance(decision, Retry):
@@ -677,11 +714,15 @@ class Dispatcher:
         pending: repo.PendingRequest,
         result: DeliveryResult,
         now: datetime,
+        *,
+        also: str | None = None,
     ) -> list[LifecycleEvent]:
+        """Record how the task's request ended; `also` says more on why it failed."""
         cid = pending.correlation_id
         if result.outcome != "accepted":
-            row = await repo.finish(conn, cid, TaskStatus.FAILED, now=now, reason=result.reason)
-            return [_failed_dispatch(row, result)] if row is not None else []
+            reason = f"{result.reason}; {also}" if also else result.reason
+            row = await repo.finish(conn, cid, TaskStatus.FAILED, now=now, reason=reason)
+            return [_failed_dispatch(row, result, reason)] if row is not None else []
         # Accepted in callback mode is settled in batches (_settle_acceptance): this is sync,
         # whose answer is the result itself.
         row = await repo.mark_initiated(
@@ -1103,14 +1144,14 @@ def _dispatched(row: repo.TaskRow) -> TaskDispatched:
     )
 
 
-def _failed_dispatch(row: repo.TaskRow, result: DeliveryResult) -> TaskFailed:
+def _failed_dispatch(row: repo.TaskRow, result: DeliveryResult, reason: str) -> TaskFailed:
     return TaskFailed(
         event_id=derived_event_id(row.correlation_id, "terminal"),
         correlation_id=row.correlation_id,
         task=_ref(row),
         # A refused URL is ours to refuse, like a 4xx: the request itself is wrong.
         cause="dispatch_unreachable" if result.outcome == "unreachable" else "dispatch_rejected",
-        reason=result.reason,
+        reason=reason,
     )
 
 

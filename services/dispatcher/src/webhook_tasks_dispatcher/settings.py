@@ -36,6 +36,9 @@ class DispatcherSettings(DatabaseSettings, CallbackTokenSettings):
     retry_max_attempts: int = Field(default=6, ge=1, le=100)
     retry_after_cap_seconds: float = Field(default=600.0, ge=0)
     """A Retry-After longer than this is shortened to it."""
+    max_pending_seconds: float = Field(default=3600.0, gt=0)
+    """How long after its arrival a task may wait for its request to be accepted: a retry or
+    a hold (an open circuit, a busy host) that would end later fails the task at once."""
     outbound_allowlist: str = ""
     """Comma-separated CIDRs and host names the SSRF guard lets through (e.g. 127.0.0.1/32)."""
     dns_cache_seconds: float = Field(default=10.0, ge=0)
@@ -83,6 +86,7 @@ class DispatcherSettings(DatabaseSettings, CallbackTokenSettings):
             schedule=tuple(float(step) for step in self.retry_schedule.split(",") if step.strip()),
             max_attempts=self.retry_max_attempts,
             retry_after_cap_seconds=self.retry_after_cap_seconds,
+            max_pending_seconds=self.max_pending_seconds,
         )
 
     def url_guard(self) -> UrlGuard:

@@ -31,7 +31,13 @@ from webhook_tasks_dispatcher.retry import RetryPolicy
 from webhook_tasks_dispatcher.sealing import RequestSealer
 from webhook_tasks_dispatcher.service import Dispatcher
 from webhook_tasks_dispatcher.settings import DispatcherSettings
-from webhook_tasks_runtime.db import create_pool, load_migrations, migrate, runtime_migrations
+from webhook_tasks_runtime.db import (
+    Migration,
+    create_pool,
+    load_migrations,
+    migrate,
+    runtime_migrations,
+)
 from webhook_tasks_runtime.infra import Infrastructure
 
 
@@ -140,16 +146,44 @@ def with_service(
     return under_test.another(webhooks=webhooks, **overrides)
 
 
+MIGRATIONS = runtime_migrations() + load_migrations("webhook_tasks_dispatcher")
+"""Every migration of the dispatcher's schema, in order."""
+
+
+def migrations_through(name: str) -> list[Migration]:
+    """Return the migrations up to and including `name`."""
+    names = [migration.name for migration in MIGRATIONS]
+    return MIGRATIONS[: names.index(name) + 1]
+
+
 @pytest.fixture
 async def pool(infrastructure: Infrastructure, unique_schema: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(infrastructure.database_url, unique_schema, max_size=20)
-    await migrate(
-        pool, unique_schema, runtime_migrations() + load_migrations("webhook_tasks_dispatcher")
-    )
+    await migrate(pool, unique_schema, MIGRATIONS)
     try:
         yield pool
     finally:
         await pool.execute(f'DROP SCHEMA "{unique_schema}" CASCADE')
+        await pool.close()
+
+
+@pytest.fixture
+async def schema_before(
+    infrastructure: Infrastructure, unique_schema: str
+) -> AsyncIterator[Callable[[str], Awaitable[asyncpg.Pool]]]:
+    """Return a function giving a pool on a schema migrated up to, not including, a migration."""
+    schema = f"{unique_schema}_upgrade"
+    pools: list[asyncpg.Pool] = []
+
+    async def migrated_before(name: str) -> asyncpg.Pool:
+        pool = await create_pool(infrastructure.database_url, schema, max_size=4)
+        pools.append(pool)
+        await migrate(pool, schema, migrations_through(name)[:-1])
+        return pool
+
+    yield migrated_before
+    for pool in pools:
+        await pool.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await pool.close()
 
 

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
-from webhook_tasks_runtime.db import create_pool, load_migrations, migrate, runtime_migrations
-from webhook_tasks_runtime.infra import Infrastructure
+from webhook_tasks_runtime.db import migrate
 
-from .conftest import DispatcherUnderTest
+from .conftest import DispatcherUnderTest, migrations_through
 from .test_dispatcher_service import task_request
 
 pytestmark = pytest.mark.integration
 
-MIGRATIONS = runtime_migrations() + load_migrations("webhook_tasks_dispatcher")
 UNAMBIGUOUS_KEYS = "webhook_tasks_dispatcher/0008_unambiguous_idempotency_keys.sql"
 
 
@@ -38,24 +36,10 @@ async def test_tasks_whose_ids_and_request_ids_read_alike_are_each_dispatched(
     assert count == 2
 
 
-@pytest.fixture
-async def before_upgrade(
-    infrastructure: Infrastructure, unique_schema: str
-) -> AsyncIterator[asyncpg.Pool]:
-    schema = f"{unique_schema}_upgrade"
-    pool = await create_pool(infrastructure.database_url, schema, max_size=4)
-    names = [migration.name for migration in MIGRATIONS]
-    await migrate(pool, schema, MIGRATIONS[: names.index(UNAMBIGUOUS_KEYS)])
-    try:
-        yield pool
-    finally:
-        await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await pool.close()
-
-
 async def test_upgrading_rewrites_the_keys_of_task_ids_with_a_slash_or_percent_sign(
-    before_upgrade: asyncpg.Pool,
+    schema_before: Callable[[str], Awaitable[asyncpg.Pool]],
 ) -> None:
+    before_upgrade = await schema_before(UNAMBIGUOUS_KEYS)
     # Keys as the earlier releases wrote them: "<task id>/<request id or event id>".
     written = {
         "c1": ("orders/42", "orders/42/retry-1"),
@@ -76,7 +60,8 @@ async def test_upgrading_rewrites_the_keys_of_task_ids_with_a_slash_or_percent_s
         )
 
     schema = await before_upgrade.fetchval("SELECT current_schema()")
-    assert await migrate(before_upgrade, schema, MIGRATIONS) == [UNAMBIGUOUS_KEYS]
+    upgrade = migrations_through(UNAMBIGUOUS_KEYS)
+    assert await migrate(before_upgrade, schema, upgrade) == [UNAMBIGUOUS_KEYS]
 
     rows = await before_upgrade.fetch("SELECT correlation_id, idempotency_key FROM tasks")
     keys = {row["correlation_id"]: row["idempotency_key"] for row in rows}

@@ -6,7 +6,8 @@ import asyncio
 import gzip
 import itertools
 import json
-from collections.abc import Callable, Sequence
+import random
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -26,11 +27,19 @@ from webhook_tasks_dispatcher import repository as repo
 from webhook_tasks_dispatcher.breaker import CircuitBreakers
 from webhook_tasks_dispatcher.client import DeliveryResult, OutboundRequest, WebhookClient
 from webhook_tasks_dispatcher.guard import UrlGuard
+from webhook_tasks_dispatcher.retry import RetryPolicy
 from webhook_tasks_dispatcher.service import Dispatcher
 from webhook_tasks_dispatcher.signing import SigningKeys
 from webhook_tasks_runtime.backoff import RetryDelays
+from webhook_tasks_runtime.db import migrate
 
-from .conftest import DispatcherUnderTest, HeldService, resolve_publicly, with_service
+from .conftest import (
+    DispatcherUnderTest,
+    HeldService,
+    migrations_through,
+    resolve_publicly,
+    with_service,
+)
 from .test_dispatcher_service import SECRET, task_request
 
 pytestmark = pytest.mark.integration
@@ -461,6 +470,103 @@ async def test_an_open_circuit_holds_a_hosts_tasks_then_probes_and_resumes(
     assert sorted(set(bodies)) == sorted({first.task_id, second.task_id, third.task_id})
 
 
+async def test_a_task_an_open_circuit_would_hold_past_its_pending_limit_fails_unsent(
+    under_test: DispatcherUnderTest,
+) -> None:
+    dispatcher = under_test.another(
+        breakers=CircuitBreakers(failure_threshold=1, cool_down=timedelta(seconds=300)),
+        retry=RetryPolicy(max_pending_seconds=100, rng=random.Random(4)),
+    )
+    under_test.service.answer = answers(httpx.Response(503))
+    first, held = task_request(), task_request()
+    await dispatcher.dispatch(first)  # answered 503: the circuit opens for 300 s
+    # Held to the end of the cool-down, it would still be pending past its 100 s.
+    await dispatcher.dispatch(held)
+
+    task = await the_task(under_test, held.task_id)
+    assert task.status.value == "failed"
+    bodies = [json.loads(request.content)["taskId"] for request in under_test.service.received]
+    assert bodies == [first.task_id], "the held task's request was never sent"
+    (attempt,) = await attempts(under_test, task)
+    assert attempt.outcome == "unreachable"
+    (failure,) = await lifecycle(under_test)
+    assert isinstance(failure, TaskFailed)
+    assert failure.cause == "dispatch_unreachable"
+    assert failure.reason == task.status_reason
+    assert failure.reason == (
+        "the external service could not be reached (not sent: the circuit for "
+        "svc.example.com:443 is open, as its last requests failed; not accepted within 100s "
+        "of the task's arrival)"
+    )
+    # The first task's retry, due within a second, meets the same open circuit.
+    under_test.clock.advance(1)
+    await dispatcher.send_due()
+    assert await status_of(under_test, first.task_id) == "failed"
+    assert len(under_test.service.received) == 1
+
+
+async def test_a_retry_after_beyond_the_pending_limit_fails_the_task_at_once(
+    under_test: DispatcherUnderTest,
+) -> None:
+    dispatcher = under_test.another(retry=RetryPolicy(max_pending_seconds=60, rng=random.Random(4)))
+    under_test.service.answer = answers(httpx.Response(503, headers={"retry-after": "61"}))
+    request = task_request()
+
+    await dispatcher.dispatch(request)
+
+    task = await the_task(under_test, request.task_id)
+    assert task.status.value == "failed"
+    assert task.status_reason == (
+        "the external service answered HTTP 503; not accepted within 60s of the task's arrival"
+    )
+    (attempt,) = await attempts(under_test, task)
+    assert attempt.status_code == 503
+    assert attempt.retry_at is None
+
+
+PENDING_SINCE = "webhook_tasks_dispatcher/0009_pending_since.sql"
+
+
+async def test_upgrading_counts_a_kept_requests_pending_time_from_its_tasks_arrival(
+    schema_before: Callable[[str], Awaitable[asyncpg.Pool]],
+) -> None:
+    pool = await schema_before(PENDING_SINCE)
+    arrived = utc_now().replace(microsecond=0) - timedelta(minutes=50)
+
+    async def record_pending(correlation_id: str) -> None:
+        # As a release before the migration records a task and its request.
+        await pool.execute(
+            "INSERT INTO tasks (correlation_id, idempotency_key, task_id, user_id, project_id,"
+            " webhook_url, mode, timeout_seconds, status, created_at, updated_at)"
+            " VALUES ($1, $1, $1, 'u', 'p', 'https://svc.example.com/run', 'callback', 60,"
+            " 'pending', $2, $2)",
+            correlation_id,
+            arrived,
+        )
+        await pool.execute(
+            "INSERT INTO dispatch_requests (correlation_id, webhook_url, mode, body,"
+            " next_attempt_at, lease_seconds, timeout_seconds)"
+            " VALUES ($1, 'https://svc.example.com/run', 'callback', '{}', $2, 120, 60)",
+            correlation_id,
+            arrived,
+        )
+
+    await record_pending("kept")
+    schema = await pool.fetchval("SELECT current_schema()")
+    assert await migrate(pool, schema, migrations_through(PENDING_SINCE)) == [PENDING_SINCE]
+    # A replica of the earlier release, still running during the upgrade, records one more.
+    await record_pending("recorded-during-the-upgrade")
+
+    since = {
+        row["correlation_id"]: row["pending_since"]
+        for row in await pool.fetch("SELECT correlation_id, pending_since FROM dispatch_requests")
+    }
+    assert since["kept"] == arrived, "kept before: counted from its task's arrival"
+    assert utc_now() - since["recorded-during-the-upgrade"] < timedelta(minutes=1), (
+        "recorded without it: counted from its insert"
+    )
+
+
 async def test_requests_held_by_an_open_circuit_go_as_soon_as_its_probe_succeeds(
     under_test: DispatcherUnderTest,
 ) -> None:
@@ -747,6 +853,28 @@ async def test_a_busy_host_holds_the_task_without_counting_an_attempt_or_a_failu
     task = await the_task(under_test, request.task_id)
     assert task.status.value == "initiated", "a busy host is no failure: its breaker stays shut"
     assert [a.outcome for a in await attempts(under_test, task)] == ["accepted"]
+
+
+async def test_a_busy_host_past_the_pending_limit_fails_the_task_unsent(
+    under_test: DispatcherUnderTest,
+) -> None:
+    # Every hold for a busy host lasts 1-5 s: with half a second, any is past the limit.
+    dispatcher = under_test.another(
+        webhooks=BusyOnceClient(under_test.webhooks),
+        retry=RetryPolicy(max_pending_seconds=0.5, rng=random.Random(4)),
+    )
+    request = task_request()
+
+    await dispatcher.dispatch(request)
+
+    task = await the_task(under_test, request.task_id)
+    assert task.status.value == "failed"
+    assert under_test.service.received == []
+    assert task.status_reason == (
+        "the external service could not be reached (not sent: every request this host may "
+        "have is in flight at svc.example.com:443; not accepted within 0.5s of the task's "
+        "arrival)"
+    )
 
 
 async def test_a_sender_whose_claims_fail_keeps_trying_and_sends_once_the_database_answers(

@@ -290,11 +290,15 @@ async def test_a_callback_before_the_acknowledgement_still_wins(
     original = under_test.dispatcher._settle_dispatch
 
     async def settle_late(
-        pending: repo.PendingRequest, started: datetime, result: DeliveryResult
+        pending: repo.PendingRequest,
+        started: datetime,
+        result: DeliveryResult,
+        *,
+        give_up: bool = False,
     ) -> None:
         # The callback lands between the external service's 2xx and our commit.
         await under_test.dispatcher.apply_callback(callback(str(holder["cid"]), "success"))
-        await original(pending, started, result)
+        await original(pending, started, result, give_up=give_up)
 
     # Slowed down on purpose, so the callback lands first.
     under_test.dispatcher._settle_dispatch = settle_late  # type: ignore[method-assign]

@@ -39,9 +39,31 @@ NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 def test_only_no_answer_429_and_5xx_are_retried(status: int | None, retryable: bool) -> None:
     assert is_retryable(status) is retryable
     decision = RetryPolicy().after_failure(
-        attempts_made=1, status_code=status, retry_after_seconds=None, now=NOW
+        attempts_made=1, status_code=status, retry_after_seconds=None, now=NOW, pending_since=NOW
     )
     assert isinstance(decision, Retry) is retryable
+
+
+def test_a_retry_that_would_come_after_the_pending_limit_gives_the_task_up_now() -> None:
+    policy = RetryPolicy(max_pending_seconds=3600.0)
+    arrived = NOW - timedelta(seconds=3590)
+
+    in_time = policy.after_failure(
+        attempts_made=1, status_code=503, retry_after_seconds=10, now=NOW, pending_since=arrived
+    )
+    too_late = policy.after_failure(
+        attempts_made=1, status_code=503, retry_after_seconds=11, now=NOW, pending_since=arrived
+    )
+
+    assert in_time == Retry(NOW + timedelta(seconds=10), 10), "at the limit itself it still goes"
+    assert too_late == GiveUp("not accepted within 3600s of the task's arrival", shown=True)
+
+
+def test_a_hold_ending_after_the_pending_limit_is_too_late() -> None:
+    policy = RetryPolicy(max_pending_seconds=60.0)
+
+    assert not policy.too_late(NOW + timedelta(seconds=60), pending_since=NOW)
+    assert policy.too_late(NOW + timedelta(seconds=60.001), pending_since=NOW)
 
 
 def test_waits_are_jittered_within_each_step_of_the_schedule() -> None:
@@ -50,7 +72,11 @@ def test_waits_are_jittered_within_each_step_of_the_schedule() -> None:
         waits = []
         for _ in range(200):
             decision = policy.after_failure(
-                attempts_made=attempts_made, status_code=503, retry_after_seconds=None, now=NOW
+                attempts_made=attempts_made,
+                status_code=503,
+                retry_after_seconds=None,
+                now=NOW,
+                pending_since=NOW,
             )
             assert isinstance(decision, Retry)
             assert decision.at == NOW + timedelta(seconds=decision.delay_seconds)
@@ -66,7 +92,11 @@ def test_the_same_seed_gives_the_same_schedule() -> None:
         policy = RetryPolicy(rng=random.Random(seed))
         decisions = [
             policy.after_failure(
-                attempts_made=n, status_code=None, retry_after_seconds=None, now=NOW
+                attempts_made=n,
+                status_code=None,
+                retry_after_seconds=None,
+                now=NOW,
+                pending_since=NOW,
             )
             for n in range(1, 6)
         ]
@@ -79,7 +109,9 @@ def test_the_same_seed_gives_the_same_schedule() -> None:
 def test_gives_up_after_the_attempt_limit() -> None:
     policy = RetryPolicy(schedule=(1.0, 2.0), max_attempts=4, rng=random.Random(1))
     decisions = [
-        policy.after_failure(attempts_made=n, status_code=500, retry_after_seconds=None, now=NOW)
+        policy.after_failure(
+            attempts_made=n, status_code=500, retry_after_seconds=None, now=NOW, pending_since=NOW
+        )
         for n in range(1, 5)
     ]
     assert [type(decision) for decision in decisions] == [Retry, Retry, Retry, GiveUp]
@@ -95,10 +127,10 @@ def test_retry_after_is_honoured_and_capped() -> None:
     policy = RetryPolicy(retry_after_cap_seconds=60.0, rng=random.Random(1))
 
     honoured = policy.after_failure(
-        attempts_made=1, status_code=429, retry_after_seconds=17, now=NOW
+        attempts_made=1, status_code=429, retry_after_seconds=17, now=NOW, pending_since=NOW
     )
     capped = policy.after_failure(
-        attempts_made=1, status_code=429, retry_after_seconds=86_400, now=NOW
+        attempts_made=1, status_code=429, retry_after_seconds=86_400, now=NOW, pending_since=NOW
     )
 
     assert honoured == Retry(NOW + timedelta(seconds=17), 17)
@@ -162,7 +194,7 @@ def test_a_huge_retry_after_is_capped_by_the_policy() -> None:
     seconds = parse_retry_after("9" * 400, now=NOW)
     assert seconds is not None
     decision = RetryPolicy(retry_after_cap_seconds=60.0).after_failure(
-        attempts_made=1, status_code=503, retry_after_seconds=seconds, now=NOW
+        attempts_made=1, status_code=503, retry_after_seconds=seconds, now=NOW, pending_since=NOW
     )
     assert decision == Retry(NOW + timedelta(seconds=60), 60)
 

@@ -26,12 +26,16 @@ def test_defaults_give_the_documented_schedule() -> None:
     policy = settings().retry_policy()
     assert policy.schedule == (1.0, 5.0, 30.0, 120.0, 600.0)
     assert policy.max_attempts == 6
+    assert policy.max_pending_seconds == 3600.0
 
 
-def test_the_schedule_and_limit_are_configurable() -> None:
-    policy = settings(retry_schedule="0.5, 2,10", retry_max_attempts=3).retry_policy()
+def test_the_schedule_and_limits_are_configurable() -> None:
+    policy = settings(
+        retry_schedule="0.5, 2,10", retry_max_attempts=3, max_pending_seconds="900"
+    ).retry_policy()
     assert policy.schedule == (0.5, 2.0, 10.0)
     assert policy.max_attempts == 3
+    assert policy.max_pending_seconds == 900.0
 
 
 @pytest.mark.parametrize("schedule", ["", "1,-1", "1,x", "1,nan", "inf", "1,Infinity"])
@@ -42,7 +46,12 @@ def test_a_bad_schedule_fails_at_start_up(schedule: str) -> None:
 
 @pytest.mark.parametrize(
     "setting",
-    ["retry_after_cap_seconds", "request_timeout_seconds", "circuit_cool_down_seconds"],
+    [
+        "retry_after_cap_seconds",
+        "request_timeout_seconds",
+        "circuit_cool_down_seconds",
+        "max_pending_seconds",
+    ],
 )
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
 def test_seconds_that_are_no_number_fail_at_start_up(setting: str, value: str) -> None:
