@@ -229,7 +229,7 @@ def dispatch_answered_in_process() -> None:
 
 
 def main() -> None:
-    """Run one server: `python -m bench.servers noop|gateway-in-memory|sink --port N`."""
+    """Run one: `python -m bench.servers noop|gateway-in-memory|sink|dispatcher-... --port N`."""
     parser = argparse.ArgumentParser(prog="python -m bench.servers")
     parser.add_argument(
         "server", choices=["noop", "gateway-in-memory", "sink", "dispatcher-answered-in-process"]

@@ -66,8 +66,7 @@ class RetryPolicy:
         now: datetime,
         pending_since: datetime,
     ) -> Retry | GiveUp:
-        """Decide what follows the `attempts_made`-th failed request of a task that arrived
-        at `pending_since`."""
+        """Decide what follows the `attempts_made`-th failed request."""
         if not is_retryable(status_code):
             return GiveUp(f"HTTP {status_code} is not worth retrying")
         if attempts_made >= self.max_attempts:
