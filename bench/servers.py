@@ -27,14 +27,12 @@ from urllib.parse import parse_qs
 import aiohttp
 import httpx
 import uvicorn
-from webhook_tasks_dispatcher.main import serve as serve_dispatcher
-from webhook_tasks_dispatcher.settings import DispatcherSettings
+from webhook_tasks_dispatcher.main import run as run_dispatcher
 from webhook_tasks_gateway.app import create_app
 from webhook_tasks_gateway.http_protocol import CoalescingHttpToolsProtocol
 from webhook_tasks_gateway.settings import GatewaySettings
 from webhook_tasks_runtime.kafka import OutgoingMessage
-from webhook_tasks_runtime.logging import configure_logging
-from webhook_tasks_runtime.worker import run_until_signalled, settle_heap
+from webhook_tasks_runtime.worker import settle_heap
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -220,14 +218,6 @@ def _acknowledged(request: httpx.Request) -> httpx.Response:
     return httpx.Response(202, content=ACCEPTED, headers={"content-type": "application/json"})
 
 
-def dispatch_answered_in_process() -> None:
-    """Run the dispatcher, as it runs deployed, with its requests answered in this process."""
-    settings = DispatcherSettings()
-    configure_logging("dispatcher", level=settings.log_level, fmt=settings.log_format)
-    answered = httpx.MockTransport(_acknowledged)
-    run_until_signalled(lambda stop: serve_dispatcher(settings, stop, transport=answered))
-
-
 def main() -> None:
     """Run one: `python -m bench.servers noop|gateway-in-memory|sink|dispatcher-... --port N`."""
     parser = argparse.ArgumentParser(prog="python -m bench.servers")
@@ -237,7 +227,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True, help="unused by the dispatcher")
     args = parser.parse_args()
     if args.server == "dispatcher-answered-in-process":
-        dispatch_answered_in_process()
+        # The dispatcher as it runs deployed, its requests answered in this process.
+        run_dispatcher(transport=httpx.MockTransport(_acknowledged))
         return
     apps: dict[str, Callable[[], App]] = {
         "noop": lambda: noop_app,

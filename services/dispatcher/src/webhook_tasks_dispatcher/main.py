@@ -95,8 +95,8 @@ async def serve(
     )
 
 
-def run() -> None:
-    """Read settings from the environment and run until SIGTERM."""
+def run(*, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    """Read settings from the environment and run until SIGTERM; `transport` as for `serve`."""
     settings = DispatcherSettings()
     configure_logging("dispatcher", level=settings.log_level, fmt=settings.log_format)
-    run_until_signalled(lambda stop: serve(settings, stop))
+    run_until_signalled(lambda stop: serve(settings, stop, transport=transport))
